@@ -1,0 +1,5 @@
+import sys
+
+from rst.cli import main
+
+sys.exit(main())

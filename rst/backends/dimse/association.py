@@ -1,0 +1,211 @@
+"""Associations with one PACS, owned by the trio task that opened them.
+
+:meth:`Peer.associate` is an async context manager: the association exists exactly for the
+``async with`` block. Leaving it normally releases the association; leaving it by an exception
+or cancellation aborts it if a release cannot be completed within ``cancel_timeout``. Requests
+beyond ``max_associations`` wait for a free slot.
+
+DIMSE operations that produce a stream of responses (C-FIND, C-MOVE, C-GET) run their
+pynetdicom generator on a worker thread through :func:`~rst.bridge.iterate_in_thread`;
+if the trio side stops early, a C-CANCEL is sent and, after ``cancel_timeout``, the association
+is aborted and the thread woken.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from pydicom import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+
+from rst.backends.dimse.tcp import nodelay
+from rst.bridge import StreamControl, iterate_in_thread, run_sync
+from rst.config import AeConfig
+from rst.errors import AssociationRejected, BackendTimeout, PacsUnreachable
+
+__all__ = ["DimseStream", "Peer", "Response"]
+
+log = logging.getLogger(__name__)
+
+Response = tuple[Dataset, Dataset | None]
+"""A DIMSE response: (status dataset, identifier or None). An empty status means the
+association was aborted or timed out before a response came."""
+
+
+class Peer:
+    """A configured PACS as seen from rst: where it is, who rst calls itself, how many at once."""
+
+    def __init__(self, config: AeConfig, *, calling_aet: str, max_pdu: int) -> None:
+        self.config = config
+        self.calling_aet = calling_aet
+        self.max_pdu = max_pdu
+        self._slots = trio.Semaphore(config.max_associations)
+        # One thread per association at most runs a blocking call; allow a few for cleanup.
+        self.threads = trio.CapacityLimiter(config.max_associations * 2)
+        self.open_associations = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.aet
+
+    @asynccontextmanager
+    async def associate(
+        self,
+        contexts: Sequence[PresentationContext],
+        *,
+        dimse_timeout: float | None,
+        ext_neg: Sequence[Any] = (),
+        evt_handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    ) -> AsyncIterator[Association]:
+        """Open an association proposing *contexts*; release (or abort) it on exit."""
+        async with self._slots:
+            assoc = await self._request(contexts, dimse_timeout, ext_neg, evt_handlers)
+            self.open_associations += 1
+            try:
+                yield assoc
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await self._close(assoc, release=False)
+                raise
+            else:
+                with trio.CancelScope(shield=True):
+                    await self._close(assoc, release=True)
+            finally:
+                self.open_associations -= 1
+
+    async def _request(
+        self,
+        contexts: Sequence[PresentationContext],
+        dimse_timeout: float | None,
+        ext_neg: Sequence[Any],
+        evt_handlers: Sequence[tuple[Any, Callable[..., Any]]],
+    ) -> Association:
+        cfg = self.config
+        ae = AE(ae_title=self.calling_aet)
+        ae.requested_contexts = list(contexts)
+        ae.acse_timeout = cfg.connect_timeout
+        ae.connection_timeout = cfg.connect_timeout
+        ae.network_timeout = None
+        ae.dimse_timeout = dimse_timeout
+        seen: dict[str, Any] = {}
+
+        def on_open(event: Any) -> None:
+            seen["connected"] = True
+            nodelay(event)
+
+        def on_acse(event: Any) -> None:
+            seen.setdefault("primitive", event.primitive)
+
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, on_open),
+            (evt.EVT_ACSE_RECV, on_acse),
+            *evt_handlers,
+        ]
+
+        def request() -> Association:
+            return ae.associate(
+                cfg.host,
+                cfg.port,
+                ae_title=cfg.aet,
+                max_pdu=self.max_pdu,
+                ext_neg=list(ext_neg) or None,
+                evt_handlers=handlers,
+            )
+
+        assoc = await run_sync(request, self.threads)
+        if assoc.is_established:
+            return assoc
+        where = f"{cfg.aet} at {cfg.host}:{cfg.port}"
+        if not seen.get("connected"):
+            raise PacsUnreachable(f"cannot connect to the PACS {where}")
+        primitive = seen.get("primitive")
+        if assoc.is_rejected and primitive is not None:
+            raise AssociationRejected(
+                f"the PACS {where} rejected the association: {primitive.result_str}, "
+                f"source: {primitive.source_str}, reason: {primitive.reason_str} "
+                f"(rst called it as {self.calling_aet!r}, called AE title {cfg.aet!r})"
+            )
+        if primitive is None:
+            raise BackendTimeout(f"the PACS {where} did not answer the association request")
+        raise AssociationRejected(
+            f"the PACS {where} aborted association negotiation (no presentation context "
+            "accepted, or the peer closed the connection)"
+        )
+
+    async def _close(self, assoc: Association, *, release: bool) -> None:
+        if release and assoc.is_established:
+            assoc.acse_timeout = self.config.cancel_timeout
+            await run_sync(assoc.release, self.threads)
+        if not assoc.is_released and not assoc.is_aborted:
+            await run_sync(lambda: force_abort(assoc), self.threads)
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        assoc: Association,
+        send: Callable[[], Iterator[Response]],
+        *,
+        msg_id: int,
+        query_model: str,
+    ) -> AsyncIterator[DimseStream]:
+        """Run ``send()`` — a pynetdicom response generator — on a thread, yielding responses.
+
+        Leaving the block before the final response sends C-CANCEL for *msg_id*; if the PACS
+        has not ended the operation after ``cancel_timeout``, the association is aborted.
+        """
+
+        def produce(control: StreamControl[Response]) -> None:
+            for response in send():
+                # Once the consumer is gone, keep draining until the final response so the
+                # association stays in a state that can be released.
+                control.emit(response)
+
+        def interrupt() -> None:
+            if assoc.is_established:
+                log.info("sending C-CANCEL for message %d to %s", msg_id, self.name)
+                assoc.send_c_cancel(msg_id, query_model=query_model)
+
+        def stop() -> None:
+            log.warning("aborting the association with %s: C-CANCEL was not honoured", self.name)
+            force_abort(assoc)
+
+        async with iterate_in_thread(
+            produce,
+            interrupt=interrupt,
+            force_stop=stop,
+            grace=self.config.cancel_timeout,
+            limiter=self.threads,
+        ) as responses:
+            yield DimseStream(responses)
+
+
+class DimseStream:
+    """The responses of one DIMSE operation, in order, ending after the final one."""
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Response]) -> None:
+        self._channel = channel
+
+    def __aiter__(self) -> DimseStream:
+        return self
+
+    async def __anext__(self) -> Response:
+        try:
+            return await self._channel.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+def force_abort(assoc: Association) -> None:
+    """Abort *assoc* and wake any thread blocked waiting for its next DIMSE message.
+
+    pynetdicom's response generators block on the DIMSE message queue for up to the DIMSE
+    timeout, even after a local abort; an empty message makes them end at once.
+    """
+    assoc.abort()
+    assoc.dimse.msg_queue.put((None, None))

@@ -1,0 +1,318 @@
+"""The DIMSE backend: QIDO-RS → C-FIND, WADO-RS → C-MOVE (or C-GET), STOW-RS → C-STORE."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from pydicom import Dataset
+from pynetdicom import build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
+
+from rst.backends.dimse import uids
+from rst.backends.dimse.association import DimseStream, Peer, Response
+from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
+from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_outcome
+from rst.backends.dimse.receiver import handle_store, instance_from_event
+from rst.backends.dimse.sink import InstanceSink
+from rst.bridge import Portal, run_sync
+from rst.config import AeConfig, DimseConfig
+from rst.dicom.query import QidoQuery
+from rst.errors import BackendTimeout, DimseFailure
+from rst.groups import collapse
+from rst.services.protocols import Instance, RetrieveKeys, StoreResult
+
+__all__ = ["DimseBackend"]
+
+log = logging.getLogger(__name__)
+
+FIND_MODEL = uids.STUDY_ROOT_FIND
+MOVE_MODEL = uids.STUDY_ROOT_MOVE
+GET_MODEL = uids.STUDY_ROOT_GET
+# The requestor may propose at most 128 presentation contexts; C-GET needs one per storage
+# SOP class it can receive (with the SCP role), plus the C-GET context itself.
+GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:126]]
+
+
+class DimseBackend:
+    """One PACS reached over DIMSE."""
+
+    def __init__(
+        self,
+        config: AeConfig,
+        dimse: DimseConfig,
+        *,
+        calling_aet: str,
+        mediator: Mediator,
+        message_ids: MessageIds,
+    ) -> None:
+        self.config = config
+        self.dimse = dimse
+        self.name = config.aet
+        self.peer = Peer(config, calling_aet=calling_aet, max_pdu=dimse.max_pdu)
+        self.mediator = mediator
+        self.message_ids = message_ids
+
+    # -- verification --------------------------------------------------------------------------
+
+    async def echo(self) -> None:
+        async with self.peer.associate(
+            [build_context(uids.VERIFICATION)], dimse_timeout=self.config.find_timeout
+        ) as assoc:
+            status = await run_sync(assoc.send_c_echo, self.peer.threads)
+        if status.get("Status") != 0x0000:
+            if status.get("Status") is None:
+                raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
+            raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{status.Status:04X}")
+
+    # -- QIDO-RS -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def search(self, query: QidoQuery) -> AsyncIterator[AsyncIterator[Dataset]]:
+        """C-FIND at the query's level; matches stream out as the PACS sends them.
+
+        Leaving the block early (limit reached, client gone) sends C-CANCEL."""
+        async with self.peer.associate(
+            [build_context(FIND_MODEL)], dimse_timeout=self.config.find_timeout
+        ) as assoc:
+            msg_id = self.message_ids.next(self.peer.calling_aet)
+
+            def send() -> Iterator[Response]:
+                return assoc.send_c_find(query.identifier, FIND_MODEL, msg_id=msg_id)
+
+            async with self.peer.stream(
+                assoc, send, msg_id=msg_id, query_model=FIND_MODEL
+            ) as responses:
+                yield self._matches(responses)
+
+    async def _matches(self, responses: DimseStream) -> AsyncIterator[Dataset]:
+        async for status, identifier in responses:
+            if is_pending(status):
+                if identifier is not None:
+                    yield identifier
+                continue
+            check_find_status(status, self.name)
+
+    # -- WADO-RS -------------------------------------------------------------------------------
+
+    def _identifier(self, keys: RetrieveKeys) -> Dataset:
+        ds = Dataset()
+        ds.QueryRetrieveLevel = keys.level
+        ds.StudyInstanceUID = keys.study_uid
+        if keys.series_uid is not None:
+            ds.SeriesInstanceUID = keys.series_uid
+        if keys.sop_uid is not None:
+            ds.SOPInstanceUID = keys.sop_uid
+        return ds
+
+    def _sink(self) -> InstanceSink:
+        return InstanceSink(
+            capacity=self.dimse.channel_size,
+            stall_timeout=self.dimse.stall_timeout,
+            spool_dir=self.dimse.spool_dir,
+            spool_max_bytes=self.dimse.spool_max_bytes,
+        )
+
+    @asynccontextmanager
+    async def retrieve(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
+        """C-MOVE into rst's receiver or C-GET, at exactly the level of *keys*."""
+        if self.config.retrieve == "get":
+            async with self._retrieve_get(keys) as instances:
+                yield instances
+        else:
+            async with self._retrieve_move(keys) as instances:
+                yield instances
+
+    @asynccontextmanager
+    async def _retrieve_move(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
+        sink = self._sink()
+        msg_id = self.message_ids.next(self.peer.calling_aet)
+        correlation = self.config.correlation
+        subscription = Subscription(
+            sink,
+            keys.study_uid,
+            keys.series_uid,
+            keys.sop_uid,
+            originator=(self.peer.calling_aet, msg_id),
+            uid_fallback=correlation != "move-originator",
+            trust_originator=correlation != "uid",
+        )
+        identifier = self._identifier(keys)
+        with self.mediator.subscribe(subscription):
+            async with self.peer.associate(
+                [build_context(MOVE_MODEL)], dimse_timeout=None
+            ) as assoc:
+
+                def send() -> Iterator[Response]:
+                    return assoc.send_c_move(identifier, self.dimse.aet, MOVE_MODEL, msg_id=msg_id)
+
+                async with self._run(assoc, send, msg_id, MOVE_MODEL, sink, "C-MOVE") as out:
+                    yield out
+
+    @asynccontextmanager
+    async def _retrieve_get(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
+        sink = self._sink()
+        msg_id = self.message_ids.next(self.peer.calling_aet)
+        identifier = self._identifier(keys)
+        portal = Portal()
+        contexts: list[PresentationContext] = [build_context(GET_MODEL)]
+        syntaxes = list(self.dimse.transfer_syntaxes)
+        contexts += [build_context(uid, syntaxes) for uid in GET_STORAGE_CLASSES]
+        roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES]
+
+        def on_store(event: Any) -> int:
+            return handle_store(portal, sink, instance_from_event(event))
+
+        try:
+            async with self.peer.associate(
+                contexts,
+                dimse_timeout=None,
+                ext_neg=roles,
+                evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            ) as assoc:
+
+                def send() -> Iterator[Response]:
+                    return assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
+
+                async with self._run(assoc, send, msg_id, GET_MODEL, sink, "C-GET") as out:
+                    yield out
+        finally:
+            sink.close()
+
+    @asynccontextmanager
+    async def _run(
+        self,
+        assoc: Association,
+        send: Any,
+        msg_id: int,
+        model: str,
+        sink: InstanceSink,
+        operation: str,
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        """Drive one C-MOVE/C-GET: responses feed the sink's end, the caller reads instances."""
+        async with self.peer.stream(assoc, send, msg_id=msg_id, query_model=model) as responses:
+            with collapse():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch, responses, sink, operation)
+                    try:
+                        yield self._instances(sink)
+                    finally:
+                        # Refuse C-STOREs still in flight at once: a PACS stuck waiting for a
+                        # C-STORE response cannot see the C-CANCEL that follows.
+                        sink.close()
+                        nursery.cancel_scope.cancel()
+
+    async def _watch(self, responses: DimseStream, sink: InstanceSink, operation: str) -> None:
+        final: Dataset = Dataset()
+        async for status, _ in responses:
+            if not is_pending(status):
+                final = status
+        error = retrieve_outcome(
+            final, received=sink.delivered, pacs=self.name, operation=operation
+        )
+        if error is not None:
+            log.warning("%s", error.message)
+        sink.finish(error)
+
+    async def _instances(self, sink: InstanceSink) -> AsyncIterator[Instance]:
+        timeout = self.config.first_store_timeout
+        while True:
+            try:
+                with trio.fail_after(timeout):
+                    instance = await sink.receive()
+            except trio.TooSlowError:
+                phase = (
+                    "the first instance"
+                    if timeout == self.config.first_store_timeout and sink.delivered == 0
+                    else "the next instance"
+                )
+                raise BackendTimeout(
+                    f"the PACS {self.name} sent no C-STORE for {timeout:g} s while rst waited "
+                    f"for {phase} ({sink.delivered} received)"
+                ) from None
+            if instance is None:
+                return
+            yield instance
+            timeout = self.config.idle_timeout
+
+    # -- STOW-RS -------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def store(self) -> AsyncIterator[DimseStoreSession]:
+        session = DimseStoreSession(self)
+        try:
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+
+
+class DimseStoreSession:
+    """Stores instances one after another, (re)associating when a new SOP class or transfer
+    syntax needs a presentation context the current association does not have."""
+
+    def __init__(self, backend: DimseBackend) -> None:
+        self.backend = backend
+        self._contexts: dict[tuple[str, str], None] = {}
+        self._assoc: Association | None = None
+        self._exit: Any = None
+
+    async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
+        sop_class = str(dataset.SOPClassUID)
+        assoc = await self._association_for(sop_class, transfer_syntax)
+        peer = self.backend.peer
+        status = await run_sync(lambda: assoc.send_c_store(dataset), peer.threads)
+        code = status.get("Status")
+        if code is None:
+            self._assoc = None
+            await self._drop(failed=True)
+            raise BackendTimeout(f"the PACS {self.backend.name} did not answer a C-STORE")
+        return StoreResult(int(code), str(status.get("ErrorComment", "")))
+
+    async def _association_for(self, sop_class: str, transfer_syntax: str) -> Association:
+        key = (sop_class, transfer_syntax)
+        if self._assoc is not None and key in self._contexts and self._assoc.is_established:
+            return self._assoc
+        await self._drop(failed=False)
+        self._contexts[key] = None
+        contexts = _store_contexts(self._contexts)
+        manager = self.backend.peer.associate(
+            contexts, dimse_timeout=self.backend.config.store_timeout
+        )
+        self._assoc = await manager.__aenter__()
+        self._exit = manager
+        return self._assoc
+
+    async def _drop(self, *, failed: bool) -> None:
+        manager, self._exit, self._assoc = self._exit, None, None
+        if manager is not None:
+            if failed:
+                error = DimseFailure("association lost")
+                await manager.__aexit__(type(error), error, None)
+            else:
+                await manager.__aexit__(None, None, None)
+
+    async def aclose(self) -> None:
+        await self._drop(failed=False)
+
+
+def _store_contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContext]:
+    """One context per SOP class: the instance's own transfer syntax first, then the
+    uncompressed ones pynetdicom can convert to, so that a PACS refusing the original syntax
+    still takes the instance when it is uncompressed."""
+    by_class: dict[str, list[str]] = {}
+    for sop_class, syntax in wanted:
+        syntaxes = by_class.setdefault(sop_class, [])
+        if syntax not in syntaxes:
+            syntaxes.append(syntax)
+    contexts = []
+    for sop_class, syntaxes in list(by_class.items())[-127:]:
+        for fallback in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+            if fallback not in syntaxes:
+                syntaxes.append(fallback)
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts

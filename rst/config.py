@@ -1,0 +1,221 @@
+"""The validated configuration: a TOML file, overlaid by ``RST_*`` environment variables.
+
+Loaded once at start-up into frozen pydantic models; nothing reads the environment afterwards.
+Every scalar key has an environment variable named after its path, upper-cased and joined by
+``_``: ``[http] port`` is ``RST_HTTP_PORT``, ``[dimse] aet`` is ``RST_DIMSE_AET`` and the key
+``port`` of the ``[[aets]]`` entry whose ``aet`` is ``ORTHANC`` is ``RST_AETS_ORTHANC_PORT``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AeConfig",
+    "Config",
+    "ConfigError",
+    "DimseConfig",
+    "HttpConfig",
+    "load_config",
+]
+
+AeTitle = Annotated[
+    str, Field(min_length=1, max_length=16, pattern=r"^[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*$")
+]
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+# Transfer syntaxes the receiver accepts, in order of preference (the acceptor's order decides).
+# Compressed syntaxes come first so that an instance stored compressed arrives as stored;
+# Explicit VR Little Endian comes before Implicit so that uncompressed data arrives in the
+# syntax DICOMweb prefers.
+DEFAULT_TRANSFER_SYNTAXES = (
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HttpConfig(_Section):
+    """The HTTP listener."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    base_url: str | None = None
+    """Public URL prefix used in RetrieveURL attributes; defaults to the request's own host."""
+    max_stow_bytes: Annotated[int, Field(gt=0)] = 4 * 1024**3
+    """Largest STOW-RS body accepted (413 beyond)."""
+    graceful_timeout: Seconds = 10.0
+    """On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed by CORS (``*`` for any); empty disables CORS headers."""
+
+
+class DimseConfig(_Section):
+    """rst's own DIMSE identity and its built-in C-STORE receiver (the C-MOVE destination)."""
+
+    aet: AeTitle = "RST"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    max_pdu: Annotated[int, Field(ge=0)] = 131072
+    """Maximum PDU length offered to peers (0 means unlimited)."""
+    stall_timeout: Seconds = 4.0
+    """How long an incoming instance may wait for a slow HTTP client before it is spooled to disk.
+
+    Must stay well below the PACS's own C-STORE response timeout (Orthanc: 10 s)."""
+    spool_dir: str | None = None
+    """Folder for spooled instances (default: the system temporary folder)."""
+    spool_max_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
+    """Largest spool one request may use; beyond it the retrieve fails."""
+    channel_size: Annotated[int, Field(ge=1, le=64)] = 4
+    """Instances buffered in memory between the receiver and each HTTP response."""
+    transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
+    """Transfer syntaxes the receiver accepts, most preferred first."""
+
+
+class AeConfig(_Section):
+    """One remote archive, served under ``/aets/{aet}/``."""
+
+    aet: AeTitle
+    backend: Literal["dimse"] = "dimse"
+    host: str = "127.0.0.1"
+    port: Port = 104
+    retrieve: Literal["move", "get"] = "move"
+    """How WADO-RS retrieves instances: C-MOVE into rst's receiver, or C-GET on the association."""
+    calling_aet: AeTitle | None = None
+    """The AE title rst calls this PACS with (default: ``[dimse] aet``)."""
+    max_associations: Annotated[int, Field(ge=1)] = 8
+    """Concurrent associations to this PACS; further requests queue."""
+    connect_timeout: Seconds = 10.0
+    """TCP connect plus association negotiation."""
+    find_timeout: Seconds = 30.0
+    """Longest wait for the next C-FIND response."""
+    first_store_timeout: Seconds = 120.0
+    """Longest wait from a C-MOVE/C-GET request to its first C-STORE (PACS may fetch from tape)."""
+    idle_timeout: Seconds = 30.0
+    """Longest wait between two C-STOREs (or the final response) of a retrieve."""
+    store_timeout: Seconds = 60.0
+    """Longest wait for a C-STORE response (STOW-RS)."""
+    cancel_timeout: Seconds = 2.0
+    """After C-CANCEL, how long the PACS may take to end the operation before rst aborts."""
+    correlation: Literal["auto", "move-originator", "uid"] = "auto"
+    """How incoming C-STOREs find their request. ``move-originator`` trusts the Move Originator
+    AE Title and Message ID; ``uid`` matches Study/Series/SOP Instance UIDs against the open
+    retrieves from this PACS (for PACS that omit those fields); ``auto`` uses the first when the
+    fields are present and the second when not."""
+
+    @field_validator("aet")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    http: HttpConfig = HttpConfig()
+    dimse: DimseConfig = DimseConfig()
+    aets: tuple[AeConfig, ...] = ()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _unique_aets(self) -> Config:
+        seen: set[str] = set()
+        for ae in self.aets:
+            if ae.aet in seen:
+                raise ValueError(f"aets: AE title {ae.aet!r} is configured twice")
+            seen.add(ae.aet)
+        return self
+
+    def ae(self, aet: str) -> AeConfig | None:
+        """The configured archive with this AE title, if any."""
+        return next((ae for ae in self.aets if ae.aet == aet), None)
+
+    def calling_aet(self, ae: AeConfig) -> str:
+        return ae.calling_aet or self.dimse.aet
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key."""
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read *path* (TOML, optional), overlay ``RST_*`` variables from *environ*, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _overlay_environment(data, os.environ if environ is None else environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"{key}: {error['msg']}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    sections: dict[str, type[BaseModel]] = {"HTTP": HttpConfig, "DIMSE": DimseConfig}
+    for name, value in environ.items():
+        if not name.startswith("RST_"):
+            continue
+        rest = name[4:]
+        if rest == "LOG_LEVEL":
+            data["log_level"] = value
+            continue
+        head, _, key = rest.partition("_")
+        if head in sections and key.lower() in sections[head].model_fields:
+            data.setdefault(head.lower(), {})[key.lower()] = _env_value(value)
+        elif head == "AETS":
+            _overlay_ae(data, key, value)
+
+
+def _overlay_ae(data: dict[str, Any], rest: str, value: str) -> None:
+    # RST_AETS_<AET>_<KEY>; the AE title may itself contain "_", the key is matched from the end.
+    for field in sorted(AeConfig.model_fields, key=len, reverse=True):
+        suffix = "_" + field.upper()
+        if rest.endswith(suffix) and len(rest) > len(suffix):
+            aet = rest[: -len(suffix)]
+            aets = data.setdefault("aets", [])
+            entry = next((ae for ae in aets if str(ae.get("aet", "")).upper() == aet), None)
+            if entry is None:
+                entry = {"aet": aet}
+                aets.append(entry)
+            entry[field] = _env_value(value)
+            return
+
+
+def _env_value(value: str) -> Any:
+    # Lists are written comma-separated in the environment; pydantic coerces the scalars.
+    return [item.strip() for item in value.split(",") if item.strip()] if "," in value else value

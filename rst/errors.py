@@ -1,0 +1,117 @@
+"""The errors rst raises. Each means one thing and carries the HTTP status it becomes.
+
+One module (:mod:`rst.http.errors`) turns them into JSON responses; nothing else picks statuses.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AssociationRejected",
+    "BackendTimeout",
+    "BadRequest",
+    "DimseFailure",
+    "IncompleteRetrieve",
+    "MoveDestinationUnknown",
+    "NotAcceptable",
+    "NotFound",
+    "NotSupported",
+    "PacsUnreachable",
+    "PayloadTooLarge",
+    "RstError",
+    "UnknownAE",
+    "UnsupportedMediaType",
+]
+
+
+class RstError(Exception):
+    """Base of every error rst reports to a client."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(RstError):
+    """The request's parameters or body are malformed."""
+
+    status = 400
+
+
+class NotFound(RstError):
+    """Nothing matched the request."""
+
+    status = 404
+
+
+class UnknownAE(NotFound):
+    """The URL names an AE title that is not configured."""
+
+    def __init__(self, aet: str) -> None:
+        super().__init__(f"no archive is configured under the AE title {aet!r}; see GET /aets")
+        self.aet = aet
+
+
+class NotAcceptable(RstError):
+    """No representation rst can produce satisfies the Accept header."""
+
+    status = 406
+
+
+class PayloadTooLarge(RstError):
+    """The request body exceeds ``http.max_stow_bytes``."""
+
+    status = 413
+
+
+class UnsupportedMediaType(RstError):
+    """The request body has a Content-Type rst does not take here."""
+
+    status = 415
+
+
+class NotSupported(RstError):
+    """The backend behind this AE does not offer the capability."""
+
+    status = 501
+
+
+class PacsUnreachable(RstError):
+    """The TCP connection to the PACS failed."""
+
+    status = 502
+
+
+class AssociationRejected(RstError):
+    """The PACS rejected or aborted association negotiation."""
+
+    status = 502
+
+
+class MoveDestinationUnknown(RstError):
+    """The PACS answered C-MOVE with 0xA801: it does not know rst's AE title."""
+
+    status = 502
+
+
+class DimseFailure(RstError):
+    """The PACS answered a DIMSE request with a failure status."""
+
+    status = 502
+
+    def __init__(self, message: str, dimse_status: int | None = None) -> None:
+        super().__init__(message)
+        self.dimse_status = dimse_status
+
+
+class IncompleteRetrieve(RstError):
+    """Fewer instances arrived than the PACS reported (or the transfer broke off)."""
+
+    status = 502
+
+
+class BackendTimeout(RstError):
+    """The PACS did not answer within the configured timeout."""
+
+    status = 504

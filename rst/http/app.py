@@ -1,0 +1,50 @@
+"""The application factory: a quart-trio app for one configuration and its backends."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from rst.config import Config
+from rst.http.errors import register_error_handlers
+from rst.http.request_scope import RequestScopedConnection
+from rst.http.routes import dicomweb_blueprint
+from rst.services.protocols import Backend
+
+__all__ = ["create_app"]
+
+
+class _App(QuartTrio):
+    asgi_http_class = RequestScopedConnection
+
+
+def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
+    """Build the app. No global state: everything it serves comes from the arguments."""
+    app = _App("rst")
+    # rst enforces its own limits (http.max_stow_bytes) and streams bodies both ways.
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    register_error_handlers(app)
+    app.register_blueprint(dicomweb_blueprint(config, backends))
+
+    origins = config.http.cors_origins
+    if origins:
+
+        @app.after_request
+        async def cors(response: Response) -> Response:
+            origin = request.headers.get("Origin")
+            if origin and ("*" in origins or origin in origins):
+                response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+                response.headers["Access-Control-Allow-Headers"] = (
+                    "Authorization, Content-Type, Accept"
+                )
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+                response.headers["Vary"] = "Origin"
+            return response
+
+    return app

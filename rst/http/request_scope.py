@@ -1,0 +1,42 @@
+"""A nursery per HTTP request that lives until the response has been sent.
+
+A route handler returns its response before the body is sent, but the work that produces the
+body — an association, a C-MOVE, a receiver subscription — must live as long as the body does
+and must be cancelled when the client goes away. quart-trio already runs each request in a
+nursery that is cancelled on disconnect; this connection class opens one more inside it, around
+both the handler and the sending of the response, and makes it available to the handler.
+"""
+
+from __future__ import annotations
+
+import contextvars
+
+import trio
+from hypercorn.typing import ASGISendCallable
+from quart.wrappers import Request
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from rst.groups import collapse
+
+__all__ = ["RequestScopedConnection", "request_nursery"]
+
+_nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("rst_request_nursery")
+
+
+def request_nursery() -> trio.Nursery:
+    """The nursery of the current request: tasks started here end with the response."""
+    return _nursery.get()
+
+
+class RequestScopedConnection(TrioASGIHTTPConnection):
+    async def handle_request(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Request, send: ASGISendCallable
+    ) -> None:
+        with collapse():
+            async with trio.open_nursery() as work:
+                token = _nursery.set(work)
+                try:
+                    await super().handle_request(nursery, request, send)
+                finally:
+                    _nursery.reset(token)
+                    work.cancel_scope.cancel()

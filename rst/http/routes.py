@@ -1,0 +1,202 @@
+"""The DICOMweb routes, all under ``/aets/{aet}``: QIDO-RS, WADO-RS, STOW-RS and health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from functools import partial
+from typing import Any
+
+import trio
+from quart import Blueprint, Response, jsonify, request
+
+from rst.config import Config
+from rst.dicom.accept import negotiate_instances, negotiate_json
+from rst.dicom.multipart import MultipartWriter
+from rst.dicom.query import Level, parse_qido
+from rst.errors import NotSupported, PayloadTooLarge, RstError, UnknownAE
+from rst.http.streaming import start_stream
+from rst.services.protocols import Backend, RetrieveKeys
+from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
+from rst.services.stow import store_instances
+from rst.services.wado import produce_parts
+
+__all__ = ["dicomweb_blueprint"]
+
+FUZZY_WARNING = (
+    "299 {host}: The fuzzymatching parameter is not supported. "
+    "Only literal matching has been performed."
+)
+MORE_WARNING = "299 {host}: There are additional results that can be requested"
+
+
+def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Blueprint:
+    bp = Blueprint("dicomweb", __name__)
+
+    def backend_for(aet: str) -> Backend:
+        try:
+            return backends[aet]
+        except KeyError:
+            raise UnknownAE(aet) from None
+
+    def base_url(aet: str) -> str:
+        root = config.http.base_url or request.host_url
+        return f"{root.rstrip('/')}/aets/{aet}"
+
+    def accept_param() -> str | None:
+        return request.args.get("accept")
+
+    # -- AEs and health --------------------------------------------------------------------
+
+    @bp.get("/aets")
+    async def list_aets() -> Response:
+        return jsonify(
+            [
+                {
+                    "aet": ae.aet,
+                    "backend": ae.backend,
+                    "host": ae.host,
+                    "port": ae.port,
+                    "retrieve": ae.retrieve,
+                    "url": base_url(ae.aet),
+                }
+                for ae in config.aets
+            ]
+        )
+
+    @bp.get("/aets/<aet>")
+    async def health(aet: str) -> Response:
+        backend = backend_for(aet)
+        try:
+            await backend.echo()
+        except RstError as exc:
+            response = jsonify({"aet": aet, "status": "unavailable", "error": exc.message})
+            response.status_code = 503
+            return response
+        return jsonify({"aet": aet, "status": "ok"})
+
+    # -- QIDO-RS ---------------------------------------------------------------------------
+
+    async def search(
+        aet: str, level: Level, study: str | None = None, series: str | None = None
+    ) -> Response:
+        backend = backend_for(aet)
+        media_type = negotiate_json(request.headers.get("Accept"), accept_param())
+        query = parse_qido(
+            level, list(request.args.items(multi=True)), study_uid=study, series_uid=series
+        )
+        base = base_url(aet)
+
+        async def produce(send: trio.MemorySendChannel[Any]) -> None:
+            await produce_matches(backend, query, base, send)
+
+        stream = await start_stream(produce, prefetch=SearchPlan.of(query).prefetch)
+        warnings = []
+        if query.fuzzymatching:
+            warnings.append(FUZZY_WARNING.format(host=request.host))
+        if any(row is MORE for row in stream.prefetched):
+            warnings.append(MORE_WARNING.format(host=request.host))
+        response = Response(json_array(stream.items()), content_type=media_type)
+        for warning in warnings:
+            response.headers.add("Warning", warning)
+        return response
+
+    qido_rules: tuple[tuple[str, Level], ...] = (
+        ("studies", "STUDY"),
+        ("series", "SERIES"),
+        ("instances", "IMAGE"),
+        ("studies/<study>/series", "SERIES"),
+        ("studies/<study>/instances", "IMAGE"),
+        ("studies/<study>/series/<series>/instances", "IMAGE"),
+    )
+    for rule, level in qido_rules:
+        bp.add_url_rule(
+            f"/aets/<aet>/{rule}", f"qido:{rule}", partial(search, level=level), methods=["GET"]
+        )
+
+    # -- WADO-RS ---------------------------------------------------------------------------
+
+    async def retrieve(
+        aet: str, study: str, series: str | None = None, sop: str | None = None
+    ) -> Response:
+        backend = backend_for(aet)
+        keys = RetrieveKeys(study, series, sop)
+        fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
+        writer = MultipartWriter()
+
+        async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+            await produce_parts(backend, keys, fmt, writer, send)
+
+        stream = await start_stream(produce, prefetch=1)
+
+        async def body() -> AsyncIterator[bytes]:
+            async for chunk in stream.items():
+                yield chunk
+            yield writer.close()
+
+        response = Response(
+            body(), content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
+        )
+        response.timeout = None
+        return response
+
+    for rule in (
+        "studies/<study>",
+        "studies/<study>/series/<series>",
+        "studies/<study>/series/<series>/instances/<sop>",
+    ):
+        bp.add_url_rule(f"/aets/<aet>/{rule}", f"wado:{rule}", retrieve, methods=["GET"])
+
+    async def not_yet(aet: str, **_: Any) -> Response:
+        backend_for(aet)
+        raise NotSupported(
+            "this WADO-RS resource (metadata, frames, bulk data, rendered, thumbnail) is not "
+            "implemented yet; instance resources (study, series, instance) are"
+        )
+
+    for suffix in (
+        "studies/<study>/metadata",
+        "studies/<study>/series/<series>/metadata",
+        "studies/<study>/series/<series>/instances/<sop>/metadata",
+        "studies/<study>/series/<series>/instances/<sop>/frames/<frames>",
+        "studies/<study>/series/<series>/instances/<sop>/bulkdata",
+        "studies/<study>/series/<series>/instances/<sop>/rendered",
+        "studies/<study>/series/<series>/rendered",
+        "studies/<study>/rendered",
+        "studies/<study>/series/<series>/instances/<sop>/thumbnail",
+        "studies/<study>/series/<series>/thumbnail",
+        "studies/<study>/thumbnail",
+    ):
+        bp.add_url_rule(f"/aets/<aet>/{suffix}", f"todo:{suffix}", not_yet, methods=["GET"])
+
+    # -- STOW-RS ---------------------------------------------------------------------------
+
+    async def stow(aet: str, study: str | None = None) -> Response:
+        backend = backend_for(aet)
+        limit = config.http.max_stow_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(
+                f"the request body ({request.content_length} bytes) exceeds the limit of "
+                f"{limit} bytes (http.max_stow_bytes)"
+            )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in request.body:
+                yield chunk
+
+        outcome = await store_instances(
+            backend,
+            chunks(),
+            request.headers.get("Content-Type"),
+            study_uid=study,
+            base=base_url(aet),
+            max_bytes=limit,
+        )
+        response = jsonify(outcome.to_json())
+        response.status_code = outcome.http_status
+        response.content_type = "application/dicom+json"
+        return response
+
+    bp.add_url_rule("/aets/<aet>/studies", "stow", stow, methods=["POST"])
+    bp.add_url_rule("/aets/<aet>/studies/<study>", "stow:study", stow, methods=["POST"])
+
+    return bp

@@ -1,0 +1,101 @@
+"""Responses whose body is produced by a task in the request's nursery.
+
+The producer sends items into a small bounded channel; the response body reads from it, so the
+producer runs only as fast as the client reads (backpressure). The first items are read before
+the response is returned: an error that happens before any data (association rejected, nothing
+found) still becomes a proper status with a JSON body. An error after the first byte can only
+break off the stream: the client sees an incomplete response, never a complete-looking one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+import trio
+
+from rst.errors import RstError
+from rst.groups import single
+from rst.http.request_scope import request_nursery
+
+__all__ = ["Stream", "StreamBrokenOff", "start_stream"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StreamBrokenOff(Exception):
+    """The body failed after the response had started; the connection is dropped."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class Stream(Generic[T]):
+    """The consumer side: prefetched items first, then the rest as the producer sends them."""
+
+    def __init__(
+        self, prefetched: list[T], channel: trio.MemoryReceiveChannel[object], done: bool
+    ) -> None:
+        self.prefetched = prefetched
+        self._channel = channel
+        self.done = done
+
+    async def items(self) -> AsyncIterator[T]:
+        for item in self.prefetched:
+            yield item
+        self.prefetched = []
+        if self.done:
+            return
+        async with self._channel:
+            async for received in self._channel:
+                if isinstance(received, _Failure):
+                    message = getattr(received.error, "message", str(received.error))
+                    log.error("response broken off: %s", message)
+                    raise StreamBrokenOff(message) from received.error
+                yield cast(T, received)
+
+
+async def start_stream(
+    produce: Callable[[trio.MemorySendChannel[T]], Awaitable[None]],
+    *,
+    prefetch: int = 1,
+    buffer: int = 1,
+) -> Stream[T]:
+    """Start ``produce(channel)`` in the request's nursery; wait for its first *prefetch* items.
+
+    Raises the producer's error if it fails before yielding *prefetch* items.
+    """
+    send, receive = trio.open_memory_channel[object](buffer)
+
+    async def run() -> None:
+        async with send:
+            try:
+                await produce(cast(trio.MemorySendChannel[T], send))
+            except (RstError, BaseExceptionGroup) as exc:
+                error = single(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                if not isinstance(error, RstError):
+                    raise
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await send.send(_Failure(error))
+
+    request_nursery().start_soon(run)
+    prefetched: list[T] = []
+    done = False
+    while len(prefetched) < prefetch:
+        try:
+            item = await receive.receive()
+        except trio.EndOfChannel:
+            done = True
+            break
+        if isinstance(item, _Failure):
+            receive.close()
+            raise item.error
+        prefetched.append(cast(T, item))
+    return Stream(prefetched, receive, done)

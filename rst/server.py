@@ -1,0 +1,113 @@
+"""The server: one root nursery holding the C-STORE receiver and the HTTP server.
+
+``serve`` builds everything from the configuration, starts the receiver and hypercorn with
+``nursery.start`` and reports where they listen. When the shutdown trigger fires, hypercorn
+stops accepting, lets in-flight requests run for ``http.graceful_timeout`` seconds, cancels the
+rest (which cancels their DIMSE operations), and then the receiver is stopped. If either service
+dies, the nursery cancels the other and ``serve`` raises: no half-running gateway.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from rst.backends.dimse.backend import DimseBackend
+from rst.backends.dimse.mediator import Mediator, MessageIds
+from rst.backends.dimse.receiver import StoreReceiver
+from rst.config import Config
+from rst.groups import collapse
+from rst.http.app import create_app
+from rst.services.protocols import Backend
+
+__all__ = ["Running", "build_backends", "serve", "wait_for_signal"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Running:
+    """Where a started server listens."""
+
+    http_url: str
+    dimse_address: tuple[str, int]
+    receiver: StoreReceiver
+    backends: dict[str, Backend]
+    mediator: Mediator
+
+
+def build_backends(config: Config, mediator: Mediator) -> dict[str, Backend]:
+    ids = MessageIds()
+    backends: dict[str, Backend] = {}
+    for ae in config.aets:
+        backends[ae.aet] = DimseBackend(
+            ae,
+            config.dimse,
+            calling_aet=config.calling_aet(ae),
+            mediator=mediator,
+            message_ids=ids,
+        )
+    return backends
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = config.http.host
+    hc.bind = [f"[{host}]:{config.http.port}" if ":" in host else f"{host}:{config.http.port}"]
+    hc.graceful_timeout = config.http.graceful_timeout
+    hc.accesslog = logging.getLogger("rst.access")
+    hc.errorlog = logging.getLogger("rst.http")
+    hc.keep_alive_timeout = 75
+    return hc
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGTERM or SIGINT (a shutdown trigger for :func:`serve`)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the gateway until *shutdown_trigger* returns (or forever, until cancelled)."""
+    mediator = Mediator()
+    backends = build_backends(config, mediator)
+    app = create_app(config, backends)
+    receiver = StoreReceiver(config.dimse, mediator)
+
+    with collapse():
+        async with trio.open_nursery() as nursery:
+
+            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
+                    app,
+                    _hypercorn_config(config),
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
+                )
+                # hypercorn returns after a graceful shutdown: stop the receiver too.
+                nursery.cancel_scope.cancel()
+
+            dimse_address = await nursery.start(receiver.run)
+            binds = await nursery.start(http)
+            running = Running(binds[0], dimse_address, receiver, backends, mediator)
+            log.info(
+                "rst serving DICOMweb on %s, C-STORE receiver %s on %s:%s",
+                running.http_url,
+                config.dimse.aet,
+                *dimse_address,
+            )
+            task_status.started(running)

@@ -1,0 +1,82 @@
+"""The contract between the DICOMweb services and the archives behind them.
+
+One :class:`Backend` per configured AE; the DIMSE backend implements it with C-FIND, C-MOVE or
+C-GET and C-STORE. A backend that lacks a capability raises :class:`~rst.errors.NotSupported`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pydicom import Dataset
+
+from rst.dicom.query import QidoQuery
+
+__all__ = ["Backend", "Instance", "RetrieveKeys", "StoreResult", "StoreSession"]
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One instance as a DICOM Part 10 file, as the archive sent it."""
+
+    data: bytes
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveKeys:
+    """What a WADO-RS instance resource names: a study, a series or one instance."""
+
+    study_uid: str
+    series_uid: str | None = None
+    sop_uid: str | None = None
+
+    @property
+    def level(self) -> Literal["STUDY", "SERIES", "IMAGE"]:
+        if self.sop_uid is not None:
+            return "IMAGE"
+        if self.series_uid is not None:
+            return "SERIES"
+        return "STUDY"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """The archive's answer to one stored instance: the DIMSE status and its meaning."""
+
+    status: int
+    comment: str = ""
+
+
+class StoreSession(Protocol):
+    async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
+        """Store one instance; a failure status is returned, not raised."""
+        ...
+
+
+class Backend(Protocol):
+    """An archive behind one AE title."""
+
+    name: str
+
+    async def echo(self) -> None:
+        """Check that the archive answers; raise an RstError if not."""
+        ...
+
+    def search(self, query: QidoQuery) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
+        """Matches for *query*, as they arrive. Leaving early cancels the search."""
+        ...
+
+    def retrieve(self, keys: RetrieveKeys) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
+        """The instances *keys* name, as they arrive; the iterator raises if the retrieve turns
+        out incomplete, and :class:`~rst.errors.NotFound` if nothing matched."""
+        ...
+
+    def store(self) -> AbstractAsyncContextManager[StoreSession]:
+        """A session storing instances one after another (one association)."""
+        ...
