@@ -1,0 +1,1 @@
+"""DICOM building blocks of rst: pure, sans-IO encoding, parsing and negotiation."""

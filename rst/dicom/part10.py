@@ -1,0 +1,212 @@
+"""DICOM Part 10 (PS3.10 §7) file helpers: wrap received datasets, read uploads, re-encode.
+
+Sans-IO and built on pydicom's own file meta writer and reader, so the File Meta Information
+(group 0002, always Explicit VR Little Endian, with a correct group length) matches what pydicom
+and every other toolkit expect.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import dcmwrite, write_file_meta_info
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from rst.errors import BadRequest, NotAcceptable
+
+__all__ = [
+    "UNCOMPRESSED_SYNTAXES",
+    "part10_bytes",
+    "read_instance",
+    "reencode",
+    "transfer_syntax_of",
+]
+
+UNCOMPRESSED_SYNTAXES = frozenset(
+    {
+        str(ImplicitVRLittleEndian),
+        str(ExplicitVRLittleEndian),
+        str(ExplicitVRBigEndian),
+        str(DeflatedExplicitVRLittleEndian),
+    }
+)
+"""Transfer syntaxes whose pixel data is native: they can be re-encoded without a codec."""
+
+_TARGET_SYNTAXES = frozenset(
+    {
+        str(ExplicitVRLittleEndian),
+        str(ImplicitVRLittleEndian),
+        str(DeflatedExplicitVRLittleEndian),
+    }
+)
+"""Syntaxes :func:`reencode` writes (Big Endian is retired and not used in web services)."""
+
+_PREAMBLE = b"\x00" * 128
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+"""Byte width of the words of the binary VRs whose byte order depends on the transfer syntax."""
+
+
+def part10_bytes(
+    dataset_bytes: bytes | memoryview,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax: str,
+    implementation_uid: str,
+    source_aet: str | None = None,
+) -> bytes:
+    """Prefix an encoded dataset with the 128-byte preamble, ``DICM`` and File Meta Information.
+
+    ``dataset_bytes`` (as received in a C-STORE, encoded in ``transfer_syntax``) are copied
+    unchanged; the meta group carries the given UIDs and, if given, the Source AE Title.
+    """
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(implementation_uid)
+    if source_aet:
+        meta.SourceApplicationEntityTitle = source_aet
+    fp = DicomBytesIO()
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    return b"".join((_PREAMBLE, b"DICM", fp.getvalue(), bytes(dataset_bytes)))
+
+
+def _has_part10_header(data: bytes) -> bool:
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def transfer_syntax_of(data: bytes) -> str:
+    """The Transfer Syntax UID in a Part 10 file's meta group (the dataset is not parsed).
+
+    :raises BadRequest: not a Part 10 file, or its meta has no Transfer Syntax UID.
+    """
+    if not _has_part10_header(data):
+        raise BadRequest("not a DICOM Part 10 file (no 'DICM' prefix after the preamble)")
+    fp = BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except Exception as err:  # pydicom raises many kinds on garbage
+        raise BadRequest(f"unreadable DICOM file meta information: {err}") from err
+    syntax = meta.get("TransferSyntaxUID")
+    if not syntax:
+        raise BadRequest("the DICOM file meta information has no Transfer Syntax UID")
+    return str(syntax).strip("\0 ")
+
+
+def _check_lengths(dataset: Dataset) -> None:
+    """Refuse a truncated dataset: pydicom silently returns short values at end of data."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+            continue
+        if raw.value is not None and len(raw.value) < raw.length:
+            raise BadRequest(
+                f"the DICOM data is truncated: {tag} declares {raw.length} bytes, "
+                f"{len(raw.value)} are present"
+            )
+
+
+def read_instance(data: bytes) -> tuple[Dataset, str]:
+    """Parse an uploaded instance (STOW-RS part): a Part 10 file, or a bare dataset.
+
+    A bare dataset (no preamble/meta) is read with the encoding pydicom detects (Implicit VR
+    Little Endian normally). Returns the dataset (file meta in ``dataset.file_meta`` for Part 10
+    input) and its transfer syntax UID.
+
+    :raises BadRequest: the data is not DICOM, or lacks SOP Class / SOP Instance UID.
+    """
+    part10 = _has_part10_header(data)
+    try:
+        dataset = dcmread(BytesIO(data), force=not part10)
+        _check_lengths(dataset)
+        # dcmread is lazy: touch every element so that damage shows here, not later.
+        for _ in dataset.iterall():
+            pass
+    except BadRequest:
+        raise
+    except Exception as err:  # pydicom raises many kinds on garbage
+        raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
+    if part10:
+        syntax = str(dataset.file_meta.get("TransferSyntaxUID") or "").strip("\0 ")
+        if not syntax:
+            raise BadRequest("the DICOM file meta information has no Transfer Syntax UID")
+    else:
+        implicit, little = dataset.original_encoding
+        if implicit:
+            syntax = str(ImplicitVRLittleEndian)
+        else:
+            syntax = str(ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        if not dataset.get(keyword):
+            raise BadRequest(f"the data is not a DICOM instance: it has no {keyword}")
+    return dataset, syntax
+
+
+def _swap_binary(dataset: Dataset) -> None:
+    """Byte-swap OW/OF/OL/OD/OV values in place (big ↔ little endian), nested sequences too.
+
+    pydicom re-encodes decoded values (US, FL, ...) itself but leaves these raw byte strings.
+    """
+    for elem in dataset:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _swap_binary(item)
+            continue
+        width = _SWAP_WIDTH.get(elem.VR)
+        if width is None or not elem.value or elem.is_undefined_length:
+            continue
+        value: bytes = elem.value
+        if len(value) % width:
+            raise NotAcceptable(f"cannot convert {elem.tag} ({elem.VR}) to little endian")
+        swapped = bytearray(value)
+        for offset in range(width):
+            swapped[offset::width] = value[width - 1 - offset :: width]
+        elem.value = bytes(swapped)
+
+
+def reencode(data: bytes, transfer_syntax: str) -> bytes:
+    """Re-encode a Part 10 file into another uncompressed transfer syntax.
+
+    Sources: Implicit VR LE, Explicit VR LE, Explicit VR BE, Deflated Explicit VR LE. Targets:
+    Explicit VR LE, Implicit VR LE, Deflated. A file already in ``transfer_syntax`` is returned
+    unchanged.
+
+    :raises NotAcceptable: the source is compressed (transcoding is not implemented yet) or the
+        target is not one of the above.
+    :raises BadRequest: ``data`` is not a Part 10 file.
+    """
+    source = transfer_syntax_of(data)
+    if source == transfer_syntax:
+        return data
+    if source not in UNCOMPRESSED_SYNTAXES:
+        raise NotAcceptable(
+            f"the instance is stored in transfer syntax {source}; converting it to "
+            f"{transfer_syntax} needs transcoding, which rst does not do yet"
+        )
+    if transfer_syntax not in _TARGET_SYNTAXES:
+        raise NotAcceptable(f"rst cannot encode instances in transfer syntax {transfer_syntax}")
+    try:
+        dataset = dcmread(BytesIO(data))
+    except Exception as err:  # pydicom raises many kinds on garbage
+        raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
+    if source == str(ExplicitVRBigEndian):
+        _swap_binary(dataset)
+    dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax)
+    out = BytesIO()
+    dcmwrite(out, dataset, enforce_file_format=True)
+    return out.getvalue()

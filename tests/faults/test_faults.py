@@ -1,0 +1,203 @@
+"""rst against PACS that misbehave: each fault must end in a clear error, never a hang, a
+leak or a retrieve that looks complete when it is not."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from pynetdicom.association import Association
+
+from rst.config import AeConfig
+from rst.devpacs import DevPacs, Faults
+from rst.server import Running
+from tests.support.gateway import run_gateway, wait_until
+
+
+def ae(pacs: DevPacs, **kw: Any) -> AeConfig:
+    return AeConfig(aet="FAULTY", host="127.0.0.1", port=pacs.port, **kw)
+
+
+def study_uid(pacs: DevPacs) -> str:
+    return str(pacs.archive.instances()[0].study_uid)
+
+
+def client(running: Running) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"{running.http_url}/aets/FAULTY", timeout=30)
+
+
+async def pacs_saw(pacs: DevPacs, what: str) -> bool:
+    """Wait (without blocking the event loop rst runs on) until the PACS logged *what*."""
+    return await trio.to_thread.run_sync(pacs.wait_for, what, 5.0)
+
+
+def rst_association_threads() -> list[Association]:
+    """pynetdicom association threads on rst's side still alive (its requests, its receiver)."""
+    alive = []
+    for thread in threading.enumerate():
+        if isinstance(thread, Association) and thread.is_alive():
+            local = thread.requestor if thread.is_requestor else thread.acceptor
+            if local.ae_title == "RST":
+                alive.append(thread)
+    return alive
+
+
+def assert_idle(running: Running) -> None:
+    backend: Any = running.backends["FAULTY"]
+    assert backend.peer.open_associations == 0
+    assert len(running.mediator) == 0
+
+
+async def test_rejected_association_is_502_with_reason(pacs: DevPacs, faults: Faults) -> None:
+    faults.reject_association = True
+    async with run_gateway(ae(pacs)) as running, client(running) as http:
+        response = await http.get("/studies")
+        health = await http.get(f"{running.http_url}/aets/FAULTY")
+    assert response.status_code == 502
+    assert "rejected the association" in response.json()["error"]
+    assert health.status_code == 503
+    assert health.json()["status"] == "unavailable"
+
+
+async def test_unreachable_pacs_is_502() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = AeConfig(aet="FAULTY", host="127.0.0.1", port=port)
+    async with run_gateway(config) as running, client(running) as http:
+        response = await http.get("/studies")
+    assert response.status_code == 502
+    assert "cannot connect" in response.json()["error"]
+
+
+async def test_unknown_move_destination_is_502_naming_the_fix(pacs: DevPacs) -> None:
+    async with run_gateway(ae(pacs)) as running, client(running) as http:
+        response = await http.get(f"/studies/{study_uid(pacs)}")
+        assert_idle(running)
+    assert response.status_code == 502
+    assert "0xA801" in response.json()["error"]
+    assert "DICOM modalities" in response.json()["error"]
+
+
+async def test_missing_move_originator_falls_back_to_uids(pacs: DevPacs, faults: Faults) -> None:
+    faults.omit_move_originator = True
+    async with run_gateway(ae(pacs)) as running, client(running) as http:
+        pacs.add_destination("RST", *running.dimse_address)
+        response = await http.get(f"/studies/{study_uid(pacs)}")
+        assert response.status_code == 200
+        assert response.content.count(b"Content-Type: application/dicom") == 12
+        assert running.receiver.refused == 0
+
+
+async def test_missing_move_originator_refused_when_correlation_requires_it(
+    pacs: DevPacs, faults: Faults
+) -> None:
+    faults.omit_move_originator = True
+    async with run_gateway(ae(pacs, correlation="move-originator")) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            response = await http.get(f"/studies/{study_uid(pacs)}")
+        assert response.status_code == 502
+        assert running.receiver.refused >= 1
+        assert_idle(running)
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_fewer_instances_than_reported_breaks_the_stream(
+    pacs: DevPacs, faults: Faults, mode: str
+) -> None:
+    faults.drop_instances = 2
+    async with run_gateway(ae(pacs, retrieve=mode)) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(f"/studies/{study_uid(pacs)}")
+        await wait_until(lambda: running.backends["FAULTY"].peer.open_associations == 0)  # type: ignore[attr-defined]
+        assert_idle(running)
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_pacs_dying_mid_transfer_breaks_the_stream(
+    pacs: DevPacs, faults: Faults, mode: str
+) -> None:
+    faults.die_after = 3
+    async with run_gateway(ae(pacs, retrieve=mode)) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await http.get(f"/studies/{study_uid(pacs)}")
+        await wait_until(lambda: running.backends["FAULTY"].peer.open_associations == 0)  # type: ignore[attr-defined]
+        assert_idle(running)
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_hanging_pacs_times_out_with_cancel(pacs: DevPacs, faults: Faults, mode: str) -> None:
+    gate = threading.Event()
+    faults.hang_after_move = gate
+    try:
+        async with run_gateway(
+            ae(pacs, retrieve=mode, first_store_timeout=0.5, cancel_timeout=1.0)
+        ) as running:
+            pacs.add_destination("RST", *running.dimse_address)
+            async with client(running) as http:
+                response = await http.get(f"/studies/{study_uid(pacs)}")
+            assert response.status_code == 504
+            assert "sent no C-STORE" in response.json()["error"]
+            assert await pacs_saw(pacs, "cancel"), pacs.events
+            assert_idle(running)
+    finally:
+        gate.set()
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_client_disconnect_cancels_the_retrieve(
+    pacs: DevPacs, faults: Faults, mode: str
+) -> None:
+    gate = threading.Event()
+    faults.hang_after_move = gate
+    try:
+        async with run_gateway(ae(pacs, retrieve=mode, cancel_timeout=1.0)) as running:
+            pacs.add_destination("RST", *running.dimse_address)
+            url = f"{running.http_url}/aets/FAULTY/studies/{study_uid(pacs)}"
+            async with httpx.AsyncClient(timeout=30) as http:
+                with trio.move_on_after(5):  # the client gives up (disconnects) once hung
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(http.get, url)
+                        assert await pacs_saw(pacs, "hang")
+                        nursery.cancel_scope.cancel()
+            assert await pacs_saw(pacs, "cancel"), pacs.events
+            await wait_until(
+                lambda: running.backends["FAULTY"].peer.open_associations == 0,  # type: ignore[attr-defined]
+                within=2,
+                what="the association to be released",
+            )
+            assert_idle(running)
+            await wait_until(lambda: not rst_association_threads(), within=5, what="threads")
+    finally:
+        gate.set()
+
+
+async def test_stow_reports_each_refused_instance(
+    pacs: DevPacs, faults: Faults, sample_folder: Any
+) -> None:
+    from rst.dicom.multipart import MultipartWriter
+
+    faults.store_status = 0xA700
+    files = sorted(sample_folder.rglob("*.dcm"))[:3]
+    writer = MultipartWriter()
+    body = b"".join(writer.part_head("application/dicom") + f.read_bytes() for f in files)
+    body += writer.close()
+    async with run_gateway(ae(pacs)) as running, client(running) as http:
+        response = await http.post(
+            "/studies",
+            content=body,
+            headers={"Content-Type": writer.content_type("application/dicom")},
+        )
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"]
+    assert len(failed) == 3
+    assert {item["00081197"]["Value"][0] for item in failed} == {0xA700}

@@ -1,0 +1,40 @@
+"""Run rst in-process for tests: the real server (hypercorn, receiver) on loopback, port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from rst.config import AeConfig, Config, DimseConfig, HttpConfig
+from rst.server import Running, serve
+
+
+@asynccontextmanager
+async def run_gateway(
+    *aets: AeConfig, dimse: dict[str, Any] | None = None, http: dict[str, Any] | None = None
+) -> AsyncIterator[Running]:
+    """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports."""
+    config = Config(
+        http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
+        dimse=DimseConfig(host="127.0.0.1", port=0, **(dimse or {})),
+        aets=aets,
+    )
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(serve, config)
+        yield running
+        nursery.cancel_scope.cancel()
+
+
+async def wait_until(predicate: Any, *, within: float = 5.0, what: str = "condition") -> None:
+    """Poll *predicate* until true; fail after *within* seconds.
+
+    Only for states that pynetdicom's threads reach by themselves (an association thread
+    ending) and that offer nothing to wait on."""
+    with trio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110 - no event to wait for on pynetdicom's side
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out after {within} s waiting for {what}")

@@ -1,0 +1,199 @@
+"""Content negotiation: Accept parsing, WADO-RS instance formats, DICOM JSON."""
+
+from __future__ import annotations
+
+import pytest
+
+from rst.dicom.accept import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    MediaRange,
+    RetrieveFormat,
+    negotiate_instances,
+    negotiate_json,
+    parse_accept,
+    parse_media_type,
+    split_quoted,
+)
+from rst.errors import NotAcceptable
+
+EVLE = EXPLICIT_VR_LITTLE_ENDIAN
+OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+
+
+class TestParseAccept:
+    def test_simple_list(self) -> None:
+        ranges = parse_accept("application/dicom+json, */*")
+        assert [r.media_type for r in ranges] == ["application/dicom+json", "*/*"]
+        assert all(r.q == 1.0 for r in ranges)
+
+    def test_quoted_and_unquoted_params_are_equal(self) -> None:
+        quoted = parse_accept('multipart/related; type="application/dicom"')[0]
+        token = parse_accept("multipart/related; type=application/dicom")[0]
+        assert quoted == token
+        assert quoted.params == {"type": "application/dicom"}
+
+    def test_case_and_whitespace(self) -> None:
+        (r,) = parse_accept('  Multipart/Related ;TYPE = "application/dicom" ;  Q=0.5 ')
+        assert r == MediaRange("multipart", "related", {"type": "application/dicom"}, 0.5)
+
+    def test_comma_inside_quotes_does_not_split(self) -> None:
+        ranges = parse_accept('multipart/related; type="a,b"; x="q\\"uote", text/plain')
+        assert len(ranges) == 2
+        assert ranges[0].params == {"type": "a,b", "x": 'q"uote'}
+
+    def test_q_ends_media_type_params(self) -> None:
+        (r,) = parse_accept("text/html; level=1; q=0.7; ext=1")
+        assert r.params == {"level": "1"}
+        assert r.q == pytest.approx(0.7)
+
+    @pytest.mark.parametrize(
+        "bad", ["nonsense", "/json", "application/", "text/html; q=2", "a/b; q=x"]
+    )
+    def test_malformed_elements_are_skipped(self, bad: str) -> None:
+        assert parse_accept(f"{bad}, application/json") == [MediaRange("application", "json")]
+
+    def test_empty(self) -> None:
+        assert parse_accept("") == []
+        assert parse_accept(" , ,") == []
+
+    def test_split_quoted_and_parse_media_type(self) -> None:
+        assert split_quoted('a;"b;c";d', ";") == ["a", '"b;c"', "d"]
+        assert parse_media_type('Multipart/Related; Boundary="x y"; type=application/dicom') == (
+            "multipart/related",
+            {"boundary": "x y", "type": "application/dicom"},
+        )
+        assert parse_media_type("") == ("", {})
+
+
+class TestNegotiateInstances:
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            None,
+            "",
+            "*/*",
+            "multipart/*",
+            "multipart/related",
+            'multipart/related; type="application/dicom"',
+            "multipart/related; type=application/dicom",
+            "MULTIPART/RELATED; TYPE=APPLICATION/DICOM",
+            f"multipart/related; type=application/dicom; transfer-syntax={EVLE}",
+            f'multipart/related; type="application/dicom"; transfer-syntax="{EVLE}"',
+        ],
+    )
+    def test_default_explicit_vr_little_endian(self, accept: str | None) -> None:
+        assert negotiate_instances(accept) == RetrieveFormat(EVLE)
+
+    def test_as_stored(self) -> None:
+        fmt = negotiate_instances('multipart/related; type="application/dicom"; transfer-syntax=*')
+        assert fmt == RetrieveFormat(None)
+        assert negotiate_instances("multipart/related; transfer-syntax=*").transfer_syntax is None
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "application/dicom+json",
+            "application/dicom",
+            OHIF_FRAMES,
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.50",
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2",
+            "multipart/related; type=application/dicom+xml",
+            "*/*; q=0",
+            "image/jpeg, text/html",
+        ],
+    )
+    def test_not_acceptable(self, accept: str) -> None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate_instances(accept)
+        assert 'type="application/dicom"' in info.value.message
+        assert EVLE in info.value.message
+        assert info.value.status == 406
+
+    def test_acceptable_range_alongside_ohif_frames(self) -> None:
+        accept = f"{OHIF_FRAMES}, multipart/related; type=application/dicom; transfer-syntax=*"
+        assert negotiate_instances(accept).transfer_syntax is None
+
+    def test_highest_q_wins(self) -> None:
+        accept = (
+            "multipart/related; type=application/dicom; q=0.5, "
+            "multipart/related; type=application/dicom; transfer-syntax=*; q=0.9"
+        )
+        assert negotiate_instances(accept).transfer_syntax is None
+        swapped = (
+            "multipart/related; type=application/dicom; q=0.9, "
+            "multipart/related; type=application/dicom; transfer-syntax=*; q=0.5"
+        )
+        assert negotiate_instances(swapped).transfer_syntax == EVLE
+
+    def test_equal_q_keeps_client_order(self) -> None:
+        accept = "multipart/related; transfer-syntax=*, multipart/related"
+        assert negotiate_instances(accept).transfer_syntax is None
+
+    def test_unsupported_syntax_falls_back_to_lower_q(self) -> None:
+        accept = (
+            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90,"
+            " */*; q=0.1"
+        )
+        assert negotiate_instances(accept).transfer_syntax == EVLE
+
+    def test_q0_excludes_default_from_wildcard(self) -> None:
+        accept = "multipart/related; type=application/dicom; q=0, */*"
+        with pytest.raises(NotAcceptable):
+            negotiate_instances(accept)
+
+    def test_query_parameter_takes_precedence(self) -> None:
+        param = "multipart/related; type=application/dicom; transfer-syntax=*"
+        assert negotiate_instances("application/dicom+json", param).transfer_syntax is None
+        with pytest.raises(NotAcceptable):
+            negotiate_instances("*/*", "application/dicom+json")
+
+    def test_blank_query_parameter_is_ignored(self) -> None:
+        assert negotiate_instances("*/*", "  ").transfer_syntax == EVLE
+
+
+class TestNegotiateJson:
+    @pytest.mark.parametrize(
+        ("accept", "expected"),
+        [
+            (None, "application/dicom+json"),
+            ("", "application/dicom+json"),
+            ("*/*", "application/dicom+json"),
+            ("application/*", "application/dicom+json"),
+            ("application/dicom+json", "application/dicom+json"),
+            ("Application/DICOM+JSON; charset=utf-8", "application/dicom+json"),
+            ("application/json", "application/json"),
+            (f"application/dicom+json, {OHIF_FRAMES}", "application/dicom+json"),
+            (f"{OHIF_FRAMES}, application/json; q=0.2", "application/json"),
+            ("application/json; q=0.5, application/dicom+json", "application/dicom+json"),
+            ("application/json, application/dicom+json; q=0.5", "application/json"),
+            ("application/dicom+json; q=0, */*", "application/json"),
+            ("text/html, */*; q=0.1", "application/dicom+json"),
+        ],
+    )
+    def test_acceptable(self, accept: str | None, expected: str) -> None:
+        assert negotiate_json(accept) == expected
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "text/html",
+            "application/dicom+xml",
+            OHIF_FRAMES,
+            "application/dicom+json; q=0",
+            "application/dicom+json; q=0, application/json; q=0, */*",
+        ],
+    )
+    def test_not_acceptable(self, accept: str) -> None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate_json(accept)
+        assert "application/dicom+json" in info.value.message
+
+    def test_query_parameter_takes_precedence(self) -> None:
+        assert negotiate_json("text/html", "application/json") == "application/json"
+        with pytest.raises(NotAcceptable):
+            negotiate_json("application/dicom+json", "text/html")
+
+    def test_long_accept_is_truncated_in_message(self) -> None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate_json("text/html, " * 100)
+        assert len(info.value.message) < 400
