@@ -95,7 +95,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
             warnings.append(FUZZY_WARNING.format(host=request.host))
         if any(row is MORE for row in stream.prefetched):
             warnings.append(MORE_WARNING.format(host=request.host))
-        response = Response(json_array(stream.items()), content_type=media_type)
+        response = Response(json_array(stream), content_type=media_type)
         for warning in warnings:
             response.headers.add("Warning", warning)
         return response
@@ -129,7 +129,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         stream = await start_stream(produce, prefetch=1)
 
         async def body() -> AsyncIterator[bytes]:
-            async for chunk in stream.items():
+            async for chunk in stream:
                 yield chunk
             yield writer.close()
 

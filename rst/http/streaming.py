@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
@@ -38,28 +38,37 @@ class _Failure:
 
 
 class Stream(Generic[T]):
-    """The consumer side: prefetched items first, then the rest as the producer sends them."""
+    """The consumer side: prefetched items first, then the rest as the producer sends them.
+
+    A plain iterator class rather than an async generator, so that a response abandoned midway
+    (client gone) leaves nothing for the garbage collector to finalize."""
 
     def __init__(
         self, prefetched: list[T], channel: trio.MemoryReceiveChannel[object], done: bool
     ) -> None:
         self.prefetched = prefetched
+        self._pending = list(reversed(prefetched))
         self._channel = channel
-        self.done = done
+        if done:
+            channel.close()
 
-    async def items(self) -> AsyncIterator[T]:
-        for item in self.prefetched:
-            yield item
-        self.prefetched = []
-        if self.done:
-            return
-        async with self._channel:
-            async for received in self._channel:
-                if isinstance(received, _Failure):
-                    message = getattr(received.error, "message", str(received.error))
-                    log.error("response broken off: %s", message)
-                    raise StreamBrokenOff(message) from received.error
-                yield cast(T, received)
+    def __aiter__(self) -> Stream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._pending:
+            return self._pending.pop()
+        try:
+            received = await self._channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self._channel.close()
+            raise StopAsyncIteration from None
+        if isinstance(received, _Failure):
+            self._channel.close()
+            message = getattr(received.error, "message", str(received.error))
+            log.error("response broken off: %s", message)
+            raise StreamBrokenOff(message) from received.error
+        return cast(T, received)
 
 
 async def start_stream(

@@ -37,6 +37,11 @@ class RetrieveKeys:
     sop_uid: str | None = None
 
     @property
+    def uid(self) -> str:
+        """The UID of the named entity itself."""
+        return self.sop_uid or self.series_uid or self.study_uid
+
+    @property
     def level(self) -> Literal["STUDY", "SERIES", "IMAGE"]:
         if self.sop_uid is not None:
             return "IMAGE"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -22,7 +22,7 @@ from rst.backends.dimse.sink import InstanceSink
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
-from rst.errors import BackendTimeout, DimseFailure
+from rst.errors import BackendTimeout, DimseFailure, NotFound
 from rst.groups import collapse
 from rst.services.protocols import Instance, RetrieveKeys, StoreResult
 
@@ -71,25 +71,29 @@ class DimseBackend:
 
     # -- QIDO-RS -------------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def search(self, query: QidoQuery) -> AsyncIterator[AsyncIterator[Dataset]]:
+    def search(self, query: QidoQuery) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
         """C-FIND at the query's level; matches stream out as the PACS sends them.
 
         Leaving the block early (limit reached, client gone) sends C-CANCEL."""
+        return self._find(query.identifier)
+
+    @asynccontextmanager
+    async def _find(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
         async with self.peer.associate(
             [build_context(FIND_MODEL)], dimse_timeout=self.config.find_timeout
         ) as assoc:
             msg_id = self.message_ids.next(self.peer.calling_aet)
 
             def send() -> Iterator[Response]:
-                return assoc.send_c_find(query.identifier, FIND_MODEL, msg_id=msg_id)
+                return assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id)
 
-            async with self.peer.stream(
-                assoc, send, msg_id=msg_id, query_model=FIND_MODEL
-            ) as responses:
-                yield self._matches(responses)
+            async with (
+                self.peer.stream(assoc, send, msg_id=msg_id, query_model=FIND_MODEL) as responses,
+                aclosing(self._matches(responses)) as matches,
+            ):
+                yield matches
 
-    async def _matches(self, responses: DimseStream) -> AsyncIterator[Dataset]:
+    async def _matches(self, responses: DimseStream) -> AsyncGenerator[Dataset]:
         async for status, identifier in responses:
             if is_pending(status):
                 if identifier is not None:
@@ -150,7 +154,7 @@ class DimseBackend:
                 def send() -> Iterator[Response]:
                     return assoc.send_c_move(identifier, self.dimse.aet, MOVE_MODEL, msg_id=msg_id)
 
-                async with self._run(assoc, send, msg_id, MOVE_MODEL, sink, "C-MOVE") as out:
+                async with self._run(assoc, send, msg_id, MOVE_MODEL, sink, keys, "C-MOVE") as out:
                     yield out
 
     @asynccontextmanager
@@ -178,7 +182,7 @@ class DimseBackend:
                 def send() -> Iterator[Response]:
                     return assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
 
-                async with self._run(assoc, send, msg_id, GET_MODEL, sink, "C-GET") as out:
+                async with self._run(assoc, send, msg_id, GET_MODEL, sink, keys, "C-GET") as out:
                     yield out
         finally:
             sink.close()
@@ -191,22 +195,26 @@ class DimseBackend:
         msg_id: int,
         model: str,
         sink: InstanceSink,
+        keys: RetrieveKeys,
         operation: str,
     ) -> AsyncIterator[AsyncIterator[Instance]]:
         """Drive one C-MOVE/C-GET: responses feed the sink's end, the caller reads instances."""
         async with self.peer.stream(assoc, send, msg_id=msg_id, query_model=model) as responses:
             with collapse():
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch, responses, sink, operation)
+                    nursery.start_soon(self._watch, responses, sink, keys, operation)
                     try:
-                        yield self._instances(sink)
+                        async with aclosing(self._instances(sink)) as instances:
+                            yield instances
                     finally:
                         # Refuse C-STOREs still in flight at once: a PACS stuck waiting for a
                         # C-STORE response cannot see the C-CANCEL that follows.
                         sink.close()
                         nursery.cancel_scope.cancel()
 
-    async def _watch(self, responses: DimseStream, sink: InstanceSink, operation: str) -> None:
+    async def _watch(
+        self, responses: DimseStream, sink: InstanceSink, keys: RetrieveKeys, operation: str
+    ) -> None:
         final: Dataset = Dataset()
         async for status, _ in responses:
             if not is_pending(status):
@@ -214,11 +222,15 @@ class DimseBackend:
         error = retrieve_outcome(
             final, received=sink.delivered, pacs=self.name, operation=operation
         )
+        if isinstance(error, DimseFailure) and sink.delivered == 0 and not await self._exists(keys):
+            # Many PACS (Orthanc among them) fail a retrieve of unknown UIDs instead of
+            # answering "0 sub-operations"; a C-FIND tells a missing study from a failure.
+            error = NotFound(f"the PACS {self.name} has no {keys.level.lower()} {keys.uid}")
         if error is not None:
             log.warning("%s", error.message)
         sink.finish(error)
 
-    async def _instances(self, sink: InstanceSink) -> AsyncIterator[Instance]:
+    async def _instances(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
         timeout = self.config.first_store_timeout
         while True:
             try:
@@ -238,6 +250,12 @@ class DimseBackend:
                 return
             yield instance
             timeout = self.config.idle_timeout
+
+    async def _exists(self, keys: RetrieveKeys) -> bool:
+        async with self._find(self._identifier(keys)) as matches:
+            async for _ in matches:
+                return True
+        return False
 
     # -- STOW-RS -------------------------------------------------------------------------------
 

@@ -1,0 +1,423 @@
+"""rst.config: defaults, the TOML file, ``RST_*`` overrides and errors that name the key.
+
+Every test passes ``environ`` explicitly, so the real environment never leaks in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rst.config import (
+    DEFAULT_TRANSFER_SYNTAXES,
+    AeConfig,
+    Config,
+    ConfigError,
+    load_config,
+)
+
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rst.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# -- defaults --------------------------------------------------------------------------------
+
+
+def test_defaults_without_file_or_environment() -> None:
+    config = load_config(environ=NO_ENV)
+
+    assert config.http.host == "127.0.0.1"
+    assert config.http.port == 8080
+    assert config.http.base_url is None
+    assert config.http.max_stow_bytes == 4 * 1024**3
+    assert config.http.graceful_timeout == 10.0
+    assert config.http.cors_origins == ()
+    assert config.dimse.aet == "RST"
+    assert config.dimse.port == 11112
+    assert config.dimse.max_pdu == 131072
+    assert config.dimse.stall_timeout == 4.0
+    assert config.dimse.spool_dir is None
+    assert config.dimse.spool_max_bytes == 2 * 1024**3
+    assert config.dimse.channel_size == 4
+    assert config.dimse.transfer_syntaxes == DEFAULT_TRANSFER_SYNTAXES
+    assert config.aets == ()
+    assert config.log_level == "INFO"
+
+
+def test_ae_defaults() -> None:
+    ae = AeConfig(aet="PACS")
+
+    assert (ae.backend, ae.host, ae.port, ae.retrieve) == ("dimse", "127.0.0.1", 104, "move")
+    assert ae.calling_aet is None
+    assert ae.max_associations == 8
+    assert ae.correlation == "auto"
+    assert (ae.connect_timeout, ae.find_timeout, ae.first_store_timeout) == (10.0, 30.0, 120.0)
+    assert (ae.idle_timeout, ae.store_timeout, ae.cancel_timeout) == (30.0, 60.0, 2.0)
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(environ=NO_ENV)
+
+    with pytest.raises(ValueError, match="frozen"):
+        config.http.port = 1  # type: ignore[misc]
+
+
+def test_environment_is_not_read_when_environ_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RST_HTTP_PORT", "1234")
+
+    assert load_config(environ=NO_ENV).http.port == 8080
+
+
+# -- the TOML file ---------------------------------------------------------------------------
+
+
+def test_file_sets_sections_and_aets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+log_level = "DEBUG"
+
+[http]
+host = "0.0.0.0"
+port = 8042
+cors_origins = ["*"]
+
+[dimse]
+aet = "GATEWAY"
+port = 4242
+channel_size = 8
+
+[[aets]]
+aet = "ORTHANC"
+host = "pacs.example"
+port = 4243
+retrieve = "get"
+calling_aet = "CALLER"
+
+[[aets]]
+aet = "OTHER"
+""",
+    )
+
+    config = load_config(path, environ=NO_ENV)
+
+    assert config.log_level == "DEBUG"
+    assert (config.http.host, config.http.port, config.http.cors_origins) == (
+        "0.0.0.0",
+        8042,
+        ("*",),
+    )
+    assert (config.dimse.aet, config.dimse.port, config.dimse.channel_size) == ("GATEWAY", 4242, 8)
+    assert [ae.aet for ae in config.aets] == ["ORTHANC", "OTHER"]
+    orthanc = config.ae("ORTHANC")
+    assert orthanc is not None
+    assert (orthanc.host, orthanc.port, orthanc.retrieve) == ("pacs.example", 4243, "get")
+    assert config.calling_aet(orthanc) == "CALLER"
+    other = config.ae("OTHER")
+    assert other is not None
+    assert config.calling_aet(other) == "GATEWAY"
+    assert config.ae("MISSING") is None
+
+
+def test_file_accepts_path_as_string(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 9000\n")
+
+    assert load_config(str(path), environ=NO_ENV).http.port == 9000
+
+
+def test_ae_title_is_stripped(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "PACS  "\n')
+
+    assert load_config(path, environ=NO_ENV).aets[0].aet == "PACS"
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.toml"):
+        load_config(missing, environ=NO_ENV)
+
+
+def test_directory_instead_of_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path, environ=NO_ENV)
+
+
+def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http\nport = 1\n")
+
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_unknown_top_level_key_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "colour = 'blue'\n")
+
+    with pytest.raises(ConfigError, match=r"colour: Extra inputs are not permitted"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_unknown_section_key_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nprot = 8080\n")
+
+    with pytest.raises(ConfigError, match=r"http\.prot: Extra inputs"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_unknown_ae_key_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "A"\n\n[[aets]]\naet = "B"\nhots = "x"\n')
+
+    with pytest.raises(ConfigError, match=r"aets\.1\.hots: Extra inputs"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_duplicate_ae_titles_are_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "PACS"\n\n[[aets]]\naet = "PACS"\nport = 5\n')
+
+    with pytest.raises(ConfigError, match=r"aets: AE title 'PACS' is configured twice"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_ae_titles_that_differ_only_by_padding_are_duplicates(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "PACS"\n\n[[aets]]\naet = "PACS "\n')
+
+    with pytest.raises(ConfigError, match="configured twice"):
+        load_config(path, environ=NO_ENV)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[http]\nport = 70000\n", "http.port"),
+        ("[http]\nport = -1\n", "http.port"),
+        ("[http]\nport = 'eighty'\n", "http.port"),
+        ("[http]\ngraceful_timeout = 0\n", "http.graceful_timeout"),
+        ("[http]\nmax_stow_bytes = 0\n", "http.max_stow_bytes"),
+        ("[dimse]\naet = ''\n", "dimse.aet"),
+        ("[dimse]\naet = 'SEVENTEEN_CHARS_X'\n", "dimse.aet"),
+        ("[dimse]\naet = 'BACK\\\\SLASH'\n", "dimse.aet"),
+        ("[dimse]\naet = '    '\n", "dimse.aet"),
+        ("[dimse]\nchannel_size = 0\n", "dimse.channel_size"),
+        ("[dimse]\nchannel_size = 65\n", "dimse.channel_size"),
+        ("[dimse]\nstall_timeout = -1.0\n", "dimse.stall_timeout"),
+        ("[dimse]\nmax_pdu = -1\n", "dimse.max_pdu"),
+        ("[[aets]]\nport = 1\n", "aets.0.aet"),
+        ("[[aets]]\naet = 'A'\nretrieve = 'fetch'\n", "aets.0.retrieve"),
+        ("[[aets]]\naet = 'A'\n[[aets]]\naet = 'B'\nretrieve = 'fetch'\n", "aets.1.retrieve"),
+        ("[[aets]]\naet = 'A'\nbackend = 's3'\n", "aets.0.backend"),
+        ("[[aets]]\naet = 'A'\ncorrelation = 'guess'\n", "aets.0.correlation"),
+        ("[[aets]]\naet = 'A'\nmax_associations = 0\n", "aets.0.max_associations"),
+        ("log_level = 'TRACE'\n", "log_level"),
+    ],
+)
+def test_invalid_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    path = write(tmp_path, toml)
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=NO_ENV)
+
+    message = str(info.value)
+    assert message.startswith("invalid configuration: ")
+    assert f"{key}: " in message
+
+
+def test_config_error_is_not_chained_to_the_validation_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 70000\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ=NO_ENV)
+
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+
+
+def test_every_invalid_key_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 70000\n\n[dimse]\nchannel_size = 0\n")
+
+    with pytest.raises(ConfigError, match=r"http\.port: .*; dimse\.channel_size: "):
+        load_config(path, environ=NO_ENV)
+
+
+# -- environment overrides -------------------------------------------------------------------
+
+
+def test_env_sets_http_port() -> None:
+    assert load_config(environ={"RST_HTTP_PORT": "9090"}).http.port == 9090
+
+
+def test_env_sets_dimse_aet() -> None:
+    assert load_config(environ={"RST_DIMSE_AET": "GW"}).dimse.aet == "GW"
+
+
+def test_env_sets_multi_word_key() -> None:
+    config = load_config(
+        environ={"RST_DIMSE_STALL_TIMEOUT": "1.5", "RST_HTTP_BASE_URL": "http://x"}
+    )
+
+    assert config.dimse.stall_timeout == 1.5
+    assert config.http.base_url == "http://x"
+
+
+def test_env_overrides_file_and_keeps_other_file_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nhost = '0.0.0.0'\nport = 8042\n")
+
+    config = load_config(path, environ={"RST_HTTP_PORT": "9090"})
+
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 9090)
+
+
+def test_env_comma_separated_value_becomes_a_tuple() -> None:
+    config = load_config(environ={"RST_HTTP_CORS_ORIGINS": "https://a.example, https://b.example"})
+
+    assert config.http.cors_origins == ("https://a.example", "https://b.example")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="bug: a single-item list from the environment stays a str and fails tuple validation",
+)
+def test_env_single_item_list() -> None:
+    config = load_config(environ={"RST_HTTP_CORS_ORIGINS": "*"})
+
+    assert config.http.cors_origins == ("*",)
+
+
+def test_env_sets_log_level() -> None:
+    assert load_config(environ={"RST_LOG_LEVEL": "WARNING"}).log_level == "WARNING"
+
+
+def test_env_invalid_log_level_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"log_level: "):
+        load_config(environ={"RST_LOG_LEVEL": "LOUD"})
+
+
+def test_env_invalid_http_port_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"http\.port: "):
+        load_config(environ={"RST_HTTP_PORT": "not-a-port"})
+
+
+def test_env_invalid_dimse_aet_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"dimse\.aet: "):
+        load_config(environ={"RST_DIMSE_AET": "WAY_TOO_LONG_AE_TITLE"})
+
+
+def test_env_ignores_other_variables() -> None:
+    config = load_config(
+        environ={"HTTP_PORT": "1", "RSTX_HTTP_PORT": "2", "PATH": "/bin", "RST_HTTP_BOGUS": "3"}
+    )
+
+    assert config == Config()
+
+
+def test_env_overrides_ae_from_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "ORTHANC"\nport = 4242\nhost = "pacs"\n')
+
+    config = load_config(path, environ={"RST_AETS_ORTHANC_PORT": "4343"})
+
+    assert len(config.aets) == 1
+    assert (config.aets[0].host, config.aets[0].port) == ("pacs", 4343)
+
+
+def test_env_ae_match_is_case_insensitive_on_the_file_side(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "orthanc"\n')
+
+    config = load_config(path, environ={"RST_AETS_ORTHANC_RETRIEVE": "get"})
+
+    assert [(ae.aet, ae.retrieve) for ae in config.aets] == [("orthanc", "get")]
+
+
+def test_env_ae_title_containing_underscore(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "MY_PACS"\n\n[[aets]]\naet = "MY"\n')
+
+    config = load_config(
+        path,
+        environ={"RST_AETS_MY_PACS_PORT": "5000", "RST_AETS_MY_PACS_MAX_ASSOCIATIONS": "2"},
+    )
+
+    my_pacs = config.ae("MY_PACS")
+    my = config.ae("MY")
+    assert my_pacs is not None
+    assert my is not None
+    assert (my_pacs.port, my_pacs.max_associations) == (5000, 2)
+    assert (my.port, my.max_associations) == (104, 8)
+
+
+def test_env_key_is_matched_from_the_end_longest_first() -> None:
+    # ``calling_aet`` ends with ``aet`` and ``first_store_timeout`` with ``store_timeout``.
+    config = load_config(
+        environ={
+            "RST_AETS_PACS_CALLING_AET": "CALLER",
+            "RST_AETS_PACS_FIRST_STORE_TIMEOUT": "300",
+            "RST_AETS_PACS_STORE_TIMEOUT": "5",
+        }
+    )
+
+    assert len(config.aets) == 1
+    ae = config.aets[0]
+    assert (ae.aet, ae.calling_aet) == ("PACS", "CALLER")
+    assert (ae.first_store_timeout, ae.store_timeout) == (300.0, 5.0)
+
+
+def test_env_alone_creates_a_new_ae(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "ORTHANC"\n')
+
+    config = load_config(
+        path, environ={"RST_AETS_NEW_PACS_HOST": "10.0.0.9", "RST_AETS_NEW_PACS_PORT": "11113"}
+    )
+
+    assert [ae.aet for ae in config.aets] == ["ORTHANC", "NEW_PACS"]
+    new = config.ae("NEW_PACS")
+    assert new is not None
+    assert (new.host, new.port) == ("10.0.0.9", 11113)
+
+
+def test_env_ae_without_key_is_ignored() -> None:
+    # ``RST_AETS_PORT``: no AE title before the key.
+    assert load_config(environ={"RST_AETS_PORT": "1", "RST_AETS_PACS_COLOUR": "x"}).aets == ()
+
+
+def test_env_invalid_ae_value_names_the_indexed_key(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "A"\n\n[[aets]]\naet = "B"\n')
+
+    with pytest.raises(ConfigError, match=r"aets\.1\.retrieve: "):
+        load_config(path, environ={"RST_AETS_B_RETRIEVE": "fetch"})
+
+    with pytest.raises(ConfigError, match=r"aets\.0\.retrieve: "):
+        load_config(path, environ={"RST_AETS_A_RETRIEVE": "fetch"})
+
+
+def test_env_invalid_value_on_env_only_ae_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"aets\.0\.port: "):
+        load_config(environ={"RST_AETS_PACS_PORT": "99999"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TypeError,
+    reason="bug: file sections of the wrong shape crash the env overlay with TypeError",
+)
+def test_env_overlay_on_malformed_section_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, 'http = "x"\n')
+
+    with pytest.raises(ConfigError, match=r"http"):
+        load_config(path, environ={"RST_HTTP_PORT": "1"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="bug: a padded AE title in the file is not matched by RST_AETS_<AET>_<KEY>",
+)
+def test_env_overrides_padded_ae_title_from_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "PACS "\n')
+
+    config = load_config(path, environ={"RST_AETS_PACS_PORT": "7"})
+
+    assert [(ae.aet, ae.port) for ae in config.aets] == [("PACS", 7)]
