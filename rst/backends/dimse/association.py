@@ -49,6 +49,7 @@ class Peer:
         # One thread per association at most runs a blocking call; allow a few for cleanup.
         self.threads = trio.CapacityLimiter(config.max_associations * 2)
         self.open_associations = 0
+        self.peak_associations = 0
 
     @property
     def name(self) -> str:
@@ -67,6 +68,7 @@ class Peer:
         async with self._slots:
             assoc = await self._request(contexts, dimse_timeout, ext_neg, evt_handlers)
             self.open_associations += 1
+            self.peak_associations = max(self.peak_associations, self.open_associations)
             try:
                 yield assoc
             except BaseException:

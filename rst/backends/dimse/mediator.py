@@ -105,5 +105,9 @@ class Mediator:
                 return sub
         return None
 
+    def subscriptions(self) -> list[Subscription]:
+        """The open retrieves, oldest first (for monitoring and tests)."""
+        return list(self._open)
+
     def __len__(self) -> int:
         return len(self._open)
