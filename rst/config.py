@@ -187,7 +187,7 @@ def _describe(exc: ValidationError) -> str:
 
 def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
     sections: dict[str, type[BaseModel]] = {"HTTP": HttpConfig, "DIMSE": DimseConfig}
-    for name, value in environ.items():
+    for name, value in sorted(environ.items()):
         if not name.startswith("RST_"):
             continue
         rest = name[4:]
@@ -195,13 +195,16 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
             data["log_level"] = value
             continue
         head, _, key = rest.partition("_")
-        if head in sections and key.lower() in sections[head].model_fields:
-            data.setdefault(head.lower(), {})[key.lower()] = _env_value(value)
+        if head in sections:
+            model = sections[head]
+            if key.lower() not in model.model_fields:
+                raise ConfigError(f"environment variable {name} names no key of [{head.lower()}]")
+            data.setdefault(head.lower(), {})[key.lower()] = _env_value(model, key.lower(), value)
         elif head == "AETS":
-            _overlay_ae(data, key, value)
+            _overlay_ae(data, name, key, value)
 
 
-def _overlay_ae(data: dict[str, Any], rest: str, value: str) -> None:
+def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
     # RST_AETS_<AET>_<KEY>; the AE title may itself contain "_", the key is matched from the end.
     for field in sorted(AeConfig.model_fields, key=len, reverse=True):
         suffix = "_" + field.upper()
@@ -212,10 +215,15 @@ def _overlay_ae(data: dict[str, Any], rest: str, value: str) -> None:
             if entry is None:
                 entry = {"aet": aet}
                 aets.append(entry)
-            entry[field] = _env_value(value)
+            entry[field] = _env_value(AeConfig, field, value)
             return
+    raise ConfigError(f"environment variable {name} names no key of [[aets]] (RST_AETS_<AET>_<KEY>)")
 
 
-def _env_value(value: str) -> Any:
-    # Lists are written comma-separated in the environment; pydantic coerces the scalars.
-    return [item.strip() for item in value.split(",") if item.strip()] if "," in value else value
+def _env_value(model: type[BaseModel], field: str, value: str) -> Any:
+    """Lists (tuple-typed keys) are comma-separated in the environment; pydantic coerces the
+    scalars from their string form."""
+    annotation = model.model_fields[field].annotation
+    if getattr(annotation, "__origin__", None) is tuple:
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value

@@ -179,13 +179,9 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
                 f"{limit} bytes (http.max_stow_bytes)"
             )
 
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in request.body:
-                yield chunk
-
         outcome = await store_instances(
             backend,
-            chunks(),
+            request.body,
             request.headers.get("Content-Type"),
             study_uid=study,
             base=base_url(aet),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ class StowOutcome:
 
 async def store_instances(
     backend: Backend,
-    body: AsyncIterator[bytes],
+    body: AsyncIterable[bytes],
     content_type: str | None,
     *,
     study_uid: str | None,

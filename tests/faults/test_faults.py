@@ -201,3 +201,46 @@ async def test_stow_reports_each_refused_instance(
     failed = response.json()["00081198"]["Value"]
     assert len(failed) == 3
     assert {item["00081197"]["Value"][0] for item in failed} == {0xA700}
+
+
+async def test_stow_too_large_is_413(pacs: DevPacs, sample_folder: Any) -> None:
+    from rst.dicom.multipart import MultipartWriter
+
+    files = sorted(sample_folder.rglob("*.dcm"))[:4]
+    writer = MultipartWriter()
+    body = b"".join(writer.part_head("application/dicom") + f.read_bytes() for f in files)
+    body += writer.close()
+    headers = {"Content-Type": writer.content_type("application/dicom")}
+
+    async def chunked() -> Any:  # no Content-Length: the limit must hold while streaming
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    async with run_gateway(ae(pacs), http={"max_stow_bytes": 10_000}) as running:
+        async with client(running) as http:
+            declared = await http.post("/studies", content=body, headers=headers)
+            streamed = await http.post("/studies", content=chunked(), headers=headers)
+    assert declared.status_code == 413
+    assert "max_stow_bytes" in declared.json()["error"]
+    assert streamed.status_code == 413
+
+
+async def test_cors_preflight_and_headers(pacs: DevPacs) -> None:
+    async with run_gateway(ae(pacs), http={"cors_origins": ("https://viewer.example",)}) as running:
+        async with client(running) as http:
+            preflight = await http.options(
+                "/studies",
+                headers={
+                    "Origin": "https://viewer.example",
+                    "Access-Control-Request-Method": "GET",
+                    "Access-Control-Request-Headers": "Authorization",
+                },
+            )
+            search = await http.get("/studies", headers={"Origin": "https://viewer.example"})
+            other = await http.get("/studies", headers={"Origin": "https://evil.example"})
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert search.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
+    assert "Warning" in search.headers["Access-Control-Expose-Headers"]
+    assert "Access-Control-Allow-Origin" not in other.headers
