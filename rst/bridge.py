@@ -13,6 +13,7 @@ that moves work across that border, so the rules live in one place:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,8 @@ import trio
 from rst.groups import collapse
 
 __all__ = ["Portal", "StreamControl", "iterate_in_thread", "run_sync"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -133,7 +136,10 @@ async def iterate_in_thread(
                     with trio.CancelScope(shield=True):
                         control.mark_gone()
                         receive.close()
-                        await run_sync(interrupt)
+                        try:
+                            await run_sync(interrupt)
+                        except Exception:  # e.g. the association just went away
+                            log.warning("could not interrupt the producer thread", exc_info=True)
                         with trio.move_on_after(grace):
                             await finished.wait()
                         if not finished.is_set():

@@ -199,7 +199,10 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
             model = sections[head]
             if key.lower() not in model.model_fields:
                 raise ConfigError(f"environment variable {name} names no key of [{head.lower()}]")
-            data.setdefault(head.lower(), {})[key.lower()] = _env_value(model, key.lower(), value)
+            section = data.setdefault(head.lower(), {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{head.lower()}: must be a table ([{head.lower()}])")
+            section[key.lower()] = _env_value(model, key.lower(), value)
         elif head == "AETS":
             _overlay_ae(data, name, key, value)
 
@@ -211,13 +214,19 @@ def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
         if rest.endswith(suffix) and len(rest) > len(suffix):
             aet = rest[: -len(suffix)]
             aets = data.setdefault("aets", [])
-            entry = next((ae for ae in aets if str(ae.get("aet", "")).upper() == aet), None)
+            if not isinstance(aets, list) or not all(isinstance(ae, dict) for ae in aets):
+                raise ConfigError("aets: must be an array of tables ([[aets]])")
+            entry = next(
+                (ae for ae in aets if str(ae.get("aet", "")).strip().upper() == aet.upper()), None
+            )
             if entry is None:
                 entry = {"aet": aet}
                 aets.append(entry)
             entry[field] = _env_value(AeConfig, field, value)
             return
-    raise ConfigError(f"environment variable {name} names no key of [[aets]] (RST_AETS_<AET>_<KEY>)")
+    raise ConfigError(
+        f"environment variable {name} names no key of [[aets]] (RST_AETS_<AET>_<KEY>)"
+    )
 
 
 def _env_value(model: type[BaseModel], field: str, value: str) -> Any:

@@ -76,7 +76,9 @@ async def test_sigterm_cancels_in_flight_retrieves_within_the_grace_period(
 ) -> None:
     write_sample_study(tmp_path / "pacs", images=4, rows=32, columns=32)
     gate = threading.Event()
-    pacs = DevPacs(FolderArchive(tmp_path / "pacs"), aet="HANG", faults=Faults(hang_after_move=gate))
+    pacs = DevPacs(
+        FolderArchive(tmp_path / "pacs"), aet="HANG", faults=Faults(hang_after_move=gate)
+    )
     pacs.start()
     config = tmp_path / "rst.toml"
     config.write_text(

@@ -314,7 +314,7 @@ async def test_spool_limit_raises_spool_full(tmp_path: Path) -> None:
         sink.close()
 
 
-async def test_spool_file_is_anonymous_in_spool_dir(tmp_path: Path) -> None:
+def test_spool_file_is_anonymous_in_spool_dir(tmp_path: Path) -> None:
     sink = InstanceSink(capacity=1, stall_timeout=4.0, spool_dir=str(tmp_path))
     try:
         sink.spool(instance(1))
@@ -325,7 +325,7 @@ async def test_spool_file_is_anonymous_in_spool_dir(tmp_path: Path) -> None:
         sink.close()
 
 
-async def test_close_closes_the_spool_descriptor(tmp_path: Path) -> None:
+def test_close_closes_the_spool_descriptor(tmp_path: Path) -> None:
     before = len(open_fds())
     sink = InstanceSink(capacity=1, stall_timeout=4.0, spool_dir=str(tmp_path))
     sink.spool(instance(1))

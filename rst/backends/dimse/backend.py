@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -35,6 +35,8 @@ MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
 # The requestor may propose at most 128 presentation contexts; C-GET needs one per storage
 # SOP class it can receive (with the SCP role), plus the C-GET context itself.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:126]]
 
 
@@ -277,45 +279,50 @@ class DimseStoreSession:
         self.backend = backend
         self._contexts: dict[tuple[str, str], None] = {}
         self._assoc: Association | None = None
-        self._exit: Any = None
+        self._stack: AsyncExitStack | None = None
 
     async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
         sop_class = str(dataset.SOPClassUID)
         assoc = await self._association_for(sop_class, transfer_syntax)
-        peer = self.backend.peer
-        status = await run_sync(lambda: assoc.send_c_store(dataset), peer.threads)
+        if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
+            return StoreResult(SOP_CLASS_NOT_SUPPORTED, "the PACS does not accept this SOP class")
+        try:
+            status = await run_sync(lambda: assoc.send_c_store(dataset), self.backend.peer.threads)
+        except ValueError as exc:  # pynetdicom: no accepted context for this transfer syntax
+            return StoreResult(TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc))
         code = status.get("Status")
         if code is None:
-            self._assoc = None
-            await self._drop(failed=True)
-            raise BackendTimeout(f"the PACS {self.backend.name} did not answer a C-STORE")
+            error = BackendTimeout(f"the PACS {self.backend.name} did not answer a C-STORE")
+            await self._drop(error)
+            raise error
         return StoreResult(int(code), str(status.get("ErrorComment", "")))
 
     async def _association_for(self, sop_class: str, transfer_syntax: str) -> Association:
         key = (sop_class, transfer_syntax)
         if self._assoc is not None and key in self._contexts and self._assoc.is_established:
             return self._assoc
-        await self._drop(failed=False)
+        await self._drop()
         self._contexts[key] = None
-        contexts = _store_contexts(self._contexts)
-        manager = self.backend.peer.associate(
-            contexts, dimse_timeout=self.backend.config.store_timeout
+        stack = AsyncExitStack()
+        self._assoc = await stack.enter_async_context(
+            self.backend.peer.associate(
+                _store_contexts(self._contexts), dimse_timeout=self.backend.config.store_timeout
+            )
         )
-        self._assoc = await manager.__aenter__()
-        self._exit = manager
+        self._stack = stack
         return self._assoc
 
-    async def _drop(self, *, failed: bool) -> None:
-        manager, self._exit, self._assoc = self._exit, None, None
-        if manager is not None:
-            if failed:
-                error = DimseFailure("association lost")
-                await manager.__aexit__(type(error), error, None)
+    async def _drop(self, error: BaseException | None = None) -> None:
+        """Leave the current association: released normally, aborted after *error*."""
+        stack, self._stack, self._assoc = self._stack, None, None
+        if stack is not None:
+            if error is None:
+                await stack.aclose()
             else:
-                await manager.__aexit__(None, None, None)
+                await stack.__aexit__(type(error), error, error.__traceback__)
 
     async def aclose(self) -> None:
-        await self._drop(failed=False)
+        await self._drop()
 
 
 def _store_contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContext]:
