@@ -216,28 +216,28 @@ async def test_stow_too_large_is_413(pacs: DevPacs, sample_folder: Any) -> None:
         for start in range(0, len(body), 4096):
             yield body[start : start + 4096]
 
-    async with run_gateway(ae(pacs), http={"max_stow_bytes": 10_000}) as running:
-        async with client(running) as http:
-            declared = await http.post("/studies", content=body, headers=headers)
-            streamed = await http.post("/studies", content=chunked(), headers=headers)
+    limits = {"max_stow_bytes": 10_000}
+    async with run_gateway(ae(pacs), http=limits) as running, client(running) as http:
+        declared = await http.post("/studies", content=body, headers=headers)
+        streamed = await http.post("/studies", content=chunked(), headers=headers)
     assert declared.status_code == 413
     assert "max_stow_bytes" in declared.json()["error"]
     assert streamed.status_code == 413
 
 
 async def test_cors_preflight_and_headers(pacs: DevPacs) -> None:
-    async with run_gateway(ae(pacs), http={"cors_origins": ("https://viewer.example",)}) as running:
-        async with client(running) as http:
-            preflight = await http.options(
-                "/studies",
-                headers={
-                    "Origin": "https://viewer.example",
-                    "Access-Control-Request-Method": "GET",
-                    "Access-Control-Request-Headers": "Authorization",
-                },
-            )
-            search = await http.get("/studies", headers={"Origin": "https://viewer.example"})
-            other = await http.get("/studies", headers={"Origin": "https://evil.example"})
+    cors = {"cors_origins": ("https://viewer.example",)}
+    async with run_gateway(ae(pacs), http=cors) as running, client(running) as http:
+        preflight = await http.options(
+            "/studies",
+            headers={
+                "Origin": "https://viewer.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "Authorization",
+            },
+        )
+        search = await http.get("/studies", headers={"Origin": "https://viewer.example"})
+        other = await http.get("/studies", headers={"Origin": "https://evil.example"})
     assert preflight.status_code == 200
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
