@@ -46,10 +46,18 @@ def rst_association_threads() -> list[Association]:
     return alive
 
 
-def assert_idle(running: Running) -> None:
+async def settled(running: Running) -> None:
+    """rst holds nothing any more: no association, no subscription, no association thread."""
     backend: Any = running.backends["FAULTY"]
-    assert backend.peer.open_associations == 0
-    assert len(running.mediator) == 0
+    await wait_until(
+        lambda: (
+            backend.peer.open_associations == 0
+            and len(running.mediator) == 0
+            and not rst_association_threads()
+        ),
+        within=2,
+        what="rst to release its associations and subscriptions",
+    )
 
 
 async def test_rejected_association_is_502_with_reason(pacs: DevPacs, faults: Faults) -> None:
@@ -77,7 +85,7 @@ async def test_unreachable_pacs_is_502() -> None:
 async def test_unknown_move_destination_is_502_naming_the_fix(pacs: DevPacs) -> None:
     async with run_gateway(ae(pacs)) as running, client(running) as http:
         response = await http.get(f"/studies/{study_uid(pacs)}")
-        assert_idle(running)
+        await settled(running)
     assert response.status_code == 502
     assert "0xA801" in response.json()["error"]
     assert "DICOM modalities" in response.json()["error"]
@@ -103,35 +111,26 @@ async def test_missing_move_originator_refused_when_correlation_requires_it(
             response = await http.get(f"/studies/{study_uid(pacs)}")
         assert response.status_code == 502
         assert running.receiver.refused >= 1
-        assert_idle(running)
+        await settled(running)
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])
-async def test_fewer_instances_than_reported_breaks_the_stream(
-    pacs: DevPacs, faults: Faults, mode: str
+@pytest.mark.parametrize(
+    "fault",
+    [{"drop_instances": 2}, {"die_after": 3}],
+    ids=["fewer-instances-than-reported", "pacs-dies-mid-transfer"],
+)
+async def test_incomplete_retrieve_breaks_the_stream(
+    pacs: DevPacs, faults: Faults, mode: str, fault: dict[str, int]
 ) -> None:
-    faults.drop_instances = 2
+    for name, value in fault.items():
+        setattr(faults, name, value)
     async with run_gateway(ae(pacs, retrieve=mode)) as running:
         pacs.add_destination("RST", *running.dimse_address)
         async with client(running) as http:
-            with pytest.raises(httpx.RemoteProtocolError):
+            with pytest.raises(httpx.RemoteProtocolError):  # the body never completes
                 await http.get(f"/studies/{study_uid(pacs)}")
-        await wait_until(lambda: running.backends["FAULTY"].peer.open_associations == 0)  # type: ignore[attr-defined]
-        assert_idle(running)
-
-
-@pytest.mark.parametrize("mode", ["move", "get"])
-async def test_pacs_dying_mid_transfer_breaks_the_stream(
-    pacs: DevPacs, faults: Faults, mode: str
-) -> None:
-    faults.die_after = 3
-    async with run_gateway(ae(pacs, retrieve=mode)) as running:
-        pacs.add_destination("RST", *running.dimse_address)
-        async with client(running) as http:
-            with pytest.raises(httpx.RemoteProtocolError):
-                await http.get(f"/studies/{study_uid(pacs)}")
-        await wait_until(lambda: running.backends["FAULTY"].peer.open_associations == 0)  # type: ignore[attr-defined]
-        assert_idle(running)
+        await settled(running)
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])
@@ -148,7 +147,7 @@ async def test_hanging_pacs_times_out_with_cancel(pacs: DevPacs, faults: Faults,
             assert response.status_code == 504
             assert "sent no C-STORE" in response.json()["error"]
             assert await pacs_saw(pacs, "cancel"), pacs.events
-            assert_idle(running)
+            await settled(running)
     finally:
         gate.set()
 
@@ -169,14 +168,12 @@ async def test_client_disconnect_cancels_the_retrieve(
                         nursery.start_soon(http.get, url)
                         assert await pacs_saw(pacs, "hang")
                         nursery.cancel_scope.cancel()
+                        hung_up = trio.current_time()
+            await settled(running)
+            # The promise: within a second of the client hanging up, the C-CANCEL has reached
+            # the PACS and the association and subscription are gone.
+            assert trio.current_time() - hung_up < 1.0
             assert await pacs_saw(pacs, "cancel"), pacs.events
-            await wait_until(
-                lambda: running.backends["FAULTY"].peer.open_associations == 0,  # type: ignore[attr-defined]
-                within=2,
-                what="the association to be released",
-            )
-            assert_idle(running)
-            await wait_until(lambda: not rst_association_threads(), within=5, what="threads")
     finally:
         gate.set()
 
