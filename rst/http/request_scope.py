@@ -18,9 +18,13 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 from rst.groups import collapse
 
-__all__ = ["RequestScopedConnection", "request_nursery"]
+__all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
 
 _nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("rst_request_nursery")
+
+
+class StreamBrokenOff(Exception):
+    """A response body failed after the response had started; the connection is dropped."""
 
 
 def request_nursery() -> trio.Nursery:
@@ -32,11 +36,16 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
     async def handle_request(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, send: ASGISendCallable
     ) -> None:
-        with collapse():
-            async with trio.open_nursery() as work:
-                token = _nursery.set(work)
-                try:
-                    await super().handle_request(nursery, request, send)
-                finally:
-                    _nursery.reset(token)
-                    work.cancel_scope.cancel()
+        try:
+            with collapse():
+                async with trio.open_nursery() as work:
+                    token = _nursery.set(work)
+                    try:
+                        await super().handle_request(nursery, request, send)
+                    finally:
+                        _nursery.reset(token)
+                        work.cancel_scope.cancel()
+        except StreamBrokenOff:
+            # Already logged. Returning without finishing the response makes hypercorn close
+            # the connection: the client sees a truncated body, never a complete-looking one.
+            nursery.cancel_scope.cancel()

@@ -19,17 +19,13 @@ import trio
 
 from rst.errors import RstError
 from rst.groups import single
-from rst.http.request_scope import request_nursery
+from rst.http.request_scope import StreamBrokenOff, request_nursery
 
 __all__ = ["Stream", "StreamBrokenOff", "start_stream"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class StreamBrokenOff(Exception):
-    """The body failed after the response had started; the connection is dropped."""
 
 
 @dataclass(frozen=True)

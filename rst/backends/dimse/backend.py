@@ -229,7 +229,8 @@ class DimseBackend:
             # answering "0 sub-operations"; a C-FIND tells a missing study from a failure.
             error = NotFound(f"the PACS {self.name} has no {keys.level.lower()} {keys.uid}")
         if error is not None:
-            log.warning("%s", error.message)
+            level = logging.INFO if isinstance(error, NotFound) else logging.WARNING
+            log.log(level, "%s (%s of %s)", error.message, operation, keys)
         sink.finish(error)
 
     async def _instances(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
