@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             if not config.aets:
                 log.warning(
-                    "no [[aets]] configured: only /aets answers (see docs/configuration.md)"
+                    "no [[aets]] configured: only /aets answers "
+                    "(see docs/reference/configuration.md)"
                 )
             trio.run(_serve, config)
         else:

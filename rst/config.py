@@ -31,10 +31,11 @@ AeTitle = Annotated[
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0)]
 
-# Transfer syntaxes the receiver accepts, in order of preference (the acceptor's order decides).
-# Compressed syntaxes come first so that an instance stored compressed arrives as stored;
-# Explicit VR Little Endian comes before Implicit so that uncompressed data arrives in the
-# syntax DICOMweb prefers.
+# Transfer syntaxes the receiver accepts, in order of preference (the acceptor's order decides
+# which of the syntaxes a PACS proposes is used). Compressed syntaxes come first so that an
+# instance stored compressed arrives as stored (clients asking for "transfer-syntax=*" get it
+# unchanged; rst decompresses for the others); Explicit VR Little Endian comes before Implicit
+# so that uncompressed data arrives in the syntax DICOMweb prefers.
 DEFAULT_TRANSFER_SYNTAXES = (
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline
     "1.2.840.10008.1.2.4.51",  # JPEG Extended

@@ -180,24 +180,20 @@ def _swap_binary(dataset: Dataset) -> None:
 
 
 def reencode(data: bytes, transfer_syntax: str) -> bytes:
-    """Re-encode a Part 10 file into another uncompressed transfer syntax.
+    """Re-encode a Part 10 file into an uncompressed transfer syntax.
 
-    Sources: Implicit VR LE, Explicit VR LE, Explicit VR BE, Deflated Explicit VR LE. Targets:
-    Explicit VR LE, Implicit VR LE, Deflated. A file already in ``transfer_syntax`` is returned
-    unchanged.
+    Sources: any uncompressed syntax (Implicit VR LE, Explicit VR LE, Explicit VR BE, Deflated)
+    and the compressed ones pydicom's decoders handle (JPEG, JPEG-LS, JPEG 2000, RLE, with the
+    pylibjpeg plugins), which are decompressed. Targets: Explicit VR LE, Implicit VR LE,
+    Deflated. A file already in ``transfer_syntax`` is returned unchanged.
 
-    :raises NotAcceptable: the source is compressed (transcoding is not implemented yet) or the
-        target is not one of the above.
+    :raises NotAcceptable: the target is not one of the above, or the pixel data cannot be
+        decompressed.
     :raises BadRequest: ``data`` is not a Part 10 file.
     """
     source = transfer_syntax_of(data)
     if source == transfer_syntax:
         return data
-    if source not in UNCOMPRESSED_SYNTAXES:
-        raise NotAcceptable(
-            f"the instance is stored in transfer syntax {source}; converting it to "
-            f"{transfer_syntax} needs transcoding, which rst does not do yet"
-        )
     if transfer_syntax not in _TARGET_SYNTAXES:
         raise NotAcceptable(f"rst cannot encode instances in transfer syntax {transfer_syntax}")
     try:
@@ -206,6 +202,15 @@ def reencode(data: bytes, transfer_syntax: str) -> bytes:
         raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
     if source == str(ExplicitVRBigEndian):
         _swap_binary(dataset)
+    elif source not in UNCOMPRESSED_SYNTAXES:
+        try:
+            # Decompression changes the encoding, not the image: the instance keeps its UID.
+            dataset.decompress(generate_instance_uid=False)
+        except Exception as err:  # no decoder, or corrupt pixel data
+            raise NotAcceptable(
+                f"the instance is stored in transfer syntax {source} and rst cannot decompress "
+                f"it to {transfer_syntax}: {err}; ask for transfer-syntax=* to get it as stored"
+            ) from err
     dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = BytesIO()
     dcmwrite(out, dataset, enforce_file_format=True)

@@ -77,9 +77,12 @@ class Backend(Protocol):
         """Matches for *query*, as they arrive. Leaving early cancels the search."""
         ...
 
-    def retrieve(self, keys: RetrieveKeys) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
+    def retrieve(
+        self, keys: RetrieveKeys, prefer: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
         """The instances *keys* name, as they arrive; the iterator raises if the retrieve turns
-        out incomplete, and :class:`~rst.errors.NotFound` if nothing matched."""
+        out incomplete, and :class:`~rst.errors.NotFound` if nothing matched. *prefer* is the
+        transfer syntax the client wants (``None``: as stored), a hint the backend may use."""
         ...
 
     def store(self) -> AbstractAsyncContextManager[StoreSession]:

@@ -25,7 +25,8 @@ async def as_requested(instance: Instance, fmt: RetrieveFormat) -> tuple[bytes, 
     """The instance's bytes in the transfer syntax the client asked for, and that syntax.
 
     Re-encoding between uncompressed syntaxes is lossless and cheap; compressed data that the
-    client wants uncompressed raises NotAcceptable (transcoding comes later)."""
+    client wants uncompressed is decompressed (on a worker thread). Encoding *into* a
+    compressed syntax is not done (NotAcceptable at negotiation)."""
     wanted = fmt.transfer_syntax
     if wanted is None or wanted == instance.transfer_syntax:
         return instance.data, instance.transfer_syntax
@@ -41,7 +42,7 @@ async def produce_parts(
     send: trio.MemorySendChannel[bytes],
 ) -> None:
     """Send each instance as a part: its header, then its bytes (no copy of the payload)."""
-    async with backend.retrieve(keys) as instances:
+    async with backend.retrieve(keys, fmt.transfer_syntax) as instances:
         async for instance in instances:
             data, syntax = await as_requested(instance, fmt)
             await send.send(writer.part_head(f"application/dicom; transfer-syntax={syntax}"))

@@ -310,3 +310,37 @@ async def test_disconnect_mid_retrieve_releases_everything(orthanc: Orthanc, tmp
                 what="the C-MOVE association to be closed",
             )
         assert running.receiver.received < len(big.paths)
+
+
+# -- transfer syntaxes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_compressed_study_default_and_as_stored(
+    orthanc: Orthanc, tmp_path: Any, mode: str
+) -> None:
+    from tests.support.orthanc import upload
+
+    rle = "1.2.840.10008.1.2.5"
+    study = write_ct_study(tmp_path / "rle", images=3, transfer_syntax=rle, seed=11)
+    await upload(orthanc, study.paths)
+    decoded = {
+        ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in map(pydicom.dcmread, study.paths)
+    }
+    config = AeConfig(aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, retrieve=mode)
+    async with run_gateway(config) as running:
+        await add_modality(orthanc, "rst", "RST", *running.dimse_address)
+        client = dicomweb(running)
+        # default Accept: Explicit VR Little Endian, decompressed by the PACS
+        default = await in_thread(client.retrieve_study, study.study_uid)
+        assert {ds.file_meta.TransferSyntaxUID for ds in default} == {"1.2.840.10008.1.2.1"}
+        assert {ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in default} == decoded
+        # "as stored": the PACS decides which of the proposed syntaxes it sends (Orthanc
+        # sends C-MOVE sub-operations as stored, but picks Explicit VR LE for C-GET contexts);
+        # whatever arrives is passed through unchanged and labelled with its real syntax.
+        stored = await in_thread(
+            client.retrieve_study, study.study_uid, media_types=(("application/dicom", "*"),)
+        )
+        expected_syntax = rle if mode == "move" else "1.2.840.10008.1.2.1"
+        assert {ds.file_meta.TransferSyntaxUID for ds in stored} == {expected_syntax}
+        assert {ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in stored} == decoded

@@ -215,9 +215,22 @@ class TestReencode:
         assert raw_le == bytes(np.frombuffer(raw_be, ">u2").astype("<u2").tobytes())
         assert raw_le != raw_be
 
-    def test_compressed_source_needs_transcoding(self) -> None:
-        with pytest.raises(NotAcceptable, match="transcoding"):
-            reencode(load("JPEG2000.dcm"), ExplicitVRLittleEndian)
+    @pytest.mark.parametrize(
+        "name",
+        ["JPEG2000.dcm", "SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEGLSNearLossless_16.dcm"],
+    )
+    def test_compressed_source_is_decompressed_keeping_its_identity(self, name: str) -> None:
+        source = dcmread(BytesIO(load(name)))
+        out = dcmread(BytesIO(reencode(load(name), ExplicitVRLittleEndian)))
+        assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert out.SOPInstanceUID == source.SOPInstanceUID
+        assert (out.pixel_array == source.pixel_array).all()
+
+    def test_undecodable_compressed_source_is_not_acceptable(self) -> None:
+        broken = bytearray(load("JPEG2000.dcm"))
+        broken[-600:-8] = bytes(592)  # wreck the codestream
+        with pytest.raises(NotAcceptable, match="transfer-syntax=\\*"):
+            reencode(bytes(broken), ExplicitVRLittleEndian)
 
     def test_compressed_target_refused(self) -> None:
         with pytest.raises(NotAcceptable):

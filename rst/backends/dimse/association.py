@@ -1,9 +1,9 @@
 """Associations with one PACS, owned by the trio task that opened them.
 
 :meth:`Peer.associate` is an async context manager: the association exists exactly for the
-``async with`` block. Leaving it normally releases the association; leaving it by an exception
-or cancellation aborts it if a release cannot be completed within ``cancel_timeout``. Requests
-beyond ``max_associations`` wait for a free slot.
+``async with`` block. Leaving it — normally, by an exception or by cancellation — releases the
+association, and aborts it if the PACS does not confirm the release within ``cancel_timeout``.
+Requests beyond ``max_associations`` wait for a free slot.
 
 DIMSE operations that produce a stream of responses (C-FIND, C-MOVE, C-GET) run their
 pynetdicom generator on a worker thread through :func:`~rst.bridge.iterate_in_thread`;
@@ -71,14 +71,9 @@ class Peer:
             self.peak_associations = max(self.peak_associations, self.open_associations)
             try:
                 yield assoc
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._close(assoc, release=False)
-                raise
-            else:
-                with trio.CancelScope(shield=True):
-                    await self._close(assoc, release=True)
             finally:
+                with trio.CancelScope(shield=True):
+                    await self._close(assoc)
                 self.open_associations -= 1
 
     async def _request(
@@ -140,8 +135,14 @@ class Peer:
             "accepted, or the peer closed the connection)"
         )
 
-    async def _close(self, assoc: Association, *, release: bool) -> None:
-        if release and assoc.is_established:
+    async def _close(self, assoc: Association) -> None:
+        """Release *assoc*, or abort it if the PACS does not confirm within ``cancel_timeout``.
+
+        Every DIMSE operation on it has ended by now (a stream ends only after its final
+        response, or after an abort), so a release is always the right first step, also after
+        an error or a cancellation: the PACS keeps a clean log and its association slot.
+        """
+        if assoc.is_established:
             assoc.acse_timeout = self.config.cancel_timeout
             await run_sync(assoc.release, self.threads)
         if not assoc.is_released and not assoc.is_aborted:

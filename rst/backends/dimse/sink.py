@@ -87,6 +87,11 @@ class InstanceSink:
         Returns ``False`` if there was no room in time: the caller must spool it.
         Raises :class:`SinkClosed` if the consumer has gone.
         """
+        if self._spooled_queued:
+            # Spooling has begun and the client has not caught up: later instances go to the
+            # spool at once (they may not overtake the spooled ones), the PACS is not held.
+            self._check_open()
+            return False
         with trio.move_on_after(self.stall_timeout):
             while True:
                 self._check_open()
