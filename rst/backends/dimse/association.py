@@ -24,7 +24,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from rst.backends.dimse.tcp import nodelay
+from rst.backends.dimse.tcp import tune_connection
 from rst.bridge import StreamControl, iterate_in_thread, run_sync
 from rst.config import AeConfig
 from rst.errors import AssociationRejected, BackendTimeout, PacsUnreachable
@@ -94,7 +94,7 @@ class Peer:
 
         def on_open(event: Any) -> None:
             seen["connected"] = True
-            nodelay(event)
+            tune_connection(event)
 
         def on_acse(event: Any) -> None:
             seen.setdefault("primitive", event.primitive)

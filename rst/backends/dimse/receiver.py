@@ -20,7 +20,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst.backends.dimse.mediator import Mediator, Subscription
 from rst.backends.dimse.sink import InstanceSink, SinkClosed, SpoolFull
-from rst.backends.dimse.tcp import nodelay
+from rst.backends.dimse.tcp import tune_connection
 from rst.backends.dimse.uids import VERIFICATION
 from rst.bridge import Portal, run_sync
 from rst.config import DimseConfig
@@ -97,7 +97,7 @@ class StoreReceiver:
         def on_store(event: Any) -> int:
             return self._on_store(portal, event)
 
-        handlers: list[Any] = [(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, nodelay)]
+        handlers: list[Any] = [(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, tune_connection)]
         server = await run_sync(
             lambda: ae.start_server(
                 (self.config.host, self.config.port), block=False, evt_handlers=handlers
