@@ -241,3 +241,16 @@ async def test_cors_preflight_and_headers(pacs: DevPacs) -> None:
     assert search.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
     assert "Warning" in search.headers["Access-Control-Expose-Headers"]
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_limit_reached_sends_c_cancel(
+    pacs: DevPacs, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="rst.backends.dimse.association")
+    async with run_gateway(ae(pacs)) as running, client(running) as http:
+        page = await http.get("/instances", params={"limit": "2"})
+        await settled(running)
+    assert len(page.json()) == 2
+    assert "additional results" in page.headers["Warning"]
+    # rst stopped reading after limit + 1 matches and told the PACS to stop sending the rest.
+    assert any("sending C-CANCEL" in record.message for record in caplog.records)
