@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -19,12 +19,13 @@ from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
 from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_outcome
 from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
+from rst.backends.dimse.store import DimseStoreSession
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
 from rst.errors import BackendTimeout, DimseFailure, NotFound
 from rst.groups import collapse
-from rst.services.protocols import Instance, RetrieveKeys, StoreResult
+from rst.services.protocols import Instance, RetrieveKeys
 
 __all__ = ["DimseBackend"]
 
@@ -33,11 +34,9 @@ log = logging.getLogger(__name__)
 FIND_MODEL = uids.STUDY_ROOT_FIND
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
 # The requestor may propose at most 128 presentation contexts; C-GET needs one per storage
 # SOP class it can receive (with the SCP role), plus the C-GET context itself.
-UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:126]]
 
 
@@ -282,60 +281,6 @@ class DimseBackend:
                 await session.aclose()
 
 
-class DimseStoreSession:
-    """Stores instances one after another, (re)associating when a new SOP class or transfer
-    syntax needs a presentation context the current association does not have."""
-
-    def __init__(self, backend: DimseBackend) -> None:
-        self.backend = backend
-        self._contexts: dict[tuple[str, str], None] = {}
-        self._assoc: Association | None = None
-        self._stack: AsyncExitStack | None = None
-
-    async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
-        sop_class = str(dataset.SOPClassUID)
-        assoc = await self._association_for(sop_class, transfer_syntax)
-        if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
-            return StoreResult(SOP_CLASS_NOT_SUPPORTED, "the PACS does not accept this SOP class")
-        try:
-            status = await run_sync(lambda: assoc.send_c_store(dataset), self.backend.peer.threads)
-        except ValueError as exc:  # pynetdicom: no accepted context for this transfer syntax
-            return StoreResult(TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc))
-        code = status.get("Status")
-        if code is None:
-            error = BackendTimeout(f"the PACS {self.backend.name} did not answer a C-STORE")
-            await self._drop(error)
-            raise error
-        return StoreResult(int(code), str(status.get("ErrorComment", "")))
-
-    async def _association_for(self, sop_class: str, transfer_syntax: str) -> Association:
-        key = (sop_class, transfer_syntax)
-        if self._assoc is not None and key in self._contexts and self._assoc.is_established:
-            return self._assoc
-        await self._drop()
-        self._contexts[key] = None
-        stack = AsyncExitStack()
-        self._assoc = await stack.enter_async_context(
-            self.backend.peer.associate(
-                _store_contexts(self._contexts), dimse_timeout=self.backend.config.store_timeout
-            )
-        )
-        self._stack = stack
-        return self._assoc
-
-    async def _drop(self, error: BaseException | None = None) -> None:
-        """Leave the current association: released normally, aborted after *error*."""
-        stack, self._stack, self._assoc = self._stack, None, None
-        if stack is not None:
-            if error is None:
-                await stack.aclose()
-            else:
-                await stack.__aexit__(type(error), error, error.__traceback__)
-
-    async def aclose(self) -> None:
-        await self._drop()
-
-
 def get_syntaxes(configured: tuple[str, ...], prefer: str | None) -> list[str]:
     """The transfer syntaxes to propose for C-GET sub-operations.
 
@@ -346,21 +291,3 @@ def get_syntaxes(configured: tuple[str, ...], prefer: str | None) -> list[str]:
             ts for ts in configured if ts in UNCOMPRESSED
         ]
     return [prefer] + [ts for ts in UNCOMPRESSED if ts != prefer and ts in configured]
-
-
-def _store_contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContext]:
-    """One context per SOP class: the instance's own transfer syntax first, then the
-    uncompressed ones pynetdicom can convert to, so that a PACS refusing the original syntax
-    still takes the instance when it is uncompressed."""
-    by_class: dict[str, list[str]] = {}
-    for sop_class, syntax in wanted:
-        syntaxes = by_class.setdefault(sop_class, [])
-        if syntax not in syntaxes:
-            syntaxes.append(syntax)
-    contexts = []
-    for sop_class, syntaxes in list(by_class.items())[-127:]:
-        for fallback in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
-            if fallback not in syntaxes:
-                syntaxes.append(fallback)
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts
