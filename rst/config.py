@@ -92,6 +92,8 @@ class DimseConfig(_Section):
     """Instances buffered in memory between the receiver and each HTTP response."""
     transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
     """Transfer syntaxes the receiver accepts, most preferred first."""
+    receiver: Literal["trio", "pynetdicom"] = "trio"
+    """The C-STORE receiver implementation: rst's own on trio (fast), or pynetdicom's."""
 
 
 class AeConfig(_Section):

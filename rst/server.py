@@ -22,6 +22,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
 from rst.backends.dimse.receiver import StoreReceiver
+from rst.backends.dimse.trio_receiver import TrioStoreReceiver
 from rst.config import Config
 from rst.groups import collapse
 from rst.http.app import create_app
@@ -31,6 +32,8 @@ __all__ = ["Running", "build_backends", "serve", "wait_for_signal"]
 
 log = logging.getLogger(__name__)
 
+Receiver = StoreReceiver | TrioStoreReceiver
+
 
 @dataclass(frozen=True)
 class Running:
@@ -38,7 +41,7 @@ class Running:
 
     http_url: str
     dimse_address: tuple[str, int]
-    receiver: StoreReceiver
+    receiver: Receiver
     backends: dict[str, Backend]
     mediator: Mediator
 
@@ -86,7 +89,11 @@ async def serve(
     mediator = Mediator()
     backends = build_backends(config, mediator)
     app = create_app(config, backends)
-    receiver = StoreReceiver(config.dimse, mediator)
+    receiver: Receiver = (
+        TrioStoreReceiver(config.dimse, mediator)
+        if config.dimse.receiver == "trio"
+        else StoreReceiver(config.dimse, mediator)
+    )
 
     with collapse():
         async with trio.open_nursery() as nursery:

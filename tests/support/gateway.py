@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,10 @@ import trio
 from rst.config import AeConfig, Config, DimseConfig, HttpConfig
 from rst.server import Running, serve
 
+RECEIVERS = ("trio", "pynetdicom")
+receiver_kind: contextvars.ContextVar[str] = contextvars.ContextVar("receiver_kind", default="trio")
+"""Which C-STORE receiver :func:`run_gateway` starts (tests parametrize it)."""
+
 
 @asynccontextmanager
 async def run_gateway(
@@ -19,7 +24,9 @@ async def run_gateway(
     """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports."""
     config = Config(
         http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
-        dimse=DimseConfig(host="127.0.0.1", port=0, **(dimse or {})),
+        dimse=DimseConfig(
+            host="127.0.0.1", port=0, **{"receiver": receiver_kind.get(), **(dimse or {})}
+        ),
         aets=aets,
     )
     async with trio.open_nursery() as nursery:

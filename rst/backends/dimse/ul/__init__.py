@@ -1,0 +1,83 @@
+"""Sans-IO DICOM Upper Layer and DIMSE command codec for rst's C-STORE receiver.
+
+No sockets, no trio: the network service reads into :class:`PduReader`'s buffer, takes decoded
+PDUs out, and sends the bytes the ``encode_*`` functions return.
+
+- :mod:`.pdu` — PDU framing, decoding and encoding (PS3.8 §9.3, Annex D, E).
+- :mod:`.negotiation` — the acceptor's answer to an A-ASSOCIATE-RQ.
+- :mod:`.commands` — DIMSE command sets: C-STORE and C-ECHO (PS3.7 §9.3, Annex E).
+
+Malformed input raises :class:`UpperLayerError` (carrying the A-ABORT source and reason) or
+:class:`CommandError`; both mean: abort the association and close.
+"""
+
+from rst.backends.dimse.ul.commands import (
+    CEchoRequest,
+    CommandError,
+    CStoreRequest,
+    OtherCommand,
+    encode_c_echo_rq,
+    encode_c_echo_rsp,
+    encode_c_store_rq,
+    encode_c_store_rsp,
+    parse_command,
+)
+from rst.backends.dimse.ul.negotiation import check_association, negotiate
+from rst.backends.dimse.ul.pdu import (
+    APPLICATION_CONTEXT,
+    Abort,
+    AssociateAccept,
+    AssociateReject,
+    AssociateRequest,
+    ContextResult,
+    PData,
+    Pdu,
+    PduReader,
+    Pdv,
+    PresentationContextRQ,
+    ReleaseRequest,
+    ReleaseResponse,
+    UpperLayerError,
+    encode_abort,
+    encode_associate_ac,
+    encode_associate_rj,
+    encode_associate_rq,
+    encode_pdata,
+    encode_release_rp,
+    encode_release_rq,
+)
+
+__all__ = [
+    "APPLICATION_CONTEXT",
+    "Abort",
+    "AssociateAccept",
+    "AssociateReject",
+    "AssociateRequest",
+    "CEchoRequest",
+    "CStoreRequest",
+    "CommandError",
+    "ContextResult",
+    "OtherCommand",
+    "PData",
+    "Pdu",
+    "PduReader",
+    "Pdv",
+    "PresentationContextRQ",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "UpperLayerError",
+    "check_association",
+    "encode_abort",
+    "encode_associate_ac",
+    "encode_associate_rj",
+    "encode_associate_rq",
+    "encode_c_echo_rq",
+    "encode_c_echo_rsp",
+    "encode_c_store_rq",
+    "encode_c_store_rsp",
+    "encode_pdata",
+    "encode_release_rp",
+    "encode_release_rq",
+    "negotiate",
+    "parse_command",
+]
