@@ -15,6 +15,7 @@ instances nobody waits for are refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -22,7 +23,6 @@ from io import BytesIO
 import trio
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
@@ -54,7 +54,7 @@ from rst.backends.dimse.ul import (
 )
 from rst.bridge import run_sync
 from rst.config import DimseConfig
-from rst.dicom.part10 import part10_bytes
+from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
 from rst.services.protocols import Instance
 
 __all__ = ["TrioStoreReceiver"]
@@ -65,10 +65,11 @@ STATUS_SUCCESS = 0x0000
 STATUS_NOT_AUTHORIZED = 0x0124
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
-IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]
+IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 ACSE_TIMEOUT = 30.0  # ARTIM: from connection to A-ASSOCIATE-RQ
-NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
+NETWORK_TIMEOUT = 120.0
+UID_SCAN_BYTES = 64 * 1024  # silence on an established association before rst aborts it
 
 
 class TrioStoreReceiver:
@@ -151,31 +152,31 @@ class _Connection:
     async def abort(self, source: int, reason: int) -> None:
         with trio.move_on_after(1) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.stream.send_all(encode_abort(source, reason))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
 
-    async def _next_pdu(self, timeout: float) -> object:
-        with trio.fail_after(timeout):
-            while True:
-                pdu = self.reader.next_pdu()
-                if pdu is not None:
-                    return pdu
-                buffer = self.reader.writable()
-                count = await self.stream.socket.recv_into(buffer)
-                if count == 0:
-                    raise trio.BrokenResourceError("the peer closed the connection")
-                self.reader.advance(count)
+    async def _next_pdu(self) -> object:
+        while True:
+            pdu = self.reader.next_pdu()
+            if pdu is not None:
+                return pdu
+            count = await self.stream.socket.recv_into(self.reader.writable())
+            if count == 0:
+                raise trio.BrokenResourceError("the peer closed the connection")
+            self.reader.advance(count)
 
     async def run(self) -> None:
-        request = await self._next_pdu(ACSE_TIMEOUT)
+        with trio.fail_after(ACSE_TIMEOUT):
+            request = await self._next_pdu()
         if not isinstance(request, AssociateRequest):
-            raise UpperLayerError(f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2)
+            raise UpperLayerError(
+                f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2
+            )
         if not await self._associate(request):
             return
         while True:
-            pdu = await self._next_pdu(NETWORK_TIMEOUT)
+            with trio.fail_after(NETWORK_TIMEOUT):
+                pdu = await self._next_pdu()
             if isinstance(pdu, PData):
                 await self._on_pdata(pdu)
             elif isinstance(pdu, ReleaseRequest):
@@ -207,7 +208,7 @@ class _Connection:
                 request,
                 results,
                 max_pdu_length=self.max_pdu,
-                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version=IMPLEMENTATION_VERSION,
             )
         )
@@ -243,12 +244,11 @@ class _Connection:
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int, syntax: str
     ) -> None:
         if isinstance(command, CStoreRequest):
-            header = part10_bytes(
-                b"",
+            header = part10_header(
                 sop_class_uid=command.sop_class_uid,
                 sop_instance_uid=command.sop_instance_uid,
                 transfer_syntax=syntax,
-                implementation_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                implementation_uid=IMPLEMENTATION_CLASS_UID,
                 source_aet=self.calling_aet or None,
             )
             self.pending = _Pending(command, context_id, syntax, bytearray(header))
@@ -257,7 +257,8 @@ class _Connection:
             await self.stream.send_all(encode_pdata(context_id, True, True, response))
         else:
             raise UpperLayerError(
-                f"the receiver only serves C-STORE and C-ECHO (command 0x{command.command_field:04X})",
+                "the receiver only serves C-STORE and C-ECHO "
+                f"(command 0x{command.command_field:04X})",
                 reason=2,
             )
 
@@ -317,15 +318,21 @@ class _Connection:
 def _study_series(pending: _Pending) -> tuple[str, str]:
     """Study and Series Instance UID of the received dataset, reading no further than needed."""
     syntax = UID(pending.transfer_syntax)
-    header_length = _meta_end(pending.data)
-    stream = BytesIO(memoryview(pending.data)[header_length:])
-    ds = read_dataset(
-        stream,
-        syntax.is_implicit_VR,
-        syntax.is_little_endian,
-        stop_when=lambda tag, vr, length: tag > 0x0020000E,
-    )
-    return str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
+    dataset = memoryview(pending.data)[_meta_end(pending.data) :]
+    # The UIDs sit early in the dataset: parse a head of it, the whole only if that fails.
+    for view in (dataset[:UID_SCAN_BYTES], dataset):
+        try:
+            ds = read_dataset(
+                BytesIO(view),
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+                stop_when=lambda tag, vr, length: tag > 0x0020000E,
+            )
+            return str(ds["StudyInstanceUID"].value), str(ds["SeriesInstanceUID"].value)
+        except (KeyError, EOFError, OSError, ValueError):
+            if len(view) == len(dataset):
+                raise
+    raise AssertionError("unreachable")
 
 
 def _meta_end(data: bytearray) -> int:
