@@ -94,6 +94,8 @@ class DimseConfig(_Section):
     """Transfer syntaxes the receiver accepts, most preferred first."""
     receiver: Literal["trio", "pynetdicom"] = "trio"
     """The C-STORE receiver implementation: rst's own on trio (fast), or pynetdicom's."""
+    client: Literal["trio", "pynetdicom"] = "trio"
+    """How rst runs C-MOVE and C-GET: on its own trio associations (fast), or pynetdicom's."""
 
 
 class AeConfig(_Section):

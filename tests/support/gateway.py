@@ -14,7 +14,8 @@ from rst.server import Running, serve
 
 RECEIVERS = ("trio", "pynetdicom")
 receiver_kind: contextvars.ContextVar[str] = contextvars.ContextVar("receiver_kind", default="trio")
-"""Which C-STORE receiver :func:`run_gateway` starts (tests parametrize it)."""
+"""Which DIMSE implementation :func:`run_gateway` uses for the C-STORE receiver and for C-MOVE /
+C-GET (``[dimse] receiver`` and ``client``): tests parametrize it."""
 
 
 @asynccontextmanager
@@ -25,7 +26,9 @@ async def run_gateway(
     config = Config(
         http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
         dimse=DimseConfig(
-            host="127.0.0.1", port=0, **{"receiver": receiver_kind.get(), **(dimse or {})}
+            host="127.0.0.1",
+            port=0,
+            **{"receiver": receiver_kind.get(), "client": receiver_kind.get(), **(dimse or {})},
         ),
         aets=aets,
     )

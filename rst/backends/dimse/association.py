@@ -65,15 +65,23 @@ class Peer:
         evt_handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
     ) -> AsyncIterator[Association]:
         """Open an association proposing *contexts*; release (or abort) it on exit."""
-        async with self._slots:
+        async with self.slot():
             assoc = await self._request(contexts, dimse_timeout, ext_neg, evt_handlers)
-            self.open_associations += 1
-            self.peak_associations = max(self.peak_associations, self.open_associations)
             try:
                 yield assoc
             finally:
                 with trio.CancelScope(shield=True):
                     await self._close(assoc)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``max_associations`` slots (waiting for one), counted while held."""
+        async with self._slots:
+            self.open_associations += 1
+            self.peak_associations = max(self.peak_associations, self.open_associations)
+            try:
+                yield
+            finally:
                 self.open_associations -= 1
 
     async def _request(

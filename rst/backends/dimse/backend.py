@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asynccontextmanager
 from typing import Any
 
 import trio
@@ -20,6 +20,9 @@ from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_o
 from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
+from rst.backends.dimse.trio_client import encode_identifier, open_association
+from rst.backends.dimse.trio_retrieve import follow
+from rst.backends.dimse.ul import PresentationContextRQ, encode_c_get_rq, encode_c_move_rq
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
@@ -123,29 +126,23 @@ class DimseBackend:
             spool_max_bytes=self.dimse.spool_max_bytes,
         )
 
-    @asynccontextmanager
-    async def retrieve(
+    def retrieve(
         self, keys: RetrieveKeys, prefer: str | None = None
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
+    ) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
         """C-MOVE into rst's receiver or C-GET, at exactly the level of *keys*.
 
         With C-GET, rst negotiates the transfer syntaxes for this request alone: *prefer*
         (an uncompressed syntax) makes the PACS send uncompressed data; ``None`` lets it send
         instances as stored. C-MOVE sub-operations arrive at the shared receiver, whose order
         of preference (``[dimse] transfer_syntaxes``) applies to every retrieve."""
-        if self.config.retrieve == "get":
-            async with self._retrieve_get(keys, prefer) as instances:
-                yield instances
-        else:
-            async with self._retrieve_move(keys) as instances:
-                yield instances
+        get = self.config.retrieve == "get"
+        if self.dimse.client == "trio":
+            return self._retrieve_trio(keys, prefer, get=get)
+        return self._retrieve_get(keys, prefer) if get else self._retrieve_move(keys)
 
-    @asynccontextmanager
-    async def _retrieve_move(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
-        sink = self._sink()
-        msg_id = self.message_ids.next(self.peer.calling_aet)
+    def _subscription(self, sink: InstanceSink, keys: RetrieveKeys, msg_id: int) -> Subscription:
         correlation = self.config.correlation
-        subscription = Subscription(
+        return Subscription(
             sink,
             keys.study_uid,
             keys.series_uid,
@@ -154,6 +151,76 @@ class DimseBackend:
             uid_fallback=correlation != "move-originator",
             trust_originator=correlation != "uid",
         )
+
+    @asynccontextmanager
+    async def _retrieve_trio(
+        self, keys: RetrieveKeys, prefer: str | None, *, get: bool
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        """C-MOVE or C-GET on a trio association (no thread, no polling)."""
+        sink = self._sink()
+        msg_id = self.message_ids.next(self.peer.calling_aet)
+        operation = "C-GET" if get else "C-MOVE"
+        if get:
+            syntaxes = tuple(get_syntaxes(self.dimse.transfer_syntaxes, prefer))
+            contexts = [PresentationContextRQ(1, GET_MODEL, UNCOMPRESSED)] + [
+                PresentationContextRQ(3 + 2 * n, uid, syntaxes)
+                for n, uid in enumerate(GET_STORAGE_CLASSES)
+            ]
+            roles = {uid: (False, True) for uid in GET_STORAGE_CLASSES}
+        else:
+            contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, UNCOMPRESSED)], {}
+        with ExitStack() as stack:
+            if not get:
+                stack.enter_context(self.mediator.subscribe(self._subscription(sink, keys, msg_id)))
+            async with (
+                self.peer.slot(),
+                open_association(
+                    self.config,
+                    calling_aet=self.peer.calling_aet,
+                    contexts=contexts,
+                    roles=roles,
+                    max_pdu=self.dimse.max_pdu,
+                ) as connection,
+            ):
+                model = GET_MODEL if get else MOVE_MODEL
+                context_id, syntax = connection.context_for(model)
+                request = (
+                    encode_c_get_rq(message_id=msg_id, sop_class_uid=model)
+                    if get
+                    else encode_c_move_rq(
+                        message_id=msg_id, sop_class_uid=model, move_destination=self.dimse.aet
+                    )
+                )
+                identifier = encode_identifier(self._identifier(keys), syntax)
+
+                async def run() -> None:
+                    final = await follow(
+                        connection,
+                        context_id=context_id,
+                        msg_id=msg_id,
+                        request=request,
+                        identifier=identifier,
+                        sink=sink if get else None,
+                        cancel_timeout=self.config.cancel_timeout,
+                        calling_aet=self.peer.calling_aet,
+                    )
+                    await self._conclude(final, sink, keys, operation)
+
+                with collapse():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(run)
+                        try:
+                            async with aclosing(self._instances(sink)) as instances:
+                                yield instances
+                        finally:
+                            sink.close()
+                            nursery.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def _retrieve_move(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
+        sink = self._sink()
+        msg_id = self.message_ids.next(self.peer.calling_aet)
+        subscription = self._subscription(sink, keys, msg_id)
         identifier = self._identifier(keys)
         with self.mediator.subscribe(subscription):
             async with self.peer.associate(
@@ -230,6 +297,12 @@ class DimseBackend:
         async for status, _ in responses:
             if not is_pending(status):
                 final = status
+        await self._conclude(final, sink, keys, operation)
+
+    async def _conclude(
+        self, final: Dataset, sink: InstanceSink, keys: RetrieveKeys, operation: str
+    ) -> None:
+        """Reconcile the final response with what arrived; end the sink with the verdict."""
         error = retrieve_outcome(
             final, received=sink.delivered, pacs=self.name, operation=operation
         )

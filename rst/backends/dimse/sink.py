@@ -138,6 +138,13 @@ class InstanceSink:
         self.spooled += 1
         self._accepted(entry.sop_instance_uid)
 
+    async def put(self, instance: Instance) -> None:
+        """Queue *instance* from trio: in memory if there is room in time, else spooled (the
+        file I/O on a worker thread). Raises :class:`SinkClosed` or :class:`SpoolFull`."""
+        if not await self.offer(instance):
+            entry = await run_sync(lambda: self.spool(instance))
+            await self.put_spooled(entry)
+
     # -- consumer side -------------------------------------------------------------------------
 
     def finish(self, error: BaseException | None = None) -> None:

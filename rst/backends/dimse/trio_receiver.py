@@ -52,7 +52,6 @@ from rst.backends.dimse.ul import (
     negotiate,
     parse_command,
 )
-from rst.bridge import run_sync
 from rst.config import DimseConfig
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
 from rst.services.protocols import Instance
@@ -285,9 +284,7 @@ class _Connection:
         )
         sink = subscription.sink
         try:
-            if not await sink.offer(instance):
-                entry = await run_sync(lambda: sink.spool(instance))
-                await sink.put_spooled(entry)
+            await sink.put(instance)
         except SinkClosed:
             return STATUS_NOT_AUTHORIZED
         except SpoolFull as exc:

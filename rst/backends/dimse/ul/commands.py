@@ -40,6 +40,13 @@ C_ECHO_RSP = 0x8030
 NO_DATASET = 0x0101  # CommandDataSetType: "no data set present"; any other value: present
 DATASET_PRESENT = 0x0001
 VERIFICATION = "1.2.840.10008.1.1"
+C_GET_RQ = 0x0010
+C_GET_RSP = 0x8010
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
+C_CANCEL_RQ = 0x0FFF
 
 # Element numbers in group 0000 (PS3.7 Annex E).
 _GROUP_LENGTH = 0x0000
@@ -51,6 +58,12 @@ _PRIORITY = 0x0700
 _DATASET_TYPE = 0x0800
 _STATUS = 0x0900
 _AFFECTED_SOP_INSTANCE = 0x1000
+_MOVE_DESTINATION = 0x0600
+_ERROR_COMMENT = 0x0902
+_REMAINING = 0x1020
+_COMPLETED = 0x1021
+_FAILED = 0x1022
+_WARNING = 0x1023
 _MOVE_ORIGINATOR_AET = 0x1030
 _MOVE_ORIGINATOR_ID = 0x1031
 
@@ -103,6 +116,11 @@ class OtherCommand:
     message_id_being_responded_to: int | None = None
     status: int | None = None
     sop_class_uid: str | None = None
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+    error_comment: str | None = None
 
 
 def parse_command(data: bytes | memoryview) -> CStoreRequest | CEchoRequest | OtherCommand:
@@ -176,6 +194,11 @@ def parse_command(data: bytes | memoryview) -> CStoreRequest | CEchoRequest | Ot
         _us(view, fields, _RESPONDED_TO),
         _us(view, fields, _STATUS),
         _uid(view, fields, _AFFECTED_SOP_CLASS),
+        _us(view, fields, _REMAINING),
+        _us(view, fields, _COMPLETED),
+        _us(view, fields, _FAILED),
+        _us(view, fields, _WARNING),
+        _text(view, fields, _ERROR_COMMENT),
     )
 
 
@@ -213,6 +236,15 @@ def _ae(view: bytes, fields: dict[int, tuple[int, int]], element: int) -> str | 
     if _AE.fullmatch(raw) is None:
         raise CommandError(f"(0000,{element:04X}) is not an AE title: {raw[:40]!r}")
     return raw.decode("ascii")
+
+
+def _text(view: bytes, fields: dict[int, tuple[int, int]], element: int) -> str | None:
+    """A short text value (LO), decoded leniently: it is only ever logged."""
+    found = fields.get(element)
+    if found is None:
+        return None
+    offset, length = found
+    return view[offset : offset + length].decode("ascii", "replace").strip("\0 ")
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -303,5 +335,53 @@ def encode_c_echo_rq(*, message_id: int, sop_class_uid: str = VERIFICATION) -> b
         _uid_element(_AFFECTED_SOP_CLASS, sop_class_uid),
         _us_element(_COMMAND_FIELD, C_ECHO_RQ),
         _us_element(_MESSAGE_ID, message_id),
+        _NO_DATASET,
+    )
+
+
+def encode_c_get_rq(*, message_id: int, sop_class_uid: str, priority: int = 0) -> bytes:
+    """A C-GET-RQ command set (PS3.7 Table 9.3-8); the identifier follows as the data set."""
+    return _command(
+        _uid_element(_AFFECTED_SOP_CLASS, sop_class_uid),
+        _us_element(_COMMAND_FIELD, C_GET_RQ),
+        _us_element(_MESSAGE_ID, message_id),
+        _us_element(_PRIORITY, priority),
+        _WITH_DATASET,
+    )
+
+
+def encode_c_find_rq(*, message_id: int, sop_class_uid: str, priority: int = 0) -> bytes:
+    """A C-FIND-RQ command set (PS3.7 Table 9.3-3); the identifier follows as the data set."""
+    return _command(
+        _uid_element(_AFFECTED_SOP_CLASS, sop_class_uid),
+        _us_element(_COMMAND_FIELD, C_FIND_RQ),
+        _us_element(_MESSAGE_ID, message_id),
+        _us_element(_PRIORITY, priority),
+        _WITH_DATASET,
+    )
+
+
+def encode_c_move_rq(
+    *, message_id: int, sop_class_uid: str, move_destination: str, priority: int = 0
+) -> bytes:
+    """A C-MOVE-RQ command set (PS3.7 Table 9.3-10); the identifier follows as the data set."""
+    raw = move_destination.strip(" ").encode("ascii")
+    if _AE.fullmatch(raw) is None:
+        raise ValueError(f"invalid AE title {move_destination!r}")
+    return _command(
+        _uid_element(_AFFECTED_SOP_CLASS, sop_class_uid),
+        _us_element(_COMMAND_FIELD, C_MOVE_RQ),
+        _us_element(_MESSAGE_ID, message_id),
+        _element(_MOVE_DESTINATION, raw + b" " * (len(raw) & 1)),
+        _us_element(_PRIORITY, priority),
+        _WITH_DATASET,
+    )
+
+
+def encode_c_cancel_rq(*, message_id_being_responded_to: int) -> bytes:
+    """A C-CANCEL-RQ command set (PS3.7 Table 9.3-5 etc.) for the operation with that id."""
+    return _command(
+        _us_element(_COMMAND_FIELD, C_CANCEL_RQ),
+        _us_element(_RESPONDED_TO, message_id_being_responded_to),
         _NO_DATASET,
     )

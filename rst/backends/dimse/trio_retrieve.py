@@ -1,0 +1,155 @@
+"""C-MOVE and C-GET on a trio association: send the request, follow its responses.
+
+For C-GET the PACS sends the instances as C-STORE sub-operations on the same association; each
+is reassembled straight into a Part 10 buffer, handed to the request's sink (waiting for room,
+then spooling — the same backpressure as the receiver) and only then answered. For C-MOVE the
+instances arrive at the receiver; this association carries only the C-MOVE responses.
+
+If the task running :func:`follow` is cancelled (the client went away, a timeout fired), it sends
+C-CANCEL under a shielded scope and keeps reading — refusing any further C-STORE — until the
+PACS ends the operation, for at most ``cancel_timeout``; after that the association is marked
+broken, so that leaving it aborts instead of releasing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from pydicom import Dataset
+
+from rst.backends.dimse.sink import InstanceSink, SinkClosed, SpoolFull
+from rst.backends.dimse.trio_client import Connection, PeerAborted
+from rst.backends.dimse.ul import (
+    CommandError,
+    CStoreRequest,
+    OtherCommand,
+    UpperLayerError,
+    encode_c_cancel_rq,
+    encode_c_store_rsp,
+)
+from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
+from rst.services.protocols import Instance
+
+__all__ = ["follow"]
+
+log = logging.getLogger(__name__)
+
+PENDING = (0xFF00, 0xFF01)
+STATUS_SUCCESS = 0x0000
+STATUS_REFUSED = 0x0124
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+async def follow(
+    connection: Connection,
+    *,
+    context_id: int,
+    msg_id: int,
+    request: bytes,
+    identifier: bytes,
+    sink: InstanceSink | None,
+    cancel_timeout: float,
+    calling_aet: str,
+) -> Dataset:
+    """Send the C-MOVE/C-GET *request* and return its final status as a status dataset (an
+    empty dataset if the association broke off). C-STOREs on the association go to *sink*."""
+    await connection.send(context_id, request, identifier)
+    try:
+        return await _responses(connection, msg_id, sink, calling_aet)
+    except trio.Cancelled:
+        with trio.CancelScope(shield=True):
+            await _cancel(connection, context_id, msg_id, cancel_timeout, calling_aet)
+        raise
+    except (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError) as exc:
+        log.warning("the retrieve association broke off: %s", exc)
+        connection.broken = True
+        return Dataset()
+
+
+async def _responses(
+    connection: Connection, msg_id: int, sink: InstanceSink | None, calling_aet: str
+) -> Dataset:
+    while True:
+        context_id, command = await connection.receive_command()
+        if isinstance(command, CStoreRequest):
+            status = await _store(connection, context_id, command, sink, calling_aet)
+            await connection.send(context_id, encode_c_store_rsp(command, status))
+            continue
+        if not isinstance(command, OtherCommand) or command.message_id_being_responded_to != msg_id:
+            raise UpperLayerError(f"unexpected DIMSE message {command!r}", reason=2)
+        if command.has_dataset:  # e.g. a failed SOP instance list: read and drop it
+            await connection.receive_dataset(bytearray())
+        if command.status in PENDING:
+            continue
+        return _status_dataset(command)
+
+
+async def _store(
+    connection: Connection,
+    context_id: int,
+    request: CStoreRequest,
+    sink: InstanceSink | None,
+    calling_aet: str,
+) -> int:
+    syntax = connection.transfer_syntax(context_id)
+    data = bytearray(
+        part10_header(
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
+            transfer_syntax=syntax,
+            implementation_uid=IMPLEMENTATION_CLASS_UID,
+            source_aet=connection.accept.called_aet or None,
+        )
+    )
+    await connection.receive_dataset(data)
+    if sink is None:
+        return STATUS_REFUSED
+    instance = Instance(bytes(data), request.sop_class_uid, request.sop_instance_uid, syntax)
+    try:
+        await sink.put(instance)
+    except SinkClosed:
+        return STATUS_REFUSED
+    except SpoolFull as exc:
+        log.warning("refusing %s: %s", request.sop_instance_uid, exc)
+        return STATUS_OUT_OF_RESOURCES
+    return STATUS_SUCCESS
+
+
+async def _cancel(
+    connection: Connection, context_id: int, msg_id: int, grace: float, calling_aet: str
+) -> None:
+    """C-CANCEL, then drain until the final response; mark the association broken if the PACS
+    does not end the operation in time (leaving it will then abort)."""
+    if connection.broken:
+        return
+    with trio.move_on_after(grace) as scope:
+        try:
+            log.info("sending C-CANCEL for message %d", msg_id)
+            await connection.send(
+                context_id, encode_c_cancel_rq(message_id_being_responded_to=msg_id)
+            )
+            await _responses(connection, msg_id, None, calling_aet)
+            return
+        except (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError):
+            pass
+    if scope.cancelled_caught:
+        log.warning("the PACS did not end the operation within %g s of C-CANCEL", grace)
+    connection.broken = True
+
+
+def _status_dataset(response: OtherCommand) -> Dataset:
+    """The response as the status dataset :func:`~rst.backends.dimse.outcome.retrieve_outcome`
+    reads (the same shape pynetdicom yields)."""
+    status = Dataset()
+    status.Status = response.status
+    for keyword, value in (
+        ("NumberOfRemainingSuboperations", response.remaining),
+        ("NumberOfCompletedSuboperations", response.completed),
+        ("NumberOfFailedSuboperations", response.failed),
+        ("NumberOfWarningSuboperations", response.warning),
+        ("ErrorComment", response.error_comment),
+    ):
+        if value is not None:
+            setattr(status, keyword, value)
+    return status
