@@ -9,6 +9,7 @@ from quart_trio import QuartTrio
 
 from rst.config import Config
 from rst.http.errors import register_error_handlers
+from rst.http.request_body import RstRequest
 from rst.http.request_scope import RequestScopedConnection
 from rst.http.routes import dicomweb_blueprint
 from rst.services.protocols import Backend
@@ -18,6 +19,7 @@ __all__ = ["create_app"]
 
 class _App(QuartTrio):
     asgi_http_class = RequestScopedConnection
+    request_class = RstRequest
 
 
 def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextvars
 
 import trio
-from hypercorn.typing import ASGISendCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from rst.groups import collapse
+from rst.http.request_body import FlowControlledBody
 
 __all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
 
@@ -33,6 +34,23 @@ def request_nursery() -> trio.Nursery:
 
 
 class RequestScopedConnection(TrioASGIHTTPConnection):
+    async def handle_messages(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
+    ) -> None:
+        """quart's loop, with backpressure on the request body (see :mod:`.request_body`)."""
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, FlowControlledBody):
+                    await body.wait_for_room()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()
+
     async def handle_request(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, send: ASGISendCallable
     ) -> None:

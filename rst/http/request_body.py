@@ -1,0 +1,38 @@
+"""Request bodies that push back on the client.
+
+quart appends every chunk of a request body to one buffer as fast as the client sends it, so a
+STOW-RS of a whole study would sit in memory however incrementally rst parses it. Here the
+connection stops reading from hypercorn (whose per-request queue is bounded, so it stops
+reading the socket, and TCP slows the client) while more than ``HIGH_WATER`` bytes wait to be
+consumed.
+"""
+
+from __future__ import annotations
+
+import trio
+from quart_trio.wrappers.request import TrioBody, TrioRequest
+
+__all__ = ["HIGH_WATER", "FlowControlledBody", "RstRequest"]
+
+HIGH_WATER = 1024 * 1024
+
+
+class FlowControlledBody(TrioBody):
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
+        self._room = trio.Event()
+
+    async def __anext__(self) -> bytes:
+        data = await super().__anext__()
+        self._room.set()
+        return data
+
+    async def wait_for_room(self) -> None:
+        """Return once fewer than ``HIGH_WATER`` bytes are buffered."""
+        while len(self._data) >= HIGH_WATER:
+            self._room = trio.Event()
+            await self._room.wait()
+
+
+class RstRequest(TrioRequest):
+    body_class = FlowControlledBody
