@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from pydicom import Dataset
 
+from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 
 __all__ = ["Backend", "Instance", "RetrieveKeys", "StoreResult", "StoreSession"]
@@ -59,7 +60,7 @@ class StoreResult:
 
 
 class StoreSession(Protocol):
-    async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
+    async def store(self, upload: Upload) -> StoreResult:
         """Store one instance; a failure status is returned, not raised."""
         ...
 

@@ -11,7 +11,7 @@ from pydicom import Dataset
 
 from rst.bridge import run_sync
 from rst.dicom.multipart import MultipartReader, Part, stow_boundary
-from rst.dicom.part10 import read_instance
+from rst.dicom.part10 import read_upload
 from rst.errors import BadRequest, RstError
 from rst.services.protocols import Backend, StoreSession
 
@@ -90,17 +90,17 @@ async def store_instances(
     async def handle(session: StoreSession, part: Part) -> None:
         nonlocal broken
         try:
-            dataset, syntax = await run_sync(lambda: read_instance(part.data))
+            upload = await run_sync(lambda: read_upload(part.data))
         except BadRequest as exc:
             log.info("STOW part not stored: %s", exc.message)
             outcome.add_failure(None, None, CANNOT_UNDERSTAND)
             return
-        sop_class = str(dataset.get("SOPClassUID", "")) or None
-        sop_instance = str(dataset.get("SOPInstanceUID", "")) or None
+        sop_class = str(upload.header.get("SOPClassUID", "")) or None
+        sop_instance = str(upload.header.get("SOPInstanceUID", "")) or None
         if not sop_class or not sop_instance:
             outcome.add_failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
             return
-        instance_study = str(dataset.get("StudyInstanceUID", ""))
+        instance_study = str(upload.header.get("StudyInstanceUID", ""))
         if study_uid is not None and instance_study != study_uid:
             outcome.add_failure(sop_class, sop_instance, STUDY_MISMATCH)
             return
@@ -108,7 +108,7 @@ async def store_instances(
             outcome.add_failure(sop_class, sop_instance, PROCESSING_FAILURE)
             return
         try:
-            result = await session.store(dataset, syntax)
+            result = await session.store(upload)
         except RstError as exc:
             if not outcome.referenced and not outcome.failed:
                 raise
@@ -119,7 +119,7 @@ async def store_instances(
             item = Dataset()
             item.ReferencedSOPClassUID = sop_class
             item.ReferencedSOPInstanceUID = sop_instance
-            series = dataset.get("SeriesInstanceUID", "")
+            series = upload.header.get("SeriesInstanceUID", "")
             item.RetrieveURL = (
                 f"{base}/studies/{instance_study}/series/{series}/instances/{sop_instance}"
             )

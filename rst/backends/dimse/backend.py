@@ -22,6 +22,7 @@ from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.trio_client import encode_identifier, open_association
 from rst.backends.dimse.trio_retrieve import follow
+from rst.backends.dimse.trio_store import TrioStoreSession
 from rst.backends.dimse.ul import PresentationContextRQ, encode_c_get_rq, encode_c_move_rq
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
@@ -345,8 +346,8 @@ class DimseBackend:
     # -- STOW-RS -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def store(self) -> AsyncIterator[DimseStoreSession]:
-        session = DimseStoreSession(self)
+    async def store(self) -> AsyncIterator[DimseStoreSession | TrioStoreSession]:
+        session = TrioStoreSession(self) if self.dimse.client == "trio" else DimseStoreSession(self)
         try:
             yield session
         finally:

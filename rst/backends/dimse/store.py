@@ -6,13 +6,13 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
-from pydicom import Dataset
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from rst.bridge import run_sync
-from rst.errors import BackendTimeout
+from rst.dicom.part10 import Upload, read_instance
+from rst.errors import BackendTimeout, BadRequest
 from rst.services.protocols import StoreResult
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["DimseStoreSession"]
 
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+CANNOT_UNDERSTAND = 0xC000
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 MAX_CONTEXTS = 128
 
@@ -35,7 +36,12 @@ class DimseStoreSession:
         self._assoc: Association | None = None
         self._stack: AsyncExitStack | None = None
 
-    async def store(self, dataset: Dataset, transfer_syntax: str) -> StoreResult:
+    async def store(self, upload: Upload) -> StoreResult:
+        transfer_syntax = upload.transfer_syntax
+        try:
+            dataset, _ = await run_sync(lambda: read_instance(upload.data))
+        except BadRequest as exc:
+            return StoreResult(CANNOT_UNDERSTAND, exc.message)
         sop_class = str(dataset.SOPClassUID)
         assoc = await self._association_for(sop_class, transfer_syntax)
         if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):

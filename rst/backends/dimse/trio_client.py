@@ -108,7 +108,9 @@ class Connection:
             )
         return found[1]
 
-    async def send(self, context_id: int, command: bytes, dataset: bytes | None = None) -> None:
+    async def send(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
+    ) -> None:
         """Send one DIMSE message: the command set, then the data set, in PDUs the PACS takes."""
         await self.stream.send_all(encode_pdata(context_id, True, True, command))
         if dataset is not None:
