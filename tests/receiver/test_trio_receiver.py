@@ -189,3 +189,55 @@ async def test_garbage_gets_an_abort_and_the_receiver_keeps_serving(
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_fuzzed_streams_never_take_the_receiver_down(receiver: TrioStoreReceiver) -> None:
+    """Random bytes after a valid association request, and mutated requests: every connection
+    ends (abort or close) within its timeout, and the receiver keeps serving."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from rst.backends.dimse.ul import PresentationContextRQ, encode_associate_rq
+
+    assert receiver.address is not None
+    address = receiver.address
+    valid = encode_associate_rq(
+        called_aet="RST",
+        calling_aet="FUZZ",
+        contexts=[PresentationContextRQ(1, "1.2.840.10008.5.1.4.1.1.2", ("1.2.840.10008.1.2",))],
+        max_pdu_length=16384,
+        implementation_class_uid="1.2.3.4",
+    )
+    cases: list[bytes] = []
+
+    @settings(max_examples=60, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(
+        st.one_of(
+            st.binary(max_size=300).map(lambda tail: valid + tail),
+            st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)).map(
+                lambda m: valid[: m[0]] + bytes([m[1]]) + valid[m[0] + 1 :]
+            ),
+            st.binary(max_size=300),
+        )
+    )
+    def collect(data: bytes) -> None:
+        cases.append(data)
+
+    collect()
+    for data in cases:
+        stream = await trio.open_tcp_stream(*address)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(data)
+                await stream.send_eof()
+                while await stream.receive_some(65536):  # until the receiver closes
+                    pass
+    # still serving
+    result = await trio.run_process(
+        ["/usr/bin/echoscu", "-aec", "RST", "127.0.0.1", str(address[1])],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert receiver.associations == 0
