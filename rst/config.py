@@ -95,7 +95,8 @@ class DimseConfig(_Section):
     receiver: Literal["trio", "pynetdicom"] = "trio"
     """The C-STORE receiver implementation: rst's own on trio (fast), or pynetdicom's."""
     client: Literal["trio", "pynetdicom"] = "trio"
-    """How rst runs C-MOVE and C-GET: on its own trio associations (fast), or pynetdicom's."""
+    """How rst runs C-MOVE, C-GET and C-STORE (STOW-RS): on its own trio associations (fast),
+    or pynetdicom's. C-FIND and C-ECHO always use pynetdicom."""
 
 
 class AeConfig(_Section):

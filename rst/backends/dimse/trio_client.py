@@ -211,7 +211,7 @@ async def open_association(
             called_aet=config.aet,
             calling_aet=calling_aet,
             contexts=contexts,
-            max_pdu_length=max_pdu,
+            max_pdu_length=max_pdu or UNLIMITED_CHUNK,  # what the reader takes
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version=IMPLEMENTATION_VERSION,
             roles=dict(roles or {}),

@@ -79,6 +79,10 @@ class TrioStoreSession:
                 _, response = await connection.receive_command()
                 if isinstance(response, OtherCommand) and response.has_dataset:
                     await connection.receive_dataset(bytearray())
+        except trio.Cancelled:
+            # A message may be half sent: the association can only be aborted now.
+            connection.broken = True
+            raise
         except trio.TooSlowError:
             await self._drop(broken=True)
             raise BackendTimeout(

@@ -1,11 +1,12 @@
-"""Sans-IO DICOM Upper Layer and DIMSE command codec for rst's C-STORE receiver.
+"""Sans-IO DICOM Upper Layer and DIMSE command codec for rst's trio receiver and client.
 
 No sockets, no trio: the network service reads into :class:`PduReader`'s buffer, takes decoded
 PDUs out, and sends the bytes the ``encode_*`` functions return.
 
 - :mod:`.pdu` — PDU framing, decoding and encoding (PS3.8 §9.3, Annex D, E).
 - :mod:`.negotiation` — the acceptor's answer to an A-ASSOCIATE-RQ.
-- :mod:`.commands` — DIMSE command sets: C-STORE and C-ECHO (PS3.7 §9.3, Annex E).
+- :mod:`.commands` — DIMSE command sets: C-STORE, C-ECHO, C-FIND, C-GET, C-MOVE, C-CANCEL
+  (PS3.7 §9.3, Annex E).
 
 Malformed input raises :class:`UpperLayerError` (carrying the A-ABORT source and reason) or
 :class:`CommandError`; both mean: abort the association and close.

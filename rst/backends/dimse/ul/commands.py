@@ -1,9 +1,11 @@
 """DIMSE command sets (PS3.7 §6.3, §9.3, Annex E): parsing and encoding, hand-coded.
 
 A command set is always Implicit VR Little Endian and holds group 0000 only: a run of
-(group, element, 4-byte length, value) with the Command Group Length (0000,0000) first. Only
-the commands the C-STORE receiver needs are decoded in full (C-STORE-RQ, C-ECHO-RQ); anything
-else comes back as :class:`OtherCommand` for the caller to refuse or handle.
+(group, element, 4-byte length, value) with the Command Group Length (0000,0000) first.
+C-STORE-RQ and C-ECHO-RQ (what the receiver serves) are decoded into their own classes; anything
+else — notably the C-FIND/C-GET/C-MOVE/C-STORE responses the trio client reads, with status and
+sub-operation counts — comes back as :class:`OtherCommand`. The client's requests (C-STORE,
+C-ECHO, C-FIND, C-GET, C-MOVE, C-CANCEL) are encoded here too.
 
 Interpretation: semantic values the receiver does not act on (Priority, unknown group-0000
 elements such as retired ones) are length-checked but not range-checked; structure (order,
