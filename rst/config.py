@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AeConfig",
@@ -22,6 +31,7 @@ __all__ = [
     "ConfigError",
     "DimseConfig",
     "HttpConfig",
+    "S3AeConfig",
     "load_config",
 ]
 
@@ -136,12 +146,58 @@ class AeConfig(_Section):
         return value.strip()
 
 
+class S3AeConfig(_Section):
+    """One archive in S3-compatible object storage, served under ``/aets/{aet}/``.
+
+    Objects are laid out as DICOM-RST does: ``{prefix}{study}/{series}/{instance}.dcm``."""
+
+    aet: AeTitle
+    backend: Literal["s3"]
+    endpoint: str | None = None
+    """The S3 endpoint URL (e.g. ``http://127.0.0.1:9000`` for MinIO); AWS when not set."""
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    region: str = "us-east-1"
+    addressing: Literal["path", "virtual"] = "path"
+    access_key_env: str | None = None
+    """Name of the environment variable holding the access key (the AWS chain when not set)."""
+    secret_key_env: str | None = None
+    """Name of the environment variable holding the secret key."""
+    prefix: str = ""
+    """Key prefix under which the instances lie (e.g. ``dicom/``)."""
+    max_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    """Objects fetched or stored at the same time for one request."""
+    connect_timeout: Seconds = 10.0
+    read_timeout: Seconds = 60.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    """Attempts per S3 call on throttling and 5xx, with exponential backoff."""
+    index: str | None = None
+    """Where the QIDO-RS index lives: a SQLite file path (default: ``{aet}.sqlite3`` in the
+    current directory) or a ``postgresql://`` URL for deployments with several replicas."""
+
+    @field_validator("aet")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
+def _backend_of(value: Any) -> str:
+    backend = value.get("backend", "dimse") if isinstance(value, dict) else value.backend
+    return str(backend)
+
+
+ArchiveConfig = Annotated[
+    Annotated[AeConfig, Tag("dimse")] | Annotated[S3AeConfig, Tag("s3")],
+    Discriminator(_backend_of),
+]
+"""An ``[[aets]]`` entry: ``backend = "dimse"`` (the default) or ``"s3"``."""
+
+
 class Config(_Section):
     """The whole configuration."""
 
     http: HttpConfig = HttpConfig()
     dimse: DimseConfig = DimseConfig()
-    aets: tuple[AeConfig, ...] = ()
+    aets: tuple[ArchiveConfig, ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
@@ -153,7 +209,7 @@ class Config(_Section):
             seen.add(ae.aet)
         return self
 
-    def ae(self, aet: str) -> AeConfig | None:
+    def ae(self, aet: str) -> AeConfig | S3AeConfig | None:
         """The configured archive with this AE title, if any."""
         return next((ae for ae in self.aets if ae.aet == aet), None)
 
@@ -186,7 +242,13 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        # "aets.0.dimse.port": the union's tag is not part of the key a person wrote
+        loc = list(error["loc"])
+        if len(loc) > 2 and loc[0] == "aets" and loc[2] in ("dimse", "s3"):
+            del loc[2]
+        if error["type"] == "union_tag_invalid":
+            loc.append("backend")
+        key = ".".join(str(part) for part in loc) or "(top level)"
         lines.append(f"{key}: {error['msg']}")
     return "invalid configuration: " + "; ".join(lines)
 
@@ -215,7 +277,8 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
 
 def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
     # RST_AETS_<AET>_<KEY>; the AE title may itself contain "_", the key is matched from the end.
-    for field in sorted(AeConfig.model_fields, key=len, reverse=True):
+    fields = {**S3AeConfig.model_fields, **AeConfig.model_fields}
+    for field in sorted(fields, key=len, reverse=True):
         suffix = "_" + field.upper()
         if rest.endswith(suffix) and len(rest) > len(suffix):
             aet = rest[: -len(suffix)]
@@ -228,7 +291,10 @@ def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
             if entry is None:
                 entry = {"aet": aet}
                 aets.append(entry)
-            entry[field] = _env_value(AeConfig, field, value)
+            model = S3AeConfig if str(entry.get("backend")) == "s3" else AeConfig
+            entry[field] = _env_value(
+                model if field in model.model_fields else S3AeConfig, field, value
+            )
             return
     raise ConfigError(
         f"environment variable {name} names no key of [[aets]] (RST_AETS_<AET>_<KEY>)"

@@ -23,7 +23,7 @@ from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.trio_receiver import TrioStoreReceiver
-from rst.config import Config
+from rst.config import AeConfig, Config
 from rst.groups import collapse
 from rst.http.app import create_app
 from rst.services.protocols import Backend
@@ -50,6 +50,8 @@ def build_backends(config: Config, mediator: Mediator) -> dict[str, Backend]:
     ids = MessageIds()
     backends: dict[str, Backend] = {}
     for ae in config.aets:
+        if not isinstance(ae, AeConfig):
+            continue  # S3 archives are opened by serve(), they need the event loop
         backends[ae.aet] = DimseBackend(
             ae,
             config.dimse,

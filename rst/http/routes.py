@@ -9,7 +9,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from rst.config import Config
+from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
@@ -49,19 +49,15 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
 
     @bp.get("/aets")
     async def list_aets() -> Response:
-        return jsonify(
-            [
-                {
-                    "aet": ae.aet,
-                    "backend": ae.backend,
-                    "host": ae.host,
-                    "port": ae.port,
-                    "retrieve": ae.retrieve,
-                    "url": base_url(ae.aet),
-                }
-                for ae in config.aets
-            ]
+        return jsonify([describe(ae) for ae in config.aets])
+
+    def describe(ae: AeConfig | S3AeConfig) -> dict[str, Any]:
+        where: dict[str, Any] = (
+            {"host": ae.host, "port": ae.port, "retrieve": ae.retrieve}
+            if isinstance(ae, AeConfig)
+            else {"endpoint": ae.endpoint, "bucket": ae.bucket, "prefix": ae.prefix}
         )
+        return {"aet": ae.aet, "backend": ae.backend, **where, "url": base_url(ae.aet)}
 
     @bp.get("/aets/<aet>")
     async def health(aet: str) -> Response:
