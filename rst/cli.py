@@ -1,4 +1,4 @@
-"""The ``rst`` command: ``rst serve --config FILE`` and ``rst dev``."""
+"""The ``rst`` command: ``rst serve --config FILE``, ``rst dev`` and ``rst index AE``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from rst import __version__
-from rst.config import AeConfig, Config, ConfigError, load_config
+from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
+from rst.errors import RstError
 from rst.server import Running, serve, wait_for_signal
+
+if TYPE_CHECKING:
+    from rst.backends.s3.reindex import RebuildReport
 
 __all__ = ["main"]
 
@@ -41,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--config", "-c", type=Path, help="optional TOML overriding the defaults")
     dev.add_argument("--data", type=Path, help="folder for the development PACS (default: temp)")
+    index = sub.add_parser(
+        "index", help="rebuild the QIDO-RS index of an S3 AE from the objects in its bucket"
+    )
+    index.add_argument("aet", metavar="AE", help="the AE title of an [[aets]] with backend = s3")
+    index.add_argument("--config", "-c", type=Path, help="TOML configuration file")
     return parser
 
 
@@ -55,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(config.model_dump_json(indent=2))
         return 0
     _setup_logging(config.log_level)
+    if args.command == "index":
+        return _index_command(config, args.aet)
     try:
         if args.command == "serve":
             if not config.aets:
@@ -99,6 +111,59 @@ async def _dev(config: Config, data: Path | None) -> None:
                 _print_banner(running, folder)
         finally:
             pacs.stop()
+
+
+def _index_command(config: Config, aet: str) -> int:
+    ae = config.ae(aet)
+    if not isinstance(ae, S3AeConfig):
+        known = ", ".join(a.aet for a in config.aets if isinstance(a, S3AeConfig)) or "none"
+        print(
+            f"rst: {aet!r} is not an S3 AE of the configuration (S3 AEs: {known})", file=sys.stderr
+        )
+        return 2
+    try:
+        report = trio.run(_reindex, ae)
+    except (RstError, ConfigError) as exc:
+        print(f"rst: cannot index {aet}: {exc}", file=sys.stderr)
+        return 1
+    except ExceptionGroup as group:  # several workers failed at once (e.g. the index database)
+        failed, _ = group.split(RstError)
+        if failed is None:
+            raise
+        print(f"rst: cannot index {aet}: {failed.exceptions[0]}", file=sys.stderr)
+        return 1
+    print(
+        f"{aet}: {report.indexed} indexed, {report.skipped} skipped (not DICOM), "
+        f"{report.failed} failed"
+    )
+    return 1 if report.failed else 0
+
+
+async def _reindex(ae: S3AeConfig) -> RebuildReport:
+    """Rebuild the index of ``ae`` with a progress bar on stderr."""
+    import trio_asyncio  # type: ignore[import-untyped]
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from rst.backends.s3.client import open_client
+    from rst.backends.s3.index import Index, index_location
+    from rst.backends.s3.reindex import rebuild
+
+    index = await Index.open(index_location(ae))
+    try:
+        with Progress(console=Console(stderr=True)) as progress:
+            task = progress.add_task(f"indexing {ae.aet}", total=None)
+            async with trio_asyncio.open_loop(), open_client(ae) as client:
+                return await rebuild(
+                    client,
+                    index,
+                    ae.prefix,
+                    concurrency=ae.max_concurrency,
+                    on_total=lambda total: progress.update(task, total=total),
+                    on_done=lambda: progress.advance(task),
+                )
+    finally:
+        await index.close()
 
 
 def _print_banner(running: Running, folder: Path) -> None:

@@ -18,6 +18,9 @@ __all__ = [
     "PacsUnreachable",
     "PayloadTooLarge",
     "RstError",
+    "StorageAccessError",
+    "StorageError",
+    "StorageUnreachable",
     "UnknownAE",
     "UnsupportedMediaType",
 ]
@@ -115,3 +118,21 @@ class BackendTimeout(RstError):
     """The PACS did not answer within the configured timeout."""
 
     status = 504
+
+
+class StorageError(RstError):
+    """Object storage (S3) failed a request; *code* is the S3 error code when there is one."""
+
+    status = 502
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StorageAccessError(StorageError):
+    """The bucket cannot be used at all: bad credentials, access denied or no such bucket."""
+
+
+class StorageUnreachable(StorageError):
+    """The object storage endpoint could not be reached."""

@@ -5,13 +5,18 @@
 stops accepting, lets in-flight requests run for ``http.graceful_timeout`` seconds, cancels the
 rest (which cancels their DIMSE operations), and then the receiver is stopped. If either service
 dies, the nursery cancels the other and ``serve`` raises: no half-running gateway.
+
+With S3 archives configured, everything runs inside a trio-asyncio loop that holds one S3
+client per archive; the clients close after the nursery (DIMSE-only configurations open no
+asyncio loop and never import aiobotocore).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +28,7 @@ from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.trio_receiver import TrioStoreReceiver
-from rst.config import AeConfig, Config
+from rst.config import AeConfig, Config, S3AeConfig
 from rst.groups import collapse
 from rst.http.app import create_app
 from rst.services.protocols import Backend
@@ -90,6 +95,45 @@ async def serve(
     """Run the gateway until *shutdown_trigger* returns (or forever, until cancelled)."""
     mediator = Mediator()
     backends = build_backends(config, mediator)
+    async with _s3_backends(config, backends):
+        await _serve(config, mediator, backends, shutdown_trigger, task_status)
+
+
+@asynccontextmanager
+async def _s3_backends(config: Config, backends: dict[str, Backend]) -> AsyncIterator[None]:
+    """Open one S3 client per S3 archive (inside a trio-asyncio loop), closed on exit.
+
+    Only configurations with S3 archives pay for the asyncio loop (and for importing
+    aiobotocore)."""
+    archives = [ae for ae in config.aets if isinstance(ae, S3AeConfig)]
+    if not archives:
+        yield
+        return
+    import trio_asyncio  # type: ignore[import-untyped]
+
+    from rst.backends.s3 import S3Backend, open_client
+    from rst.backends.s3.index import Index, index_location
+
+    async with trio_asyncio.open_loop(), AsyncExitStack() as stack:
+        for ae in archives:
+            client = await stack.enter_async_context(open_client(ae))
+            index = await Index.open(index_location(ae))
+            stack.push_async_callback(index.close)
+            backends[ae.aet] = S3Backend(ae, client, index)
+        # keep the configured order (GET /aets, logs)
+        ordered = {ae.aet: backends[ae.aet] for ae in config.aets}
+        backends.clear()
+        backends.update(ordered)
+        yield
+
+
+async def _serve(
+    config: Config,
+    mediator: Mediator,
+    backends: dict[str, Backend],
+    shutdown_trigger: Callable[[], Awaitable[Any]] | None,
+    task_status: trio.TaskStatus[Running],
+) -> None:
     app = create_app(config, backends)
     receiver: Receiver = (
         TrioStoreReceiver(config.dimse, mediator)

@@ -9,37 +9,24 @@ runs each association's handlers on its own thread.
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-from pydicom.uid import UID
+
+from rst.dicom.matching import DEPTH, LEVELS, find, query_level, sort_key, values
 
 __all__ = ["LEVELS", "FolderArchive", "StoredInstance"]
 
-#: Query/Retrieve levels and their unique keys.
-LEVELS: dict[str, str] = {
-    "PATIENT": "PatientID",
-    "STUDY": "StudyInstanceUID",
-    "SERIES": "SeriesInstanceUID",
-    "IMAGE": "SOPInstanceUID",
-}
-_DEPTH = {level: depth for depth, level in enumerate(LEVELS)}
 _PIXEL_DATA = 0x7FE00010
-_WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
-_RANGE_VRS = {"DA", "TM", "DT"}
-_SKIP_KEYS = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -194,10 +181,10 @@ class FolderArchive:
         down to the QueryRetrieveLevel; each UID key may be a list.  Raises ValueError when
         the level is unknown or the identifier carries none of the keys.
         """
-        level = _level(identifier)
+        level = query_level(identifier)
         keys = [key for key in LEVELS.values() if key in identifier]
-        keys = [key for key in keys if _DEPTH[_key_level(key)] <= _DEPTH[level]]
-        wanted = {key: set(_values(identifier[key])) for key in keys}
+        keys = [key for key in keys if DEPTH[_key_level(key)] <= DEPTH[level]]
+        wanted = {key: set(values(identifier[key])) for key in keys}
         wanted = {key: values for key, values in wanted.items() if values}
         if not wanted:
             raise ValueError(f"no unique key for a {level} level retrieve")
@@ -225,192 +212,19 @@ class FolderArchive:
         archive, empty when unknown), the unique keys of the level and above, and the computed
         NumberOf*Related* / ModalitiesInStudy attributes when asked for.
         """
-        level = _level(identifier)  # raises now, not on the first next()
-        return self._match(identifier, level)
+        query_level(identifier)  # raises now, not on the first next()
+        return self._match(identifier)
 
-    def _match(self, identifier: Dataset, level: str) -> Iterator[Dataset]:
-        keys = [e for e in identifier if e.keyword not in _SKIP_KEYS]
-        for group in self._groups(level):
-            rep = group[0].header
-            computed = _computed(level, group)
-            if all(_matches(elem, rep, computed) for elem in keys):
-                yield _response(identifier, level, rep, computed)
-
-    def _groups(self, level: str) -> list[list[StoredInstance]]:
-        groups: dict[str, list[StoredInstance]] = {}
-        for inst in self.instances():
-            key = {
-                "PATIENT": inst.patient_id,
-                "STUDY": inst.study_uid,
-                "SERIES": inst.series_uid,
-                "IMAGE": inst.sop_instance_uid,
-            }[level]
-            groups.setdefault(key, []).append(inst)
-        return list(groups.values())
+    def _match(self, identifier: Dataset) -> Iterator[Dataset]:
+        return find(identifier, [inst.header for inst in self.instances()])
 
 
 # ---------------------------------------------------------------------- helpers
 
 
 def _sort_key(inst: StoredInstance) -> tuple[str, str, str, int, str, int, str]:
-    h = inst.header
-    return (
-        str(h.get("StudyDate", "") or ""),
-        str(h.get("StudyTime", "") or ""),
-        inst.study_uid,
-        _int(h.get("SeriesNumber")),
-        inst.series_uid,
-        _int(h.get("InstanceNumber")),
-        inst.sop_instance_uid,
-    )
-
-
-def _int(value: object) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
-
-
-def _level(identifier: Dataset) -> str:
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
-    if level not in LEVELS:
-        raise ValueError(f"unsupported QueryRetrieveLevel {level!r}")
-    return level
+    return sort_key(inst.header)
 
 
 def _key_level(key: str) -> str:
     return next(level for level, unique in LEVELS.items() if unique == key)
-
-
-def _values(elem: DataElement) -> list[str]:
-    """The non-empty values of an element as strings (multi-valued → several)."""
-    value = elem.value
-    if value is None or elem.VR == "SQ" or isinstance(value, bytes | bytearray):
-        return []
-    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    out = [str(item).strip() for item in items if item is not None]
-    return [item for item in out if item]
-
-
-def _computed(level: str, group: list[StoredInstance]) -> Dataset:
-    """The computed return keys for one matching entity."""
-    ds = Dataset()
-    studies = {inst.study_uid for inst in group}
-    series = {inst.series_uid for inst in group}
-    if level == "PATIENT":
-        ds.NumberOfPatientRelatedStudies = len(studies)
-        ds.NumberOfPatientRelatedSeries = len(series)
-        ds.NumberOfPatientRelatedInstances = len(group)
-    if level == "STUDY":
-        ds.NumberOfStudyRelatedSeries = len(series)
-        ds.NumberOfStudyRelatedInstances = len(group)
-        modalities = sorted({str(i.header.get("Modality", "") or "") for i in group} - {""})
-        ds.ModalitiesInStudy = modalities
-        classes = sorted({i.sop_class_uid for i in group})
-        ds.SOPClassesInStudy = [UID(uid) for uid in classes]
-    if level == "SERIES":
-        ds.NumberOfSeriesRelatedInstances = len(group)
-    return ds
-
-
-def _matches(key: DataElement, record: Dataset, computed: Dataset) -> bool:
-    """Whether one identifier key matches an entity (PS3.4 C.2.2.2)."""
-    wanted = _values(key)
-    if not wanted or key.VR == "SQ":
-        return True  # universal matching (sequence matching is not supported: universal)
-    if key.tag in computed:
-        if key.keyword != "ModalitiesInStudy":
-            return True  # return-only attributes
-        have = _values(computed[key.tag])
-    elif key.tag in record:
-        have = _values(record[key.tag])
-    else:
-        return False
-    if not have:
-        return False
-    test = _matcher(key.VR, wanted)
-    return any(test(value) for value in have)
-
-
-def _matcher(vr: str, wanted: list[str]) -> Callable[[str], bool]:
-    if vr in _RANGE_VRS and len(wanted) == 1 and "-" in wanted[0]:
-        low, _, high = wanted[0].partition("-")
-        norm = _normaliser(vr)
-        lo = norm(low, False) if low.strip() else None
-        hi = norm(high, True) if high.strip() else None
-
-        def in_range(value: str) -> bool:
-            v = norm(value, False)
-            return (lo is None or lo <= v) and (hi is None or v <= hi)
-
-        return in_range
-    if vr in _WILDCARD_VRS and any("*" in w or "?" in w for w in wanted):
-        flags = re.IGNORECASE if vr == "PN" else 0
-        patterns = [re.compile(_wildcard_regex(w), flags | re.DOTALL) for w in wanted]
-        return lambda value: any(p.fullmatch(value) for p in patterns)
-    if vr == "PN":
-        folded = {w.casefold() for w in wanted}
-        return lambda value: value.casefold() in folded
-    if vr in _RANGE_VRS:
-        norm = _normaliser(vr)
-        exact = {norm(w, False) for w in wanted}
-        return lambda value: norm(value, False) in exact
-    exact_set = set(wanted)
-    return lambda value: value in exact_set
-
-
-def _wildcard_regex(pattern: str) -> str:
-    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-
-
-def _normaliser(vr: str) -> Callable[[str, bool], str]:
-    """A function making DA/TM/DT values comparable as strings (`upper` pads a range end)."""
-
-    def norm(value: str, upper: bool) -> str:
-        value = value.strip().replace(":", "")
-        if vr == "DA":
-            value = value.replace(".", "")
-            width = 8
-        elif vr == "TM":
-            width = 13  # HHMMSS.FFFFFF
-            if "." not in value:
-                value = value + "." if len(value) >= 6 else value
-        else:
-            value = re.split(r"[+-]", value, maxsplit=1)[0]  # drop a UTC offset
-            width = 21  # YYYYMMDDHHMMSS.FFFFFF
-            if len(value) >= 14 and "." not in value:
-                value += "."
-        if len(value) < width:
-            pad = (_UPPER_PAD if upper else _LOWER_PAD)[vr]
-            value = value + pad[len(value) :]
-        return value
-
-    return norm
-
-
-_LOWER_PAD = {"DA": "00000000", "TM": "000000.000000", "DT": "00000000000000.000000"}
-_UPPER_PAD = {"DA": "99999999", "TM": "235959.999999", "DT": "99991231235959.999999"}
-
-
-def _response(identifier: Dataset, level: str, record: Dataset, computed: Dataset) -> Dataset:
-    """Build one C-FIND response identifier."""
-    rsp = Dataset()
-    if "SpecificCharacterSet" in record:
-        rsp.SpecificCharacterSet = record.SpecificCharacterSet
-    rsp.QueryRetrieveLevel = level
-    for elem in identifier:
-        if elem.keyword in _SKIP_KEYS:
-            continue
-        if elem.tag in computed:
-            rsp[elem.tag] = copy.deepcopy(computed[elem.tag])
-        elif elem.tag in record:
-            rsp[elem.tag] = copy.deepcopy(record[elem.tag])
-        else:
-            rsp[elem.tag] = DataElement(elem.tag, elem.VR, None)
-    for lvl, unique in LEVELS.items():
-        if lvl == "PATIENT" and level != "PATIENT":
-            continue  # PatientID is a unique key only at PATIENT level
-        if _DEPTH[lvl] <= _DEPTH[level] and unique in record:
-            rsp[unique] = copy.deepcopy(record[unique])
-    return rsp

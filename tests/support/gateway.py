@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from rst.config import AeConfig, Config, DimseConfig, HttpConfig
+from rst.config import AeConfig, Config, DimseConfig, HttpConfig, S3AeConfig
 from rst.server import Running, serve
 
 RECEIVERS = ("trio", "pynetdicom")
@@ -20,7 +20,9 @@ C-GET (``[dimse] receiver`` and ``client``): tests parametrize it."""
 
 @asynccontextmanager
 async def run_gateway(
-    *aets: AeConfig, dimse: dict[str, Any] | None = None, http: dict[str, Any] | None = None
+    *aets: AeConfig | S3AeConfig,
+    dimse: dict[str, Any] | None = None,
+    http: dict[str, Any] | None = None,
 ) -> AsyncIterator[Running]:
     """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports."""
     config = Config(

@@ -1,0 +1,200 @@
+"""S3 from trio: aiobotocore (asyncio) driven through trio-asyncio.
+
+The only module that touches aiobotocore, botocore or asyncio. Every call into the asyncio client
+crosses with :func:`trio_asyncio.aio_as_trio` — the client's own async context manager, each
+request and each streamed body — so :func:`open_client` must be entered inside
+``trio_asyncio.open_loop()``. botocore retries throttling (``SlowDown``, 503) and other 5xx and
+connection errors itself, with exponential backoff (``retries.mode = "standard"``) up to
+``max_attempts`` attempts per call; what still fails becomes an rst error here, with a message
+naming the bucket, the key and the S3 error code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import aiohttp
+import trio
+import trio_asyncio  # type: ignore[import-untyped]
+from aiobotocore.session import get_session  # type: ignore[import-untyped]
+from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from rst.config import ConfigError, S3AeConfig
+from rst.errors import (
+    BackendTimeout,
+    NotFound,
+    StorageAccessError,
+    StorageError,
+    StorageUnreachable,
+)
+
+__all__ = ["S3Client", "open_client"]
+
+log = logging.getLogger(__name__)
+
+aio_as_trio = trio_asyncio.aio_as_trio
+CLOSE_TIMEOUT = 5.0
+
+_CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class S3Client:
+    """One bucket of one S3 AE. Methods raise :class:`~rst.errors.StorageError` subclasses,
+    :class:`~rst.errors.NotFound` (missing object) or :class:`~rst.errors.BackendTimeout`."""
+
+    def __init__(self, client: Any, config: S3AeConfig) -> None:
+        self._client = client
+        self.config = config
+        self.bucket = config.bucket
+        self.where = f"bucket {config.bucket!r} at {config.endpoint or 'AWS S3'}"
+
+    async def head_bucket(self) -> None:
+        """Check that the bucket exists and the credentials may use it."""
+        with self._errors("HeadBucket", bucket_call=True):
+            await aio_as_trio(self._client.head_bucket)(Bucket=self.bucket)
+
+    async def create_bucket(self) -> None:
+        """Create the bucket (tests and first-time setup)."""
+        with self._errors("CreateBucket"):
+            await aio_as_trio(self._client.create_bucket)(Bucket=self.bucket)
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        """The keys under *prefix*, in S3's order (ascending UTF-8), page by page."""
+        paginator = self._client.get_paginator("list_objects_v2")
+        with self._errors("ListObjectsV2", bucket_call=True):
+            async for page in aio_as_trio(paginator.paginate(Bucket=self.bucket, Prefix=prefix)):
+                for item in page.get("Contents", ()):
+                    yield str(item["Key"])
+
+    async def get(self, key: str) -> bytes:
+        """The whole object at *key*."""
+        with self._errors("GetObject", key=key):
+            response = await aio_as_trio(self._client.get_object)(Bucket=self.bucket, Key=key)
+            async with aio_as_trio(response["Body"]) as body:
+                data: bytes = await aio_as_trio(body.read)()
+            return data
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Write *data* at *key* in one PutObject: S3 never shows a half-written object."""
+        with self._errors("PutObject", key=key):
+            await aio_as_trio(self._client.put_object)(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="application/dicom"
+            )
+
+    async def delete(self, key: str) -> None:
+        with self._errors("DeleteObject", key=key):
+            await aio_as_trio(self._client.delete_object)(Bucket=self.bucket, Key=key)
+
+    @contextmanager
+    def _errors(
+        self, operation: str, *, key: str | None = None, bucket_call: bool = False
+    ) -> Iterator[None]:
+        """Translate botocore/aiohttp failures of *operation* into rst errors."""
+        what = f"{operation} of {key!r} in {self.where}" if key else f"{operation} on {self.where}"
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc, what, key=key, bucket_call=bucket_call) from exc
+        except ReadTimeoutError as exc:
+            raise BackendTimeout(f"S3 did not answer in time: {what} ({exc})") from exc
+        except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            raise StorageUnreachable(
+                f"cannot reach the S3 endpoint: {what} failed ({exc})"
+            ) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StorageAccessError(f"no usable S3 credentials for {self.where}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{what} failed: {exc}") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StorageError(f"{what} broke off: {exc!r}") from exc
+
+    def _client_error(
+        self, exc: ClientError, what: str, *, key: str | None, bucket_call: bool
+    ) -> Exception:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "")) or None
+        message = str(error.get("Message", "")) or str(exc)
+        http = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _CREDENTIAL_CODES:
+            return StorageAccessError(
+                f"S3 rejected the credentials ({code}: {message}) for {self.where}; check "
+                f"{self.config.access_key_env or 'the AWS credential chain'}"
+                + (f" and {self.config.secret_key_env}" if self.config.secret_key_env else ""),
+                code,
+            )
+        if code == "NoSuchBucket" or (bucket_call and code in ("404", "NotFound")):
+            return StorageAccessError(f"{self.where.capitalize()} does not exist", code)
+        if code in ("AccessDenied", "403") or http == 403:
+            return StorageAccessError(
+                f"S3 denied access ({code}): {what}; the credentials may be wrong or lack "
+                "permission on the bucket",
+                code,
+            )
+        if key is not None and code in _MISSING_OBJECT_CODES:
+            return NotFound(f"no object {key!r} in {self.where}")
+        return StorageError(f"{what} failed: {code} ({message}; HTTP {http})", code)
+
+
+def _credentials(config: S3AeConfig) -> dict[str, str]:
+    """Credentials from the environment variables the configuration names (none: AWS chain)."""
+    names = {
+        "aws_access_key_id": config.access_key_env,
+        "aws_secret_access_key": config.secret_key_env,
+    }
+    credentials: dict[str, str] = {}
+    for argument, name in names.items():
+        if name is None:
+            continue
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(
+                f"aets.{config.aet}: the environment variable {name} (named by "
+                f"{'access_key_env' if argument == 'aws_access_key_id' else 'secret_key_env'}) "
+                "is not set"
+            )
+        credentials[argument] = value
+    return credentials
+
+
+@asynccontextmanager
+async def open_client(config: S3AeConfig) -> AsyncIterator[S3Client]:
+    """An S3 client for *config*; enter it inside ``trio_asyncio.open_loop()``."""
+    boto_config = BotoConfig(
+        region_name=config.region,
+        s3={"addressing_style": config.addressing},
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        retries={"max_attempts": config.max_attempts, "mode": "standard"},
+        max_pool_connections=max(10, config.max_concurrency),
+    )
+    session = get_session()
+    manager = session.create_client(
+        "s3",
+        endpoint_url=config.endpoint,
+        region_name=config.region,
+        config=boto_config,
+        **_credentials(config),
+    )
+    client = await aio_as_trio(manager.__aenter__)()
+    try:
+        yield S3Client(client, config)
+    finally:
+        # Closing must happen even when the server is being cancelled: shielded, time-boxed.
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await aio_as_trio(manager.__aexit__)(None, None, None)
