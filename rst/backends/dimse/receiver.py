@@ -19,7 +19,13 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst.backends.dimse.mediator import Mediator, Subscription
-from rst.backends.dimse.sink import InstanceSink, SinkClosed, SpoolFull
+from rst.backends.dimse.sink import (
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_REFUSED,
+    STATUS_SUCCESS,
+    InstanceSink,
+    hand_off,
+)
 from rst.backends.dimse.tcp import tune_connection
 from rst.backends.dimse.uids import VERIFICATION
 from rst.bridge import Portal, run_sync
@@ -30,9 +36,6 @@ __all__ = ["StoreReceiver", "handle_store", "instance_from_event"]
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_NOT_AUTHORIZED = 0x0124  # nobody asked for this instance
-STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
 
@@ -53,15 +56,8 @@ def handle_store(portal: Portal, sink: InstanceSink, instance: Instance) -> int:
     Blocks while the sink is full (backpressure), up to the sink's stall timeout; then spools.
     """
     try:
-        if not portal.run(sink.offer, instance):
-            entry = sink.spool(instance)
-            portal.run(sink.put_spooled, entry)
-        return STATUS_SUCCESS
-    except SinkClosed:
-        return STATUS_NOT_AUTHORIZED
-    except SpoolFull as exc:
-        log.warning("refusing %s: %s", instance.sop_instance_uid, exc)
-        return STATUS_OUT_OF_RESOURCES
+        status: int = portal.run(hand_off, sink, instance)
+        return status
     except trio.RunFinishedError:
         return STATUS_OUT_OF_RESOURCES
 
@@ -140,7 +136,7 @@ class StoreReceiver:
                 originator,
                 message_id,
             )
-            return STATUS_NOT_AUTHORIZED
+            return STATUS_REFUSED
         status = handle_store(portal, sub.sink, instance_from_event(event))
         if status == STATUS_SUCCESS:
             self.received += 1

@@ -12,6 +12,7 @@ memory stays flat whatever the study size. Instances come out in the order they 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import tempfile
 import threading
@@ -23,7 +24,9 @@ from rst.bridge import run_sync
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 
-__all__ = ["Instance", "InstanceSink", "SinkClosed", "SpoolFull"]
+__all__ = ["Instance", "InstanceSink", "SinkClosed", "SpoolFull", "hand_off"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,3 +209,23 @@ class InstanceSink:
 
     async def _wait_change(self) -> None:
         await self._changed.wait()
+
+
+STATUS_SUCCESS = 0x0000
+STATUS_REFUSED = 0x0124  # "not authorised": nobody (any more) waits for this instance
+STATUS_OUT_OF_RESOURCES = 0xA700
+
+
+async def hand_off(sink: InstanceSink, instance: Instance) -> int:
+    """Hand *instance* to *sink*; the C-STORE status to answer the PACS with.
+
+    Returns only once the instance is queued (in memory or spooled): the PACS hears "success"
+    only for what the request will get."""
+    try:
+        await sink.put(instance)
+    except SinkClosed:
+        return STATUS_REFUSED
+    except SpoolFull as exc:
+        log.warning("refusing %s: %s", instance.sop_instance_uid, exc)
+        return STATUS_OUT_OF_RESOURCES
+    return STATUS_SUCCESS

@@ -27,7 +27,11 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
 from rst.backends.dimse.mediator import Mediator, Subscription
-from rst.backends.dimse.sink import SinkClosed, SpoolFull
+from rst.backends.dimse.sink import (
+    STATUS_REFUSED,
+    STATUS_SUCCESS,
+    hand_off,
+)
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     Abort,
@@ -60,10 +64,6 @@ __all__ = ["TrioStoreReceiver"]
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_NOT_AUTHORIZED = 0x0124
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC000
 IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 ACSE_TIMEOUT = 30.0  # ARTIM: from connection to A-ASSOCIATE-RQ
@@ -275,23 +275,17 @@ class _Connection:
                 request.move_originator_aet,
                 request.move_originator_message_id,
             )
-            return STATUS_NOT_AUTHORIZED
+            return STATUS_REFUSED
         instance = Instance(
             data=bytes(pending.data),
             sop_class_uid=request.sop_class_uid,
             sop_instance_uid=request.sop_instance_uid,
             transfer_syntax=pending.transfer_syntax,
         )
-        sink = subscription.sink
-        try:
-            await sink.put(instance)
-        except SinkClosed:
-            return STATUS_NOT_AUTHORIZED
-        except SpoolFull as exc:
-            log.warning("refusing %s: %s", request.sop_instance_uid, exc)
-            return STATUS_OUT_OF_RESOURCES
-        receiver.received += 1
-        return STATUS_SUCCESS
+        status = await hand_off(subscription.sink, instance)
+        if status == STATUS_SUCCESS:
+            receiver.received += 1
+        return status
 
     def _route(self, pending: _Pending) -> Subscription | None:
         mediator = self.receiver.mediator

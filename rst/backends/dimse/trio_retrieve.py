@@ -18,7 +18,11 @@ import logging
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse.sink import InstanceSink, SinkClosed, SpoolFull
+from rst.backends.dimse.sink import (
+    STATUS_REFUSED,
+    InstanceSink,
+    hand_off,
+)
 from rst.backends.dimse.trio_client import Connection, PeerAborted
 from rst.backends.dimse.ul import (
     CommandError,
@@ -36,9 +40,6 @@ __all__ = ["follow"]
 log = logging.getLogger(__name__)
 
 PENDING = (0xFF00, 0xFF01)
-STATUS_SUCCESS = 0x0000
-STATUS_REFUSED = 0x0124
-STATUS_OUT_OF_RESOURCES = 0xA700
 
 
 async def follow(
@@ -106,14 +107,7 @@ async def _store(
     if sink is None:
         return STATUS_REFUSED
     instance = Instance(bytes(data), request.sop_class_uid, request.sop_instance_uid, syntax)
-    try:
-        await sink.put(instance)
-    except SinkClosed:
-        return STATUS_REFUSED
-    except SpoolFull as exc:
-        log.warning("refusing %s: %s", request.sop_instance_uid, exc)
-        return STATUS_OUT_OF_RESOURCES
-    return STATUS_SUCCESS
+    return await hand_off(sink, instance)
 
 
 async def _cancel(

@@ -6,15 +6,21 @@ without bulk data. A search narrows with SQL on the indexed columns (a superset 
 matches), loads the candidate studies' headers a few studies at a time and lets
 :func:`rst.dicom.matching.find` decide, so the index matches exactly like the dev PACS.
 
-SQLite (a file, WAL mode) is the store; every sqlite3 call runs in a worker thread through
-:func:`rst.bridge.run_sync` on one connection guarded by a lock. The SQL is kept portable
-(``INSERT … ON CONFLICT``, no SQLite-only functions) for a later PostgreSQL implementation.
+The store is SQLite (a file, WAL mode; the default) or PostgreSQL (a ``postgresql://`` URL,
+for several rst replicas sharing one index). One code path serves both: the SQL is portable
+(``INSERT … ON CONFLICT (key) DO UPDATE``, ``CREATE … IF NOT EXISTS``, the header as TEXT) and
+written with ``?`` placeholders; a small :class:`_Dialect` supplies what differs (the driver's
+paramstyle, case-insensitive LIKE, byte-order text collation, the SQLite pragmas, a lock that
+serialises schema creation between replicas). Every driver call runs in a worker thread through
+:func:`rst.bridge.run_sync` on one connection per :class:`Index`, guarded by a lock; a PostgreSQL
+connection that broke (server restart) is replaced on the next call.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
@@ -22,6 +28,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 from pydicom.dataset import Dataset
 
 from rst.bridge import run_sync
@@ -36,23 +43,24 @@ from rst.dicom.matching import (
     values,
 )
 from rst.dicom.query import QidoQuery
-from rst.errors import NotSupported, RstError
+from rst.errors import RstError
 
 __all__ = ["Index", "IndexUnavailable"]
 
 T = TypeVar("T")
 
+# ``{text}``: the dialect's text type (PostgreSQL: byte-order collation, like SQLite's).
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS instances (
-        key TEXT PRIMARY KEY,
-        study_uid TEXT NOT NULL,
-        series_uid TEXT NOT NULL,
-        sop_uid TEXT NOT NULL,
-        patient_id TEXT NOT NULL,
-        study_date TEXT NOT NULL,
-        study_time TEXT NOT NULL,
-        accession_number TEXT NOT NULL,
-        modality TEXT NOT NULL,
+        key {text} PRIMARY KEY,
+        study_uid {text} NOT NULL,
+        series_uid {text} NOT NULL,
+        sop_uid {text} NOT NULL,
+        patient_id {text} NOT NULL,
+        study_date {text} NOT NULL,
+        study_time {text} NOT NULL,
+        accession_number {text} NOT NULL,
+        modality {text} NOT NULL,
         series_number INTEGER,
         instance_number INTEGER,
         header TEXT NOT NULL
@@ -92,6 +100,101 @@ _STUDY_CHUNK = 32  # studies whose headers one worker-thread call loads
 _PIXEL_DATA = 0x7FE00010
 _COMPACT = (",", ":")
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_DRIVER_ERRORS = (sqlite3.Error, psycopg.Error)
+_CONNECT_TIMEOUT = 10  # seconds, PostgreSQL only
+_SCHEMA_LOCK = 0x72737431  # pg_advisory_xact_lock key: replicas create the schema one at a time
+
+
+class _Dialect:
+    """What differs between SQLite and PostgreSQL; the SQL itself is shared."""
+
+    name = "sqlite"
+    text = "TEXT"  # SQLite compares TEXT byte-wise (BINARY collation)
+    like = "LIKE"  # case-insensitive for ASCII in SQLite: a superset is all a search needs
+
+    def sql(self, statement: str) -> str:
+        """``statement`` (written with ``?`` placeholders and no other ``?`` or ``%``) in the
+        driver's paramstyle."""
+        return statement
+
+    def connect(self, location: str) -> Any:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(location, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA busy_timeout=10000")
+            for statement in _SCHEMA:
+                db.execute(statement.format(text=self.text))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def broken(self, db: Any) -> bool:
+        return False
+
+
+class _Postgres(_Dialect):
+    name = "postgresql"
+    text = 'TEXT COLLATE "C"'  # the same order as SQLite whatever the database's locale
+    like = "ILIKE"  # no backslash in DICOM values (it separates them), so no escape clash
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s")
+
+    def connect(self, location: str) -> Any:
+        db = psycopg.connect(location, autocommit=True, connect_timeout=_CONNECT_TIMEOUT)
+        try:
+            # Replicas starting together: CREATE … IF NOT EXISTS alone can still collide.
+            with db.transaction():
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in _SCHEMA:
+                    db.execute(statement.format(text=self.text))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def broken(self, db: Any) -> bool:
+        return bool(db.closed or db.broken)
+
+
+class _Connection:
+    """One driver connection and its dialect: ``execute`` takes ``?`` SQL, returns all rows."""
+
+    def __init__(self, dialect: _Dialect, location: str) -> None:
+        self.dialect = dialect
+        self.location = location
+        self.raw: Any = None
+        self.closed = False
+
+    def open(self) -> None:
+        self.raw = self.dialect.connect(self.location)
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        if self.raw is None or self.dialect.broken(self.raw):
+            if self.closed:
+                raise IndexUnavailable(f"the QIDO-RS index {_redacted(self.location)!r} is closed")
+            self.close_raw()
+            self.open()  # reconnect after a lost PostgreSQL connection
+        cursor = self.raw.execute(self.dialect.sql(sql), tuple(args))
+        return [tuple(row) for row in cursor.fetchall()] if cursor.description else []
+
+    def close_raw(self) -> None:
+        raw, self.raw = self.raw, None
+        if raw is not None:
+            raw.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.close_raw()
+
+
+def _redacted(location: str) -> str:
+    """``location`` without a password, for messages."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", location)
 
 
 def index_location(config: S3AeConfig) -> str:
@@ -111,53 +214,40 @@ class Index:
     Cancelling a call waits for its (short) database statement to finish.
     """
 
-    def __init__(self, connection: sqlite3.Connection, location: str) -> None:
+    def __init__(self, connection: _Connection) -> None:
         self._db = connection
         self._lock = threading.Lock()
-        self.location = location
+        self.location = connection.location
+        self.dialect = connection.dialect.name  # "sqlite" or "postgresql"
 
     @classmethod
     async def open(cls, location: str) -> Index:
-        """Open the index at ``location``: a SQLite file, created with its schema if missing.
+        """Open the index at ``location``: a SQLite file, or a ``postgresql://`` URL (several rst
+        replicas may share that database); the schema is created if missing.
 
-        :raises NotSupported: ``location`` is a ``postgresql://`` URL (not implemented yet).
-        :raises IndexUnavailable: the SQLite file cannot be opened or initialised.
+        :raises IndexUnavailable: the database cannot be reached, opened or initialised.
         """
-        if location.startswith(("postgresql://", "postgres://")):
-            raise NotSupported(
-                "a PostgreSQL QIDO-RS index is not implemented yet: set the AE's index to a "
-                "SQLite file path (or leave it unset for {aet}.sqlite3)"
-            )
-
-        def connect() -> sqlite3.Connection:
-            Path(location).parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(location, check_same_thread=False, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA busy_timeout=10000")
-                for statement in _SCHEMA:
-                    db.execute(statement)
-            except BaseException:
-                db.close()
-                raise
-            return db
-
+        postgres = location.startswith(_POSTGRES_SCHEMES)
+        connection = _Connection(_Postgres() if postgres else _Dialect(), location)
         try:
-            db = await run_sync(connect)
-        except (sqlite3.Error, OSError) as exc:
-            raise IndexUnavailable(f"cannot open the QIDO-RS index {location!r}: {exc}") from exc
-        return cls(db, location)
+            await run_sync(connection.open)
+        except (*_DRIVER_ERRORS, OSError) as exc:
+            raise IndexUnavailable(
+                f"cannot open the QIDO-RS index {_redacted(location)!r}: {exc}"
+            ) from exc
+        return cls(connection)
 
-    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _call(self, fn: Callable[[_Connection], T]) -> T:
         def locked() -> T:
             with self._lock:
                 return fn(self._db)
 
         try:
             return await run_sync(locked)
-        except sqlite3.Error as exc:
-            raise IndexUnavailable(f"the QIDO-RS index {self.location!r} failed: {exc}") from exc
+        except (*_DRIVER_ERRORS, OSError) as exc:
+            raise IndexUnavailable(
+                f"the QIDO-RS index {_redacted(self.location)!r} failed: {exc}"
+            ) from exc
 
     async def add(self, key: str, header: Dataset) -> None:
         """Index (or re-index) the instance stored at object ``key``.
@@ -188,8 +278,11 @@ class Index:
         if sop is not None:
             sql += " AND sop_uid = ?"
             args.append(sop)
-        sql += " ORDER BY series_number, series_uid, instance_number, sop_uid, key"
-        rows = await self._call(lambda db: db.execute(sql, args).fetchall())
+        sql += (  # NULLS FIRST: SQLite's order, not PostgreSQL's default
+            " ORDER BY series_number NULLS FIRST, series_uid, instance_number NULLS FIRST,"
+            " sop_uid, key"
+        )
+        rows = await self._call(lambda db: db.execute(sql, args))
         return [str(row[0]) for row in rows]
 
     def search(self, query: QidoQuery) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
@@ -210,7 +303,7 @@ class Index:
 
     async def _rows(self, query: QidoQuery) -> AsyncGenerator[Dataset, None]:
         identifier = query.identifier
-        plan = _Plan.of(query)
+        plan = _Plan.of(query, self._db.dialect)
         studies = await self._call(plan.studies)
         for start in range(0, len(studies), _STUDY_CHUNK):
             chunk = studies[start : start + _STUDY_CHUNK]
@@ -221,7 +314,7 @@ class Index:
                     yield row
 
     async def close(self) -> None:
-        """Close the database connection."""
+        """Close the database connection (a second close does nothing)."""
         await self._call(lambda db: db.close())
 
 
@@ -238,7 +331,7 @@ class _Plan:
         self.scope = scope
 
     @classmethod
-    def of(cls, query: QidoQuery) -> _Plan:
+    def of(cls, query: QidoQuery, dialect: _Dialect) -> _Plan:
         identifier = query.identifier
         asked = {elem.keyword for elem in identifier}
         scope = query.level
@@ -250,11 +343,11 @@ class _Plan:
         for elem in identifier:
             if elem.keyword in _NARROW:
                 column, level = _NARROW[elem.keyword]
-                condition = _condition(column, elem.VR, values(elem))
+                condition = _condition(column, elem.VR, values(elem), dialect.like)
                 if condition is not None:
                     conditions.append((level, *condition))
             elif elem.keyword == "ModalitiesInStudy":
-                condition = _condition("modality", "CS", values(elem))
+                condition = _condition("modality", "CS", values(elem), dialect.like)
                 if condition is not None:
                     sql, args = condition
                     subquery = f"study_uid IN (SELECT study_uid FROM instances WHERE {sql})"
@@ -267,7 +360,7 @@ class _Plan:
         sql = " AND ".join(f"({c[1]})" for c in conditions)
         return sql, [arg for c in conditions for arg in c[2]]
 
-    def studies(self, db: sqlite3.Connection) -> list[str]:
+    def studies(self, db: _Connection) -> list[str]:
         """The candidate studies, in date, time and UID order."""
         where, args = self._where(self.conditions)
         sql = (
@@ -277,7 +370,7 @@ class _Plan:
         )
         return [str(row[0]) for row in db.execute(sql, args)]
 
-    def headers(self, db: sqlite3.Connection, studies: Sequence[str]) -> dict[str, list[Dataset]]:
+    def headers(self, db: _Connection, studies: Sequence[str]) -> dict[str, list[Dataset]]:
         """The headers to match of ``studies``, by study UID."""
         shallow = [c for c in self.conditions if DEPTH[c[0]] <= DEPTH[self.scope]]
         where, args = self._where(shallow)
@@ -291,7 +384,9 @@ class _Plan:
         return out
 
 
-def _condition(column: str, vr: str, wanted: list[str]) -> tuple[str, list[Any]] | None:
+def _condition(
+    column: str, vr: str, wanted: list[str], like: str = "LIKE"
+) -> tuple[str, list[Any]] | None:
     """SQL selecting a superset of the rows whose ``column`` matches the key's values."""
     if not wanted:
         return None  # universal matching
@@ -311,14 +406,14 @@ def _condition(column: str, vr: str, wanted: list[str]) -> tuple[str, list[Any]]
         if len(wanted) != 1 or vr == "UI":
             return None  # several patterns: leave it to the matcher
         pattern = wanted[0].replace("*", "%").replace("?", "_")
-        return f"{column} LIKE ?", [pattern]  # `%`/`_` in the value only widen the superset
+        return f"{column} {like} ?", [pattern]  # `%`/`_` in the value only widen the superset
     marks = ", ".join("?" for _ in wanted)
     return f"{column} IN ({marks})", list(wanted)
 
 
 def _row(key: str, header: Dataset) -> tuple[Any, ...]:
     def text(keyword: str) -> str:
-        return str(header.get(keyword, "") or "").strip()
+        return str(header.get(keyword, "") or "").replace("\x00", "").strip()  # PostgreSQL: no NUL
 
     def number(keyword: str) -> int | None:
         try:
