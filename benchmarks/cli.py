@@ -25,7 +25,7 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, memory, pull, qido, stow, throughput
+from . import concurrency, data, memory, pull, qido, s3, stow, throughput
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
@@ -40,7 +40,7 @@ from .common import (
 from .report import DOCS, IMAGES, machine, machine_line, update_docs
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow)
+    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3)
 }
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {
@@ -59,6 +59,8 @@ async def run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()
     keys = sorted({k for m in selected for k in m.studies(args.quick)}, key="ct mf small big".find)
     studies = await data.prepare(keys, args.images)
+    # studies the PACS must hold (a module with ``PACS = False`` brings its own storage)
+    pacs_keys = {k for m in selected if getattr(m, "PACS", True) for k in m.studies(args.quick)}
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     durations: dict[str, float] = {}
@@ -80,6 +82,8 @@ async def run(args: argparse.Namespace) -> int:
             ) as orthanc,
         ):
             for study in studies.values():
+                if study.key not in pacs_keys:
+                    continue
                 print(
                     f"loading {study.label} ({study.bytes / 1e6:,.0f} MB) into Orthanc", flush=True
                 )

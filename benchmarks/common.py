@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,12 +187,20 @@ async def _wait_ready(proc: trio.Process, url: str, log: Path) -> bool:
 
 @asynccontextmanager
 async def open_rst(
-    ctx: Context, name: str, *, mode: str = "move", max_associations: int = 16
+    ctx: Context,
+    name: str,
+    *,
+    mode: str = "move",
+    max_associations: int = 16,
+    config: Callable[[int, int], str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rst]:
     """``python -m rst serve`` in front of the PACS; Orthanc learns it as C-MOVE destination.
 
-    Its log goes to ``<out>/bench-<stamp>-rst-<name>.log``. On exit rst is stopped (SIGTERM, then
-    SIGKILL after STOP_GRACE s) and must have exited with 0.
+    ``config(http_port, dimse_port)`` replaces the generated configuration (then Orthanc is not
+    told about rst); ``env`` is added to rst's environment. Its log goes to
+    ``<out>/bench-<stamp>-rst-<name>.log``. On exit rst is stopped (SIGTERM, then SIGKILL after
+    STOP_GRACE s) and must have exited with 0.
     """
     log = ctx.out / f"bench-{ctx.stamp}-rst-{name}.log"
     ctx.logs.append(rel(log))
@@ -205,6 +213,8 @@ async def open_rst(
                 dimse_port = free_port()
             config_path.write_text(
                 _rst_config(ctx, name, mode, http_port, dimse_port, max_associations)
+                if config is None
+                else config(http_port, dimse_port)
             )
             with log.open("ab") as log_file:
                 proc = await trio.lowlevel.open_process(
@@ -212,7 +222,7 @@ async def open_rst(
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    env=_rst_env(),
+                    env={**_rst_env(), **(env or {})},
                     cwd=str(ctx.workdir),
                 )
             url = f"http://127.0.0.1:{http_port}"
@@ -221,7 +231,8 @@ async def open_rst(
             await stop_process(proc, kill=True)
         else:
             raise BenchmarkError(f"rst exited during start-up:\n{log_tail(log)}")
-        await add_modality(ctx.orthanc, "RST", RST_AET, "127.0.0.1", dimse_port)
+        if config is None:
+            await add_modality(ctx.orthanc, "RST", RST_AET, "127.0.0.1", dimse_port)
         yield Rst(url=url, dimse_port=dimse_port, pid=proc.pid, log=log)
     finally:
         if proc is not None:

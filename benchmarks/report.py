@@ -18,7 +18,17 @@ from .common import ROOT
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 IMAGES = ROOT / "docs" / "img" / "benchmarks"
-PACKAGES = ("rst", "pydicom", "pynetdicom", "trio", "quart-trio", "hypercorn", "matplotlib")
+PACKAGES = (
+    "rst",
+    "pydicom",
+    "pynetdicom",
+    "trio",
+    "quart-trio",
+    "hypercorn",
+    "matplotlib",
+    "aiobotocore",
+    "moto",
+)
 RST_COLOR, REF_COLOR, OTHER_COLOR = "#1f77b4", "#ff7f0e", "#2ca02c"
 
 

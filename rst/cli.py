@@ -15,6 +15,7 @@ import trio
 from rst import __version__
 from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
+from rst.groups import single
 from rst.server import Running, serve, wait_for_signal
 
 if TYPE_CHECKING:
@@ -77,9 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_serve, config)
         else:
             trio.run(_dev, config, args.data)
-    except OSError as exc:
-        print(f"rst: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        problem = single(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(problem, OSError | ConfigError | RstError):
+            message = getattr(problem, "message", None) or str(problem)
+            print(f"rst: cannot start: {message}", file=sys.stderr)
+            return 1
+        if isinstance(problem, KeyboardInterrupt):
+            return 130
+        raise
     return 0
 
 

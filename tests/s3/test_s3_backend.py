@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -280,3 +281,36 @@ async def test_qido_over_the_index_updated_by_stow(s3_gateway: Running, stored: 
     assert len(page.json()) == 3
     assert "additional results" in page.headers["Warning"]
     assert len(in_range) == 1
+
+
+async def test_stow_of_a_bare_dataset_is_stored_as_part10(
+    s3_gateway: Running, study: StudyFiles
+) -> None:
+    """A STOW part without preamble and meta is stored as a Part 10 file, so WADO can serve it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    source = pydicom.dcmread(study.paths[0])
+    bare = DicomBytesIO()
+    bare.is_little_endian, bare.is_implicit_VR = True, True
+    write_dataset(bare, source)  # the dataset alone, Implicit VR Little Endian
+    assert bare.getvalue()[128:132] != b"DICM"
+    writer = MultipartWriter()
+    body = writer.part_head("application/dicom") + bare.getvalue() + writer.close()
+    async with httpx.AsyncClient(base_url=base(s3_gateway), timeout=60, trust_env=False) as http:
+        stored = await http.post(
+            "/studies",
+            content=body,
+            headers={"Content-Type": writer.content_type("application/dicom")},
+        )
+        series = study.instance_series[0]
+        got = await http.get(
+            f"/studies/{study.study_uid}/series/{series}/instances/{study.sop_uids[0]}",
+            headers={"Accept": "multipart/related; type=application/dicom; transfer-syntax=*"},
+        )
+    assert stored.status_code == 200, stored.text
+    assert got.status_code == 200
+    (part,) = parts_of(got)
+    instance = pydicom.dcmread(io.BytesIO(part))
+    assert instance.SOPInstanceUID == study.sop_uids[0]
+    assert instance.PixelData == source.PixelData

@@ -1,24 +1,61 @@
-"""rst.backends.s3.index: the SQLite QIDO-RS index of an S3 archive, searched with parse_qido."""
+"""rst.backends.s3.index: the QIDO-RS index of an S3 archive, searched with parse_qido.
+
+Every index test runs twice: on SQLite and on PostgreSQL (one throwaway server for the session,
+started by tests/support/postgres.py, a fresh schema per test; it fails, never skips, when
+PostgreSQL is not installed).
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pydicom
 import pytest
+import trio
 from pydicom.dataset import Dataset
 
-from rst.backends.s3.index import Index
+from rst.backends.s3.index import Index, IndexUnavailable
 from rst.backends.s3.reindex import rebuild
 from rst.cli import main
 from rst.dicom.matching import find, sort_key
 from rst.dicom.query import Level, parse_qido, to_dicom_json
-from rst.errors import NotSupported, StorageError
+from rst.errors import StorageError
+from tests.support.loopback import free_port
+from tests.support.postgres import create_database, create_schema, open_postgres, serve_in_thread
 from tests.support.sample import write_ct_study
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL server for the session: the URL of its database ``rst``."""
+    with serve_in_thread(open_postgres(tmp_path_factory.mktemp("postgres"))) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's index lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "index" / "ARCHIVE.sqlite3")
+    return create_schema(request.getfixturevalue("postgres_server"))
+
+
+def _stored_header(location: str, key: str) -> str:
+    """The header column of ``key``, read with the database's own driver."""
+    sql = "SELECT header FROM instances WHERE key = ?"
+    if location.startswith("postgresql://"):
+        with psycopg.connect(location) as pg:
+            row = pg.execute(sql.replace("?", "%s"), (key,)).fetchone()
+    else:
+        with sqlite3.connect(location) as db:
+            row = db.execute(sql, (key,)).fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 @dataclass
@@ -36,14 +73,14 @@ def _key(header: Dataset) -> str:
 
 
 @pytest.fixture
-async def archive(tmp_path: Path) -> AsyncIterator[Archive]:
+async def archive(tmp_path: Path, location: str) -> AsyncIterator[Archive]:
     study_a = write_ct_study(
         tmp_path / "a", images=6, series=2, patient_id="P1", patient_name="DOE^JOHN", seed=1
     )
     study_b = write_ct_study(
         tmp_path / "b", images=3, patient_id="P2", patient_name="SMITH^JANE", seed=5
     )
-    index = await Index.open(str(tmp_path / "index" / "ARCHIVE.sqlite3"))
+    index = await Index.open(location)
     headers: dict[str, Dataset] = {}
     for path in [*study_a.paths, *study_b.paths]:
         header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -238,15 +275,14 @@ async def test_keys_order(archive: Archive) -> None:
     assert await archive.index.keys(archive.a, archive.b_series[0]) == []
 
 
-async def test_headers_stored_without_bulk_data(archive: Archive, tmp_path: Path) -> None:
+async def test_headers_stored_without_bulk_data(archive: Archive, location: str) -> None:
     key, header = next(iter(archive.headers.items()))
     header.add_new(0x00291010, "OB", b"\x00\x01" * 4096)  # a private binary blob
     header.add_new(0x00880200, "SQ", [Dataset()])  # IconImageSequence
     header[0x00880200].value[0].add_new(0x7FE00010, "OB", b"\x00" * 64)
     await archive.index.add(key, header)
     await archive.index.close()
-    with sqlite3.connect(tmp_path / "index" / "ARCHIVE.sqlite3") as db:
-        (stored,) = db.execute("SELECT header FROM instances WHERE key = ?", (key,)).fetchone()
+    stored = _stored_header(location, key)
     data = json.loads(stored)
     assert "00291010" not in data
     assert data["00880200"] == {"vr": "SQ", "Value": [{}]}
@@ -254,18 +290,65 @@ async def test_headers_stored_without_bulk_data(archive: Archive, tmp_path: Path
     assert "BulkDataURI" not in stored
 
 
-async def test_reopen_keeps_the_rows(archive: Archive, tmp_path: Path) -> None:
+async def test_reopen_keeps_the_rows(archive: Archive, location: str) -> None:
     await archive.index.close()
-    again = await Index.open(str(tmp_path / "index" / "ARCHIVE.sqlite3"))
+    again = await Index.open(location)
     try:
         assert len(await _search(again, "IMAGE")) == 9
     finally:
         await again.close()
 
 
-async def test_postgresql_is_not_supported_yet() -> None:
-    with pytest.raises(NotSupported, match="PostgreSQL"):
-        await Index.open("postgresql://rst@localhost/rst")
+async def test_closed_index_is_unavailable(archive: Archive) -> None:
+    await archive.index.close()
+    with pytest.raises(IndexUnavailable, match="closed"):
+        await archive.index.keys(archive.a)
+
+
+async def test_unreachable_postgresql_is_unavailable() -> None:
+    url = f"postgresql://rst:secret@127.0.0.1:{free_port()}/rst"  # nothing listens there
+    with pytest.raises(IndexUnavailable, match="cannot open") as caught:
+        await Index.open(url)
+    assert "secret" not in str(caught.value)
+
+
+async def test_replicas_share_a_postgresql_index(postgres_server: str, tmp_path: Path) -> None:
+    """Two rst replicas on one database: each sees the other's writes, concurrent opens and
+    upserts of the same key do not fail."""
+    url = create_database(postgres_server)
+    replicas: list[Index] = []
+
+    async def open_one() -> None:
+        replicas.append(await Index.open(url))
+
+    async with trio.open_nursery() as nursery:  # both create the schema at once
+        nursery.start_soon(open_one)
+        nursery.start_soon(open_one)
+    one, two = replicas
+    try:
+        study = write_ct_study(tmp_path / "s", images=2)
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in study.paths]
+        await one.add(_key(headers[0]), headers[0])
+        rows = await _search(two, "IMAGE")
+        assert _uids(rows, "SOPInstanceUID") == [headers[0].SOPInstanceUID]
+
+        key, header = _key(headers[1]), headers[1]
+
+        async def upsert(index: Index, name: str) -> None:
+            for _ in range(20):
+                header.PatientName = name
+                await index.add(key, header)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(upsert, one, "ONE^REPLICA")
+            nursery.start_soon(upsert, two, "TWO^REPLICA")
+        assert await one.keys(study.study_uid) == await two.keys(study.study_uid)
+        assert len(await two.keys(study.study_uid)) == 2
+        await two.remove(_key(headers[0]))
+        assert await one.keys(study.study_uid) == [key]
+    finally:
+        for index in replicas:
+            await index.close()
 
 
 async def test_add_refuses_headers_without_uids(archive: Archive) -> None:
@@ -299,7 +382,7 @@ class _Bucket:
         return self.objects[key]
 
 
-async def test_rebuild_from_a_bucket(tmp_path: Path) -> None:
+async def test_rebuild_from_a_bucket(tmp_path: Path, location: str) -> None:
     study = write_ct_study(tmp_path / "s", images=4, series=2)
     objects = {
         f"dicom/{study.study_uid}/{series}/{sop}.dcm": path.read_bytes()
@@ -307,16 +390,20 @@ async def test_rebuild_from_a_bucket(tmp_path: Path) -> None:
             study.paths, study.instance_series, study.sop_uids, strict=True
         )
     }
-    objects["dicom/README.txt"] = b"not dicom"
-    objects["dicom/gone.dcm"] = b""
-    objects["other/x.dcm"] = next(iter(objects.values()))  # outside the prefix
-    index = await Index.open(str(tmp_path / "i.sqlite3"))
+    # in the layout but not DICOM / listed but unreadable; outside the layout; outside the prefix
+    not_dicom = f"dicom/{study.study_uid}/1.2.3/4.5.6.dcm"
+    gone = f"dicom/{study.study_uid}/1.2.3/4.5.7.dcm"
+    objects[not_dicom] = b"not dicom"
+    objects[gone] = b""
+    objects["dicom/README.txt"] = b"not in the {study}/{series}/{instance}.dcm layout"
+    objects["other/x.dcm"] = next(iter(objects.values()))
+    index = await Index.open(location)
     try:
         await index.add("stale.dcm", pydicom.dcmread(study.paths[0], stop_before_pixels=True))
         totals: list[int] = []
         done: list[None] = []
         report = await rebuild(
-            _Bucket(objects, {"dicom/gone.dcm"}),
+            _Bucket(objects, {gone}),
             index,
             "dicom/",
             concurrency=3,
@@ -327,7 +414,11 @@ async def test_rebuild_from_a_bucket(tmp_path: Path) -> None:
         assert totals == [6]
         assert len(done) == 6
         keys = await index.keys(study.study_uid)
-        assert keys == [k for k in objects if k.startswith(f"dicom/{study.study_uid}")]
+        assert keys == [
+            k
+            for k in objects
+            if k.startswith(f"dicom/{study.study_uid}") and k not in (not_dicom, gone)
+        ]
         rows = await _search(index, "STUDY")
         assert [row.NumberOfStudyRelatedInstances for row in rows] == [4]  # stale row cleared
     finally:

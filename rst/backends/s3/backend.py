@@ -15,7 +15,12 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from rst.backends.s3 import layout
 from rst.backends.s3.client import S3Client
 from rst.config import S3AeConfig
-from rst.dicom.part10 import Upload, transfer_syntax_of
+from rst.dicom.part10 import (
+    IMPLEMENTATION_CLASS_UID,
+    Upload,
+    part10_header,
+    transfer_syntax_of,
+)
 from rst.dicom.query import QidoQuery
 from rst.errors import (
     BadRequest,
@@ -189,8 +194,19 @@ class S3StoreSession:
             key = layout.instance_key(self.backend.config.prefix, *uids)
         except BadRequest as exc:
             return StoreResult(CANNOT_UNDERSTAND, f"cannot name the object: {exc.message}")
+        data = upload.data
+        if upload.dataset_offset == 0:  # a bare dataset: store a Part 10 file, as WADO needs
+            data = (
+                part10_header(
+                    sop_class_uid=str(header.SOPClassUID),
+                    sop_instance_uid=uids[2],
+                    transfer_syntax=upload.transfer_syntax,
+                    implementation_uid=IMPLEMENTATION_CLASS_UID,
+                )
+                + data
+            )
         try:
-            await self.backend.client.put(key, upload.data)
+            await self.backend.client.put(key, data)
         except (StorageAccessError, StorageUnreachable):
             raise  # the bucket is unusable for every instance: 502 (or failures after the first)
         except StorageError as exc:

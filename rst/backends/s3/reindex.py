@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from rst.backends.s3 import layout
 from rst.backends.s3.index import Index
 from rst.errors import RstError
 from rst.groups import collapse
@@ -64,7 +65,9 @@ async def rebuild(
     A listing failure raises (:class:`rst.errors.StorageError`); a failed object is counted.
     Cancelling stops the workers; the index then holds part of the bucket.
     """
-    keys = [key async for key in source.list_keys(prefix)]
+    keys = [
+        key async for key in source.list_keys(prefix) if layout.parse_key(prefix, key) is not None
+    ]
     on_total(len(keys))
     await index.clear()
     report = RebuildReport()
