@@ -246,7 +246,7 @@ async def test_cors_preflight_and_headers(pacs: DevPacs) -> None:
 async def test_limit_reached_sends_c_cancel(
     pacs: DevPacs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="rst.backends.dimse.association")
+    caplog.set_level("INFO", logger="rst.backends.dimse")
     async with run_gateway(ae(pacs)) as running, client(running) as http:
         page = await http.get("/instances", params={"limit": "2"})
         await settled(running)

@@ -21,6 +21,7 @@ from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.trio_client import encode_identifier, open_association
+from rst.backends.dimse.trio_find import find as trio_find
 from rst.backends.dimse.trio_retrieve import follow
 from rst.backends.dimse.trio_store import TrioStoreSession
 from rst.backends.dimse.ul import PresentationContextRQ, encode_c_get_rq, encode_c_move_rq
@@ -85,6 +86,10 @@ class DimseBackend:
 
     @asynccontextmanager
     async def _find(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
+        if self.dimse.client == "trio":
+            async with self._find_trio(identifier) as matches:
+                yield matches
+            return
         async with self.peer.associate(
             [build_context(FIND_MODEL)], dimse_timeout=self.config.find_timeout
         ) as assoc:
@@ -98,6 +103,29 @@ class DimseBackend:
                 aclosing(self._matches(responses)) as matches,
             ):
                 yield matches
+
+    @asynccontextmanager
+    async def _find_trio(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
+        async with (
+            self.peer.slot(),
+            open_association(
+                self.config,
+                calling_aet=self.peer.calling_aet,
+                contexts=[PresentationContextRQ(1, FIND_MODEL, UNCOMPRESSED)],
+                max_pdu=self.dimse.max_pdu,
+            ) as connection,
+            trio_find(
+                connection,
+                identifier,
+                model=FIND_MODEL,
+                msg_id=self.message_ids.next(self.peer.calling_aet),
+                find_timeout=self.config.find_timeout,
+                cancel_timeout=self.config.cancel_timeout,
+                calling_aet=self.peer.calling_aet,
+                pacs=self.name,
+            ) as matches,
+        ):
+            yield matches
 
     async def _matches(self, responses: DimseStream) -> AsyncGenerator[Dataset]:
         async for status, identifier in responses:

@@ -35,7 +35,7 @@ from rst.backends.dimse.ul import (
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
 from rst.services.protocols import Instance
 
-__all__ = ["follow"]
+__all__ = ["PENDING", "cancel_operation", "follow", "status_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def follow(
         return await _responses(connection, msg_id, sink, calling_aet)
     except trio.Cancelled:
         with trio.CancelScope(shield=True):
-            await _cancel(connection, context_id, msg_id, cancel_timeout, calling_aet)
+            await cancel_operation(connection, context_id, msg_id, cancel_timeout, calling_aet)
         raise
     except (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError) as exc:
         log.warning("the retrieve association broke off: %s", exc)
@@ -83,7 +83,7 @@ async def _responses(
             await connection.receive_dataset(bytearray())
         if command.status in PENDING:
             continue
-        return _status_dataset(command)
+        return status_dataset(command)
 
 
 async def _store(
@@ -110,7 +110,7 @@ async def _store(
     return await hand_off(sink, instance)
 
 
-async def _cancel(
+async def cancel_operation(
     connection: Connection, context_id: int, msg_id: int, grace: float, calling_aet: str
 ) -> None:
     """C-CANCEL, then drain until the final response; mark the association broken if the PACS
@@ -132,7 +132,7 @@ async def _cancel(
     connection.broken = True
 
 
-def _status_dataset(response: OtherCommand) -> Dataset:
+def status_dataset(response: OtherCommand) -> Dataset:
     """The response as the status dataset :func:`~rst.backends.dimse.outcome.retrieve_outcome`
     reads (the same shape pynetdicom yields)."""
     status = Dataset()

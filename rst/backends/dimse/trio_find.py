@@ -1,0 +1,93 @@
+"""C-FIND on a trio association: QIDO-RS without pynetdicom's threads.
+
+Matches are decoded as they arrive and handed on one at a time. Leaving the block before the
+final response (the ``limit`` was reached, the client went away) sends C-CANCEL and drains the
+remaining responses under a shielded scope, for at most ``cancel_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from io import BytesIO
+
+import trio
+from pydicom import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
+
+from rst.backends.dimse.outcome import check_find_status
+from rst.backends.dimse.trio_client import Connection, PeerAborted, encode_identifier
+from rst.backends.dimse.trio_retrieve import PENDING, cancel_operation, status_dataset
+from rst.backends.dimse.ul import (
+    CommandError,
+    OtherCommand,
+    UpperLayerError,
+    encode_c_find_rq,
+)
+from rst.errors import BackendTimeout
+
+__all__ = ["find"]
+
+BROKEN = (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError)
+
+
+@asynccontextmanager
+async def find(
+    connection: Connection,
+    identifier: Dataset,
+    *,
+    model: str,
+    msg_id: int,
+    find_timeout: float,
+    cancel_timeout: float,
+    calling_aet: str,
+    pacs: str,
+) -> AsyncIterator[AsyncIterator[Dataset]]:
+    """Send the C-FIND and yield its matches; cancel it if the block is left early."""
+    context_id, syntax = connection.context_for(model)
+    request = encode_c_find_rq(message_id=msg_id, sop_class_uid=model)
+    await connection.send(context_id, request, encode_identifier(identifier, syntax))
+    finished = False
+
+    async def matches() -> AsyncGenerator[Dataset]:
+        nonlocal finished
+        uid = UID(syntax)
+        while True:
+            try:
+                with trio.fail_after(find_timeout):
+                    _, response = await connection.receive_command()
+                    data = bytearray()
+                    if isinstance(response, OtherCommand) and response.has_dataset:
+                        await connection.receive_dataset(data)
+            except trio.TooSlowError:
+                connection.broken = True
+                raise BackendTimeout(
+                    f"the PACS {pacs} sent no C-FIND response for {find_timeout:g} s"
+                ) from None
+            except BROKEN as exc:
+                connection.broken = True
+                raise BackendTimeout(
+                    f"the C-FIND association with {pacs} broke off: {exc}"
+                ) from None
+            if (
+                not isinstance(response, OtherCommand)
+                or response.message_id_being_responded_to != msg_id
+            ):
+                connection.broken = True
+                raise BackendTimeout(f"the PACS {pacs} answered the C-FIND with {response!r}")
+            if response.status in PENDING:
+                if data:
+                    yield read_dataset(BytesIO(data), uid.is_implicit_VR, uid.is_little_endian)
+                continue
+            finished = True
+            check_find_status(status_dataset(response), pacs)
+            return
+
+    try:
+        async with aclosing(matches()) as found:
+            yield found
+    finally:
+        if not finished and not connection.broken:
+            with trio.CancelScope(shield=True):
+                await cancel_operation(connection, context_id, msg_id, cancel_timeout, calling_aet)
