@@ -21,10 +21,17 @@ from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.trio_client import encode_identifier, open_association
+from rst.backends.dimse.trio_find import BROKEN
 from rst.backends.dimse.trio_find import find as trio_find
 from rst.backends.dimse.trio_retrieve import follow
 from rst.backends.dimse.trio_store import TrioStoreSession
-from rst.backends.dimse.ul import PresentationContextRQ, encode_c_get_rq, encode_c_move_rq
+from rst.backends.dimse.ul import (
+    OtherCommand,
+    PresentationContextRQ,
+    encode_c_echo_rq,
+    encode_c_get_rq,
+    encode_c_move_rq,
+)
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
@@ -67,14 +74,42 @@ class DimseBackend:
     # -- verification --------------------------------------------------------------------------
 
     async def echo(self) -> None:
-        async with self.peer.associate(
-            [build_context(uids.VERIFICATION)], dimse_timeout=self.config.find_timeout
-        ) as assoc:
-            status = await run_sync(assoc.send_c_echo, self.peer.threads)
-        if status.get("Status") != 0x0000:
-            if status.get("Status") is None:
-                raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
-            raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{status.Status:04X}")
+        if self.dimse.client == "trio":
+            code = await self._echo_trio()
+        else:
+            async with self.peer.associate(
+                [build_context(uids.VERIFICATION)], dimse_timeout=self.config.find_timeout
+            ) as assoc:
+                status = await run_sync(assoc.send_c_echo, self.peer.threads)
+            code = status.get("Status")
+        if code is None:
+            raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
+        if code != 0x0000:
+            raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{code:04X}")
+
+    async def _echo_trio(self) -> int | None:
+        contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
+        async with (
+            self.peer.slot(),
+            open_association(
+                self.config,
+                calling_aet=self.peer.calling_aet,
+                contexts=contexts,
+                max_pdu=self.dimse.max_pdu,
+            ) as connection,
+        ):
+            context_id, _ = connection.context_for(uids.VERIFICATION)
+            msg_id = self.message_ids.next(self.peer.calling_aet)
+            with trio.move_on_after(self.config.find_timeout):
+                try:
+                    await connection.send(context_id, encode_c_echo_rq(message_id=msg_id))
+                    _, response = await connection.receive_command()
+                except BROKEN:
+                    response = None
+                if isinstance(response, OtherCommand):
+                    return response.status
+            connection.broken = True
+            return None
 
     # -- QIDO-RS -------------------------------------------------------------------------------
 
