@@ -105,8 +105,8 @@ class DimseConfig(_Section):
     receiver: Literal["trio", "pynetdicom"] = "trio"
     """The C-STORE receiver implementation: rst's own on trio (fast), or pynetdicom's."""
     client: Literal["trio", "pynetdicom"] = "trio"
-    """How rst runs C-MOVE, C-GET and C-STORE (STOW-RS): on its own trio associations (fast),
-    or pynetdicom's. C-FIND and C-ECHO always use pynetdicom."""
+    """How rst runs its DIMSE operations (C-FIND, C-MOVE, C-GET, C-STORE, C-ECHO): on its own
+    trio associations (fast, no threads), or on pynetdicom's thread-based ones."""
 
 
 class AeConfig(_Section):
