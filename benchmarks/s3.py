@@ -32,11 +32,9 @@ from urllib.parse import urlsplit
 import boto3
 import trio
 
-from tests.support.loopback import log_tail
 from tests.support.moto import create_bucket, open_moto
 
 from .common import (
-    CURL,
     RETRIEVE_TIMEOUT,
     RST_AET,
     BenchmarkError,
@@ -47,7 +45,7 @@ from .common import (
     median,
     open_rst,
 )
-from .stow import BOUNDARY, write_body
+from .stow import curl_stow, write_body
 
 NAME = "s3"
 TITLE = "S3: WADO-RS and STOW-RS through rst against aiobotocore"
@@ -179,43 +177,6 @@ async def direct(
     return result
 
 
-async def rst_stow(url: str, body: Path, study: Study, log: Path) -> dict[str, Any]:
-    content_type = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-    argv = [
-        *CURL,
-        "-X",
-        "POST",
-        "-H",
-        f"Content-Type: {content_type}",
-        "-H",
-        "Accept: application/dicom+json",
-        "--data-binary",
-        f"@{body}",
-        "-w",
-        "\n%{http_code} %{time_total}",
-        url,
-    ]
-    with trio.fail_after(RETRIEVE_TIMEOUT):
-        proc = await trio.run_process(
-            argv, stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True, check=False
-        )
-    text = proc.stdout.decode(errors="replace")
-    response, _, trailer = text.rpartition("\n")
-    try:
-        code, total = trailer.split()
-        answer = json.loads(response)
-    except ValueError:
-        raise BenchmarkError(f"STOW {url}: unreadable answer {text[-500:]!r}") from None
-    referenced = answer.get("00081199", {}).get("Value", [])
-    failed = answer.get("00081198", {}).get("Value", [])
-    if proc.returncode != 0 or code != "200" or len(referenced) != study.count or failed:
-        raise BenchmarkError(
-            f"STOW {url}: curl {proc.returncode}, HTTP {code}, {len(referenced)} stored, "
-            f"{len(failed)} failed\nrst log tail:\n{log_tail(log)}"
-        )
-    return {"total_s": float(total), "mbps": study.bytes / float(total) / 1e6}
-
-
 def _verify(endpoint: str, study: Study) -> None:
     """Every key holds an object of its file's size; the first and last are byte-identical."""
     client = boto3.client(
@@ -308,7 +269,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 stow_url = f"{rst.url}/aets/{AET}/studies"
                 for i in range(ctx.runs + 1):
                     before = _cpu(pids)
-                    s = await rst_stow(stow_url, body, study, rst.log)
+                    s = await curl_stow(stow_url, body, study, rst.log)
                     s.update({f"cpu_s_{k}": v for k, v in _spent(before, pids).items()})
                     p1 = await direct(endpoint, "put", study, concurrency=1, manifest=manifest)
                     p16 = await direct(

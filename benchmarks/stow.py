@@ -59,6 +59,13 @@ async def _stored(ctx: Context, study: Study, who: str) -> None:
 
 
 async def rst_stow(ctx: Context, url: str, body: Path, study: Study, log: Path) -> dict[str, Any]:
+    result = await curl_stow(url, body, study, log)
+    await _stored(ctx, study, "rst STOW-RS")
+    return result
+
+
+async def curl_stow(url: str, body: Path, study: Study, log: Path) -> dict[str, Any]:
+    """POST the prebuilt multipart *body* with curl; check that every instance was stored."""
     content_type = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
     argv = [
         *CURL,
@@ -92,7 +99,6 @@ async def rst_stow(ctx: Context, url: str, body: Path, study: Study, log: Path) 
             f"STOW {url}: curl {proc.returncode}, HTTP {code}, {len(referenced)} stored, "
             f"{len(failed)} failed\nrst log tail:\n{log_tail(log)}"
         )
-    await _stored(ctx, study, "rst STOW-RS")
     return {"total_s": float(total), "mbps": study.bytes / float(total) / 1e6}
 
 
