@@ -14,7 +14,7 @@ is aborted and the thread woken.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +25,8 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from rst.backends.dimse.tcp import tune_connection
+from rst.backends.dimse.trio_client import Connection, open_association
+from rst.backends.dimse.ul import PresentationContextRQ
 from rst.bridge import StreamControl, iterate_in_thread, run_sync
 from rst.config import AeConfig
 from rst.errors import AssociationRejected, BackendTimeout, PacsUnreachable
@@ -83,6 +85,25 @@ class Peer:
                 yield
             finally:
                 self.open_associations -= 1
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        contexts: Sequence[PresentationContextRQ],
+        roles: Mapping[str, tuple[bool, bool]] | None = None,
+    ) -> AsyncIterator[Connection]:
+        """A trio association (:mod:`.trio_client`) in one of this PACS's slots."""
+        async with (
+            self.slot(),
+            open_association(
+                self.config,
+                calling_aet=self.calling_aet,
+                contexts=contexts,
+                roles=roles,
+                max_pdu=self.max_pdu,
+            ) as connection,
+        ):
+            yield connection
 
     async def _request(
         self,

@@ -20,7 +20,7 @@ from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_o
 from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
-from rst.backends.dimse.trio_client import encode_identifier, open_association
+from rst.backends.dimse.trio_client import encode_identifier
 from rst.backends.dimse.trio_find import BROKEN
 from rst.backends.dimse.trio_find import find as trio_find
 from rst.backends.dimse.trio_retrieve import follow
@@ -89,15 +89,7 @@ class DimseBackend:
 
     async def _echo_trio(self) -> int | None:
         contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
-        async with (
-            self.peer.slot(),
-            open_association(
-                self.config,
-                calling_aet=self.peer.calling_aet,
-                contexts=contexts,
-                max_pdu=self.dimse.max_pdu,
-            ) as connection,
-        ):
+        async with self.peer.connect(contexts) as connection:
             context_id, _ = connection.context_for(uids.VERIFICATION)
             msg_id = self.message_ids.next(self.peer.calling_aet)
             with trio.move_on_after(self.config.find_timeout):
@@ -142,13 +134,7 @@ class DimseBackend:
     @asynccontextmanager
     async def _find_trio(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
         async with (
-            self.peer.slot(),
-            open_association(
-                self.config,
-                calling_aet=self.peer.calling_aet,
-                contexts=[PresentationContextRQ(1, FIND_MODEL, UNCOMPRESSED)],
-                max_pdu=self.dimse.max_pdu,
-            ) as connection,
+            self.peer.connect([PresentationContextRQ(1, FIND_MODEL, UNCOMPRESSED)]) as connection,
             trio_find(
                 connection,
                 identifier,
@@ -236,16 +222,7 @@ class DimseBackend:
         with ExitStack() as stack:
             if not get:
                 stack.enter_context(self.mediator.subscribe(self._subscription(sink, keys, msg_id)))
-            async with (
-                self.peer.slot(),
-                open_association(
-                    self.config,
-                    calling_aet=self.peer.calling_aet,
-                    contexts=contexts,
-                    roles=roles,
-                    max_pdu=self.dimse.max_pdu,
-                ) as connection,
-            ):
+            async with self.peer.connect(contexts, roles) as connection:
                 model = GET_MODEL if get else MOVE_MODEL
                 context_id, syntax = connection.context_for(model)
                 request = (

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from rst.backends.dimse.trio_client import Connection, PeerAborted, open_association
+from rst.backends.dimse.trio_client import Connection, PeerAborted
 from rst.backends.dimse.ul import (
     CommandError,
     OtherCommand,
@@ -147,14 +147,8 @@ class TrioStoreSession:
         stack = AsyncExitStack()
         backend = self.backend
         try:
-            await stack.enter_async_context(backend.peer.slot())
             self._connection = await stack.enter_async_context(
-                open_association(
-                    backend.config,
-                    calling_aet=backend.peer.calling_aet,
-                    contexts=_contexts(self._wanted),
-                    max_pdu=backend.dimse.max_pdu,
-                )
+                backend.peer.connect(_contexts(self._wanted))
             )
         except BaseException:
             await stack.aclose()
