@@ -6,9 +6,9 @@ C-GET and C-STORE. A backend that lacks a capability raises :class:`~rst.errors.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydicom import Dataset
@@ -21,12 +21,18 @@ __all__ = ["Backend", "Instance", "RetrieveKeys", "StoreResult", "StoreSession"]
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One instance as a DICOM Part 10 file, as the archive sent it."""
+    """One instance as a DICOM Part 10 file, as the archive sent it.
+
+    A large instance may be handed over while it is still arriving: then ``data`` is its
+    beginning (at least the file meta and the first part of the data set) and ``rest`` yields
+    the remaining bytes in order, raising :class:`~rst.errors.RstError` if the transfer breaks
+    off. A consumer must read ``rest`` to its end before it takes the next instance."""
 
     data: bytes
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
+    rest: AsyncIterable[bytes] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import trio
 
 from rst.bridge import run_sync
@@ -10,7 +12,7 @@ from rst.dicom.multipart import MultipartWriter
 from rst.dicom.part10 import reencode
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 
-__all__ = ["as_requested", "produce_parts"]
+__all__ = ["as_requested", "produce_parts", "whole"]
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 UNCOMPRESSED = {
@@ -21,17 +23,29 @@ UNCOMPRESSED = {
 }
 
 
-async def as_requested(instance: Instance, fmt: RetrieveFormat) -> tuple[bytes, str]:
-    """The instance's bytes in the transfer syntax the client asked for, and that syntax.
+async def whole(instance: Instance) -> Instance:
+    """*instance* with all its bytes in ``data`` (waiting for the rest if it is still arriving)."""
+    if instance.rest is None:
+        return instance
+    chunks = [instance.data]
+    async for chunk in instance.rest:
+        chunks.append(chunk)
+    return replace(instance, data=b"".join(chunks), rest=None)
 
-    Re-encoding between uncompressed syntaxes is lossless and cheap; compressed data that the
-    client wants uncompressed is decompressed (on a worker thread). Encoding *into* a
-    compressed syntax is not done (NotAcceptable at negotiation)."""
+
+async def as_requested(instance: Instance, fmt: RetrieveFormat) -> Instance:
+    """The instance in the transfer syntax the client asked for.
+
+    Sent as it came (an instance still arriving stays so), or re-encoded: between uncompressed
+    syntaxes that is lossless and cheap; compressed data that the client wants uncompressed is
+    decompressed (on a worker thread). Encoding *into* a compressed syntax is not done
+    (NotAcceptable at negotiation)."""
     wanted = fmt.transfer_syntax
     if wanted is None or wanted == instance.transfer_syntax:
-        return instance.data, instance.transfer_syntax
-    data = await run_sync(lambda: reencode(instance.data, wanted))
-    return data, wanted
+        return instance
+    data = (await whole(instance)).data
+    reencoded = await run_sync(lambda: reencode(data, wanted))
+    return replace(instance, data=reencoded, transfer_syntax=wanted, rest=None)
 
 
 async def produce_parts(
@@ -41,9 +55,14 @@ async def produce_parts(
     writer: MultipartWriter,
     send: trio.MemorySendChannel[bytes],
 ) -> None:
-    """Send each instance as a part: its header, then its bytes (no copy of the payload)."""
+    """Send each instance as a part: its header, then its bytes (no copy of the payload) —
+    an instance still arriving fragment by fragment, as the fragments arrive."""
     async with backend.retrieve(keys, fmt.transfer_syntax) as instances:
-        async for instance in instances:
-            data, syntax = await as_requested(instance, fmt)
+        async for received in instances:
+            instance = await as_requested(received, fmt)
+            syntax = instance.transfer_syntax
             await send.send(writer.part_head(f"application/dicom; transfer-syntax={syntax}"))
-            await send.send(data)
+            await send.send(instance.data)
+            if instance.rest is not None:
+                async for chunk in instance.rest:
+                    await send.send(chunk)

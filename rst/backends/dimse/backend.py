@@ -174,6 +174,7 @@ class DimseBackend:
             stall_timeout=self.dimse.stall_timeout,
             spool_dir=self.dimse.spool_dir,
             spool_max_bytes=self.dimse.spool_max_bytes,
+            idle_timeout=self.config.idle_timeout,
         )
 
     def retrieve(

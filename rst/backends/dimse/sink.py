@@ -1,12 +1,17 @@
 """Where received instances wait for the HTTP response that asked for them.
 
-A sink holds at most ``capacity`` instances in memory. A producer (a C-STORE handler on a
-pynetdicom thread) that finds it full waits — that wait is the backpressure that slows the PACS
-down to the client's pace. But a PACS only waits so long for a C-STORE response (Orthanc fails
-the whole C-MOVE after its ``DicomScuTimeout``, 10 s by default), so after ``stall_timeout``
-the producer writes the instance to a spool file instead and answers the PACS. The spool is an
-anonymous temporary file (nothing to clean up even after a crash) capped at ``spool_max_bytes``;
-memory stays flat whatever the study size. Instances come out in the order they arrived.
+A sink holds at most ``capacity`` instances in memory. A producer (the receiver's task for a
+C-MOVE association, the C-GET association's task, or a pynetdicom thread) that finds it full
+waits — that wait is the backpressure that slows the PACS down to the client's pace. But a PACS
+only waits so long for a C-STORE response (Orthanc fails the whole C-MOVE after its
+``DicomScuTimeout``, 10 s by default), so after ``stall_timeout`` the producer writes the
+instance to a spool file instead and answers the PACS. The spool is an anonymous temporary file
+(nothing to clean up even after a crash) capped at ``spool_max_bytes``; memory stays flat
+whatever the study size. Instances come out in the order they arrived.
+
+A large instance need not be held whole: its producer may hand it over while it is still
+arriving (:meth:`InstanceSink.open_body`), its later fragments following through a
+:class:`Fragments` queue — the same bounded, spilling FIFO, sharing the request's spool.
 """
 
 from __future__ import annotations
@@ -16,26 +21,23 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
 
 import trio
 
 from rst.bridge import run_sync
-from rst.errors import IncompleteRetrieve
+from rst.errors import BackendTimeout, IncompleteRetrieve
 from rst.services.protocols import Instance
 
-__all__ = ["Instance", "InstanceSink", "SinkClosed", "SpoolFull", "hand_off"]
+__all__ = ["Fragments", "Instance", "InstanceSink", "SinkClosed", "SpoolFull", "hand_off"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-@dataclass(frozen=True, slots=True)
-class _Spooled:
-    offset: int
-    length: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
+BODY_CAPACITY = 8
+"""Fragments of a streamed instance held in memory (each at most one PDU, ≤ 1 MiB)."""
 
 
 class SinkClosed(Exception):
@@ -46,52 +48,105 @@ class SpoolFull(Exception):
     """The request's spool reached ``spool_max_bytes``."""
 
 
-class InstanceSink:
-    """A bounded, spilling FIFO of instances between DIMSE threads and one HTTP response.
+class _Spool:
+    """The anonymous file one request's overflow goes to (created on first use), capped.
 
-    Producer side: :meth:`offer` (in trio) then, if it returned ``False``, :meth:`spool` (on the
-    producer's own thread, it does file I/O) and :meth:`put_spooled` (in trio).
-    Consumer side: :meth:`receive`. The owner calls :meth:`close` when the request ends.
+    Written from trio's worker threads or pynetdicom's threads: only the descriptor is kept,
+    and ``pread``/``pwrite`` are safe across threads."""
+
+    def __init__(self, directory: str | None, max_bytes: int) -> None:
+        self._directory = directory
+        self._max = max_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._end = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> int:
+        """Append *data*; its offset. Blocking."""
+        with self._lock:
+            if self._closed:
+                raise SinkClosed
+            if self._end + len(data) > self._max:
+                raise SpoolFull(
+                    f"spool limit of {self._max} bytes reached; the HTTP client reads "
+                    "too slowly for this study"
+                )
+            if self._fd is None:
+                handle = tempfile.TemporaryFile(dir=self._directory, prefix="rst-spool-")  # noqa: SIM115
+                self._fd = os.dup(handle.fileno())
+                handle.close()
+            offset = self._end
+            os.pwrite(self._fd, data, offset)
+            self._end += len(data)
+        return offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            if self._fd is None:
+                raise IncompleteRetrieve("the retrieve ended while a spooled instance was read")
+            return os.pread(self._fd, length, offset)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Spooled(Generic[T]):
+    offset: int
+    length: int
+    item: T  # the item without its payload
+
+
+class _SpillingFifo(Generic[T]):
+    """A FIFO of items with a byte payload: at most ``capacity`` in memory, then spilled.
+
+    Producer side: :meth:`offer` (in trio) then, if it returned ``False``, :meth:`spool` (on a
+    thread, it does file I/O) and :meth:`put_spooled` (in trio) — or :meth:`put`, which does
+    all three. Consumer side: :meth:`receive`. The owner calls :meth:`close` when it is done.
     """
 
-    def __init__(
-        self,
-        *,
-        capacity: int,
-        stall_timeout: float,
-        spool_dir: str | None = None,
-        spool_max_bytes: int = 2 * 1024**3,
-    ) -> None:
+    def __init__(self, *, capacity: int, stall_timeout: float, spool: _Spool) -> None:
         self._capacity = capacity
         self.stall_timeout = stall_timeout
-        self._spool_dir = spool_dir
-        self._spool_max = spool_max_bytes
-        self._queue: collections.deque[Instance | _Spooled] = collections.deque()
+        self._spool = spool
+        self._queue: collections.deque[T | _Spooled[T]] = collections.deque()
         self._in_memory = 0
         self._spooled_queued = 0
         self._changed = trio.Event()
         self._closed = False
         self._finished = False
         self._error: BaseException | None = None
-        self._spool_lock = threading.Lock()
-        self._spool_fd: int | None = None
-        self._spool_end = 0
-        self.delivered = 0
-        """Instances accepted so far (in memory or spooled)."""
         self.spooled = 0
-        self.seen: set[str] = set()
-        """SOP Instance UIDs accepted so far (for UID-based correlation)."""
+
+    # -- what an item is ----------------------------------------------------------------------
+
+    def _payload(self, item: T) -> bytes:
+        raise NotImplementedError
+
+    def _restore(self, item: T, payload: bytes) -> T:
+        raise NotImplementedError
+
+    def _strip(self, item: T) -> T:
+        raise NotImplementedError
+
+    def _accepted(self, item: T) -> None:
+        self._signal()
 
     # -- producer side -------------------------------------------------------------------------
 
-    async def offer(self, instance: Instance) -> bool:
-        """Queue *instance* in memory, waiting up to ``stall_timeout`` for room.
+    async def offer(self, item: T) -> bool:
+        """Queue *item* in memory, waiting up to ``stall_timeout`` for room.
 
         Returns ``False`` if there was no room in time: the caller must spool it.
         Raises :class:`SinkClosed` if the consumer has gone.
         """
         if self._spooled_queued:
-            # Spooling has begun and the client has not caught up: later instances go to the
+            # Spooling has begun and the client has not caught up: later items go to the
             # spool at once (they may not overtake the spooled ones), the PACS is not held.
             self._check_open()
             return False
@@ -100,66 +155,48 @@ class InstanceSink:
                 self._check_open()
                 # Spooled entries ahead of this one keep it out of memory: order is preserved.
                 if self._in_memory < self._capacity and not self._spooled_queued:
-                    self._queue.append(instance)
+                    self._queue.append(item)
                     self._in_memory += 1
-                    self._accepted(instance.sop_instance_uid)
+                    self._accepted(item)
                     return True
                 await self._wait_change()
         self._check_open()
         return False
 
-    def spool(self, instance: Instance) -> _Spooled:
-        """Write *instance* to the spool file (blocking: call from the producer's thread)."""
-        with self._spool_lock:
-            if self._closed:
-                raise SinkClosed
-            if self._spool_end + len(instance.data) > self._spool_max:
-                raise SpoolFull(
-                    f"spool limit of {self._spool_max} bytes reached; the HTTP client reads "
-                    "too slowly for this study"
-                )
-            if self._spool_fd is None:
-                # Only the descriptor is kept (pread/pwrite are safe across threads).
-                handle = tempfile.TemporaryFile(dir=self._spool_dir, prefix="rst-spool-")  # noqa: SIM115
-                self._spool_fd = os.dup(handle.fileno())
-                handle.close()
-            offset = self._spool_end
-            os.pwrite(self._spool_fd, instance.data, offset)
-            self._spool_end += len(instance.data)
-        return _Spooled(
-            offset,
-            len(instance.data),
-            instance.sop_class_uid,
-            instance.sop_instance_uid,
-            instance.transfer_syntax,
-        )
+    def spool(self, item: T) -> _Spooled[T]:
+        """Write *item* to the spool file (blocking: call from the producer's thread)."""
+        if self._closed:
+            raise SinkClosed
+        payload = self._payload(item)
+        offset = self._spool.write(payload)
+        return _Spooled(offset, len(payload), self._strip(item))
 
-    async def put_spooled(self, entry: _Spooled) -> None:
+    async def put_spooled(self, entry: _Spooled[T]) -> None:
         self._check_open()
         self._queue.append(entry)
         self._spooled_queued += 1
         self.spooled += 1
-        self._accepted(entry.sop_instance_uid)
+        self._accepted(entry.item)
 
-    async def put(self, instance: Instance) -> None:
-        """Queue *instance* from trio: in memory if there is room in time, else spooled (the
-        file I/O on a worker thread). Raises :class:`SinkClosed` or :class:`SpoolFull`."""
-        if not await self.offer(instance):
-            entry = await run_sync(lambda: self.spool(instance))
+    async def put(self, item: T) -> None:
+        """Queue *item* from trio: in memory if there is room in time, else spooled (the file
+        I/O on a worker thread). Raises :class:`SinkClosed` or :class:`SpoolFull`."""
+        if not await self.offer(item):
+            entry = await run_sync(lambda: self.spool(item))
             await self.put_spooled(entry)
 
-    # -- consumer side -------------------------------------------------------------------------
-
     def finish(self, error: BaseException | None = None) -> None:
-        """No more instances will come: after the queued ones, :meth:`receive` returns ``None``
+        """No more items will come: after the queued ones, :meth:`receive` returns ``None``
         (or raises *error*)."""
         if not self._finished:
             self._finished = True
             self._error = error
             self._signal()
 
-    async def receive(self) -> Instance | None:
-        """The next instance, or ``None`` once finished and drained."""
+    # -- consumer side -------------------------------------------------------------------------
+
+    async def receive(self) -> T | None:
+        """The next item, or ``None`` once finished and drained."""
         while not self._queue:
             if self._finished:
                 if self._error is not None:
@@ -169,35 +206,20 @@ class InstanceSink:
             await self._wait_change()
         entry = self._queue.popleft()
         self._signal()
-        if isinstance(entry, Instance):
+        if not isinstance(entry, _Spooled):
             self._in_memory -= 1
             return entry
         self._spooled_queued -= 1
-        data = await run_sync(lambda: self._read_spooled(entry))
-        return Instance(data, entry.sop_class_uid, entry.sop_instance_uid, entry.transfer_syntax)
+        payload = await run_sync(lambda: self._spool.read(entry.offset, entry.length))
+        return self._restore(entry.item, payload)
 
     def close(self) -> None:
-        """End the sink: producers get :class:`SinkClosed`, the spool file is removed."""
+        """Producers get :class:`SinkClosed` from now on; queued items are dropped."""
         self._closed = True
         self._signal()
-        with self._spool_lock:
-            if self._spool_fd is not None:
-                os.close(self._spool_fd)
-                self._spool_fd = None
         self._queue.clear()
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _read_spooled(self, entry: _Spooled) -> bytes:
-        with self._spool_lock:
-            if self._spool_fd is None:
-                raise IncompleteRetrieve("the retrieve ended while a spooled instance was read")
-            return os.pread(self._spool_fd, entry.length, entry.offset)
-
-    def _accepted(self, sop_instance_uid: str) -> None:
-        self.delivered += 1
-        self.seen.add(sop_instance_uid)
-        self._signal()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -209,6 +231,116 @@ class InstanceSink:
 
     async def _wait_change(self) -> None:
         await self._changed.wait()
+
+
+class Fragments(_SpillingFifo[bytes]):
+    """The rest of an instance that was handed over while still arriving: its fragments, in
+    order. Iterating ends at the last one, or raises if the transfer broke off (the producer
+    calls :meth:`finish` with an error) or stalled for ``idle_timeout``."""
+
+    def __init__(
+        self,
+        *,
+        sop_instance_uid: str,
+        capacity: int,
+        stall_timeout: float,
+        idle_timeout: float,
+        spool: _Spool,
+    ) -> None:
+        super().__init__(capacity=capacity, stall_timeout=stall_timeout, spool=spool)
+        self.sop_instance_uid = sop_instance_uid
+        self.idle_timeout = idle_timeout
+
+    def _payload(self, item: bytes) -> bytes:
+        return item
+
+    def _restore(self, item: bytes, payload: bytes) -> bytes:
+        return payload
+
+    def _strip(self, item: bytes) -> bytes:
+        return b""
+
+    def __aiter__(self) -> Fragments:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            with trio.fail_after(self.idle_timeout):
+                chunk = await self.receive()
+        except trio.TooSlowError:
+            raise BackendTimeout(
+                f"the PACS sent nothing for {self.idle_timeout:g} s in the middle of instance "
+                f"{self.sop_instance_uid}"
+            ) from None
+        except SinkClosed:
+            raise IncompleteRetrieve("the retrieve ended in the middle of an instance") from None
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+
+class InstanceSink(_SpillingFifo[Instance]):
+    """A bounded, spilling FIFO of instances between the DIMSE side and one HTTP response."""
+
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        stall_timeout: float,
+        spool_dir: str | None = None,
+        spool_max_bytes: int = 2 * 1024**3,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            capacity=capacity,
+            stall_timeout=stall_timeout,
+            spool=_Spool(spool_dir, spool_max_bytes),
+        )
+        self.idle_timeout = idle_timeout
+        self._bodies: list[Fragments] = []
+        self.delivered = 0
+        """Instances accepted so far (in memory or spooled)."""
+        self.seen: set[str] = set()
+        """SOP Instance UIDs accepted so far (for UID-based correlation)."""
+
+    def _payload(self, item: Instance) -> bytes:
+        if item.rest is not None:
+            raise ValueError("an instance that is still arriving cannot be spooled")
+        return item.data
+
+    def _restore(self, item: Instance, payload: bytes) -> Instance:
+        return replace(item, data=payload)
+
+    def _strip(self, item: Instance) -> Instance:
+        return replace(item, data=b"")
+
+    def _accepted(self, item: Instance) -> None:
+        self.delivered += 1
+        self.seen.add(item.sop_instance_uid)
+        super()._accepted(item)
+
+    def open_body(self, sop_instance_uid: str) -> Fragments:
+        """A queue for the rest of an instance to be handed over before it has fully arrived
+        (``Instance(..., rest=body)``, with :meth:`offer`). Closed with the sink."""
+        self._check_open()
+        body = Fragments(
+            sop_instance_uid=sop_instance_uid,
+            capacity=BODY_CAPACITY,
+            stall_timeout=self.stall_timeout,
+            idle_timeout=self.idle_timeout,
+            spool=self._spool,
+        )
+        self._bodies = [b for b in self._bodies if not b._finished]
+        self._bodies.append(body)
+        return body
+
+    def close(self) -> None:
+        """End the sink: producers get :class:`SinkClosed`, the spool file is removed."""
+        super().close()
+        for body in self._bodies:
+            body.close()
+        self._bodies.clear()
+        self._spool.close()
 
 
 STATUS_SUCCESS = 0x0000

@@ -137,12 +137,18 @@ class Connection:
     async def receive_dataset(self, into: bytearray) -> None:
         """Append the fragments of the data set that follows a command to *into*."""
         while True:
-            pdv = await self._next_pdv()
-            if pdv.is_command:
-                raise UpperLayerError("a command where a data set fragment was expected", reason=2)
+            pdv = await self.dataset_fragment()
             into += pdv.data
             if pdv.is_last:
                 return
+
+    async def dataset_fragment(self) -> Pdv:
+        """The next fragment of the data set that follows a command. Its data is a view into
+        the read buffer, valid until the next call."""
+        pdv = await self._next_pdv()
+        if pdv.is_command:
+            raise UpperLayerError("a command where a data set fragment was expected", reason=2)
+        return pdv
 
     async def _next_pdv(self) -> Pdv:
         # PDV data are views into the reader's buffer: they stay valid until the next read,

@@ -18,20 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from io import BytesIO
 
 import trio
-from pydicom.filereader import read_dataset
-from pydicom.uid import UID
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
-from rst.backends.dimse.mediator import Mediator, Subscription
-from rst.backends.dimse.sink import (
-    STATUS_REFUSED,
-    STATUS_SUCCESS,
-    hand_off,
-)
+from rst.backends.dimse.incoming import IncomingInstance
+from rst.backends.dimse.mediator import Mediator
+from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     Abort,
@@ -57,8 +51,7 @@ from rst.backends.dimse.ul import (
     parse_command,
 )
 from rst.config import DimseConfig
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
-from rst.services.protocols import Instance
+from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
 
 __all__ = ["TrioStoreReceiver"]
 
@@ -67,8 +60,7 @@ log = logging.getLogger(__name__)
 IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 ACSE_TIMEOUT = 30.0  # ARTIM: from connection to A-ASSOCIATE-RQ
-NETWORK_TIMEOUT = 120.0
-UID_SCAN_BYTES = 64 * 1024  # silence on an established association before rst aborts it
+NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
 
 
 class TrioStoreReceiver:
@@ -111,21 +103,10 @@ class TrioStoreReceiver:
             log.exception("aborting association from %s after an internal error", connection.peer)
             await connection.abort(2, 0)
         finally:
+            connection.abandon("the association from the PACS ended")
             self.associations -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
-
-
-@dataclass
-class _Pending:
-    """A C-STORE whose dataset is arriving."""
-
-    request: CStoreRequest
-    context_id: int
-    transfer_syntax: str
-    data: bytearray
-    subscription: Subscription | None = None
-    routed: bool = False
 
 
 @dataclass
@@ -134,7 +115,8 @@ class _Connection:
     stream: trio.SocketStream
     accepted: dict[int, str] = field(default_factory=dict)  # context id -> transfer syntax
     command: bytearray = field(default_factory=bytearray)
-    pending: _Pending | None = None
+    pending: IncomingInstance | None = None
+    pending_context: int = 0
     peer: str = "?"
     calling_aet: str = ""
 
@@ -230,9 +212,9 @@ class _Connection:
                     await self._on_command(parse_command(command), pdv.context_id, syntax)
             else:
                 pending = self.pending
-                if pending is None or pending.context_id != pdv.context_id:
+                if pending is None or self.pending_context != pdv.context_id:
                     raise UpperLayerError("a dataset fragment without its C-STORE", reason=2)
-                pending.data += pdv.data
+                await pending.add(pdv.data, last=pdv.is_last)
                 if pdv.is_last:
                     self.pending = None
                     status = await self._deliver(pending)
@@ -243,14 +225,10 @@ class _Connection:
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int, syntax: str
     ) -> None:
         if isinstance(command, CStoreRequest):
-            header = part10_header(
-                sop_class_uid=command.sop_class_uid,
-                sop_instance_uid=command.sop_instance_uid,
-                transfer_syntax=syntax,
-                implementation_uid=IMPLEMENTATION_CLASS_UID,
-                source_aet=self.calling_aet or None,
+            self.pending = IncomingInstance(
+                command, syntax, source_aet=self.calling_aet or None, locate=self._route
             )
-            self.pending = _Pending(command, context_id, syntax, bytearray(header))
+            self.pending_context = context_id
         elif isinstance(command, CEchoRequest):
             response = encode_c_echo_rsp(command, STATUS_SUCCESS)
             await self.stream.send_all(encode_pdata(context_id, True, True, response))
@@ -261,13 +239,19 @@ class _Connection:
                 reason=2,
             )
 
-    async def _deliver(self, pending: _Pending) -> int:
-        """Route the instance and hand it to its sink; the C-STORE status to answer."""
+    def abandon(self, reason: str) -> None:
+        """The association ended: an instance still arriving will not be completed."""
+        if self.pending is not None:
+            self.pending.abandon(reason)
+            self.pending = None
+
+    async def _deliver(self, pending: IncomingInstance) -> int:
+        """Hand the instance over (unless already streaming); the C-STORE status to answer."""
         receiver = self.receiver
-        request = pending.request
-        subscription = self._route(pending)
-        if subscription is None:
+        status = await pending.finish()
+        if pending.unsolicited:
             receiver.refused += 1
+            request = pending.request
             log.warning(
                 "refused unsolicited C-STORE of %s from %s (originator %r, message id %r)",
                 request.sop_instance_uid,
@@ -275,19 +259,11 @@ class _Connection:
                 request.move_originator_aet,
                 request.move_originator_message_id,
             )
-            return STATUS_REFUSED
-        instance = Instance(
-            data=bytes(pending.data),
-            sop_class_uid=request.sop_class_uid,
-            sop_instance_uid=request.sop_instance_uid,
-            transfer_syntax=pending.transfer_syntax,
-        )
-        status = await hand_off(subscription.sink, instance)
-        if status == STATUS_SUCCESS:
+        elif status == STATUS_SUCCESS:
             receiver.received += 1
         return status
 
-    def _route(self, pending: _Pending) -> Subscription | None:
+    def _route(self, pending: IncomingInstance) -> InstanceSink | None:
         mediator = self.receiver.mediator
         request = pending.request
         if request.move_originator_aet and request.move_originator_message_id is not None:
@@ -295,39 +271,13 @@ class _Connection:
                 request.move_originator_aet, request.move_originator_message_id
             )
             if found is not None:
-                return found
+                return found.sink
         if not mediator.needs_uids():
             return None
         try:
-            study, series = _study_series(pending)
+            study, series = pending.study_series()
         except Exception:
             log.warning("cannot read the UIDs of %s", request.sop_instance_uid, exc_info=True)
             return None
-        return mediator.by_uids(study, series, request.sop_instance_uid)
-
-
-def _study_series(pending: _Pending) -> tuple[str, str]:
-    """Study and Series Instance UID of the received dataset, reading no further than needed."""
-    syntax = UID(pending.transfer_syntax)
-    dataset = memoryview(pending.data)[_meta_end(pending.data) :]
-    # The UIDs sit early in the dataset: parse a head of it, the whole only if that fails.
-    for view in (dataset[:UID_SCAN_BYTES], dataset):
-        try:
-            ds = read_dataset(
-                BytesIO(view),
-                syntax.is_implicit_VR,
-                syntax.is_little_endian,
-                stop_when=lambda tag, vr, length: tag > 0x0020000E,
-            )
-            return str(ds["StudyInstanceUID"].value), str(ds["SeriesInstanceUID"].value)
-        except (KeyError, EOFError, OSError, ValueError):
-            if len(view) == len(dataset):
-                raise
-    raise AssertionError("unreachable")
-
-
-def _meta_end(data: bytearray) -> int:
-    # preamble (128) + "DICM" (4) + group length element (12 bytes: tag, "UL", 2-byte length,
-    # 4-byte value) + the group length value
-    group_length = int.from_bytes(data[140:144], "little")
-    return 144 + group_length
+        found = mediator.by_uids(study, series, request.sop_instance_uid)
+        return None if found is None else found.sink

@@ -1,8 +1,10 @@
 """C-MOVE and C-GET on a trio association: send the request, follow its responses.
 
 For C-GET the PACS sends the instances as C-STORE sub-operations on the same association; each
-is reassembled straight into a Part 10 buffer, handed to the request's sink (waiting for room,
-then spooling — the same backpressure as the receiver) and only then answered. For C-MOVE the
+goes through an :class:`~rst.backends.dimse.incoming.IncomingInstance` — reassembled into a
+Part 10 buffer, or streamed fragment by fragment if it is large — to the request's sink
+(waiting for room, then spooling — the same backpressure as the receiver) and only then
+answered. For C-MOVE the
 instances arrive at the receiver; this association carries only the C-MOVE responses.
 
 If the task running :func:`follow` is cancelled (the client went away, a timeout fired), it sends
@@ -18,11 +20,8 @@ import logging
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse.sink import (
-    STATUS_REFUSED,
-    InstanceSink,
-    hand_off,
-)
+from rst.backends.dimse.incoming import IncomingInstance
+from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.trio_client import Connection, PeerAborted
 from rst.backends.dimse.ul import (
     CommandError,
@@ -32,8 +31,6 @@ from rst.backends.dimse.ul import (
     encode_c_cancel_rq,
     encode_c_store_rsp,
 )
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
-from rst.services.protocols import Instance
 
 __all__ = ["PENDING", "cancel_operation", "follow", "status_dataset"]
 
@@ -93,21 +90,21 @@ async def _store(
     sink: InstanceSink | None,
     calling_aet: str,
 ) -> int:
-    syntax = connection.transfer_syntax(context_id)
-    data = bytearray(
-        part10_header(
-            sop_class_uid=request.sop_class_uid,
-            sop_instance_uid=request.sop_instance_uid,
-            transfer_syntax=syntax,
-            implementation_uid=IMPLEMENTATION_CLASS_UID,
-            source_aet=connection.accept.called_aet or None,
-        )
+    incoming = IncomingInstance(
+        request,
+        connection.transfer_syntax(context_id),
+        source_aet=connection.accept.called_aet or None,
+        locate=lambda _: sink,
     )
-    await connection.receive_dataset(data)
-    if sink is None:
-        return STATUS_REFUSED
-    instance = Instance(bytes(data), request.sop_class_uid, request.sop_instance_uid, syntax)
-    return await hand_off(sink, instance)
+    try:
+        while True:
+            pdv = await connection.dataset_fragment()
+            await incoming.add(pdv.data, last=pdv.is_last)
+            if pdv.is_last:
+                return await incoming.finish()
+    except BaseException as exc:
+        incoming.abandon(f"the C-GET association broke off ({exc!r})")
+        raise
 
 
 async def cancel_operation(

@@ -1,0 +1,184 @@
+"""One C-STORE's data set on its way from the wire to a request's sink.
+
+Both places where instances arrive — the receiver (C-MOVE sub-operations) and a C-GET
+association — feed the P-DATA fragments of a data set to an :class:`IncomingInstance`, then ask
+it for the C-STORE status to answer.
+
+A small instance is reassembled behind its Part 10 file meta and handed over whole. Once more
+than ``stream_after`` bytes of a data set have arrived and more are to come (a large
+multi-frame instance, say), it is handed over at once with what has arrived so far, and the
+following fragments stream into its body as they arrive: the client gets the first bytes while
+the PACS still sends the rest, and no buffer ever holds the instance whole. Backpressure and
+spooling apply fragment by fragment; the PACS hears "success" only once the last fragment is
+queued, "refused" if the request has gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from io import BytesIO
+
+from pydicom.filereader import read_dataset
+from pydicom.uid import UID
+
+from rst.backends.dimse.sink import (
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_REFUSED,
+    STATUS_SUCCESS,
+    Fragments,
+    InstanceSink,
+    SinkClosed,
+    SpoolFull,
+    hand_off,
+)
+from rst.backends.dimse.ul import CStoreRequest
+from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
+from rst.errors import IncompleteRetrieve
+from rst.services.protocols import Instance
+
+__all__ = ["STREAM_AFTER", "IncomingInstance"]
+
+log = logging.getLogger(__name__)
+
+STREAM_AFTER = 1 << 20
+"""Bytes of a data set after which it is handed over while still arriving."""
+UID_SCAN_BYTES = 64 * 1024
+
+
+class IncomingInstance:
+    """The data set following one C-STORE-RQ, fed fragment by fragment.
+
+    *locate* names the sink that wants the instance (``None``: nobody) and is called once, when
+    the instance is first handed over; it may read :meth:`study_series` from what has arrived.
+    """
+
+    def __init__(
+        self,
+        request: CStoreRequest,
+        transfer_syntax: str,
+        *,
+        source_aet: str | None,
+        locate: Callable[[IncomingInstance], InstanceSink | None],
+        stream_after: int = STREAM_AFTER,
+    ) -> None:
+        self.request = request
+        self.transfer_syntax = transfer_syntax
+        self._locate = locate
+        header = part10_header(
+            sop_class_uid=request.sop_class_uid,
+            sop_instance_uid=request.sop_instance_uid,
+            transfer_syntax=transfer_syntax,
+            implementation_uid=IMPLEMENTATION_CLASS_UID,
+            source_aet=source_aet,
+        )
+        self._meta_length = len(header)
+        self._buffer = bytearray(header)
+        self._stream_at = len(header) + stream_after
+        self._body: Fragments | None = None
+        self._status: int | None = None  # decided before the end: the rest is dropped
+        self.unsolicited = False
+        """Nobody wanted the instance (the caller logs it)."""
+
+    async def add(self, fragment: memoryview | bytes, *, last: bool = False) -> None:
+        """One more fragment of the data set (copied: the caller may reuse its buffer); then,
+        after the *last*, :meth:`finish`."""
+        if self._status is not None:
+            return
+        if self._body is not None:
+            try:
+                await self._body.put(bytes(fragment))
+            except SinkClosed:
+                self._status = STATUS_REFUSED
+            except SpoolFull as exc:
+                log.warning("refusing %s: %s", self.request.sop_instance_uid, exc)
+                self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {exc}"))
+                self._status = STATUS_OUT_OF_RESOURCES
+            return
+        self._buffer += fragment
+        if len(self._buffer) > self._stream_at and not last:
+            self._stream_at = sys.maxsize  # tried once, whatever the outcome
+            await self._start_streaming()
+
+    async def finish(self) -> int:
+        """The last fragment has been added: hand the instance over (if not yet done); the
+        C-STORE status to answer."""
+        if self._status is not None:
+            return self._status
+        if self._body is not None:
+            self._body.finish()
+            return STATUS_SUCCESS
+        sink = self._sink()
+        if sink is None:
+            return STATUS_REFUSED
+        return await hand_off(sink, self._instance())
+
+    def abandon(self, reason: str) -> None:
+        """The data set will not be completed (the association broke off, the task was
+        cancelled): a consumer reading the handed-over part gets an error, not a short file."""
+        if self._body is not None and self._status is None:
+            self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {reason}"))
+        self._status = STATUS_REFUSED
+
+    def study_series(self) -> tuple[str, str]:
+        """Study and Series Instance UID of the data set, from the part that has arrived."""
+        syntax = UID(self.transfer_syntax)
+        dataset = memoryview(self._buffer)[self._meta_length :]
+        # The UIDs sit early in the data set: parse a head of it, the whole only if that fails.
+        for view in (dataset[:UID_SCAN_BYTES], dataset):
+            try:
+                ds = read_dataset(
+                    BytesIO(view),
+                    syntax.is_implicit_VR,
+                    syntax.is_little_endian,
+                    stop_when=lambda tag, vr, length: tag > 0x0020000E,
+                )
+                return str(ds["StudyInstanceUID"].value), str(ds["SeriesInstanceUID"].value)
+            except (KeyError, EOFError, OSError, ValueError):
+                if len(view) == len(dataset):
+                    raise
+        raise AssertionError("unreachable")
+
+    # -- internals -----------------------------------------------------------------------------
+
+    @property
+    def _uid(self) -> str:
+        return self.request.sop_instance_uid
+
+    def _sink(self) -> InstanceSink | None:
+        sink = self._locate(self)
+        self._locate = lambda _: sink  # decided once
+        if sink is None:
+            self.unsolicited = True
+        return sink
+
+    def _instance(self, rest: Fragments | None = None) -> Instance:
+        return Instance(
+            bytes(self._buffer),
+            self.request.sop_class_uid,
+            self._uid,
+            self.transfer_syntax,
+            rest=rest,
+        )
+
+    async def _start_streaming(self) -> None:
+        sink = self._sink()
+        if sink is None:
+            self._status = STATUS_REFUSED
+            self._buffer = bytearray()
+            return
+        try:
+            body = sink.open_body(self._uid)
+            accepted = await sink.offer(self._instance(body))
+        except SinkClosed:
+            self._status = STATUS_REFUSED
+            self._buffer = bytearray()
+            return
+        if not accepted:
+            # The client is behind and the sink is spilling: keep reassembling; the whole
+            # instance goes to the spool at the end.
+            body.close()
+            return
+        self._body = body
+        self._buffer = bytearray()
