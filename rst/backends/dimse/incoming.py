@@ -42,7 +42,7 @@ __all__ = ["STREAM_AFTER", "IncomingInstance"]
 
 log = logging.getLogger(__name__)
 
-STREAM_AFTER = 1 << 20
+STREAM_AFTER = int(__import__("os").environ.get("XSTREAM_AFTER", 1 << 20))  # XXX experiment
 """Bytes of a data set after which it is handed over while still arriving."""
 UID_SCAN_BYTES = 64 * 1024
 
@@ -73,8 +73,10 @@ class IncomingInstance:
             implementation_uid=IMPLEMENTATION_CLASS_UID,
             source_aet=source_aet,
         )
-        self._meta_length = len(header)
-        self._buffer = bytearray(header)
+        # The fragments so far, joined once at the end (appending to a bytearray would copy
+        # the instance again each time it grows).
+        self._parts: list[bytes | memoryview] = [header]
+        self._size = len(header)
         self._stream_at = len(header) + stream_after
         self._body: Fragments | None = None
         self._status: int | None = None  # decided before the end: the rest is dropped
@@ -96,8 +98,10 @@ class IncomingInstance:
                 self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {exc}"))
                 self._status = STATUS_OUT_OF_RESOURCES
             return
-        self._buffer += fragment
-        if len(self._buffer) > self._stream_at and not last:
+        # The last fragment is joined before the caller reads again: no copy of it needed.
+        self._parts.append(fragment if last else bytes(fragment))
+        self._size += len(fragment)
+        if self._size > self._stream_at and not last:
             self._stream_at = sys.maxsize  # tried once, whatever the outcome
             await self._start_streaming()
 
@@ -121,10 +125,14 @@ class IncomingInstance:
             self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {reason}"))
         self._status = STATUS_REFUSED
 
+    def received_dataset(self) -> bytes:
+        """The part of the data set that has arrived (before it was handed over)."""
+        return b"".join(self._parts[1:])
+
     def study_series(self) -> tuple[str, str]:
         """Study and Series Instance UID of the data set, from the part that has arrived."""
         syntax = UID(self.transfer_syntax)
-        dataset = memoryview(self._buffer)[self._meta_length :]
+        dataset = memoryview(self.received_dataset())
         # The UIDs sit early in the data set: parse a head of it, the whole only if that fails.
         for view in (dataset[:UID_SCAN_BYTES], dataset):
             try:
@@ -154,8 +162,10 @@ class IncomingInstance:
         return sink
 
     def _instance(self, rest: Fragments | None = None) -> Instance:
+        data = b"".join(self._parts)
+        self._parts = []
         return Instance(
-            bytes(self._buffer),
+            data,
             self.request.sop_class_uid,
             self._uid,
             self.transfer_syntax,
@@ -166,19 +176,19 @@ class IncomingInstance:
         sink = self._sink()
         if sink is None:
             self._status = STATUS_REFUSED
-            self._buffer = bytearray()
+            self._parts = []
             return
         try:
             body = sink.open_body(self._uid)
-            accepted = await sink.offer(self._instance(body))
+            head = self._instance(body)
+            accepted = await sink.offer(head)
         except SinkClosed:
             self._status = STATUS_REFUSED
-            self._buffer = bytearray()
             return
         if not accepted:
             # The client is behind and the sink is spilling: keep reassembling; the whole
             # instance goes to the spool at the end.
             body.close()
+            self._parts = [head.data]
             return
         self._body = body
-        self._buffer = bytearray()

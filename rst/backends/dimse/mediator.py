@@ -27,13 +27,19 @@ __all__ = ["Mediator", "MessageIds", "Subscription"]
 
 
 class MessageIds:
-    """DIMSE message ids, unique per calling AE title among the operations in flight."""
+    """DIMSE message ids, unique per calling AE title among the operations in flight.
 
-    def __init__(self) -> None:
+    Worker *index* of *count* processes uses only the ids ≡ index + 1 (mod count), so that the
+    Move Originator Message ID of a C-STORE names the worker that waits for it."""
+
+    def __init__(self, index: int = 0, count: int = 1) -> None:
+        if not 0 <= index < count:
+            raise ValueError(f"worker {index} of {count}")
+        self._ids = range(index + 1, 65536, count)
         self._counters: dict[str, Iterator[int]] = {}
 
     def next(self, calling_aet: str) -> int:
-        counter = self._counters.setdefault(calling_aet, itertools.cycle(range(1, 65536)))
+        counter = self._counters.setdefault(calling_aet, itertools.cycle(self._ids))
         return next(counter)
 
 

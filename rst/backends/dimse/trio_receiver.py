@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
+from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
@@ -37,6 +40,7 @@ from rst.backends.dimse.ul import (
     OtherCommand,
     PData,
     PduReader,
+    Pdv,
     ReleaseRequest,
     UpperLayerError,
     check_association,
@@ -66,9 +70,20 @@ NETWORK_TIMEOUT = 120.0  # silence on an established association before rst abor
 class TrioStoreReceiver:
     """The C-STORE SCP that receives C-MOVE sub-operations for every configured PACS."""
 
-    def __init__(self, config: DimseConfig, mediator: Mediator) -> None:
+    def __init__(
+        self,
+        config: DimseConfig,
+        mediator: Mediator,
+        *,
+        listener: socket.socket | None = None,
+        ring: WorkerRing | None = None,
+    ) -> None:
+        """*listener*: a listening socket to serve instead of binding ``config.port`` (a worker
+        process's share of the port); *ring*: this worker's siblings, when there are several."""
         self.config = config
         self.mediator = mediator
+        self.ring = ring
+        self._listener = listener
         self.address: tuple[str, int] | None = None
         self.received = 0
         self.refused = 0
@@ -76,18 +91,39 @@ class TrioStoreReceiver:
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
         """Serve until cancelled; report the bound (host, port) through *task_status*."""
-        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+        if self._listener is not None:
+            sock = trio.socket.from_stdlib_socket(self._listener)
+            listeners = [trio.SocketListener(sock)]
+        else:
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
         sockname = listeners[0].socket.getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         log.info("C-STORE receiver %s listening on %s:%s", self.config.aet, *self.address)
         task_status.started(self.address)
-        await trio.serve_listeners(self._serve, listeners)
+        async with trio.open_nursery() as nursery:
+            if self.ring is not None:
+                nursery.start_soon(self._take_handovers, self.ring, nursery)
+            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _take_handovers(self, ring: WorkerRing, nursery: trio.Nursery) -> None:
+        while True:
+            sock, state, replay = await ring.receive()
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            nursery.start_soon(self._serve, stream, (state, replay))
+
+    async def _serve(
+        self, stream: trio.SocketStream, handover: tuple[Handover, bytes] | None = None
+    ) -> None:
         connection = _Connection(self, stream)
         self.associations += 1
         try:
-            await connection.run()
+            if handover is None:
+                await connection.run()
+            else:
+                await connection.resume(*handover)
+        except _PassAssociation as passing:
+            connection.pending = None
+            await self._pass_on(connection, passing)
         except UpperLayerError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
             await connection.abort(exc.source, exc.reason)
@@ -106,7 +142,28 @@ class TrioStoreReceiver:
             connection.abandon("the association from the PACS ended")
             self.associations -= 1
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                await stream.aclose()  # closes this process's descriptor, not the connection
+
+    async def _pass_on(self, connection: _Connection, passing: _PassAssociation) -> None:
+        assert self.ring is not None
+        state = Handover(connection.calling_aet, connection.accepted, connection.peer, passing.hops)
+        try:
+            await self.ring.pass_on(
+                passing.target, connection.stream.socket.fileno(), state, passing.replay
+            )
+        except OSError as exc:
+            log.error("cannot pass the association from %s on: %s", connection.peer, exc)
+            await connection.abort(2, 0)
+
+
+class _PassAssociation(Exception):
+    """The association goes to another worker, with the bytes to process first."""
+
+    def __init__(self, target: int, hops: int, replay: bytes) -> None:
+        super().__init__(f"to worker {target}")
+        self.target = target
+        self.hops = hops
+        self.replay = replay
 
 
 @dataclass
@@ -119,6 +176,8 @@ class _Connection:
     pending_context: int = 0
     peer: str = "?"
     calling_aet: str = ""
+    command_set: bytes = b""  # of the pending C-STORE, to replay it when passing it on
+    hops: int = 0  # how many workers passed the pending C-STORE on
 
     def __post_init__(self) -> None:
         try:
@@ -146,6 +205,16 @@ class _Connection:
                 raise trio.BrokenResourceError("the peer closed the connection")
             self.reader.advance(count)
 
+    async def resume(self, state: Handover, replay: bytes) -> None:
+        """Carry on an association another worker established and passed on."""
+        self.accepted, self.calling_aet = state.accepted, state.calling_aet
+        self.peer, self.hops = state.peer, state.hops
+        self.reader = PduReader(
+            max_pdu_length=self.max_pdu, buffer_size=max(4 << 20, len(replay) + (1 << 16))
+        )
+        self.reader.feed(replay)
+        await self._established()
+
     async def run(self) -> None:
         with trio.fail_after(ACSE_TIMEOUT):
             request = await self._next_pdu()
@@ -155,6 +224,9 @@ class _Connection:
             )
         if not await self._associate(request):
             return
+        await self._established()
+
+    async def _established(self) -> None:
         while True:
             with trio.fail_after(NETWORK_TIMEOUT):
                 pdu = await self._next_pdu()
@@ -196,30 +268,57 @@ class _Connection:
         return True
 
     async def _on_pdata(self, pdata: PData) -> None:
-        for pdv in pdata.pdvs:
-            syntax = self.accepted.get(pdv.context_id)
-            if syntax is None:
-                raise UpperLayerError(
-                    f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
-                    reason=6,
-                )
-            if pdv.is_command:
-                if self.pending is not None:
-                    raise UpperLayerError("a command arrived before the dataset ended", reason=2)
-                self.command += pdv.data
-                if pdv.is_last:
-                    command, self.command = bytes(self.command), bytearray()
-                    await self._on_command(parse_command(command), pdv.context_id, syntax)
-            else:
-                pending = self.pending
-                if pending is None or self.pending_context != pdv.context_id:
-                    raise UpperLayerError("a dataset fragment without its C-STORE", reason=2)
-                await pending.add(pdv.data, last=pdv.is_last)
-                if pdv.is_last:
-                    self.pending = None
-                    status = await self._deliver(pending)
-                    response = encode_c_store_rsp(pending.request, status)
-                    await self.stream.send_all(encode_pdata(pdv.context_id, True, True, response))
+        pdvs = pdata.pdvs
+        for index, pdv in enumerate(pdvs):
+            try:
+                await self._on_pdv(pdv)
+            except PassOn as passing:
+                replay = self._replay(pdv, pdvs[index + 1 :])
+                raise _PassAssociation(passing.target, passing.hops, replay) from None
+
+    def _replay(self, current: Pdv, following: Sequence[Pdv]) -> bytes:
+        """What the next worker must process before reading the socket: the pending C-STORE
+        from its command on, the rest of the current PDU, and what was read after it."""
+        assert self.pending is not None
+        context_id = self.pending_context
+        parts = [encode_pdata(context_id, True, True, self.command_set)]
+        data = self.pending.received_dataset()
+        complete = not current.is_command and current.is_last
+        step = self.max_pdu - 6
+        for start in range(0, len(data), step):
+            last = complete and start + step >= len(data)
+            parts.append(encode_pdata(context_id, False, last, data[start : start + step]))
+        if complete and not data:
+            parts.append(encode_pdata(context_id, False, True, b""))
+        parts += [encode_pdata(p.context_id, p.is_command, p.is_last, p.data) for p in following]
+        parts.append(self.reader.take_buffered())
+        return b"".join(parts)
+
+    async def _on_pdv(self, pdv: Pdv) -> None:
+        syntax = self.accepted.get(pdv.context_id)
+        if syntax is None:
+            raise UpperLayerError(
+                f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
+                reason=6,
+            )
+        if pdv.is_command:
+            if self.pending is not None:
+                raise UpperLayerError("a command arrived before the dataset ended", reason=2)
+            self.command += pdv.data
+            if pdv.is_last:
+                command, self.command = bytes(self.command), bytearray()
+                self.command_set = command
+                await self._on_command(parse_command(command), pdv.context_id, syntax)
+        else:
+            pending = self.pending
+            if pending is None or self.pending_context != pdv.context_id:
+                raise UpperLayerError("a dataset fragment without its C-STORE", reason=2)
+            await pending.add(pdv.data, last=pdv.is_last)
+            if pdv.is_last:
+                status = await self._deliver(pending)
+                self.pending, self.hops = None, 0
+                response = encode_c_store_rsp(pending.request, status)
+                await self.stream.send_all(encode_pdata(pdv.context_id, True, True, response))
 
     async def _on_command(
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int, syntax: str
@@ -229,6 +328,11 @@ class _Connection:
                 command, syntax, source_aet=self.calling_aet or None, locate=self._route
             )
             self.pending_context = context_id
+            ring, message_id = self.receiver.ring, command.move_originator_message_id
+            if ring is not None and message_id is not None and self.hops == 0:
+                owner = ring.owner(message_id)
+                if owner != ring.index:  # a C-MOVE of another worker's
+                    raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
             response = encode_c_echo_rsp(command, STATUS_SUCCESS)
             await self.stream.send_all(encode_pdata(context_id, True, True, response))
@@ -272,12 +376,18 @@ class _Connection:
             )
             if found is not None:
                 return found.sink
-        if not mediator.needs_uids():
-            return None
-        try:
-            study, series = pending.study_series()
-        except Exception:
-            log.warning("cannot read the UIDs of %s", request.sop_instance_uid, exc_info=True)
-            return None
-        found = mediator.by_uids(study, series, request.sop_instance_uid)
-        return None if found is None else found.sink
+            if self.receiver.ring is not None:
+                return None  # ours by its message id, but the request has gone
+        if mediator.needs_uids():
+            try:
+                study, series = pending.study_series()
+            except Exception:
+                log.warning("cannot read the UIDs of %s", request.sop_instance_uid, exc_info=True)
+                return None
+            found = mediator.by_uids(study, series, request.sop_instance_uid)
+            if found is not None:
+                return found.sink
+        ring = self.receiver.ring
+        if ring is not None and (target := ring.next_after(self.hops)) is not None:
+            raise PassOn(target, self.hops + 1)  # perhaps another worker's, by its UIDs
+        return None

@@ -560,6 +560,13 @@ class PduReader:
             raise ValueError(f"advance({nbytes}) beyond the writable area")
         self._end += nbytes
 
+    def take_buffered(self) -> bytes:
+        """The bytes received but not yet returned as PDUs, removed from the buffer (to hand
+        the connection to another reader)."""
+        data = bytes(self._view[self._start : self._end])
+        self._start = self._end = 0
+        return data
+
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Copy ``data`` in (for tests and small inputs); it must fit in :meth:`writable`."""
         if not data:
