@@ -120,7 +120,11 @@ class Rst:
     log: Path
 
     def peak_rss_kib(self) -> int:
-        return peak_rss_kib(self.pid)
+        """VmHWM of rst, summed over its worker processes if it has some."""
+        # (trio starts processes from a worker thread: the children of every thread)
+        tasks = Path(f"/proc/{self.pid}/task")
+        children = [int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()]
+        return peak_rss_kib(self.pid) + sum(peak_rss_kib(child) for child in children)
 
     def ae_url(self, path: str) -> str:
         return f"{self.url}/aets/{ORTHANC_AET}/{path}"
@@ -134,7 +138,13 @@ def peak_rss_kib(pid: int) -> int:
 
 
 def _rst_config(
-    ctx: Context, name: str, mode: str, http_port: int, dimse_port: int, max_associations: int
+    ctx: Context,
+    name: str,
+    mode: str,
+    http_port: int,
+    dimse_port: int,
+    max_associations: int,
+    workers: int = 1,
 ) -> str:
     spool = ctx.workdir / f"spool-{name}"
     spool.mkdir(exist_ok=True)
@@ -143,6 +153,7 @@ def _rst_config(
 [http]
 host = "127.0.0.1"
 port = {http_port}
+workers = {workers}
 
 [dimse]
 aet = "{RST_AET}"
@@ -192,6 +203,7 @@ async def open_rst(
     *,
     mode: str = "move",
     max_associations: int = 16,
+    workers: int = 1,
     config: Callable[[int, int], str] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rst]:
@@ -212,7 +224,7 @@ async def open_rst(
             while dimse_port == http_port:
                 dimse_port = free_port()
             config_path.write_text(
-                _rst_config(ctx, name, mode, http_port, dimse_port, max_associations)
+                _rst_config(ctx, name, mode, http_port, dimse_port, max_associations, workers)
                 if config is None
                 else config(http_port, dimse_port)
             )

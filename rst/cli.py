@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -17,6 +17,7 @@ from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
 from rst.server import Running, serve, wait_for_signal
+from rst.workers import WorkerSlot, read_worker_spec, supervise
 
 if TYPE_CHECKING:
     from rst.backends.s3.reindex import RebuildReport
@@ -26,9 +27,12 @@ __all__ = ["main"]
 log = logging.getLogger("rst")
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, worker: int | None = None) -> None:
+    where = "" if worker is None else f"[worker {worker}] "
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
+        level=level,
+        format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s",
+        stream=sys.stderr,
     )
     # pynetdicom logs every PDU at INFO; keep it to problems unless asked for DEBUG.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
@@ -52,11 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     index.add_argument("aet", metavar="AE", help="the AE title of an [[aets]] with backend = s3")
     index.add_argument("--config", "-c", type=Path, help="TOML configuration file")
+    # started by ``rst serve`` when http.workers > 1; reads its specification from stdin
+    sub.add_parser("worker")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "worker":
+        return _worker_command()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -68,16 +76,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(config.log_level)
     if args.command == "index":
         return _index_command(config, args.aet)
+    if args.command == "serve" and not config.aets:
+        log.warning(
+            "no [[aets]] configured: only /aets answers (see docs/reference/configuration.md)"
+        )
+    if args.command == "dev":
+        return _run(_dev, config, args.data)
+    return _run(supervise if config.http.workers > 1 else _serve, config)
+
+
+def _worker_command() -> int:
+    config, slot = read_worker_spec(sys.stdin.buffer.read())
+    _setup_logging(config.log_level, slot.index)
+    return _run(_serve, config, slot)
+
+
+def _run(function: Callable[..., Awaitable[int | None]], *args: Any) -> int:
+    """``trio.run(function, *args)``; start-up failures become one line and status 1."""
     try:
-        if args.command == "serve":
-            if not config.aets:
-                log.warning(
-                    "no [[aets]] configured: only /aets answers "
-                    "(see docs/reference/configuration.md)"
-                )
-            trio.run(_serve, config)
-        else:
-            trio.run(_dev, config, args.data)
+        return trio.run(function, *args) or 0
     except BaseException as exc:
         problem = single(exc) if isinstance(exc, BaseExceptionGroup) else exc
         if isinstance(problem, OSError | ConfigError | RstError):
@@ -87,11 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(problem, KeyboardInterrupt):
             return 130
         raise
-    return 0
 
 
-async def _serve(config: Config) -> None:
-    await serve(config, shutdown_trigger=wait_for_signal)
+async def _serve(config: Config, worker: WorkerSlot | None = None) -> None:
+    await serve(config, shutdown_trigger=wait_for_signal, worker=worker)
 
 
 async def _dev(config: Config, data: Path | None) -> None:

@@ -80,6 +80,8 @@ class HttpConfig(_Section):
     """On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."""
     cors_origins: tuple[str, ...] = ()
     """Origins allowed by CORS (``*`` for any); empty disables CORS headers."""
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    """Processes serving HTTP and receiving C-STOREs on the same ports (one core each)."""
 
 
 class DimseConfig(_Section):
@@ -207,6 +209,20 @@ class Config(_Section):
             if ae.aet in seen:
                 raise ValueError(f"aets: AE title {ae.aet!r} is configured twice")
             seen.add(ae.aet)
+        return self
+
+    @model_validator(mode="after")
+    def _workers(self) -> Config:
+        if self.http.workers == 1:
+            return self
+        if self.dimse.receiver != "trio":
+            raise ValueError('http.workers > 1 needs dimse.receiver = "trio"')
+        for ae in self.aets:
+            if isinstance(ae, AeConfig) and ae.correlation == "uid":
+                raise ValueError(
+                    f'aets: {ae.aet}: correlation = "uid" needs http.workers = 1 (with '
+                    "several workers the Move Originator Message ID names the worker)"
+                )
         return self
 
     def ae(self, aet: str) -> AeConfig | S3AeConfig | None:

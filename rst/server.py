@@ -32,6 +32,7 @@ from rst.config import AeConfig, Config, S3AeConfig
 from rst.groups import collapse
 from rst.http.app import create_app
 from rst.services.protocols import Backend
+from rst.workers import WorkerSlot
 
 __all__ = ["Running", "build_backends", "serve", "wait_for_signal"]
 
@@ -51,8 +52,10 @@ class Running:
     mediator: Mediator
 
 
-def build_backends(config: Config, mediator: Mediator) -> dict[str, Backend]:
-    ids = MessageIds()
+def build_backends(
+    config: Config, mediator: Mediator, ids: MessageIds | None = None
+) -> dict[str, Backend]:
+    ids = ids or MessageIds()
     backends: dict[str, Backend] = {}
     for ae in config.aets:
         if not isinstance(ae, AeConfig):
@@ -67,10 +70,12 @@ def build_backends(config: Config, mediator: Mediator) -> dict[str, Backend]:
     return backends
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
+def _hypercorn_config(config: Config, worker: WorkerSlot | None) -> HypercornConfig:
     hc = HypercornConfig()
     host = config.http.host
     hc.bind = [f"[{host}]:{config.http.port}" if ":" in host else f"{host}:{config.http.port}"]
+    if worker is not None:  # the supervisor's listening socket, shared with the other workers
+        hc.bind = [f"fd://{worker.http.fileno()}"]
     hc.graceful_timeout = config.http.graceful_timeout
     hc.accesslog = logging.getLogger("rst.access")
     hc.errorlog = logging.getLogger("rst.http")
@@ -91,12 +96,17 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+    worker: WorkerSlot | None = None,
 ) -> None:
-    """Run the gateway until *shutdown_trigger* returns (or forever, until cancelled)."""
+    """Run the gateway until *shutdown_trigger* returns (or forever, until cancelled).
+
+    *worker*: run as one of several worker processes (:mod:`rst.workers`), on the supervisor's
+    sockets."""
     mediator = Mediator()
-    backends = build_backends(config, mediator)
+    ids = MessageIds() if worker is None else MessageIds(worker.index, worker.count)
+    backends = build_backends(config, mediator, ids)
     async with _s3_backends(config, backends):
-        await _serve(config, mediator, backends, shutdown_trigger, task_status)
+        await _serve(config, mediator, backends, shutdown_trigger, task_status, worker)
 
 
 @asynccontextmanager
@@ -133,13 +143,18 @@ async def _serve(
     backends: dict[str, Backend],
     shutdown_trigger: Callable[[], Awaitable[Any]] | None,
     task_status: trio.TaskStatus[Running],
+    worker: WorkerSlot | None,
 ) -> None:
     app = create_app(config, backends)
-    receiver: Receiver = (
-        TrioStoreReceiver(config.dimse, mediator)
-        if config.dimse.receiver == "trio"
-        else StoreReceiver(config.dimse, mediator)
-    )
+    receiver: Receiver
+    if worker is not None:
+        receiver = TrioStoreReceiver(
+            config.dimse, mediator, listener=worker.dimse, ring=worker.ring
+        )
+    elif config.dimse.receiver == "trio":
+        receiver = TrioStoreReceiver(config.dimse, mediator)
+    else:
+        receiver = StoreReceiver(config.dimse, mediator)
 
     with collapse():
         async with trio.open_nursery() as nursery:
@@ -147,7 +162,7 @@ async def _serve(
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                 await hypercorn_serve(
                     app,
-                    _hypercorn_config(config),
+                    _hypercorn_config(config, worker),
                     shutdown_trigger=shutdown_trigger,
                     task_status=task_status,
                 )

@@ -449,3 +449,46 @@ def test_env_overrides_padded_ae_title_from_file(tmp_path: Path) -> None:
     config = load_config(path, environ={"RST_AETS_PACS_PORT": "7"})
 
     assert [(ae.aet, ae.port) for ae in config.aets] == [("PACS", 7)]
+
+
+# -- workers ---------------------------------------------------------------------------------
+
+
+def test_workers_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nworkers = 2\n")
+
+    assert load_config(path, environ=NO_ENV).http.workers == 2
+    assert load_config(path, environ={"RST_HTTP_WORKERS": "4"}).http.workers == 4
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[http]\nworkers = 0\n", "http.workers"),
+        (
+            '[http]\nworkers = 2\n[dimse]\nreceiver = "pynetdicom"\n',
+            'needs dimse.receiver = "trio"',
+        ),
+        (
+            '[http]\nworkers = 2\n[[aets]]\naet = "PACS"\ncorrelation = "uid"\n',
+            'PACS: correlation = "uid" needs http.workers = 1',
+        ),
+    ],
+)
+def test_workers_need_what_passes_associations_between_them(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, toml), environ=NO_ENV)
+
+
+def test_the_whole_configuration_reaches_a_worker_unchanged(tmp_path: Path) -> None:
+    # The supervisor hands workers its validated configuration as JSON.
+    path = write(
+        tmp_path,
+        '[http]\nworkers = 2\ncors_origins = ["*"]\n[[aets]]\naet = "PACS"\nretrieve = "get"\n'
+        '[[aets]]\naet = "S3"\nbackend = "s3"\nbucket = "images"\nendpoint = "http://127.0.0.1:9"\n',
+    )
+    config = load_config(path, environ=NO_ENV)
+
+    assert Config.model_validate_json(config.model_dump_json()) == config
