@@ -10,12 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from pynetdicom.association import Association
 
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults
 from rst.server import Running
-from tests.support.gateway import run_gateway, wait_until
+from tests.support.gateway import run_gateway, settled
 
 
 def ae(pacs: DevPacs, **kw: Any) -> AeConfig:
@@ -33,31 +32,6 @@ def client(running: Running) -> httpx.AsyncClient:
 async def pacs_saw(pacs: DevPacs, what: str) -> bool:
     """Wait (without blocking the event loop rst runs on) until the PACS logged *what*."""
     return await trio.to_thread.run_sync(pacs.wait_for, what, 5.0)
-
-
-def rst_association_threads() -> list[Association]:
-    """pynetdicom association threads on rst's side still alive (its requests, its receiver)."""
-    alive = []
-    for thread in threading.enumerate():
-        if isinstance(thread, Association) and thread.is_alive():
-            local = thread.requestor if thread.is_requestor else thread.acceptor
-            if local.ae_title == "RST":
-                alive.append(thread)
-    return alive
-
-
-async def settled(running: Running) -> None:
-    """rst holds nothing any more: no association, no subscription, no association thread."""
-    backend: Any = running.backends["FAULTY"]
-    await wait_until(
-        lambda: (
-            backend.peer.open_associations == 0
-            and len(running.mediator) == 0
-            and not rst_association_threads()
-        ),
-        within=2,
-        what="rst to release its associations and subscriptions",
-    )
 
 
 async def test_rejected_association_is_502_with_reason(pacs: DevPacs, faults: Faults) -> None:

@@ -6,8 +6,10 @@ was uploaded.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import Any, Literal
 
 import httpx
 import pydicom
@@ -15,14 +17,19 @@ import pytest
 import trio
 from dicomweb_client.api import DICOMwebClient
 
+from rst.backends.dimse.incoming import STREAM_AFTER
 from rst.config import AeConfig
 from rst.dicom.multipart import MultipartWriter
 from rst.server import Running
+from tests.support.download import Download
 from tests.support.gateway import run_gateway, wait_until
 from tests.support.orthanc import Orthanc, add_modality, http_client
-from tests.support.sample import StudyFiles, write_ct_study
+from tests.support.relay import open_relay
+from tests.support.sample import StudyFiles, write_ct_study, write_multiframe
 
 pytestmark = pytest.mark.integration
+
+Mode = Literal["move", "get"]
 
 
 @pytest.fixture(params=["move", "get"])
@@ -317,7 +324,7 @@ async def test_disconnect_mid_retrieve_releases_everything(orthanc: Orthanc, tmp
 
 @pytest.mark.parametrize("mode", ["move", "get"])
 async def test_compressed_study_default_and_as_stored(
-    orthanc: Orthanc, tmp_path: Any, mode: str
+    orthanc: Orthanc, tmp_path: Any, mode: Mode
 ) -> None:
     from tests.support.orthanc import upload
 
@@ -344,3 +351,90 @@ async def test_compressed_study_default_and_as_stored(
         expected_syntax = rle if mode == "move" else "1.2.840.10008.1.2.1"
         assert {ds.file_meta.TransferSyntaxUID for ds in stored} == {expected_syntax}
         assert {ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in stored} == decoded
+
+
+# -- large instances ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def large_in_orthanc(orthanc: Orthanc, tmp_path: Any) -> StudyFiles:
+    """A 4 MiB multi-frame instance (32 frames of 256x256, 16 bit) in a study of its own."""
+    from tests.support.orthanc import upload
+
+    large = write_multiframe(
+        tmp_path / "large", frames=32, rows=256, columns=256, seed=21, patient_id="LARGE-MF"
+    )
+    assert large.total_bytes > 3 * STREAM_AFTER
+    await upload(orthanc, large.paths)
+    return large
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_large_multiframe_instance_byte_identical(
+    orthanc: Orthanc, large_in_orthanc: StudyFiles, mode: Mode
+) -> None:
+    """Study, series and instance retrieves of a multi-frame instance larger than the size
+    after which rst streams it: the pixel data, every frame, byte for byte."""
+    large = large_in_orthanc
+    expected = pixels(large.paths[0])
+    config = AeConfig(aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, retrieve=mode)
+    async with run_gateway(config) as running:
+        await add_modality(orthanc, "rst", "RST", *running.dimse_address)
+        client = dicomweb(running)
+        study = await in_thread(client.retrieve_study, large.study_uid)
+        stored = await in_thread(
+            client.retrieve_study, large.study_uid, media_types=(("application/dicom", "*"),)
+        )
+        series = await in_thread(client.retrieve_series, large.study_uid, large.series_uids[0])
+        instance = await in_thread(
+            client.retrieve_instance, large.study_uid, large.series_uids[0], large.sop_uids[0]
+        )
+    for got in (*study, *stored, *series, instance):
+        assert got.SOPInstanceUID == large.sop_uids[0]
+        assert got.NumberOfFrames == 32
+        assert pixels(got) == expected
+    assert len(study) == len(stored) == len(series) == 1
+    assert study[0].file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_large_instance_from_orthanc_reaches_the_client_before_it_has_fully_arrived(
+    orthanc: Orthanc, large_in_orthanc: StudyFiles, mode: Mode
+) -> None:
+    """Orthanc's connection passes a relay that holds it 2 MiB into the instance: by then the
+    HTTP client has more than a MiB of the response. Let go, the instance completes intact."""
+    large = large_in_orthanc
+    hold_after = 2 * 1024**2
+    async with AsyncExitStack() as stack:
+        if mode == "get":
+            relay = await stack.enter_async_context(
+                open_relay(("127.0.0.1", orthanc.dicom_port), hold_after=hold_after)
+            )
+            host, port = relay.address
+            config = AeConfig(aet=orthanc.aet, host=host, port=port, retrieve="get")
+            running = await stack.enter_async_context(run_gateway(config))
+            await add_modality(orthanc, "rst", "RST", *running.dimse_address)
+        else:
+            config = AeConfig(aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port)
+            running = await stack.enter_async_context(run_gateway(config))
+            relay = await stack.enter_async_context(
+                open_relay(running.dimse_address, hold_after=hold_after)
+            )
+            await add_modality(orthanc, "rst", "RST", *relay.address)
+        download = Download(f"{base(running)}/studies/{large.study_uid}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(download.run)
+            with trio.fail_after(20):
+                await relay.held.wait()
+                await download.flowing.wait()  # without streaming: nothing while held
+            assert not download.done.is_set()
+            relay.resume()
+            with trio.fail_after(60):
+                await download.done.wait()
+    assert download.status == 200
+    assert download.error is None
+    [(syntax, data)] = download.parts()
+    assert syntax == "1.2.840.10008.1.2.1"
+    got = pydicom.dcmread(io.BytesIO(data))
+    assert got.SOPInstanceUID == large.sop_uids[0]
+    assert pixels(got) == pixels(large.paths[0])

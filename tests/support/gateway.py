@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from pynetdicom.association import Association
 
 from rst.config import AeConfig, Config, DimseConfig, HttpConfig, S3AeConfig
 from rst.server import Running, serve
@@ -50,3 +52,28 @@ async def wait_until(predicate: Any, *, within: float = 5.0, what: str = "condit
             await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+def rst_association_threads() -> list[Association]:
+    """pynetdicom association threads on rst's side still alive (its requests, its receiver)."""
+    alive = []
+    for thread in threading.enumerate():
+        if isinstance(thread, Association) and thread.is_alive():
+            local = thread.requestor if thread.is_requestor else thread.acceptor
+            if local.ae_title == "RST":
+                alive.append(thread)
+    return alive
+
+
+async def settled(running: Running, aet: str = "FAULTY", *, within: float = 2.0) -> None:
+    """rst holds nothing any more: no association, no subscription, no association thread."""
+    backend: Any = running.backends[aet]
+    await wait_until(
+        lambda: (
+            backend.peer.open_associations == 0
+            and len(running.mediator) == 0
+            and not rst_association_threads()
+        ),
+        within=within,
+        what="rst to release its associations and subscriptions",
+    )

@@ -296,3 +296,59 @@ async def test_a_pacs_silent_mid_instance_times_the_consumer_out(
         async for _ in handed.rest:
             pass
     assert trio.current_time() - start == pytest.approx(20.0)
+
+
+async def test_uids_past_the_part_that_has_arrived_defer_locating_to_the_end(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A large element before the UIDs: they cannot be read when streaming would begin, so the
+    # instance is reassembled whole and located once complete (then the UIDs are there).
+    ds = Dataset()
+    ds.add_new(0x00091010, "OB", os.urandom(6000))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = STUDY, SERIES
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    dataset = fp.getvalue()
+    sink = InstanceSink(capacity=4, stall_timeout=4.0)
+    seen: list[tuple[str, str]] = []
+
+    def locate(receiving: IncomingInstance) -> InstanceSink:
+        seen.append(receiving.study_series())
+        return sink
+
+    receiving = IncomingInstance(
+        request(), EXPLICIT_LE, source_aet=None, locate=locate, stream_after=1000
+    )
+    for chunk in fragments(dataset, 1500):
+        await receiving.add(chunk, last=False)
+    await receiving.add(b"", last=True)
+    assert sink.delivered == 0
+
+    assert await receiving.finish() == 0x0000
+    assert seen == [(STUDY, SERIES)]
+    got = await sink.receive()
+    assert got is not None
+    assert got.rest is None
+    assert got.data.endswith(dataset)
+
+
+async def test_a_body_closed_with_its_sink_never_ends_cleanly(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Even after its last fragment was queued: what was queued is lost, so reading must fail.
+    sink = InstanceSink(capacity=4, stall_timeout=4.0)
+    dataset = dataset_bytes(8000)
+    receiving = incoming(sink, stream_after=1000)
+    for chunk in fragments(dataset, 1500):
+        await receiving.add(chunk)
+    assert await receiving.finish() == 0x0000
+    handed = await sink.receive()
+    assert handed is not None
+    assert handed.rest is not None
+
+    sink.close()
+
+    with pytest.raises(IncompleteRetrieve):
+        async for _ in handed.rest:
+            pass

@@ -38,13 +38,17 @@ from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 
-__all__ = ["STREAM_AFTER", "IncomingInstance"]
+__all__ = ["STREAM_AFTER", "IncomingInstance", "UidsNotYetArrived"]
 
 log = logging.getLogger(__name__)
 
-STREAM_AFTER = int(__import__("os").environ.get("XSTREAM_AFTER", 1 << 20))  # XXX experiment
+STREAM_AFTER = 1 << 20
 """Bytes of a data set after which it is handed over while still arriving."""
 UID_SCAN_BYTES = 64 * 1024
+
+
+class UidsNotYetArrived(Exception):
+    """The part of the data set that has arrived does not reach its Study/Series UIDs."""
 
 
 class IncomingInstance:
@@ -80,6 +84,7 @@ class IncomingInstance:
         self._stream_at = len(header) + stream_after
         self._body: Fragments | None = None
         self._status: int | None = None  # decided before the end: the rest is dropped
+        self._complete = False
         self.unsolicited = False
         """Nobody wanted the instance (the caller logs it)."""
 
@@ -101,6 +106,7 @@ class IncomingInstance:
         # The last fragment is joined before the caller reads again: no copy of it needed.
         self._parts.append(fragment if last else bytes(fragment))
         self._size += len(fragment)
+        self._complete = last
         if self._size > self._stream_at and not last:
             self._stream_at = sys.maxsize  # tried once, whatever the outcome
             await self._start_streaming()
@@ -130,7 +136,11 @@ class IncomingInstance:
         return b"".join(self._parts[1:])
 
     def study_series(self) -> tuple[str, str]:
-        """Study and Series Instance UID of the data set, from the part that has arrived."""
+        """Study and Series Instance UID of the data set, from the part that has arrived.
+
+        Raises :class:`UidsNotYetArrived` if they cannot be read from an incomplete data set
+        (e.g. a large private element comes first): *locate* should let it propagate, and the
+        instance is then reassembled whole and located at the end."""
         syntax = UID(self.transfer_syntax)
         dataset = memoryview(self.received_dataset())
         # The UIDs sit early in the data set: parse a head of it, the whole only if that fails.
@@ -145,6 +155,8 @@ class IncomingInstance:
                 return str(ds["StudyInstanceUID"].value), str(ds["SeriesInstanceUID"].value)
             except (KeyError, EOFError, OSError, ValueError):
                 if len(view) == len(dataset):
+                    if not self._complete:
+                        raise UidsNotYetArrived(self._uid) from None
                     raise
         raise AssertionError("unreachable")
 
@@ -173,7 +185,10 @@ class IncomingInstance:
         )
 
     async def _start_streaming(self) -> None:
-        sink = self._sink()
+        try:
+            sink = self._sink()
+        except UidsNotYetArrived:
+            return  # reassembled whole; located once complete
         if sink is None:
             self._status = STATUS_REFUSED
             self._parts = []

@@ -198,11 +198,11 @@ class _SpillingFifo(Generic[T]):
     async def receive(self) -> T | None:
         """The next item, or ``None`` once finished and drained."""
         while not self._queue:
+            self._check_open()  # closed: what was queued is lost, never a clean end
             if self._finished:
                 if self._error is not None:
                     raise self._error
                 return None
-            self._check_open()
             await self._wait_change()
         entry = self._queue.popleft()
         self._signal()

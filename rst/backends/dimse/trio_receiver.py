@@ -26,7 +26,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
-from rst.backends.dimse.incoming import IncomingInstance
+from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
 from rst.backends.dimse.uids import VERIFICATION
@@ -381,6 +381,8 @@ class _Connection:
         if mediator.needs_uids():
             try:
                 study, series = pending.study_series()
+            except UidsNotYetArrived:
+                raise
             except Exception:
                 log.warning("cannot read the UIDs of %s", request.sop_instance_uid, exc_info=True)
                 return None
