@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -14,7 +14,7 @@ from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.errors import NotSupported, PayloadTooLarge, RstError, UnknownAE
-from rst.http.streaming import start_stream
+from rst.http.streaming import Coalesced, start_stream
 from rst.services.protocols import Backend, RetrieveKeys
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
 from rst.services.stow import store_instances
@@ -27,6 +27,10 @@ FUZZY_WARNING = (
     "Only literal matching has been performed."
 )
 MORE_WARNING = "299 {host}: There are additional results that can be requested"
+RETRIEVE_BUFFER = 4
+"""Items (part heads, instances, fragments) a retrieve's producer may be ahead of the client."""
+CHUNK_BUDGET = 1 << 20
+"""Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 
 def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Blueprint:
@@ -122,15 +126,10 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         async def produce(send: trio.MemorySendChannel[bytes]) -> None:
             await produce_parts(backend, keys, fmt, writer, send)
 
-        stream = await start_stream(produce, prefetch=1)
-
-        async def body() -> AsyncIterator[bytes]:
-            async for chunk in stream:
-                yield chunk
-            yield writer.close()
-
+        stream = await start_stream(produce, prefetch=1, buffer=RETRIEVE_BUFFER)
+        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close)
         response = Response(
-            body(), content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
+            body, content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
         )
         response.timeout = None
         return response

@@ -15,7 +15,7 @@ from rst.services.protocols import Backend, Instance, RetrieveKeys
 __all__ = ["as_requested", "produce_parts", "whole"]
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-JOIN_BELOW = 64 * 1024
+JOIN_BELOW = 16 << 20
 """Instances up to this size go out in one chunk with their part head."""
 UNCOMPRESSED = {
     "1.2.840.10008.1.2",

@@ -1,0 +1,93 @@
+"""start_stream and Coalesced: the response body side of a producer task."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from rst.errors import IncompleteRetrieve
+from rst.http import request_scope
+from rst.http.streaming import Coalesced, StreamBrokenOff, start_stream
+
+Produce = Callable[[trio.MemorySendChannel[bytes]], Awaitable[None]]
+
+
+async def body(produce: Produce, *, buffer: int, budget: int) -> AsyncIterator[bytes]:
+    async with trio.open_nursery() as nursery:
+        token = request_scope._nursery.set(nursery)
+        try:
+            stream = await start_stream(produce, prefetch=1, buffer=buffer)
+            async for chunk in Coalesced(stream, budget=budget, tail=lambda: b"<end>"):
+                yield chunk
+        finally:
+            request_scope._nursery.reset(token)
+
+
+async def collect(produce: Produce, *, buffer: int = 4, budget: int = 100) -> list[bytes]:
+    return [chunk async for chunk in body(produce, buffer=buffer, budget=budget)]
+
+
+async def test_items_waiting_are_joined_up_to_the_budget(autojump_clock: trio.abc.Clock) -> None:
+    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+        for item in (b"a" * 10, b"b" * 40, b"c" * 40, b"d" * 40, b"e" * 10):
+            await send.send(item)
+
+    async with trio.open_nursery() as nursery:
+        token = request_scope._nursery.set(nursery)
+        try:
+            stream = await start_stream(produce, prefetch=1, buffer=8)
+            await trio.testing.wait_all_tasks_blocked()  # the client is slow: all are waiting
+            chunks = [c async for c in Coalesced(stream, budget=100, tail=lambda: b"<end>")]
+        finally:
+            request_scope._nursery.reset(token)
+
+    # a..c stay under the budget (90), d takes the chunk past it; e comes next; then the tail
+    assert chunks == [b"a" * 10 + b"b" * 40 + b"c" * 40 + b"d" * 40, b"e" * 10, b"<end>"]
+
+
+async def test_an_item_alone_is_sent_at_once(autojump_clock: trio.abc.Clock) -> None:
+    # A producer that is slower than the client: nothing is held back to be joined.
+    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+        for item in (b"x", b"y", b"z"):
+            await send.send(item)
+            await trio.sleep(1)
+
+    start = trio.current_time()
+    times: list[float] = []
+    async for _ in body(produce, buffer=4, budget=100):
+        times.append(trio.current_time() - start)
+
+    assert times == [0, 1, 2, 3]  # x, y, z, then the tail after the producer returned
+
+
+async def test_an_error_after_data_sends_the_data_then_breaks_off(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sent = trio.Event()
+
+    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+        await send.send(b"head")
+        await send.send(b"part")
+        sent.set()
+        raise IncompleteRetrieve("the PACS went away")
+
+    chunks: list[bytes] = []
+    with pytest.RaisesGroup(StreamBrokenOff, allow_unwrapped=True, flatten_subgroups=True):
+        async for chunk in body(produce, buffer=4, budget=100):
+            await sent.wait()
+            chunks.append(chunk)
+
+    assert b"".join(chunks) == b"headpart"  # the data before the error; never the tail
+
+
+async def test_an_error_before_any_data_is_raised_by_start_stream(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+        raise IncompleteRetrieve("nothing")
+
+    with pytest.RaisesGroup(IncompleteRetrieve, allow_unwrapped=True, flatten_subgroups=True):
+        await collect(produce)
