@@ -123,7 +123,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
         writer = MultipartWriter()
 
-        async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+        async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
             await produce_parts(backend, keys, fmt, writer, send)
 
         stream = await start_stream(produce, prefetch=1, buffer=RETRIEVE_BUFFER)

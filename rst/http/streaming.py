@@ -87,17 +87,22 @@ class Stream(Generic[T]):
 
 
 class Coalesced:
-    """A stream of bytes whose items are joined into larger chunks when several are ready.
+    """A stream of byte pieces sent as few, larger HTTP chunks.
 
     Each chunk of a response body costs quart, hypercorn and h11 a round of Python (an ASGI
-    message, an h11 event, a ``send``): far more than copying a few hundred kilobytes. So when
-    the client reads slower than the producer sends — the producer is ahead by the channel's
-    buffer — the items waiting are sent as one chunk of up to *budget* bytes (more if one item
-    is larger). Nothing waits to be joined: an item alone is sent at once. *tail* gives the
-    bytes that end the body (called once the producer has finished)."""
+    message, an h11 event, a ``send``): far more than copying a few hundred kilobytes. So each
+    item — a tuple of pieces, e.g. a part head and its instance — becomes one chunk, and when the
+    client reads slower than the producer sends (the producer is ahead by the channel's buffer)
+    the items waiting join it, up to *budget* bytes (more if one item is larger). Nothing waits
+    to be joined: an item alone is sent at once, and a single piece is sent without a copy.
+    *tail* gives the bytes that end the body (called once the producer has finished)."""
 
     def __init__(
-        self, stream: Stream[bytes], *, budget: int, tail: Callable[[], bytes] | None = None
+        self,
+        stream: Stream[tuple[bytes, ...]],
+        *,
+        budget: int,
+        tail: Callable[[], bytes] | None = None,
     ) -> None:
         self._stream = stream
         self._budget = budget
@@ -108,17 +113,17 @@ class Coalesced:
 
     async def __anext__(self) -> bytes:
         try:
-            first = await self._stream.__anext__()
+            pieces = list(await self._stream.__anext__())
         except StopAsyncIteration:
             tail, self._tail = self._tail, None
             if tail is None:
                 raise
             return tail()
-        chunks, size = [first], len(first)
+        size = sum(map(len, pieces))
         while size < self._budget and (more := self._stream.ready()) is not None:
-            chunks.append(more)
-            size += len(more)
-        return first if len(chunks) == 1 else b"".join(chunks)
+            pieces += more
+            size += sum(map(len, more))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 async def start_stream(

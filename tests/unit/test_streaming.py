@@ -12,7 +12,7 @@ from rst.errors import IncompleteRetrieve
 from rst.http import request_scope
 from rst.http.streaming import Coalesced, StreamBrokenOff, start_stream
 
-Produce = Callable[[trio.MemorySendChannel[bytes]], Awaitable[None]]
+Produce = Callable[[trio.MemorySendChannel[tuple[bytes, ...]]], Awaitable[None]]
 
 
 async def body(produce: Produce, *, buffer: int, budget: int) -> AsyncIterator[bytes]:
@@ -31,9 +31,10 @@ async def collect(produce: Produce, *, buffer: int = 4, budget: int = 100) -> li
 
 
 async def test_items_waiting_are_joined_up_to_the_budget(autojump_clock: trio.abc.Clock) -> None:
-    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
-        for item in (b"a" * 10, b"b" * 40, b"c" * 40, b"d" * 40, b"e" * 10):
-            await send.send(item)
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        await send.send((b"h", b"a" * 9))  # a part head with its instance
+        for item in (b"b" * 40, b"c" * 40, b"d" * 40, b"e" * 10):
+            await send.send((item,))
 
     async with trio.open_nursery() as nursery:
         token = request_scope._nursery.set(nursery)
@@ -45,14 +46,14 @@ async def test_items_waiting_are_joined_up_to_the_budget(autojump_clock: trio.ab
             request_scope._nursery.reset(token)
 
     # a..c stay under the budget (90), d takes the chunk past it; e comes next; then the tail
-    assert chunks == [b"a" * 10 + b"b" * 40 + b"c" * 40 + b"d" * 40, b"e" * 10, b"<end>"]
+    assert chunks == [b"h" + b"a" * 9 + b"b" * 40 + b"c" * 40 + b"d" * 40, b"e" * 10, b"<end>"]
 
 
 async def test_an_item_alone_is_sent_at_once(autojump_clock: trio.abc.Clock) -> None:
     # A producer that is slower than the client: nothing is held back to be joined.
-    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
         for item in (b"x", b"y", b"z"):
-            await send.send(item)
+            await send.send((item,))
             await trio.sleep(1)
 
     start = trio.current_time()
@@ -68,9 +69,9 @@ async def test_an_error_after_data_sends_the_data_then_breaks_off(
 ) -> None:
     sent = trio.Event()
 
-    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
-        await send.send(b"head")
-        await send.send(b"part")
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        await send.send((b"head",))
+        await send.send((b"part",))
         sent.set()
         raise IncompleteRetrieve("the PACS went away")
 
@@ -86,8 +87,19 @@ async def test_an_error_after_data_sends_the_data_then_breaks_off(
 async def test_an_error_before_any_data_is_raised_by_start_stream(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async def produce(send: trio.MemorySendChannel[bytes]) -> None:
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
         raise IncompleteRetrieve("nothing")
 
     with pytest.RaisesGroup(IncompleteRetrieve, allow_unwrapped=True, flatten_subgroups=True):
         await collect(produce)
+
+
+async def test_a_single_piece_is_sent_without_a_copy(autojump_clock: trio.abc.Clock) -> None:
+    big = bytes(1000)
+
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        await send.send((big,))
+
+    chunks = await collect(produce, budget=100)
+
+    assert chunks[0] is big
