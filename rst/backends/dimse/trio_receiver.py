@@ -200,7 +200,9 @@ class _Connection:
             pdu = self.reader.next_pdu()
             if pdu is not None:
                 return pdu
-            count = await self.stream.socket.recv_into(self.reader.writable())
+            # a timeout only around a read that waits (most PDUs are already buffered)
+            with trio.fail_after(NETWORK_TIMEOUT):
+                count = await self.stream.socket.recv_into(self.reader.writable())
             if count == 0:
                 raise trio.BrokenResourceError("the peer closed the connection")
             self.reader.advance(count)
@@ -228,8 +230,7 @@ class _Connection:
 
     async def _established(self) -> None:
         while True:
-            with trio.fail_after(NETWORK_TIMEOUT):
-                pdu = await self._next_pdu()
+            pdu = await self._next_pdu()
             if isinstance(pdu, PData):
                 await self._on_pdata(pdu)
             elif isinstance(pdu, ReleaseRequest):
