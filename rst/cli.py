@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("aet", metavar="AE", help="the AE title of an [[aets]] with backend = s3")
     index.add_argument("--config", "-c", type=Path, help="TOML configuration file")
     # started by ``rst serve`` when http.workers > 1; reads its specification from stdin
-    sub.add_parser("worker")
+    sub.add_parser("worker", help=argparse.SUPPRESS)
     return parser
 
 
@@ -86,7 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _worker_command() -> int:
-    config, slot = read_worker_spec(sys.stdin.buffer.read())
+    try:
+        config, slot = read_worker_spec(sys.stdin.buffer.read())
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        print(
+            "rst: `rst worker` is started by `rst serve` when http.workers > 1, with its "
+            f"specification on standard input ({exc})",
+            file=sys.stderr,
+        )
+        return 2
     _setup_logging(config.log_level, slot.index)
     return _run(_serve, config, slot)
 

@@ -110,3 +110,15 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+def test_a_worker_started_by_hand_says_what_it_is() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rst", "worker"],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"started by `rst serve` when http.workers > 1" in result.stderr
