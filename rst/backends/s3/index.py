@@ -122,9 +122,9 @@ class _Dialect:
         Path(location).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(location, check_same_thread=False, isolation_level=None)
         try:
+            db.execute("PRAGMA busy_timeout=10000")  # first: several workers may open it at once
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=10000")
             for statement in _SCHEMA:
                 db.execute(statement.format(text=self.text))
         except BaseException:
