@@ -14,7 +14,7 @@ from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.errors import NotSupported, PayloadTooLarge, RstError, UnknownAE
-from rst.http.streaming import Coalesced, start_stream
+from rst.http.streaming import ByteBudget, Coalesced, start_stream
 from rst.services.protocols import Backend, RetrieveKeys
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
 from rst.services.stow import store_instances
@@ -27,8 +27,10 @@ FUZZY_WARNING = (
     "Only literal matching has been performed."
 )
 MORE_WARNING = "299 {host}: There are additional results that can be requested"
-RETRIEVE_BUFFER = 4
-"""Items (part heads, instances, fragments) a retrieve's producer may be ahead of the client."""
+RETRIEVE_BUFFER = 16
+"""Items (part heads, instances, fragments) a retrieve's producer may be ahead of the client..."""
+RETRIEVE_AHEAD = 2 << 20
+"""...and their bytes (one larger item passes alone)."""
 CHUNK_BUDGET = 1 << 20
 """Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
 
@@ -123,11 +125,15 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
         writer = MultipartWriter()
 
-        async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
-            await produce_parts(backend, keys, fmt, writer, send)
+        waiting = ByteBudget(RETRIEVE_AHEAD)
+
+        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+            await produce_parts(
+                backend, keys, fmt, writer, lambda item: waiting.send(channel, item)
+            )
 
         stream = await start_stream(produce, prefetch=1, buffer=RETRIEVE_BUFFER)
-        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close)
+        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close, sent=waiting)
         response = Response(
             body, content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
         )

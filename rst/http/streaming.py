@@ -21,7 +21,7 @@ from rst.errors import RstError
 from rst.groups import single
 from rst.http.request_scope import StreamBrokenOff, request_nursery
 
-__all__ = ["Coalesced", "Stream", "StreamBrokenOff", "start_stream"]
+__all__ = ["ByteBudget", "Coalesced", "Stream", "StreamBrokenOff", "start_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,35 @@ class Stream(Generic[T]):
         return cast(T, received)
 
 
+class ByteBudget:
+    """Bytes a producer has sent that the response body has not taken yet, bounded.
+
+    The request channel bounds the number of items; this bounds their size, so that a producer
+    of large items (a decompressed multi-frame instance of hundreds of MB) does not run several
+    of them ahead of the client. An item larger than the whole budget still passes, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._taken = trio.Event()
+
+    async def send(
+        self, channel: trio.MemorySendChannel[tuple[bytes, ...]], item: tuple[bytes, ...]
+    ) -> None:
+        """Send *item* into *channel* once the bytes waiting leave room for it."""
+        size = sum(map(len, item))
+        while self.pending and self.pending + size > self.limit:
+            await self._taken.wait()
+        self.pending += size
+        await channel.send(item)
+
+    def taken(self, size: int) -> None:
+        """The response has taken *size* bytes out of the channel."""
+        self.pending -= size
+        self._taken.set()
+        self._taken = trio.Event()
+
+
 class Coalesced:
     """A stream of byte pieces sent as few, larger HTTP chunks.
 
@@ -103,10 +132,13 @@ class Coalesced:
         *,
         budget: int,
         tail: Callable[[], bytes] | None = None,
+        sent: ByteBudget | None = None,
     ) -> None:
+        """*sent*: the producer's :class:`ByteBudget`, told what this takes."""
         self._stream = stream
         self._budget = budget
         self._tail = tail
+        self._sent = sent
 
     def __aiter__(self) -> Coalesced:
         return self
@@ -123,6 +155,8 @@ class Coalesced:
         while size < self._budget and (more := self._stream.ready()) is not None:
             pieces += more
             size += sum(map(len, more))
+        if self._sent is not None:
+            self._sent.taken(size)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 

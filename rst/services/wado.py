@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-
-import trio
 
 from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
@@ -56,7 +55,7 @@ async def produce_parts(
     keys: RetrieveKeys,
     fmt: RetrieveFormat,
     writer: MultipartWriter,
-    send: trio.MemorySendChannel[tuple[bytes, ...]],
+    send: Callable[[tuple[bytes, ...]], Awaitable[None]],
 ) -> None:
     """Send each instance as a part: its header, then its bytes — an instance still arriving
     fragment by fragment, as the fragments arrive. Each item sent is a tuple of pieces that the
@@ -68,10 +67,10 @@ async def produce_parts(
             syntax = instance.transfer_syntax
             head = writer.part_head(f"application/dicom; transfer-syntax={syntax}")
             if len(instance.data) <= JOIN_BELOW:
-                await send.send((head, instance.data))
+                await send((head, instance.data))
             else:  # not worth copying: two chunks
-                await send.send((head,))
-                await send.send((instance.data,))
+                await send((head,))
+                await send((instance.data,))
             if instance.rest is not None:
                 async for chunk in instance.rest:
-                    await send.send((chunk,))
+                    await send((chunk,))

@@ -10,7 +10,7 @@ import trio.testing
 
 from rst.errors import IncompleteRetrieve
 from rst.http import request_scope
-from rst.http.streaming import Coalesced, StreamBrokenOff, start_stream
+from rst.http.streaming import ByteBudget, Coalesced, StreamBrokenOff, start_stream
 
 Produce = Callable[[trio.MemorySendChannel[tuple[bytes, ...]]], Awaitable[None]]
 
@@ -103,3 +103,30 @@ async def test_a_single_piece_is_sent_without_a_copy(autojump_clock: trio.abc.Cl
     chunks = await collect(produce, budget=100)
 
     assert chunks[0] is big
+
+
+async def test_the_producer_stays_within_its_byte_budget(autojump_clock: trio.abc.Clock) -> None:
+    # Items of 40 bytes against a budget of 100: at most two wait; a 500-byte item passes alone.
+    budget = ByteBudget(100)
+    most_waiting = 0
+
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        nonlocal most_waiting
+        for size in (40, 40, 40, 40, 500, 40):
+            await budget.send(send, (bytes(size),))
+            most_waiting = max(most_waiting, budget.pending)
+
+    async with trio.open_nursery() as nursery:
+        token = request_scope._nursery.set(nursery)
+        try:
+            stream = await start_stream(produce, prefetch=1, buffer=16)
+            chunks = []
+            async for chunk in Coalesced(stream, budget=1, sent=budget):
+                await trio.sleep(1)  # a slow client
+                chunks.append(len(chunk))
+        finally:
+            request_scope._nursery.reset(token)
+
+    assert chunks == [40, 40, 40, 40, 500, 40]
+    assert most_waiting == 500  # the large item alone; never 40 + 500 or three of 40
+    assert budget.pending == 0
