@@ -36,6 +36,7 @@ SERIES = "1.2.826.0.1.3680043.8.498.1.1"
 class Workers:
     receivers: list[TrioStoreReceiver]
     port: int  # worker 0's: where the "PACS" connects
+    outboxes: list[socket.socket]  # outboxes[k] sends to worker k
 
 
 def listening_socket() -> socket.socket:
@@ -63,7 +64,7 @@ async def workers() -> AsyncIterator[Workers]:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(receivers[0].run)
             await nursery.start(receivers[1].run)
-            yield Workers(receivers, address[1])
+            yield Workers(receivers, address[1], [pair[1] for pair in pairs])
             nursery.cancel_scope.cancel()
     finally:
         for sock in (*listeners, *(end for pair in pairs for end in pair)):
@@ -221,3 +222,16 @@ async def test_an_instance_no_worker_wants_is_refused_after_one_round(
 
     assert statuses == [0x0124, 0x0124]
     assert sum(r.refused for r in workers.receivers) == 2
+
+
+async def test_a_malformed_handover_is_dropped_and_the_worker_goes_on(
+    workers: Workers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    workers.outboxes[1].send(b"not a handover")  # no descriptors: a sibling's bug
+    path = ct(tmp_path / "one.dcm", 4_000)
+    with workers.receivers[1].mediator.subscribe(subscription(2)) as wanted:
+        statuses, [received] = await send_and_collect(workers.port, [(path, 2)], [wanted.sink])
+
+    assert statuses == [0]
+    assert [pixels(d) for d in received] == [pixels_of(path)]
+    assert "dropped an association passed on by another worker" in caplog.text

@@ -107,7 +107,12 @@ class TrioStoreReceiver:
 
     async def _take_handovers(self, ring: WorkerRing, nursery: trio.Nursery) -> None:
         while True:
-            sock, state, replay = await ring.receive()
+            try:
+                sock, state, replay = await ring.receive()
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                # a sibling's bug must not take this worker's receiver down
+                log.error("dropped an association passed on by another worker: %s", exc)
+                continue
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
             nursery.start_soon(self._serve, stream, (state, replay))
 
