@@ -17,7 +17,7 @@ from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
 from rst.server import Running, serve, wait_for_signal
-from rst.workers import WorkerSlot, read_worker_spec, supervise
+from rst.workers import WorkerSlot, read_worker_spec, supervise, until_orphaned
 
 if TYPE_CHECKING:
     from rst.backends.s3.reindex import RebuildReport
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _worker_command() -> int:
     try:
-        config, slot = read_worker_spec(sys.stdin.buffer.read())
+        config, slot = read_worker_spec(sys.stdin.buffer.readline())
     except (ValueError, KeyError, TypeError, OSError) as exc:
         print(
             "rst: `rst worker` is started by `rst serve` when http.workers > 1, with its "
@@ -115,7 +115,23 @@ def _run(function: Callable[..., Awaitable[int | None]], *args: Any) -> int:
 
 
 async def _serve(config: Config, worker: WorkerSlot | None = None) -> None:
-    await serve(config, shutdown_trigger=wait_for_signal, worker=worker)
+    await serve(
+        config,
+        shutdown_trigger=wait_for_signal if worker is None else _worker_shutdown,
+        worker=worker,
+    )
+
+
+async def _worker_shutdown() -> None:
+    """A worker stops on SIGTERM/SIGINT (from the supervisor) or when the supervisor is gone."""
+    async with trio.open_nursery() as nursery:
+
+        async def first(trigger: Callable[[], Awaitable[None]]) -> None:
+            await trigger()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(first, wait_for_signal)
+        nursery.start_soon(first, until_orphaned)
 
 
 async def _dev(config: Config, data: Path | None) -> None:

@@ -9,7 +9,9 @@ associations — and the kernel spreads incoming connections among them. A C-STO
 the wrong worker is passed to the right one (:mod:`rst.backends.dimse.handoff`).
 
 SIGTERM or SIGINT is passed on to every worker, which shuts down gracefully
-(``http.graceful_timeout``); workers still running ten seconds after that are killed. If a
+(``http.graceful_timeout``); workers still running ten seconds after that are killed. A worker
+also shuts down when its standard input (a pipe from the supervisor) reaches EOF: if the
+supervisor is killed outright, the workers do not outlive it. If a
 worker dies, the supervisor stops the others and exits with status 1: a gateway missing a worker
 would refuse the instances of that worker's C-MOVEs; better to fail as a whole and be restarted.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -30,7 +33,7 @@ import trio
 from rst.backends.dimse.handoff import WorkerRing
 from rst.config import Config
 
-__all__ = ["WorkerSlot", "read_worker_spec", "supervise"]
+__all__ = ["WorkerSlot", "read_worker_spec", "supervise", "until_orphaned"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,15 @@ def _spec(config: Config, index: int, fds: dict[str, Any]) -> bytes:
             "config": config.model_dump(mode="json"),
         }
     ).encode()
+
+
+async def until_orphaned() -> None:
+    """Return when the supervisor has gone (EOF on this worker's standard input)."""
+    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    async with stream:
+        while await stream.receive_some():
+            pass
+    log.warning("the supervisor has gone: shutting down")
 
 
 def read_worker_spec(data: bytes) -> tuple[Config, WorkerSlot]:
@@ -152,11 +164,13 @@ async def _run(
                     pass_fds=[*fds.values(), *outboxes.values()],
                 )
                 processes.append(process)
+                # The spec is one line; stdin then stays open, unwritten, for the worker's
+                # lifetime: when this process ends, however it ends, the worker reads EOF and
+                # shuts down (no orphaned workers holding the ports).
                 assert process.stdin is not None
-                async with process.stdin:
-                    await process.stdin.send_all(
-                        _spec(config, index, {**fds, "outboxes": outboxes})
-                    )
+                await process.stdin.send_all(
+                    _spec(config, index, {**fds, "outboxes": outboxes}) + b"\n"
+                )
                 nursery.start_soon(watch, index, process)
             host, port = http.getsockname()[:2]
             dhost, dport = dimse.getsockname()[:2]
@@ -189,3 +203,5 @@ async def _stop(processes: list[trio.Process], grace: float) -> None:
             log.warning("worker (pid %d) still running after %g s: killing it", process.pid, grace)
             process.kill()
             await process.wait()
+        if process.stdin is not None:
+            await process.stdin.aclose()

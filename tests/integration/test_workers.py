@@ -17,6 +17,7 @@ from pydicom.filebase import DicomBytesIO
 
 from tests.integration.test_cli import ENV, read_until
 from tests.support.download import Download
+from tests.support.gateway import wait_until
 from tests.support.orthanc import Orthanc, add_modality
 from tests.support.sample import StudyFiles
 
@@ -60,6 +61,10 @@ async def supervisor(orthanc_with_study: Orthanc, tmp_path: Path) -> AsyncIterat
         yield Supervisor(process, f"{match.group(1)}/aets/{orthanc.aet}")
     finally:
         if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            with trio.move_on_after(20):
+                await process.wait()
+        if process.returncode is None:
             process.kill()
             await process.wait()
 
@@ -102,6 +107,17 @@ async def test_a_dead_worker_stops_the_gateway(supervisor: Supervisor) -> None:
     with trio.fail_after(20):
         assert await supervisor.process.wait() == 1
     assert _gone(workers[1])
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(supervisor: Supervisor) -> None:
+    # SIGKILL leaves the supervisor no chance to stop them: they see EOF on their stdin.
+    workers = supervisor.workers()
+    supervisor.process.kill()
+    await supervisor.process.wait()
+
+    await wait_until(
+        lambda: all(_gone(pid) for pid in workers), within=20, what="the workers to exit"
+    )
 
 
 def _gone(pid: int) -> bool:
