@@ -44,6 +44,7 @@ from tests.support.loopback import (  # noqa: E402
     stop_process,
 )
 from tests.support.orthanc import Orthanc, add_modality, http_client  # noqa: E402
+from tests.support.rst_process import child_pids  # noqa: E402
 from tests.support.sample import StudyFiles  # noqa: E402
 
 MAX_PDU = 131072
@@ -121,10 +122,7 @@ class Rst:
 
     def peak_rss_kib(self) -> int:
         """VmHWM of rst, summed over its worker processes if it has some."""
-        # (trio starts processes from a worker thread: the children of every thread)
-        tasks = Path(f"/proc/{self.pid}/task")
-        children = [int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()]
-        return peak_rss_kib(self.pid) + sum(peak_rss_kib(child) for child in children)
+        return peak_rss_kib(self.pid) + sum(peak_rss_kib(c) for c in child_pids(self.pid))
 
     def ae_url(self, path: str) -> str:
         return f"{self.url}/aets/{ORTHANC_AET}/{path}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,30 +12,11 @@ import httpx
 import trio
 
 from rst.devpacs import DevPacs, Faults, FolderArchive, write_sample_study
-
-ENV = {**os.environ, "RST_HTTP_PORT": "0", "RST_DIMSE_PORT": "0", "PYTHONUNBUFFERED": "1"}
-
-
-async def read_until(process: trio.Process, pattern: str) -> re.Match[str]:
-    """Read the process's output until *pattern* matches; fail after 30 s."""
-    assert process.stdout is not None
-    seen = ""
-    with trio.fail_after(30):
-        async for chunk in process.stdout:
-            seen += chunk.decode(errors="replace")
-            if match := re.search(pattern, seen):
-                return match
-    raise AssertionError(f"process ended without printing {pattern!r}:\n{seen}")
+from tests.support.rst_process import read_until, rst_process
 
 
 async def test_dev_serves_the_sample_study_and_stops_on_sigint(tmp_path: Path) -> None:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rst", "dev", "--data", str(tmp_path / "pacs")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-    )
-    try:
+    async with rst_process("dev", "--data", str(tmp_path / "pacs")) as process:
         match = await read_until(process, r"curl (http://127\.0\.0\.1:\d+)/aets\n")
         base = f"{match.group(1)}/aets/DEVPACS"
         async with httpx.AsyncClient(timeout=30) as http:
@@ -50,10 +29,6 @@ async def test_dev_serves_the_sample_study_and_stops_on_sigint(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         with trio.fail_after(15):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def test_invalid_config_names_the_key(tmp_path: Path) -> None:
@@ -85,34 +60,26 @@ async def test_sigterm_cancels_in_flight_retrieves_within_the_grace_period(
         "[http]\ngraceful_timeout = 1.0\n\n"
         f'[[aets]]\naet = "HANG"\nhost = "127.0.0.1"\nport = {pacs.port}\ncancel_timeout = 1.0\n'
     )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rst", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-    )
     try:
-        match = await read_until(process, r"serving DICOMweb on (http://\S+),")
-        study = pacs.archive.instances()[0].study_uid
-        url = f"{match.group(1)}/aets/HANG/studies/{study}"
-        async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as http:
+        async with rst_process("serve", "--config", str(config)) as process:
+            match = await read_until(process, r"serving DICOMweb on (http://\S+),")
+            study = pacs.archive.instances()[0].study_uid
+            url = f"{match.group(1)}/aets/HANG/studies/{study}"
+            async with trio.open_nursery() as nursery, httpx.AsyncClient(timeout=30) as http:
 
-            async def client() -> None:
-                # The server goes away mid-request: the response breaks off.
-                try:
-                    await http.get(url)
-                except httpx.HTTPError:
-                    return
+                async def client() -> None:
+                    # The server goes away mid-request: the response breaks off.
+                    try:
+                        await http.get(url)
+                    except httpx.HTTPError:
+                        return
 
-            nursery.start_soon(client)
-            assert await trio.to_thread.run_sync(pacs.wait_for, "hang", 10.0)
-            process.send_signal(signal.SIGTERM)
-            with trio.fail_after(10):  # graceful 1 s + cancel 1 s + hypercorn's own shutdown
-                assert await process.wait() == 0
+                nursery.start_soon(client)
+                assert await trio.to_thread.run_sync(pacs.wait_for, "hang", 10.0)
+                process.send_signal(signal.SIGTERM)
+                with trio.fail_after(10):  # graceful 1 s + cancel 1 s + hypercorn's shutdown
+                    assert await process.wait() == 0
         assert await trio.to_thread.run_sync(pacs.wait_for, "cancel", 5.0), pacs.events
     finally:
         gate.set()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
         pacs.stop()

@@ -15,10 +15,10 @@ import pytest
 import trio
 from pydicom.filebase import DicomBytesIO
 
-from tests.integration.test_cli import ENV, read_until
 from tests.support.download import Download
 from tests.support.gateway import wait_until
 from tests.support.orthanc import Orthanc, add_modality
+from tests.support.rst_process import child_pids, read_until, rst_process
 from tests.support.sample import StudyFiles
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,7 @@ class Supervisor:
     url: str  # .../aets/ORTHANC
 
     def workers(self) -> list[int]:
-        # trio starts processes from a worker thread: look at the children of every thread
-        tasks = Path(f"/proc/{self.process.pid}/task")
-        return [int(p) for t in tasks.iterdir() for p in (t / "children").read_text().split()]
+        return child_pids(self.process.pid)
 
 
 @pytest.fixture
@@ -44,29 +42,15 @@ async def supervisor(orthanc_with_study: Orthanc, tmp_path: Path) -> AsyncIterat
         f'[[aets]]\naet = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
         'retrieve = "move"\n'
     )
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rst", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-    )
-    try:
+    async with rst_process("serve", "--config", str(config)) as process:
         match = await read_until(
             process, r"serving DICOMweb on (http://\S+), C-STORE receiver \S+ on [\d.]+:(\d+)"
         )
         await add_modality(orthanc, "RST", "RST", "127.0.0.1", int(match.group(2)))
         # both workers up: each logs its own start-up line
-        await read_until(process, r"\[worker [01]\] rst.server: rst serving")
-        await read_until(process, r"\[worker [01]\] rst.server: rst serving")
+        for _ in range(2):
+            await read_until(process, r"\[worker [01]\] rst.server: rst serving")
         yield Supervisor(process, f"{match.group(1)}/aets/{orthanc.aet}")
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(20):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def test_concurrent_retrieves_are_complete_whichever_worker_serves_them(

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import trio
 
 from rst.dicom.multipart import MultipartWriter
-from tests.integration.test_cli import read_until
 from tests.support.download import AS_STORED, Download
+from tests.support.rst_process import read_until, rst_process
 from tests.support.sample import StudyFiles
 
 from .conftest import AET, BUCKET
@@ -28,15 +25,8 @@ async def test_what_one_worker_stores_every_worker_finds_and_serves(
         f'[[aets]]\naet = "{AET}"\nbackend = "s3"\nendpoint = "{moto}"\nbucket = "{BUCKET}"\n'
         'access_key_env = "RST_S3_KEY"\nsecret_key_env = "RST_S3_SECRET"\n'
     )
-    env = {**os.environ, "RST_HTTP_PORT": "0", "RST_DIMSE_PORT": "0", "PYTHONUNBUFFERED": "1"}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "rst", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=str(tmp_path),  # the default SQLite index, {aet}.sqlite3, is opened by both workers
-    )
-    try:
+    # cwd: the default SQLite index, {aet}.sqlite3, is opened there by both workers
+    async with rst_process("serve", "--config", str(config), cwd=tmp_path) as process:
         match = await read_until(process, r"serving DICOMweb on (http://\S+),")
         for _ in range(2):
             await read_until(process, r"\[worker [01]\] rst.server: rst serving")
@@ -71,7 +61,3 @@ async def test_what_one_worker_stores_every_worker_finds_and_serves(
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

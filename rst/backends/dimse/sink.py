@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -102,7 +103,7 @@ class _Spooled(Generic[T]):
     item: T  # the item without its payload
 
 
-class _SpillingFifo(Generic[T]):
+class _SpillingFifo(ABC, Generic[T]):
     """A FIFO of items with a byte payload: at most ``capacity`` in memory, then spilled.
 
     Producer side: :meth:`offer` (in trio) then, if it returned ``False``, :meth:`spool` (on a
@@ -123,16 +124,19 @@ class _SpillingFifo(Generic[T]):
         self._error: BaseException | None = None
         self.spooled = 0
 
-    # -- what an item is ----------------------------------------------------------------------
+    # -- what an item is (each subclass says) ------------------------------------------------
 
+    @abstractmethod
     def _payload(self, item: T) -> bytes:
-        raise NotImplementedError
+        """The bytes of *item* that go to the spool."""
 
-    def _restore(self, item: T, payload: bytes) -> T:
-        raise NotImplementedError
-
+    @abstractmethod
     def _strip(self, item: T) -> T:
-        raise NotImplementedError
+        """*item* without its payload, kept in the queue while the payload is spooled."""
+
+    @abstractmethod
+    def _restore(self, item: T, payload: bytes) -> T:
+        """The stripped *item* with its *payload* read back from the spool."""
 
     def _accepted(self, item: T) -> None:
         self._signal()
@@ -184,6 +188,11 @@ class _SpillingFifo(Generic[T]):
         if not await self.offer(item):
             entry = await run_sync(lambda: self.spool(item))
             await self.put_spooled(entry)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the producer has said no more items will come."""
+        return self._finished
 
     def finish(self, error: BaseException | None = None) -> None:
         """No more items will come: after the queued ones, :meth:`receive` returns ``None``
@@ -330,7 +339,7 @@ class InstanceSink(_SpillingFifo[Instance]):
             idle_timeout=self.idle_timeout,
             spool=self._spool,
         )
-        self._bodies = [b for b in self._bodies if not b._finished]
+        self._bodies = [b for b in self._bodies if not b.finished]
         self._bodies.append(body)
         return body
 

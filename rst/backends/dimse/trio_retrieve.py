@@ -4,8 +4,8 @@ For C-GET the PACS sends the instances as C-STORE sub-operations on the same ass
 goes through an :class:`~rst.backends.dimse.incoming.IncomingInstance` — reassembled into a
 Part 10 buffer, or streamed fragment by fragment if it is large — to the request's sink
 (waiting for room, then spooling — the same backpressure as the receiver) and only then
-answered. For C-MOVE the
-instances arrive at the receiver; this association carries only the C-MOVE responses.
+answered. For C-MOVE the instances arrive at the receiver; this association carries only the
+C-MOVE responses.
 
 If the task running :func:`follow` is cancelled (the client went away, a timeout fired), it sends
 C-CANCEL under a shielded scope and keeps reading — refusing any further C-STORE — until the
