@@ -82,6 +82,8 @@ class HttpConfig(_Section):
     """Origins allowed by CORS (``*`` for any); empty disables CORS headers."""
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     """Processes serving HTTP and receiving C-STOREs on the same ports (one core each)."""
+    max_connections: Annotated[int, Field(ge=1)] = 1000
+    """Open HTTP connections per process; further clients wait in the kernel's accept queue."""
 
 
 class DimseConfig(_Section):

@@ -6,6 +6,7 @@ One module (:mod:`rst.http.errors`) turns them into JSON responses; nothing else
 from __future__ import annotations
 
 __all__ = [
+    "AssociationBroken",
     "AssociationRejected",
     "BackendTimeout",
     "BadRequest",
@@ -17,6 +18,7 @@ __all__ = [
     "NotSupported",
     "PacsUnreachable",
     "PayloadTooLarge",
+    "PeerProtocolError",
     "RstError",
     "StorageAccessError",
     "StorageError",
@@ -88,6 +90,19 @@ class PacsUnreachable(RstError):
 
 class AssociationRejected(RstError):
     """The PACS rejected or aborted association negotiation."""
+
+    status = 502
+
+
+class AssociationBroken(RstError):
+    """The PACS aborted, released or dropped the association in the middle of an operation."""
+
+    status = 502
+
+
+class PeerProtocolError(RstError):
+    """The PACS sent bytes that break the DICOM upper layer or DIMSE protocol (not DICOM at all,
+    a PDU or command set that cannot be decoded, a message out of turn)."""
 
     status = 502
 

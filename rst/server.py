@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
@@ -31,6 +29,7 @@ from rst.backends.dimse.trio_receiver import TrioStoreReceiver
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.groups import collapse
 from rst.http.app import create_app
+from rst.http.listener import serve_http
 from rst.services.protocols import Backend
 from rst.workers import WorkerSlot
 
@@ -68,19 +67,6 @@ def build_backends(
             message_ids=ids,
         )
     return backends
-
-
-def _hypercorn_config(config: Config, worker: WorkerSlot | None) -> HypercornConfig:
-    hc = HypercornConfig()
-    host = config.http.host
-    hc.bind = [f"[{host}]:{config.http.port}" if ":" in host else f"{host}:{config.http.port}"]
-    if worker is not None:  # the supervisor's listening socket, shared with the other workers
-        hc.bind = [f"fd://{worker.http.fileno()}"]
-    hc.graceful_timeout = config.http.graceful_timeout
-    hc.accesslog = logging.getLogger("rst.access")
-    hc.errorlog = logging.getLogger("rst.http")
-    hc.keep_alive_timeout = 75
-    return hc
 
 
 async def wait_for_signal() -> None:
@@ -160,9 +146,10 @@ async def _serve(
         async with trio.open_nursery() as nursery:
 
             async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn_serve(
+                await serve_http(
                     app,
-                    _hypercorn_config(config, worker),
+                    config.http,
+                    fd=worker.http.fileno() if worker is not None else None,
                     shutdown_trigger=shutdown_trigger,
                     task_status=task_status,
                 )

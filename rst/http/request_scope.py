@@ -10,6 +10,7 @@ both the handler and the sending of the response, and makes it available to the 
 from __future__ import annotations
 
 import contextvars
+import logging
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
@@ -20,6 +21,8 @@ from rst.groups import collapse
 from rst.http.request_body import FlowControlledBody
 
 __all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
+
+log = logging.getLogger(__name__)
 
 _nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("rst_request_nursery")
 
@@ -66,4 +69,10 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
         except StreamBrokenOff:
             # Already logged. Returning without finishing the response makes hypercorn close
             # the connection: the client sees a truncated body, never a complete-looking one.
+            nursery.cancel_scope.cancel()
+        except Exception:
+            # The last-resort guard: quart turns errors raised before the response into JSON
+            # responses, so this is a failure while sending one. It ends this request alone,
+            # the same way: a broken-off stream, and the details in the log.
+            log.exception("response to %s %s broken off", request.method, request.path)
             nursery.cancel_scope.cancel()

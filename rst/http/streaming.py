@@ -160,6 +160,22 @@ class Coalesced:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
+def _failure_of(exc: BaseException) -> BaseException:
+    """What a failed producer reports to its response: the rst error it raised, or — for
+    anything else, a bug or a library failing on a peer's data — the exception itself, logged
+    here with its traceback. Either way it stays in this request (an error response before the
+    first byte, a broken-off stream after it); cancellation alone passes through."""
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, rest = exc.split(trio.Cancelled)
+        if rest is None and cancelled is not None:
+            raise exc
+        leaf = single(rest) if rest is not None else None
+        exc = leaf if leaf is not None else (rest or exc)
+    if not isinstance(exc, RstError):
+        log.error("unexpected error while producing a response", exc_info=exc)
+    return exc
+
+
 async def start_stream(
     produce: Callable[[trio.MemorySendChannel[T]], Awaitable[None]],
     *,
@@ -176,10 +192,10 @@ async def start_stream(
         async with send:
             try:
                 await produce(cast(trio.MemorySendChannel[T], send))
-            except (RstError, BaseExceptionGroup) as exc:
-                error = single(exc) if isinstance(exc, BaseExceptionGroup) else exc
-                if not isinstance(error, RstError):
-                    raise
+            except trio.Cancelled:
+                raise
+            except (Exception, BaseExceptionGroup) as exc:
+                error = _failure_of(exc)
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await send.send(_Failure(error))
 
@@ -194,6 +210,8 @@ async def start_stream(
             break
         if isinstance(item, _Failure):
             receive.close()
-            raise item.error
+            if isinstance(item.error, RstError):
+                raise item.error
+            raise RstError("internal error in rst; the log has the details") from item.error
         prefetched.append(cast(T, item))
     return Stream(prefetched, receive, done)

@@ -20,8 +20,7 @@ from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_o
 from rst.backends.dimse.receiver import handle_store, instance_from_event
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
-from rst.backends.dimse.trio_client import encode_identifier
-from rst.backends.dimse.trio_find import BROKEN
+from rst.backends.dimse.trio_client import BROKEN, broken_association, encode_identifier
 from rst.backends.dimse.trio_find import find as trio_find
 from rst.backends.dimse.trio_retrieve import follow
 from rst.backends.dimse.trio_store import TrioStoreSession
@@ -35,7 +34,7 @@ from rst.backends.dimse.ul import (
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
-from rst.errors import BackendTimeout, DimseFailure, NotFound
+from rst.errors import BackendTimeout, DimseFailure, NotFound, PeerProtocolError
 from rst.groups import collapse
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -96,10 +95,13 @@ class DimseBackend:
                 try:
                     await connection.send(context_id, encode_c_echo_rq(message_id=msg_id))
                     _, response = await connection.receive_command()
-                except BROKEN:
-                    response = None
+                except BROKEN as exc:
+                    connection.broken = True
+                    raise broken_association(exc, self.name, "a C-ECHO") from None
                 if isinstance(response, OtherCommand):
                     return response.status
+                connection.broken = True
+                raise PeerProtocolError(f"the PACS {self.name} answered C-ECHO with {response!r}")
             connection.broken = True
             return None
 

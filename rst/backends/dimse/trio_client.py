@@ -27,6 +27,7 @@ from rst.backends.dimse.ul import (
     AssociateAccept,
     AssociateReject,
     CEchoRequest,
+    CommandError,
     CStoreRequest,
     OtherCommand,
     PData,
@@ -45,9 +46,23 @@ from rst.backends.dimse.ul import (
 )
 from rst.config import AeConfig
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
-from rst.errors import AssociationRejected, BackendTimeout, PacsUnreachable
+from rst.errors import (
+    AssociationBroken,
+    AssociationRejected,
+    BackendTimeout,
+    PacsUnreachable,
+    PeerProtocolError,
+    RstError,
+)
 
-__all__ = ["Connection", "PeerAborted", "encode_identifier", "open_association"]
+__all__ = [
+    "BROKEN",
+    "Connection",
+    "PeerAborted",
+    "broken_association",
+    "encode_identifier",
+    "open_association",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +84,22 @@ _REJECT_REASONS = {
 
 class PeerAborted(Exception):
     """The PACS aborted the association (A-ABORT) or closed the connection."""
+
+
+BROKEN = (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError)
+"""What a read or write on an association raises when the association can no longer be used."""
+
+
+def broken_association(error: BaseException, pacs: str, during: str) -> RstError:
+    """The error a client sees for a :data:`BROKEN` association: 502 either way, saying whether
+    the PACS broke the protocol or went away."""
+    if isinstance(error, (UpperLayerError, CommandError)):
+        return PeerProtocolError(
+            f"the PACS {pacs} broke the DICOM protocol during {during}: {error}"
+        )
+    return AssociationBroken(
+        f"the association with the PACS {pacs} broke off during {during}: {error}"
+    )
 
 
 @dataclass
@@ -232,6 +263,11 @@ async def open_association(
             ) from None
         except (trio.BrokenResourceError, OSError, PeerAborted) as exc:
             raise AssociationRejected(f"the PACS {where} closed the connection: {exc}") from None
+        except UpperLayerError as exc:
+            raise PeerProtocolError(
+                f"the PACS {where} did not answer the association request in DICOM ({exc}); "
+                "is this its DICOM port?"
+            ) from None
         if isinstance(answer, AssociateReject):
             reason = _REJECT_REASONS.get((answer.source, answer.reason), f"reason {answer.reason}")
             kind = "permanently" if answer.result == 1 else "transiently"

@@ -17,19 +17,17 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
 from rst.backends.dimse.outcome import check_find_status
-from rst.backends.dimse.trio_client import Connection, PeerAborted, encode_identifier
-from rst.backends.dimse.trio_retrieve import PENDING, cancel_operation, status_dataset
-from rst.backends.dimse.ul import (
-    CommandError,
-    OtherCommand,
-    UpperLayerError,
-    encode_c_find_rq,
+from rst.backends.dimse.trio_client import (
+    BROKEN,
+    Connection,
+    broken_association,
+    encode_identifier,
 )
-from rst.errors import BackendTimeout
+from rst.backends.dimse.trio_retrieve import PENDING, cancel_operation, status_dataset
+from rst.backends.dimse.ul import OtherCommand, encode_c_find_rq
+from rst.errors import BackendTimeout, PeerProtocolError
 
 __all__ = ["find"]
-
-BROKEN = (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError)
 
 
 @asynccontextmanager
@@ -67,18 +65,16 @@ async def find(
                 ) from None
             except BROKEN as exc:
                 connection.broken = True
-                raise BackendTimeout(
-                    f"the C-FIND association with {pacs} broke off: {exc}"
-                ) from None
+                raise broken_association(exc, pacs, "a C-FIND") from None
             if (
                 not isinstance(response, OtherCommand)
                 or response.message_id_being_responded_to != msg_id
             ):
                 connection.broken = True
-                raise BackendTimeout(f"the PACS {pacs} answered the C-FIND with {response!r}")
+                raise PeerProtocolError(f"the PACS {pacs} answered the C-FIND with {response!r}")
             if response.status in PENDING:
                 if data:
-                    yield read_dataset(BytesIO(data), uid.is_implicit_VR, uid.is_little_endian)
+                    yield _match(data, uid, pacs)
                 continue
             finished = True
             check_find_status(status_dataset(response), pacs)
@@ -91,3 +87,17 @@ async def find(
         if not finished and not connection.broken:
             with trio.CancelScope(shield=True):
                 await cancel_operation(connection, context_id, msg_id, cancel_timeout, calling_aet)
+
+
+def _match(data: bytearray, syntax: UID, pacs: str) -> Dataset:
+    """A C-FIND match, decoded now: a data set pydicom cannot read is the PACS's fault (502),
+    found here rather than later while the response streams."""
+    try:
+        match = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
+        for _ in match.iterall():  # pydicom decodes values lazily
+            pass
+    except Exception as exc:
+        raise PeerProtocolError(
+            f"the PACS {pacs} sent a C-FIND match that is not a valid data set: {exc}"
+        ) from None
+    return match

@@ -1,0 +1,109 @@
+"""An in-memory :class:`~rst.services.protocols.Backend` that fails where a test says.
+
+The seam of :mod:`rst.services.protocols`: serving it through the real app and listener tests
+what rst does with a failure at each point of a request — without a PACS — including failures
+that are not :class:`~rst.errors.RstError` (a bug, a library choking on a peer's data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from pydicom import Dataset
+
+from rst.dicom.part10 import Upload
+from rst.dicom.query import QidoQuery
+from rst.services.protocols import Instance, RetrieveKeys, StoreResult
+
+__all__ = ["ScriptedBackend"]
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+@dataclass
+class ScriptedBackend:
+    """Searches return *matches*, retrieves *instances*; ``fail_*`` raise after that many items.
+
+    ``error`` builds the exception raised (a fresh one per request)."""
+
+    name: str = "SCRIPTED"
+    matches: list[Dataset] = field(default_factory=list)
+    instances: list[Instance] = field(default_factory=list)
+    fail_search_after: int | None = None
+    fail_retrieve_after: int | None = None
+    fail_echo: bool = False
+    error: Callable[[], BaseException] = lambda: ValueError("a bug that rst did not foresee")
+    opened: int = 0
+    closed: int = 0
+
+    async def echo(self) -> None:
+        if self.fail_echo:
+            raise self.error()
+
+    @asynccontextmanager
+    async def search(self, query: QidoQuery) -> AsyncIterator[AsyncIterator[Dataset]]:
+        async def rows() -> AsyncIterator[Dataset]:
+            for n, match in enumerate(self.matches):
+                if n == self.fail_search_after:
+                    raise self.error()
+                yield match
+            if self.fail_search_after is not None and self.fail_search_after >= len(self.matches):
+                raise self.error()
+
+        self.opened += 1
+        try:
+            yield rows()
+        finally:
+            self.closed += 1
+
+    @asynccontextmanager
+    async def retrieve(
+        self, keys: RetrieveKeys, prefer: str | None = None
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        async def parts() -> AsyncIterator[Instance]:
+            for n, instance in enumerate(self.instances):
+                if n == self.fail_retrieve_after:
+                    raise self.error()
+                yield instance
+
+        self.opened += 1
+        try:
+            yield parts()
+        finally:
+            self.closed += 1
+
+    @asynccontextmanager
+    async def store(self) -> AsyncIterator[_Session]:
+        yield _Session(self)
+
+
+@dataclass
+class _Session:
+    backend: ScriptedBackend
+
+    async def store(self, upload: Upload) -> StoreResult:
+        return StoreResult(0x0000)
+
+
+def part10(sop_uid: str, *, size: int = 1024) -> Instance:
+    """A small, valid Part 10 instance (Secondary Capture, Explicit VR LE)."""
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = "1.2.3"
+    ds.SeriesInstanceUID = "1.2.3.4"
+    ds.PatientName = "CONTAINMENT^TEST"
+    ds.ImageComments = "x" * size
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return Instance(buffer.getvalue(), ds.SOPClassUID, sop_uid, EXPLICIT_LE)
