@@ -84,6 +84,13 @@ class HttpConfig(_Section):
     """Processes serving HTTP and receiving C-STOREs on the same ports (one core each)."""
     max_connections: Annotated[int, Field(ge=1)] = 1000
     """Open HTTP connections per process; further clients wait in the kernel's accept queue."""
+    body_timeout: Seconds = 30.0
+    """Longest a client may pause while sending a request body (408, and the request ends)."""
+    send_timeout: Seconds = 60.0
+    """Longest a client may take to accept the next 256 KiB of a response (it is then taken
+    for gone: the connection is closed and the request's associations freed)."""
+    keep_alive_timeout: Seconds = 75.0
+    """How long an idle connection, or one that has not finished its request head, stays open."""
 
 
 class DimseConfig(_Section):
@@ -111,6 +118,12 @@ class DimseConfig(_Section):
     client: Literal["trio", "pynetdicom"] = "trio"
     """How rst runs its DIMSE operations (C-FIND, C-MOVE, C-GET, C-STORE, C-ECHO): on its own
     trio associations (fast, no threads), or on pynetdicom's thread-based ones."""
+    max_connections: Annotated[int, Field(ge=1)] = 64
+    """Connections the (trio) receiver serves at once, per process; further ones are turned away
+    with an A-ASSOCIATE-RJ (transient, local limit exceeded)."""
+    handshake_timeout: Seconds = 10.0
+    """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
+    it is closed."""
 
 
 class AeConfig(_Section):
@@ -126,6 +139,8 @@ class AeConfig(_Section):
     """The AE title rst calls this PACS with (default: ``[dimse] aet``)."""
     max_associations: Annotated[int, Field(ge=1)] = 8
     """Concurrent associations to this PACS; further requests queue."""
+    queue_timeout: Seconds = 30.0
+    """Longest a request waits in that queue before it is answered 503 with ``Retry-After``."""
     connect_timeout: Seconds = 10.0
     """TCP connect plus association negotiation."""
     find_timeout: Seconds = 30.0

@@ -6,6 +6,7 @@ One module (:mod:`rst.http.errors`) turns them into JSON responses; nothing else
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveBusy",
     "AssociationBroken",
     "AssociationRejected",
     "BackendTimeout",
@@ -19,6 +20,7 @@ __all__ = [
     "PacsUnreachable",
     "PayloadTooLarge",
     "PeerProtocolError",
+    "RequestTimeout",
     "RstError",
     "StorageAccessError",
     "StorageError",
@@ -32,6 +34,8 @@ class RstError(Exception):
     """Base of every error rst reports to a client."""
 
     status: int = 500
+    retry_after: int | None = None
+    """Seconds after which the client may try again (a ``Retry-After`` header), if it may."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -58,6 +62,12 @@ class UnknownAE(NotFound):
         self.aet = aet
 
 
+class RequestTimeout(RstError):
+    """The client stopped sending its request body for longer than ``http.body_timeout``."""
+
+    status = 408
+
+
 class NotAcceptable(RstError):
     """No representation rst can produce satisfies the Accept header."""
 
@@ -80,6 +90,16 @@ class NotSupported(RstError):
     """The backend behind this AE does not offer the capability."""
 
     status = 501
+
+
+class ArchiveBusy(RstError):
+    """Every association slot of the archive stayed taken for ``queue_timeout`` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PacsUnreachable(RstError):

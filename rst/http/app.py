@@ -30,6 +30,7 @@ def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+    app.config["RST_BODY_TIMEOUT"] = config.http.body_timeout  # read by RequestScopedConnection
     register_error_handlers(app)
     app.register_blueprint(dicomweb_blueprint(config, backends))
 

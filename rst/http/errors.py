@@ -25,7 +25,10 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
 def _from_rst(error: RstError) -> Response:
     if error.status >= 500:
         log.warning("%s: %s", type(error).__name__, error.message)
-    return error_response(error.status, error.message)
+    response = error_response(error.status, error.message)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
 
 
 def register_error_handlers(app: Quart) -> None:
@@ -40,7 +43,11 @@ def register_error_handlers(app: Quart) -> None:
         return error_response(500, "internal error in rst; the log has the details")
 
     async def on_http_exception(error: HTTPException) -> Response:
-        return error_response(error.code or 500, error.description or error.name)
+        response = error_response(error.code or 500, error.description or error.name)
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":  # e.g. Allow on a 405
+                response.headers[name] = value
+        return response
 
     async def on_unexpected(error: Exception) -> Response:
         log.error("unexpected error", exc_info=error)

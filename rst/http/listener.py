@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "out of resources for now" (as in trio.serve_listeners)."""
 _ACCEPT_CAPACITY_PAUSE = 0.1
+SEND_SLICE = 256 * 1024
+"""Bytes a client must accept within ``http.send_timeout``."""
 
 
 def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig:
@@ -50,7 +54,7 @@ def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig
     hc.graceful_timeout = http.graceful_timeout
     hc.accesslog = logging.getLogger("rst.access")
     hc.errorlog = logging.getLogger("rst.http")
-    hc.keep_alive_timeout = 75
+    hc.keep_alive_timeout = http.keep_alive_timeout
     return hc
 
 
@@ -75,7 +79,9 @@ async def serve_http(
 
     async def connection(stream: trio.SocketStream) -> None:
         try:
-            await _contained(wrapped, config, context, ConnectionState(state.copy()), stream)
+            await _contained(
+                wrapped, config, context, ConnectionState(state.copy()), stream, http.send_timeout
+            )
         finally:
             slots.release()
 
@@ -124,13 +130,51 @@ async def serve_http(
 
 
 class _Connection(TCPServer):
-    """hypercorn's connection, minus a wait: once the client has closed its end, hypercorn's
-    keep-alive timer would still hold the connection's task (and its slot) for
-    ``keep_alive_timeout`` seconds."""
+    """hypercorn's connection with two changes.
+
+    - A client that stops reading is taken for gone: hypercorn sends under a shielded scope,
+      so a response to a client that never reads would hold its request — and the request its
+      associations — forever. Here each slice of ``SEND_SLICE`` bytes must be taken within
+      ``send_timeout`` seconds, or the connection is closed (which ends the request).
+    - Once the client has closed its end, hypercorn's keep-alive timer would still hold the
+      connection's task (and its slot) for ``keep_alive_timeout`` seconds: it is stopped.
+    - Closing the connection cannot be cancelled halfway (see :meth:`_close`)."""
+
+    send_timeout: float = math.inf
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            view = memoryview(event.data)
+            try:
+                with trio.CancelScope(shield=True):
+                    for start in range(0, len(view), SEND_SLICE):
+                        with trio.move_on_after(self.send_timeout) as stalled:
+                            await self.stream.send_all(view[start : start + SEND_SLICE])
+                        if stalled.cancelled_caught:
+                            log.info(
+                                "a client accepted no data for %g s (http.send_timeout): "
+                                "closing its connection",
+                                self.send_timeout,
+                            )
+                            await trio.aclose_forcefully(self.stream)
+                            raise trio.ClosedResourceError
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
         await super()._read_data()
         await self.idle_task.stop()
+
+    async def _close(self) -> None:
+        # Called from whichever task saw the end, often a request's task at the moment its
+        # response ends; that task's scope may be cancelled right then (the request's nursery
+        # closes on the disconnect that the close itself causes), and a close cut short leaves
+        # the socket open: ``Connection: close`` then never closed anything.
+        with trio.CancelScope(shield=True):
+            await super()._close()
 
 
 async def _contained(
@@ -139,10 +183,13 @@ async def _contained(
     context: WorkerContext,
     state: ConnectionState,
     stream: trio.SocketStream,
+    send_timeout: float,
 ) -> None:
     """Run one HTTP connection; anything it raises ends it alone."""
+    connection = _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
+    connection.send_timeout = send_timeout
     try:
-        await _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
+        await connection
     except trio.Cancelled:
         raise
     except BaseExceptionGroup as group:

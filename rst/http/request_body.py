@@ -23,9 +23,25 @@ class FlowControlledBody(TrioBody):
         self._room = trio.Event()
 
     async def __anext__(self) -> bytes:
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            await self._has_data.wait()
+        if self._must_raise is not None and not self._data:
+            raise self._must_raise
         data = await super().__anext__()
         self._room.set()
         return data
+
+    @property
+    def complete(self) -> bool:
+        """The client has sent the whole body (or it has failed)."""
+        return self._complete.is_set() or self._must_raise is not None
+
+    def fail(self, error: Exception) -> None:
+        """The body will not arrive: its reader gets *error* once the bytes before it are read."""
+        self._must_raise = error
+        self._has_data.set()
 
     async def wait_for_room(self) -> None:
         """Return once fewer than ``HIGH_WATER`` bytes are buffered."""

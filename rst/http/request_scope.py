@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
+from rst.errors import RequestTimeout
 from rst.groups import collapse
 from rst.http.request_body import FlowControlledBody
 
@@ -42,8 +44,22 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
     ) -> None:
         """quart's loop, with backpressure on the request body (see :mod:`.request_body`)."""
         body = request.body
+        stall = self.app.config["RST_BODY_TIMEOUT"]
         while True:
-            message = await receive()
+            waiting_for_body = isinstance(body, FlowControlledBody) and not body.complete
+            with trio.move_on_after(stall if waiting_for_body else math.inf) as stalled:
+                message = await receive()
+            if stalled.cancelled_caught:
+                assert isinstance(body, FlowControlledBody)
+                log.info("%s %s: the client stopped sending its body", request.method, request.path)
+                body.fail(
+                    RequestTimeout(
+                        f"the client sent nothing of the request body for {stall:g} s "
+                        "(http.body_timeout)"
+                    )
+                )
+                stall = math.inf
+                continue
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
                 if not message.get("more_body", False):

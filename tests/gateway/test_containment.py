@@ -14,8 +14,9 @@ import pytest
 import trio
 from pydicom import Dataset
 
-from rst.config import Config, HttpConfig
-from rst.errors import BadRequest
+from rst.backends.dimse.association import Peer
+from rst.config import AeConfig, Config, HttpConfig
+from rst.errors import ArchiveBusy, BadRequest
 from rst.http.app import create_app
 from rst.http.listener import serve_http
 from rst.services.protocols import Backend
@@ -138,3 +139,91 @@ async def test_connections_beyond_the_cap_wait_their_turn() -> None:
                     await answered.wait()
         for stream in idle:
             await stream.aclose()
+
+
+async def test_a_client_that_stops_sending_its_body_gets_408() -> None:
+    head = (
+        b"POST /aets/X/studies HTTP/1.1\r\nHost: x\r\n"
+        b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+        b"Content-Length: 100000\r\n\r\n--b\r\nContent-Type: application/dicom\r\n\r\n"
+    )
+    async with serving({"X": ScriptedBackend()}, body_timeout=0.3) as client:
+        host, port = client.base_url.host, client.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(head)
+            answer = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"http.body_timeout" in answer
+        await still_serving(client)
+
+
+async def test_a_client_that_never_reads_is_dropped_and_its_retrieve_closed() -> None:
+    instances = [part10(f"{STUDY}.1.{n}", size=1 << 20) for n in range(40)]
+    backend = ScriptedBackend(instances=instances)
+    async with serving({"X": backend}, send_timeout=0.3) as client:
+        host, port = client.base_url.host, client.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        async with stream:
+            await stream.send_all(
+                f"GET /aets/X/studies/{STUDY} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            with trio.fail_after(20):
+                while backend.closed < 1:  # noqa: ASYNC110 - the retrieve ends in another task
+                    await trio.sleep(0.05)
+        assert backend.opened == backend.closed == 1
+        await still_serving(client)
+
+
+async def test_unknown_route_is_404_json_and_wrong_method_405_with_allow() -> None:
+    async with serving({"X": ScriptedBackend()}) as client:
+        missing = await client.get(f"/aets/X/studies/{STUDY}/series/1.2/instances/1.3/frames/1/x")
+        assert missing.status_code == 404
+        assert missing.json()["status"] == 404
+        wrong = await client.delete("/aets/X/studies")
+        assert wrong.status_code == 405
+        assert "POST" in wrong.headers["Allow"]
+        assert wrong.json()["status"] == 405
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with serving({"X": ScriptedBackend()}) as client:
+        host, port = client.base_url.host, client.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(b"GET /aets HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            with trio.fail_after(5):  # rst closes the connection: the read ends
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_busy_archive_is_503_with_retry_after() -> None:
+    backend = ScriptedBackend(matches=[study_match(1)], fail_search_after=0)
+    backend.error = lambda: ArchiveBusy("all associations busy", retry_after=7)
+    async with serving({"X": backend}) as client:
+        response = await client.get("/aets/X/studies")
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "7"
+
+
+async def test_association_slots_wait_at_most_the_queue_timeout() -> None:
+    peer = Peer(
+        AeConfig(aet="PACS", max_associations=1, queue_timeout=0.2), calling_aet="RST", max_pdu=0
+    )
+    async with peer.slot():
+        with pytest.raises(ArchiveBusy) as busy:
+            async with peer.slot():
+                pass  # pragma: no cover - never entered
+    assert busy.value.retry_after == 1
+    async with peer.slot():  # freed again
+        assert peer.open_associations == 1
+    assert peer.open_associations == 0

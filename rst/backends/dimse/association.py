@@ -29,7 +29,7 @@ from rst.backends.dimse.trio_client import Connection, open_association
 from rst.backends.dimse.ul import PresentationContextRQ
 from rst.bridge import StreamControl, iterate_in_thread, run_sync
 from rst.config import AeConfig
-from rst.errors import AssociationRejected, BackendTimeout, PacsUnreachable
+from rst.errors import ArchiveBusy, AssociationRejected, BackendTimeout, PacsUnreachable
 
 __all__ = ["DimseStream", "Peer", "Response"]
 
@@ -77,14 +77,23 @@ class Peer:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """One of the ``max_associations`` slots (waiting for one), counted while held."""
-        async with self._slots:
-            self.open_associations += 1
-            self.peak_associations = max(self.peak_associations, self.open_associations)
-            try:
-                yield
-            finally:
-                self.open_associations -= 1
+        """One of the ``max_associations`` slots (waiting for one at most ``queue_timeout``
+        seconds, then :class:`~rst.errors.ArchiveBusy`), counted while held."""
+        with trio.move_on_after(self.config.queue_timeout) as waiting:
+            await self._slots.acquire()
+        if waiting.cancelled_caught:
+            raise ArchiveBusy(
+                f"all {self.config.max_associations} associations to the PACS {self.name} "
+                f"stayed busy for {self.config.queue_timeout:g} s; try again later",
+                retry_after=max(1, round(self.config.queue_timeout / 2)),
+            )
+        self.open_associations += 1
+        self.peak_associations = max(self.peak_associations, self.open_associations)
+        try:
+            yield
+        finally:
+            self.open_associations -= 1
+            self._slots.release()
 
     @asynccontextmanager
     async def connect(
