@@ -16,14 +16,20 @@ kernel's accept queue instead of costing rst memory.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from functools import partial
+from http import HTTPStatus
 from typing import Any
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -142,6 +148,19 @@ class _Connection(TCPServer):
 
     send_timeout: float = math.inf
 
+    @property
+    def protocol(self) -> ProtocolWrapper:
+        return self._protocol
+
+    @protocol.setter
+    def protocol(self, wrapper: ProtocolWrapper) -> None:
+        # hypercorn answers requests it cannot parse (400, 431) itself, with an empty body;
+        # its HTTP/1.1 protocol object is made here, so this is where to give them rst's JSON.
+        self._protocol = wrapper
+        inner = wrapper.protocol
+        if isinstance(inner, H11Protocol):
+            inner._send_error_response = partial(_json_error_response, inner)  # type: ignore[method-assign]
+
     async def protocol_send(self, event: Event) -> None:
         if not isinstance(event, RawData):
             await super().protocol_send(event)
@@ -203,6 +222,27 @@ async def _contained(
     finally:
         # hypercorn closes the stream itself, unless cancelled or failing on the way.
         await trio.aclose_forcefully(stream)
+
+
+async def _json_error_response(protocol: H11Protocol, status_code: int) -> None:
+    """hypercorn's answer to a request it could not parse, with a JSON body like rst's own."""
+    try:
+        phrase = HTTPStatus(status_code).phrase
+    except ValueError:
+        phrase = "Error"
+    body = json.dumps(
+        {"error": f"{phrase}: the request is not valid HTTP/1.1", "status": status_code}
+    )
+    data = body.encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"connection", b"close"),
+        *protocol.config.response_headers("h11"),
+    ]
+    await protocol._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+    await protocol._send_h11_event(h11.Data(data=data))
+    await protocol._send_h11_event(h11.EndOfMessage())
 
 
 def _log_failure(stream: trio.SocketStream, error: BaseException) -> None:

@@ -6,6 +6,8 @@ of a :class:`ScriptedBackend` that fails where each test says."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -227,3 +229,33 @@ async def test_association_slots_wait_at_most_the_queue_timeout() -> None:
     async with peer.slot():  # freed again
         assert peer.open_associations == 1
     assert peer.open_associations == 0
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /aets HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (b"GET /aets HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n", 431),
+    ],
+    ids=["malformed", "huge-head"],
+)
+async def test_requests_hypercorn_cannot_parse_get_a_json_error(
+    request_head: bytes, status: int
+) -> None:
+    async with serving({"X": ScriptedBackend()}) as client:
+        host, port = client.base_url.host, client.base_url.port
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(request_head)
+            answer = b""
+            with trio.fail_after(5):
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+        assert b"content-type: application/json" in head
+        assert json.loads(body)["status"] == status
+        await still_serving(client)
