@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from rst import __version__
+from rst import __version__, logs
 from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
@@ -28,14 +28,7 @@ log = logging.getLogger("rst")
 
 
 def _setup_logging(level: str, worker: int | None = None) -> None:
-    where = "" if worker is None else f"[worker {worker}] "
-    logging.basicConfig(
-        level=level,
-        format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # pynetdicom logs every PDU at INFO; keep it to problems unless asked for DEBUG.
-    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    logs.setup(level, worker)
 
 
 def _parser() -> argparse.ArgumentParser:

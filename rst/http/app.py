@@ -12,6 +12,7 @@ from rst.http.errors import register_error_handlers
 from rst.http.request_body import RstRequest
 from rst.http.request_scope import RequestScopedConnection
 from rst.http.routes import dicomweb_blueprint
+from rst.logs import REQUEST_ID_HEADER, request_id
 from rst.services.protocols import Backend
 
 __all__ = ["create_app"]
@@ -34,6 +35,11 @@ def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
     register_error_handlers(app)
     app.register_blueprint(dicomweb_blueprint(config, backends))
 
+    @app.after_request
+    async def tag(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = request_id.get()
+        return response
+
     origins = config.http.cors_origins
     if origins:
 
@@ -46,7 +52,9 @@ def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
                     "Authorization, Content-Type, Accept"
                 )
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-                response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type"
+                response.headers["Access-Control-Expose-Headers"] = (
+                    f"Warning, Content-Type, Retry-After, {REQUEST_ID_HEADER}"
+                )
                 response.headers["Vary"] = "Origin"
             return response
 

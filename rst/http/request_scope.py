@@ -21,6 +21,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from rst.errors import RequestTimeout
 from rst.groups import collapse
 from rst.http.request_body import FlowControlledBody
+from rst.logs import new_request_id, request_id
 
 __all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
 
@@ -39,6 +40,16 @@ def request_nursery() -> trio.Nursery:
 
 
 class RequestScopedConnection(TrioASGIHTTPConnection):
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        """Serve the request under its id (:mod:`rst.logs`): its tasks, started from here,
+        inherit it."""
+        offered = next((v for k, v in self.scope["headers"] if k.lower() == b"x-request-id"), None)
+        token = request_id.set(new_request_id(offered.decode("latin-1") if offered else None))
+        try:
+            await super().__call__(receive, send)
+        finally:
+            request_id.reset(token)
+
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:

@@ -13,6 +13,7 @@ from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
+from rst.dicom.uid import check_uid
 from rst.errors import NotSupported, PayloadTooLarge, RstError, UnknownAE
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
 from rst.services.protocols import Backend, RetrieveKeys
@@ -50,6 +51,16 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
 
     def accept_param() -> str | None:
         return request.args.get("accept")
+
+    def path_keys(study: str, series: str | None, sop: str | None) -> RetrieveKeys:
+        """The UIDs of a WADO-RS URL, each checked before anything reaches the archive: a
+        malformed one is a 400 (a backslash would be a list, ``*`` a wildcard), a well-formed
+        one nobody knows a 404 from the archive."""
+        return RetrieveKeys(
+            check_uid("study", study),
+            None if series is None else check_uid("series", series),
+            None if sop is None else check_uid("SOP instance", sop),
+        )
 
     # -- AEs and health --------------------------------------------------------------------
 
@@ -121,7 +132,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         aet: str, study: str, series: str | None = None, sop: str | None = None
     ) -> Response:
         backend = backend_for(aet)
-        keys = RetrieveKeys(study, series, sop)
+        keys = path_keys(study, series, sop)
         fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
         writer = MultipartWriter()
 
@@ -147,8 +158,15 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
     ):
         bp.add_url_rule(f"/aets/<aet>/{rule}", f"wado:{rule}", retrieve, methods=["GET"])
 
-    async def not_yet(aet: str, **_: Any) -> Response:
+    async def not_yet(
+        aet: str,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        frames: str | None = None,
+    ) -> Response:
         backend_for(aet)
+        path_keys(study, series, sop)
         raise NotSupported(
             "this WADO-RS resource (metadata, frames, bulk data, rendered, thumbnail) is not "
             "implemented yet; instance resources (study, series, instance) are"
@@ -173,6 +191,8 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
 
     async def stow(aet: str, study: str | None = None) -> Response:
         backend = backend_for(aet)
+        if study is not None:
+            check_uid("study", study)
         limit = config.http.max_stow_bytes
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(
