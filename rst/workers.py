@@ -11,13 +11,21 @@ the wrong worker is passed to the right one (:mod:`rst.backends.dimse.handoff`).
 SIGTERM or SIGINT is passed on to every worker, which shuts down gracefully
 (``http.graceful_timeout``); workers still running ten seconds after that are killed. A worker
 also shuts down when its standard input (a pipe from the supervisor) reaches EOF: if the
-supervisor is killed outright, the workers do not outlive it. If a
-worker dies, the supervisor stops the others and exits with status 1: a gateway missing a worker
-would refuse the instances of that worker's C-MOVEs; better to fail as a whole and be restarted.
+supervisor is killed outright, the workers do not outlive it.
+
+A worker that dies is replaced, crash-only: the supervisor logs how it ended and starts another
+in the same slot — the same index, so the same share of the C-MOVE message ids, and the same
+descriptors — at once the first time, then after a growing wait (:mod:`rst.restarts`). The
+requests it was serving fail (their connections close); the other workers go on serving. The
+supervisor holds both ends of every Unix socket of the ring for its whole life, so a death
+closes none of them: associations passed to the dead worker wait in its inbox for its
+replacement (which refuses those of the dead worker's own C-MOVEs, and carries on with the
+others). Only a signal stops the gateway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +40,7 @@ import trio
 
 from rst.backends.dimse.handoff import WorkerRing
 from rst.config import Config
+from rst.restarts import Restart, RestartSchedule
 
 __all__ = ["WorkerSlot", "read_worker_spec", "supervise", "until_orphaned"]
 
@@ -107,7 +116,8 @@ def read_worker_spec(data: bytes) -> tuple[Config, WorkerSlot]:
 
 
 async def supervise(config: Config) -> int:
-    """Start ``config.http.workers`` workers and watch them until a signal; the exit status."""
+    """Start ``config.http.workers`` workers and keep them running until a signal; the exit
+    status (0: stopped by the signal)."""
     count = config.http.workers
     sockets: list[socket.socket] = []
     try:
@@ -115,63 +125,32 @@ async def supervise(config: Config) -> int:
         sockets.append(http)
         dimse = _listen(config.dimse.host, config.dimse.port)
         sockets.append(dimse)
+        # Both ends of every pair stay open here until the end: a worker's death never closes
+        # a socket of the ring, and its replacement takes over its inbox as it is.
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
         sockets += [end for pair in pairs for end in pair]
-        return await _run(config, http, dimse, pairs)
+        slots = [_Slot(config, index, http, dimse, pairs) for index in range(count)]
+        return await _run(config, http, dimse, slots)
     finally:
         for sock in sockets:
             sock.close()
 
 
 async def _run(
-    config: Config,
-    http: socket.socket,
-    dimse: socket.socket,
-    pairs: list[tuple[socket.socket, socket.socket]],
+    config: Config, http: socket.socket, dimse: socket.socket, slots: list[_Slot]
 ) -> int:
-    count = config.http.workers
-    stopping = trio.Event()
-    failed: list[int] = []
-    processes: list[trio.Process] = []
-
-    async def watch(index: int, process: trio.Process) -> None:
-        status = await process.wait()
-        if not stopping.is_set():
-            failed.append(index)
-            log.error("worker %d exited with status %s: stopping the others", index, status)
-            stopping.set()
-
-    async def on_signal() -> None:
+    async def on_signal(cancel_scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
                 log.info("received %s: stopping the workers", signal.Signals(signum).name)
-                stopping.set()
+                cancel_scope.cancel()
                 return
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(on_signal)
-            for index in range(count):
-                outboxes = {j: pairs[j][1].fileno() for j in range(count) if j != index}
-                fds = {
-                    "http": http.fileno(),
-                    "dimse": dimse.fileno(),
-                    "inbox": pairs[index][0].fileno(),
-                }
-                process = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "rst", "worker"],
-                    stdin=subprocess.PIPE,
-                    pass_fds=[*fds.values(), *outboxes.values()],
-                )
-                processes.append(process)
-                # The spec is one line; stdin then stays open, unwritten, for the worker's
-                # lifetime: when this process ends, however it ends, the worker reads EOF and
-                # shuts down (no orphaned workers holding the ports).
-                assert process.stdin is not None
-                await process.stdin.send_all(
-                    _spec(config, index, {**fds, "outboxes": outboxes}) + b"\n"
-                )
-                nursery.start_soon(watch, index, process)
+            nursery.start_soon(on_signal, nursery.cancel_scope)
+            for slot in slots:
+                await nursery.start(slot.keep_running)
             host, port = http.getsockname()[:2]
             dhost, dport = dimse.getsockname()[:2]
             log.info(
@@ -181,14 +160,101 @@ async def _run(
                 config.dimse.aet,
                 dhost,
                 dport,
-                count,
+                len(slots),
             )
-            await stopping.wait()
-            nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await _stop(processes, config.http.graceful_timeout + KILL_AFTER)
-    return 1 if failed else 0
+            await _stop(
+                [slot.process for slot in slots if slot.process is not None],
+                config.http.graceful_timeout + KILL_AFTER,
+            )
+    return 0
+
+
+class _Slot:
+    """One worker's place: its index, the descriptors it inherits, and the process that holds
+    it now. A worker that dies is replaced in the same slot — same index, so the same share of
+    the C-MOVE message ids, and the same inbox on the ring — after :class:`RestartSchedule`'s
+    wait."""
+
+    def __init__(
+        self,
+        config: Config,
+        index: int,
+        http: socket.socket,
+        dimse: socket.socket,
+        pairs: list[tuple[socket.socket, socket.socket]],
+    ) -> None:
+        self.index = index
+        outboxes = {j: pairs[j][1].fileno() for j in range(len(pairs)) if j != index}
+        fds = {"http": http.fileno(), "dimse": dimse.fileno(), "inbox": pairs[index][0].fileno()}
+        self._pass_fds = [*fds.values(), *outboxes.values()]
+        self._spec = _spec(config, index, {**fds, "outboxes": outboxes}) + b"\n"
+        self.process: trio.Process | None = None
+
+    async def keep_running(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Start the slot's worker (a failure is the supervisor's own: it ends the gateway),
+        report it started, then replace it each time it dies, until cancelled."""
+        process: trio.Process | None = await self._start()
+        task_status.started()
+        schedule = RestartSchedule()
+        what = ""
+        while True:
+            started = trio.current_time()
+            if process is not None:
+                status = await process.wait()
+                uptime = trio.current_time() - started
+                what = (
+                    f"worker {self.index} (pid {process.pid}) {_ended(status)} after {uptime:.1f} s"
+                )
+                if process.stdin is not None:
+                    await process.stdin.aclose()
+            restart = schedule.crashed(started, trio.current_time())
+            _log_crash(what, restart)
+            await trio.sleep(restart.delay)
+            try:
+                process = await self._start()
+            except OSError as exc:  # out of memory or processes: as good as a crash
+                process = None
+                what = f"worker {self.index} could not be started again ({exc})"
+            else:
+                log.info("worker %d started again: pid %d", self.index, process.pid)
+
+    async def _start(self) -> trio.Process:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "rst", "worker"],
+            stdin=subprocess.PIPE,
+            pass_fds=self._pass_fds,
+        )
+        self.process = process  # from now on, stopping the gateway stops it
+        # The spec is one line; stdin then stays open, unwritten, for the worker's lifetime:
+        # when this process ends, however it ends, the worker reads EOF and shuts down (no
+        # orphaned workers holding the ports).
+        assert process.stdin is not None
+        with contextlib.suppress(trio.BrokenResourceError):  # it died at once: wait() says how
+            await process.stdin.send_all(self._spec)
+        return process
+
+
+def _ended(status: int) -> str:
+    """How a worker ended, from its exit status (negative: the signal that killed it)."""
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _log_crash(what: str, restart: Restart) -> None:
+    if restart.delay:
+        when = f"in {restart.delay:g} s ({restart.crashes} crashes in a row)"
+    else:
+        when = "at once"
+    if restart.looping:
+        log.error("%s: crash loop; starting another %s", what, when)
+    else:
+        log.warning("%s: starting another %s", what, when)
 
 
 async def _stop(processes: list[trio.Process], grace: float) -> None:

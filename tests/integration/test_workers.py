@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 import trio
@@ -49,7 +50,7 @@ async def supervisor(orthanc_with_study: Orthanc, tmp_path: Path) -> AsyncIterat
         await add_modality(orthanc, "RST", "RST", "127.0.0.1", int(match.group(2)))
         # both workers up: each logs its own start-up line
         for _ in range(2):
-            await read_until(process, r"\[worker [01]\] rst.server: rst serving")
+            await read_until(process, r"\[worker [01]\] rst\.server\b[^:]*: rst serving")
         yield Supervisor(process, f"{match.group(1)}/aets/{orthanc.aet}")
 
 
@@ -58,14 +59,20 @@ async def test_concurrent_retrieves_are_complete_whichever_worker_serves_them(
 ) -> None:
     # 12 concurrent C-MOVEs from two workers: about half of the PACS's associations reach the
     # worker that did not send the C-MOVE and must be passed on, or instances would be missing.
+    await retrieve_all(supervisor, ct_study, 12)
+
+
+async def retrieve_all(supervisor: Supervisor, study: StudyFiles, count: int) -> None:
+    """*count* concurrent WADO-RS retrieves of *study*, each complete and exact."""
     expected = {
         str(pydicom.dcmread(path).SOPInstanceUID): bytes(pydicom.dcmread(path).PixelData)
-        for path in ct_study.paths
+        for path in study.paths
     }
-    downloads = [Download(f"{supervisor.url}/studies/{ct_study.study_uid}") for _ in range(12)]
-    async with trio.open_nursery() as nursery:
-        for download in downloads:
-            nursery.start_soon(download.run)
+    downloads = [Download(f"{supervisor.url}/studies/{study.study_uid}") for _ in range(count)]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for download in downloads:
+                nursery.start_soon(download.run)
 
     for download in downloads:
         assert download.status == 200
@@ -83,14 +90,71 @@ async def test_sigterm_stops_every_worker(supervisor: Supervisor) -> None:
     assert all(_gone(pid) for pid in workers)
 
 
-async def test_a_dead_worker_stops_the_gateway(supervisor: Supervisor) -> None:
-    # Half a gateway would refuse the instances of the dead worker's C-MOVEs: all or nothing.
-    workers = supervisor.workers()
-    os.kill(workers[0], signal.SIGKILL)
+async def test_a_killed_worker_is_replaced_and_the_gateway_goes_on(
+    supervisor: Supervisor, ct_study: StudyFiles
+) -> None:
+    process = supervisor.process
+    qido = f"{supervisor.url}/studies?StudyInstanceUID={ct_study.study_uid}"
+    victim, survivor = supervisor.workers()
+    descriptors = _descriptors(process.pid)
+    os.kill(victim, signal.SIGKILL)
 
+    # The victim can accept nothing more once killed (the accept queue is shared): this query,
+    # whether its slot is filled again yet or not, reaches a live worker.
+    await query(qido)
+    crash = await read_until(
+        process,
+        rf"WARNING +rst\.workers\b[^:]*: worker (\d) \(pid {victim}\) was killed by SIGKILL "
+        r"after [\d.]+ s: starting another at once",
+    )
+    slot = int(crash.group(1))
+    replacement = await replaced(process, slot)
+    assert sorted(supervisor.workers()) == sorted([survivor, replacement])
+
+    # killed again soon after its start: replaced after the back-off's first wait
+    os.kill(replacement, signal.SIGKILL)
+    await read_until(
+        process,
+        rf"WARNING +rst\.workers\b[^:]*: worker {slot} \(pid {replacement}\) was killed by SIGKILL "
+        r"after [\d.]+ s: starting another in 0\.5 s \(2 crashes in a row\)",
+    )
+    replacement = await replaced(process, slot)
+    assert sorted(supervisor.workers()) == sorted([survivor, replacement])
+    assert _descriptors(process.pid) == descriptors  # nothing of the dead ones is left open
+
+    for _ in range(20):  # new connections: the kernel spreads them over both workers
+        await query(qido)
+
+    # Retrieves through the replacement alone (the survivor stopped: it accepts neither the
+    # HTTP connections nor the PACS's C-STORE associations): its C-MOVE message ids are its
+    # slot's. Then through both: C-STOREs are passed on between them, both ways.
+    os.kill(survivor, signal.SIGSTOP)
+    try:
+        await retrieve_all(supervisor, ct_study, 4)
+    finally:
+        os.kill(survivor, signal.SIGCONT)
+    await retrieve_all(supervisor, ct_study, 12)
+
+    process.send_signal(signal.SIGTERM)
     with trio.fail_after(20):
-        assert await supervisor.process.wait() == 1
-    assert _gone(workers[1])
+        assert await process.wait() == 0
+    assert _gone(survivor)
+    assert _gone(replacement)
+
+
+async def replaced(process: trio.Process, slot: int) -> int:
+    """Wait for worker *slot*'s replacement to serve; its pid."""
+    started = await read_until(process, rf"worker {slot} started again: pid (\d+)")
+    await read_until(process, rf"\[worker {slot}\] rst\.server\b[^:]*: rst serving")
+    return int(started.group(1))
+
+
+async def query(url: str) -> None:
+    """One QIDO-RS on a new connection: one study found."""
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        response = await http.get(url)
+    assert response.status_code == 200, response.text
+    assert len(response.json()) == 1
 
 
 async def test_workers_do_not_outlive_a_killed_supervisor(supervisor: Supervisor) -> None:
@@ -102,6 +166,10 @@ async def test_workers_do_not_outlive_a_killed_supervisor(supervisor: Supervisor
     await wait_until(
         lambda: all(_gone(pid) for pid in workers), within=20, what="the workers to exit"
     )
+
+
+def _descriptors(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
 def _gone(pid: int) -> bool:

@@ -29,7 +29,7 @@ async def test_what_one_worker_stores_every_worker_finds_and_serves(
     async with rst_process("serve", "--config", str(config), cwd=tmp_path) as process:
         match = await read_until(process, r"serving DICOMweb on (http://\S+),")
         for _ in range(2):
-            await read_until(process, r"\[worker [01]\] rst.server: rst serving")
+            await read_until(process, r"\[worker [01]\] rst\.server\b[^:]*: rst serving")
         base = f"{match.group(1)}/aets/{AET}"
         async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
             # one instance per request, on a new connection each: the kernel spreads them

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,16 +51,24 @@ async def rst_process(*args: str, cwd: Path | None = None) -> AsyncIterator[trio
                 await process.wait()
 
 
+_unread: weakref.WeakKeyDictionary[trio.Process, str] = weakref.WeakKeyDictionary()
+"""Output read past the last match, for the next :func:`read_until` of the same process."""
+
+
 async def read_until(process: trio.Process, pattern: str) -> re.Match[str]:
-    """Read the process's output until *pattern* matches; fail after 30 s."""
+    """Read the process's output until *pattern* matches; fail after 30 s. Each call starts
+    where the last match of the previous one ended, so lines that arrived together with it
+    are not lost."""
     assert process.stdout is not None
-    seen = ""
+    seen = _unread.pop(process, "")
     with trio.fail_after(30):
-        async for chunk in process.stdout:
+        while not (match := re.search(pattern, seen)):
+            chunk = await process.stdout.receive_some()
+            if not chunk:
+                raise AssertionError(f"process ended without printing {pattern!r}:\n{seen}")
             seen += chunk.decode(errors="replace")
-            if match := re.search(pattern, seen):
-                return match
-    raise AssertionError(f"process ended without printing {pattern!r}:\n{seen}")
+    _unread[process] = seen[match.end() :]
+    return match
 
 
 def child_pids(pid: int) -> list[int]:

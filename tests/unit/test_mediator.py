@@ -25,32 +25,38 @@ def subscription(study_uid: str = STUDY, **kwargs: object) -> Subscription:
 # -- MessageIds -----------------------------------------------------------------------------
 
 
-def test_message_ids_start_at_one_and_count_up() -> None:
-    ids = MessageIds()
-
-    assert [ids.next("RST") for _ in range(3)] == [1, 2, 3]
+def test_message_ids_count_up_from_a_random_start() -> None:
+    starts = set()
+    for _ in range(20):
+        ids = MessageIds()
+        first = ids.next("RST")
+        assert [ids.next("RST") for _ in range(2)] == [first % 65535 + 1, (first + 1) % 65535 + 1]
+        starts.add(first)
+    assert len(starts) > 1, "every counter started at the same id"
 
 
 def test_message_ids_are_counted_per_calling_aet() -> None:
     ids = MessageIds()
     ids.next("A")
-    ids.next("A")
+    a = ids.next("A")
+    b = ids.next("B")
 
-    assert ids.next("B") == 1
-    assert ids.next("A") == 3
-    assert ids.next("B") == 2
+    assert ids.next("A") == a % 65535 + 1
+    assert ids.next("B") == b % 65535 + 1
 
 
-def test_message_ids_wrap_from_65535_to_1_never_0() -> None:
+def test_message_ids_cover_1_to_65535_never_0() -> None:
     ids = MessageIds()
     issued = [ids.next("RST") for _ in range(65535)]
 
-    assert issued[0] == 1
-    assert issued[-1] == 65535
     assert 0 not in issued
     assert len(set(issued)) == 65535
-    assert ids.next("RST") == 1
-    assert ids.next("RST") == 2
+    assert ids.next("RST") == issued[0]
+
+
+def test_a_worker_uses_only_its_share_of_ids() -> None:
+    ids = MessageIds(1, 3)
+    assert {ids.next("RST") % 3 for _ in range(100)} == {2}
 
 
 # -- subscribe ------------------------------------------------------------------------------

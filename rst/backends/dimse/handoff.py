@@ -11,6 +11,10 @@ PDUs in an anonymous memory file, which the receiving worker's reader takes befo
 Instances without Move Originator fields go round the ring of workers until one of them wants
 them (at most N - 1 passes per C-STORE), then are refused.
 
+A worker may die and be replaced (:mod:`rst.workers`) while its siblings go on: the supervisor
+keeps every socket of the ring open, so a sibling's death never breaks a send, and a send that
+cannot be made fails that association alone.
+
 The PACS sees nothing of this: one TCP connection, one association, unchanged.
 """
 
@@ -25,12 +29,17 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-__all__ = ["Handover", "PassOn", "WorkerRing"]
+__all__ = ["PASS_ON_TIMEOUT", "Handover", "PassOn", "WorkerRing"]
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 64 * 1024
 _FDS = 2  # the association's socket, the memory file with the replayed bytes
+PASS_ON_TIMEOUT = 10.0
+"""Seconds to wait for room in a sibling's inbox before giving the association up. An inbox
+outlives its worker (the supervisor holds it), so associations sent to a worker that died wait
+there for its replacement. Only when that queue is full (over a hundred of them with Linux's
+default socket buffers, or a worker stuck for good) does a send wait, and then not for ever."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,8 @@ class WorkerRing:
         process before reading it again.
 
         The caller closes its own descriptor afterwards; the TCP connection lives on in the
-        target process."""
+        target process. An :class:`OSError` fails this association alone: the target's inbox
+        was closed, or stayed full for :data:`PASS_ON_TIMEOUT` seconds (:class:`TimeoutError`)."""
         memfd = os.memfd_create("rst-handover", os.MFD_CLOEXEC)
         try:
             view = memoryview(replay)
@@ -96,12 +106,18 @@ class WorkerRing:
             message = json.dumps(asdict(state)).encode()
             fds = array.array("i", [connection, memfd])
             outbox = self._outboxes[target]
-            while True:
-                try:
-                    outbox.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-                    break
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(outbox)
+            with trio.move_on_after(PASS_ON_TIMEOUT) as waiting:
+                while True:
+                    try:
+                        outbox.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(outbox)
+            if waiting.cancelled_caught:
+                raise TimeoutError(
+                    f"worker {target} has taken no association for {PASS_ON_TIMEOUT:g} s "
+                    "(down or stuck)"
+                )
         finally:
             os.close(memfd)
         log.debug("passed the association from %s on to worker %d", state.peer, target)

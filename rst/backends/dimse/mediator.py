@@ -17,6 +17,7 @@ All methods run in trio (the receiver's handler threads reach them through the p
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +40,13 @@ class MessageIds:
         self._counters: dict[str, Iterator[int]] = {}
 
     def next(self, calling_aet: str) -> int:
-        counter = self._counters.setdefault(calling_aet, itertools.cycle(self._ids))
+        counter = self._counters.get(calling_aet)
+        if counter is None:
+            # A random start: a worker restarted after a crash must not reuse at once the ids
+            # of its predecessor's C-MOVEs, whose late C-STOREs might still arrive.
+            start = secrets.randbelow(len(self._ids))
+            ids = itertools.chain(self._ids[start:], self._ids[:start])
+            counter = self._counters[calling_aet] = itertools.cycle(ids)
         return next(counter)
 
 
