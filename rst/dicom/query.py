@@ -8,6 +8,8 @@ requested attributes. Both are pure: no IO, no global state.
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,14 +18,20 @@ from typing import Any, Literal
 from pydicom import Dataset, config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, empty_value_for_VR
-from pydicom.filewriter import correct_ambiguous_vr_element
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from rst.dicom.uid import check_uid
+from rst.dicom.vr import BINARY_VRS, is_bulk, matching_value, shown
 from rst.errors import BadRequest
 
 __all__ = [
     "IMAGE_KEYS",
+    "MAX_INCLUDEFIELDS",
+    "MAX_PARAMETERS",
+    "MAX_SEQUENCE_DEPTH",
     "SERIES_KEYS",
     "STUDY_KEYS",
     "Level",
@@ -32,6 +40,8 @@ __all__ = [
     "parse_qido",
     "to_dicom_json",
 ]
+
+log = logging.getLogger(__name__)
 
 Level = Literal["STUDY", "SERIES", "IMAGE"]
 _RANK: dict[str, int] = {"STUDY": 0, "SERIES": 1, "IMAGE": 2}
@@ -151,18 +161,22 @@ _SPECIFIC_CHARACTER_SET = 0x00080005
 _RETRIEVE_URL = 0x00081190
 _RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"})
 
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
-_FLOAT_VRS = frozenset({"FL", "FD"})
-_DATE_TIME_VRS = frozenset({"DA", "TM", "DT"})
-_TEXT_WITH_CONTROLS = frozenset({"LT", "ST", "UT"})
-_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 _HEX_TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 _DIGITS_RE = re.compile(r"[0-9]{1,18}")
-_IS_RE = re.compile(r" *[+-]?[0-9]{1,12} *")
-_DATE_TIME_RE = re.compile(r"[0-9.+\- :]*")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
-_CONTROL_TEXT_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+_ITEM_GROUP = 0xFFFE
+_BULK_SEQUENCES = frozenset({0x54000100, 0x00880200})
+"""WaveformSequence and IconImageSequence: requested whole, their items bring bulk data."""
+
+# --- Bounds on a query (each a 400 naming it when exceeded) ------------------------------------
+
+MAX_SEQUENCE_DEPTH = 4
+"""Sequences an attribute path may pass through (``A.B.C.D.Attr``). A C-FIND identifier has no
+use for more, and pydicom's encoder costs grow with the square of the depth; at ~250 levels it
+exhausts the stack and builds its error message exponentially (a 6 KB query took 19 GB)."""
+MAX_PARAMETERS = 256
+"""Query parameters of one request (matching keys and reserved parameters together)."""
+MAX_INCLUDEFIELDS = 256
+"""``includefield`` entries of one request (comma-separated or repeated)."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +222,8 @@ def _resolve_component(component: str, name: str) -> int:
         found = tag_for_keyword(component)
         if found is None:
             raise BadRequest(
-                f"unknown query parameter or attribute {name!r}: {component!r} is neither a "
-                "DICOM keyword nor an 8-digit hex tag (reserved parameters: "
+                f"unknown query parameter or attribute {shown(name)}: {shown(component)} is "
+                "neither a DICOM keyword nor an 8-digit hex tag (reserved parameters: "
                 "limit, offset, fuzzymatching, includefield)"
             )
         tag = found
@@ -217,24 +231,36 @@ def _resolve_component(component: str, name: str) -> int:
         dictionary_VR(tag)
     except KeyError:
         raise BadRequest(
-            f"unknown attribute {component!r} in {name!r}: rst only queries public attributes "
-            "of the DICOM data dictionary"
+            f"unknown attribute {component!r} in {shown(name)}: rst only queries public "
+            "attributes of the DICOM data dictionary"
         ) from None
     group = tag >> 16
-    if group in (0x0000, 0x0002) or tag == _QUERY_RETRIEVE_LEVEL or group & 1:
-        raise BadRequest(f"{name!r} cannot be used as a query key")
+    if (
+        group in (0x0000, 0x0002, _ITEM_GROUP)
+        or group & 1
+        or tag & 0xFFFF == 0  # group lengths
+        or tag == _QUERY_RETRIEVE_LEVEL
+    ):
+        raise BadRequest(f"{shown(name)} cannot be used as a query key")
     return tag
 
 
 def _resolve_path(name: str) -> tuple[int, ...]:
-    """Parse ``Keyword``, ``GGGGEEEE`` or a dotted sequence path into a tuple of tags."""
+    """Parse ``Keyword``, ``GGGGEEEE`` or a dotted sequence path into a tuple of tags.
+
+    The depth is checked first, before any work that grows with it."""
+    if name.count(".") > MAX_SEQUENCE_DEPTH:
+        raise BadRequest(
+            f"the attribute path {shown(name)} is nested deeper than {MAX_SEQUENCE_DEPTH} "
+            "sequences (rst's limit MAX_SEQUENCE_DEPTH)"
+        )
     components = name.split(".")
     if any(not c for c in components):
-        raise BadRequest(f"malformed attribute path {name!r}")
+        raise BadRequest(f"malformed attribute path {shown(name)}")
     path = tuple(_resolve_component(c, name) for c in components)
     for tag in path[:-1]:
         if _vr_of(tag) != "SQ":
-            raise BadRequest(f"{name!r}: {_name(tag)} is not a sequence attribute")
+            raise BadRequest(f"{shown(name)}: {_name(tag)} is not a sequence attribute")
     return path
 
 
@@ -246,56 +272,9 @@ def _path_name(path: tuple[int, ...]) -> str:
     return ".".join(_name(t) for t in path)
 
 
-def _check_text(name: str, vr: str, value: str) -> None:
-    pattern = _CONTROL_TEXT_RE if vr in _TEXT_WITH_CONTROLS else _CONTROL_RE
-    if pattern.search(value):
-        raise BadRequest(f"{name!r}: the value contains control characters")
-
-
-def _matching_value(name: str, vr: str, value: str) -> Any:
-    """Convert a query value into a value pydicom can encode for ``vr``.
-
-    Text values (wildcards, date/time ranges, backslash multi-values) pass through; UIDs may be
-    a comma or backslash separated list; numbers are parsed.
-    """
-    if vr == "SQ":
-        raise BadRequest(f"{name!r} is a sequence: match on an attribute inside it (Seq.Attr=v)")
-    if vr in _BINARY_VRS:
-        raise BadRequest(f"{name!r} has a binary VR ({vr}) and cannot be a matching key")
-    if vr == "AT":
-        raise BadRequest(f"{name!r} has VR AT and cannot be a matching key")
-    if vr == "UI":
-        uids = [u.strip() for u in re.split(r"[,\\]", value)]
-        bad = [u for u in uids if len(u) > 64 or not _UID_RE.fullmatch(u)]
-        if bad:
-            raise BadRequest(f"{name!r}: invalid UID {bad[0]!r}")
-        return uids[0] if len(uids) == 1 else uids
-    values = value.split("\\")
-    if vr in _INT_VRS:
-        if not all(re.fullmatch(r"[+-]?[0-9]{1,19}", v.strip()) for v in values):
-            raise BadRequest(f"{name!r}: {value!r} is not an integer (VR {vr})")
-        ints = [int(v) for v in values]
-        return ints[0] if len(ints) == 1 else ints
-    if vr in _FLOAT_VRS:
-        try:
-            floats = [float(v) for v in values]
-        except ValueError:
-            raise BadRequest(f"{name!r}: {value!r} is not a number (VR {vr})") from None
-        return floats[0] if len(floats) == 1 else floats
-    if vr == "IS" and not all(_IS_RE.fullmatch(v) for v in values):
-        raise BadRequest(f"{name!r}: {value!r} is not an integer string (VR IS)")
-    if vr == "DS":
-        for v in values:
-            try:
-                number = float(v)
-            except ValueError:
-                raise BadRequest(f"{name!r}: {value!r} is not a decimal string (VR DS)") from None
-            if len(v.strip()) > 16 or number != number or number in (float("inf"), -float("inf")):
-                raise BadRequest(f"{name!r}: {value!r} is not a valid decimal string (VR DS)")
-    if vr in _DATE_TIME_VRS and not _DATE_TIME_RE.fullmatch(value):
-        raise BadRequest(f"{name!r}: {value!r} is not a {vr} value or range")
-    _check_text(name, vr, value)
-    return value
+def _describe(path: tuple[int, ...]) -> str:
+    """An attribute for messages: keywords and tags, e.g. ``Rows (00280010)``."""
+    return f"{_path_name(path)} ({'.'.join(f'{t:08X}' for t in path)})"
 
 
 def _element(tag: int, vr: str, value: Any) -> DataElement:
@@ -317,6 +296,8 @@ class _Builder:
         self.identifier = Dataset()
         self.identifier.add(_element(_QUERY_RETRIEVE_LEVEL, "CS", level))
         self.matched: set[tuple[int, ...]] = set()
+        self.values: list[tuple[tuple[int, ...], DataElement]] = []
+        """The matching keys holding a client's value, for :func:`_check_encodable`."""
 
     def _container(self, path: tuple[int, ...]) -> Dataset:
         """The dataset that holds the last tag of ``path``, creating sequence items as needed."""
@@ -331,7 +312,7 @@ class _Builder:
             dataset = elem.value[0]
         return dataset
 
-    def match(self, path: tuple[int, ...], name: str, value: str) -> None:
+    def match(self, path: tuple[int, ...], value: str) -> None:
         if path in self.matched:
             raise BadRequest(f"the attribute {_path_name(path)} is given more than once")
         rank = _level_of(path[0])
@@ -342,15 +323,17 @@ class _Builder:
             )
         self.matched.add(path)
         tag = path[-1]
-        vr = _vr_of(tag)
         if value == "":
+            _check_returnable(path)  # an empty matching key is a return key too
             elem = _empty_element(tag)
         else:
-            converted = _matching_value(name, vr, value)
+            attr = _describe(path)
+            vr, converted = matching_value(attr, dictionary_VR(tag), value)
             try:
                 elem = _element(tag, vr, converted)
             except (ValueError, TypeError, OverflowError) as err:
-                raise BadRequest(f"{name!r}: invalid value {value!r} for VR {vr}") from err
+                raise BadRequest(f"{attr}: invalid value {shown(value)} for VR {vr}") from err
+            self.values.append((path, elem))
         container = self._container(path)
         existing = container.get(tag)
         if existing is not None and existing.VR == "SQ" and elem.VR == "SQ":
@@ -359,8 +342,7 @@ class _Builder:
 
     def match_uid(self, tag: int, uid: str, where: str) -> None:
         """A UID from the URL path: a single-value matching key."""
-        if len(uid) > 64 or not _UID_RE.fullmatch(uid):
-            raise BadRequest(f"invalid {where} UID in the URL: {uid!r}")
+        check_uid(where, uid)
         path = (tag,)
         existing = self.identifier.get(tag)
         if existing is not None and path in self.matched:
@@ -447,13 +429,28 @@ def parse_qido(
     ``/studies/{s}/series/{se}/instances`` (IMAGE). ``params`` are the decoded query parameters
     in order, repeats allowed.
 
-    :raises BadRequest: unknown parameters or attributes, invalid values, repeated matching keys,
-        keys below the query level, invalid ``limit``/``offset``/``fuzzymatching``.
+    Every value taken from the client is encoded once, in both transfer syntaxes a PACS may
+    accept, before the query is returned: whatever passed the VR checks but cannot be encoded is
+    a 400 here, not a broken response stream later.
+
+    :raises BadRequest: malformed path UIDs, unknown parameters or attributes, values their VR
+        cannot hold, repeated matching keys, keys below the query level, bulk data in
+        ``includefield``, invalid ``limit``/``offset``/``fuzzymatching``, a query over the
+        bounds (:data:`MAX_PARAMETERS`, :data:`MAX_INCLUDEFIELDS`, :data:`MAX_SEQUENCE_DEPTH`).
     """
     if level not in _RANK:
         raise ValueError(f"invalid query level {level!r}")
-    if series_uid and not study_uid and level == "IMAGE":
+    if series_uid is not None and study_uid is None and level == "IMAGE":
         raise ValueError("a series UID in the path needs the study UID")
+    if study_uid is not None:
+        check_uid("study", study_uid)
+    if series_uid is not None:
+        check_uid("series", series_uid)
+    if len(params) > MAX_PARAMETERS:
+        raise BadRequest(
+            f"the query has {len(params)} parameters; rst takes at most {MAX_PARAMETERS} "
+            "(its limit MAX_PARAMETERS)"
+        )
     builder = _Builder(level)
     limit: int | None = None
     offset = 0
@@ -485,15 +482,22 @@ def parse_qido(
                     if item == "all":
                         include_all = True
                     else:
-                        includes.append(_resolve_path(item))
+                        path = _resolve_path(item)
+                        _check_returnable(path)
+                        includes.append(path)
+                    if len(includes) > MAX_INCLUDEFIELDS:
+                        raise BadRequest(
+                            f"more than {MAX_INCLUDEFIELDS} includefield entries "
+                            "(rst's limit MAX_INCLUDEFIELDS)"
+                        )
             continue  # accept / charset belong to the HTTP layer
         if not name:
             raise BadRequest("a query parameter has an empty name")
-        builder.match(_resolve_path(name), name, value)
+        builder.match(_resolve_path(name), value)
 
-    if study_uid:
+    if study_uid is not None:
         builder.match_uid(_STUDY_UID, study_uid, "study")
-    if series_uid:
+    if series_uid is not None:
         builder.match_uid(_SERIES_UID, series_uid, "series")
 
     for keyword in default_keys(level, study_uid=study_uid, series_uid=series_uid):
@@ -506,6 +510,7 @@ def parse_qido(
 
     if _needs_utf8(builder.identifier):
         builder.identifier.add(_element(_SPECIFIC_CHARACTER_SET, "CS", "ISO_IR 192"))
+    _check_encodable(builder.values, builder.identifier.get(_SPECIFIC_CHARACTER_SET))
     return QidoQuery(
         level=level,
         identifier=builder.identifier,
@@ -514,6 +519,52 @@ def parse_qido(
         fuzzymatching=fuzzy,
         include_all=include_all,
     )
+
+
+def _check_returnable(path: tuple[int, ...]) -> None:
+    """Refuse bulk data as a return key: a PACS would send it with every match (or give up)."""
+    tag = path[-1]
+    vr = dictionary_VR(tag)
+    if is_bulk(vr) or tag in _BULK_SEQUENCES:
+        what = f"VR {vr}" if is_bulk(vr) else "a sequence of bulk data"
+        raise BadRequest(
+            f"{_describe(path)} is bulk data ({what}), which cannot be requested in a search; "
+            "use WADO-RS"
+        )
+
+
+def _encode(dataset: Dataset, *, implicit: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = implicit
+    write_dataset(fp, dataset)
+    return fp.getvalue()
+
+
+def _check_encodable(
+    values: Iterable[tuple[tuple[int, ...], DataElement]], charset: DataElement | None
+) -> None:
+    """Encode each client value as Explicit and Implicit VR Little Endian, or raise BadRequest.
+
+    The belt under the value checks (a failure here means a check is missing, so it is logged).
+    Only the elements holding a client's value are encoded, each with the character set: the
+    rest of the identifier is rst's own (empty return keys, sequences of bounded depth, UIDs
+    checked by :func:`check_uid`), and pydicom spends ~20 µs per element, which for
+    ``includefield=all`` would be 3 ms per request.
+    """
+    for path, elem in values:
+        alone = Dataset()
+        if charset is not None:
+            alone.add(copy.copy(charset))
+        alone.add(copy.copy(elem))
+        try:
+            for implicit in (False, True):
+                _encode(alone, implicit=implicit)
+        except Exception as exc:
+            log.warning("a QIDO value passed the VR checks but cannot be encoded: %r", exc)
+            raise BadRequest(
+                f"{_describe(path)}: the value cannot be encoded in a C-FIND identifier"
+            ) from None
 
 
 def _needs_utf8(dataset: Dataset) -> bool:
@@ -534,7 +585,7 @@ def _strip_binary(json_value: dict[str, Any]) -> None:
     if json_value.get("vr") != "SQ":
         return
     for item in json_value.get("Value", []):
-        for key in [k for k, v in item.items() if v.get("vr") in _BINARY_VRS]:
+        for key in [k for k, v in item.items() if v.get("vr") in BINARY_VRS]:
             del item[key]
         for value in item.values():
             _strip_binary(value)
@@ -573,7 +624,7 @@ def to_dicom_json(
                 correct_ambiguous_vr_element(elem, identifier, True)  # fixes elem.VR in place
             except Exception:  # pydicom cannot decide: leave the attribute out
                 continue
-        if elem.VR in _BINARY_VRS or " or " in elem.VR:
+        if elem.VR in BINARY_VRS or " or " in elem.VR:
             continue
         value = elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1024)
         _strip_binary(value)

@@ -148,7 +148,7 @@ async def test_missing_study_is_404(s3_gateway: Running, stored: StudyFiles) -> 
         bad_uid = await http.get("/studies/1.2.x")
     assert missing.status_code == series.status_code == 404
     assert "1.2.3.4.5" in missing.json()["error"]
-    assert bad_uid.status_code == 404
+    assert bad_uid.status_code == 400
 
 
 async def test_corrupt_object_breaks_the_stream_and_names_the_key(

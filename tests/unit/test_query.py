@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from typing import Any
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import decode, encode
 
+from rst.dicom import query as query_module
 from rst.dicom.query import (
     IMAGE_KEYS,
+    MAX_INCLUDEFIELDS,
+    MAX_PARAMETERS,
+    MAX_SEQUENCE_DEPTH,
     SERIES_KEYS,
     STUDY_KEYS,
     QidoQuery,
@@ -457,3 +466,318 @@ class TestToDicomJson:
         ds.add_new(0x00280106, "US or SS", b"\x05\x00")
         result = to_dicom_json(query, ds, None)
         assert result["00280106"] == {"vr": "US", "Value": [5]}
+
+
+def encodes(ds: Dataset) -> None:
+    """The identifier encodes in both transfer syntaxes a PACS may take for C-FIND."""
+    for implicit in (True, False):
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = implicit
+        write_dataset(fp, ds)
+
+
+def refused(params: list[tuple[str, str]], *names: str, level: Any = "IMAGE") -> str:
+    """parse_qido's 400 message; it must name each of ``names`` (keywords, tags, limits)."""
+    with pytest.raises(BadRequest) as info:
+        parse_qido(level, params)
+    assert info.value.status == 400
+    for name in names:
+        assert name in info.value.message
+    return info.value.message
+
+
+FLOAT32_3_4E38 = struct.unpack("<f", struct.pack("<f", 3.4e38))[0]
+
+
+class TestValueRanges:
+    """Numbers a VR cannot hold are 400s naming the attribute (keyword and tag), never values
+    that break the C-FIND encoder once the response has started."""
+
+    @pytest.mark.parametrize(
+        ("keyword", "value", "vr"),
+        [
+            ("Rows", "70000", "US"),
+            ("Rows", "-1", "US"),
+            ("Rows", "99999999999999999999", "US"),
+            ("TagAngleSecondAxis", "32768", "SS"),
+            ("TagAngleSecondAxis", "-32769", "SS"),
+            ("SimpleFrameList", "4294967296", "UL"),
+            ("SimpleFrameList", "-1", "UL"),
+            ("ReferencePixelX0", "2147483648", "SL"),
+            ("ReferencePixelX0", "-2147483649", "SL"),
+            ("FileOffsetInContainer", str(2**64), "UV"),
+            ("FileOffsetInContainer", "-1", "UV"),
+            ("SelectorSVValue", str(2**63), "SV"),
+            ("SelectorSVValue", str(-(2**63) - 1), "SV"),
+            ("InstanceNumber", "2147483648", "IS"),
+            ("InstanceNumber", "-2147483649", "IS"),
+            ("SmallestImagePixelValue", "99999", "US"),  # "US or SS": US for a positive value
+            ("SmallestImagePixelValue", "-40000", "SS"),  # ... SS for a negative one
+            ("Rows", "1\\70000", "US"),  # every value of a list
+        ],
+    )
+    def test_integer_out_of_range(self, keyword: str, value: str, vr: str) -> None:
+        message = refused([(keyword, value)], keyword, tag(keyword), "out of range", vr)
+        assert f"VR {vr}" in message
+
+    @pytest.mark.parametrize(
+        ("keyword", "value"),
+        [
+            ("RecommendedDisplayFrameRateInFloat", "1e39"),  # FL overflows
+            ("RecommendedDisplayFrameRateInFloat", "-3.5e38"),
+            ("TimeRange", "1e400"),  # FD: inf
+            ("SliceThickness", "1e400"),  # DS
+        ],
+    )
+    def test_float_out_of_range(self, keyword: str, value: str) -> None:
+        refused([(keyword, value)], keyword, tag(keyword), "out of range")
+
+    @pytest.mark.parametrize(
+        "value", ["nan", "NaN", "inf", "-inf", "Infinity", "1_000", "١٢", "0x10"]
+    )
+    @pytest.mark.parametrize(
+        "keyword", ["RecommendedDisplayFrameRateInFloat", "TimeRange", "SliceThickness"]
+    )
+    def test_not_a_finite_number(self, keyword: str, value: str) -> None:
+        refused([(keyword, value)], keyword, tag(keyword))
+
+    @pytest.mark.parametrize(
+        ("keyword", "value", "vr", "expected"),
+        [
+            ("Rows", "65535", "US", 65535),
+            ("Rows", "0", "US", 0),
+            ("Rows", " +7 ", "US", 7),
+            ("TagAngleSecondAxis", "-32768", "SS", -32768),
+            ("SimpleFrameList", "4294967295", "UL", 4294967295),
+            ("FileOffsetInContainer", str(2**64 - 1), "UV", 2**64 - 1),
+            ("SelectorSVValue", str(-(2**63)), "SV", -(2**63)),
+            ("SmallestImagePixelValue", "-1024", "SS", -1024),
+            ("SmallestImagePixelValue", "65535", "US", 65535),
+            ("RecommendedDisplayFrameRateInFloat", "3.4e38", "FL", FLOAT32_3_4E38),
+            ("TimeRange", "1e300", "FD", 1e300),
+        ],
+    )
+    def test_edges_are_accepted(self, keyword: str, value: str, vr: str, expected: Any) -> None:
+        ds = parse_qido("IMAGE", [(keyword, value)]).identifier
+        assert (ds[keyword].VR, wire(ds)[keyword].value) == (vr, expected)
+
+    def test_is_range_edges(self) -> None:
+        ds = wire(parse_qido("IMAGE", [("InstanceNumber", "-2147483648")]).identifier)
+        assert ds.InstanceNumber == -2147483648
+
+
+class TestTextValues:
+    @pytest.mark.parametrize(
+        ("keyword", "value", "rule"),
+        [
+            ("Modality", "X" * 17, "16 characters"),  # CS
+            ("PatientID", "X" * 65, "64 characters"),  # LO
+            ("AccessionNumber", "X" * 17, "16 characters"),  # SH
+            ("RetrieveAETitle", "X" * 17, "16 characters"),  # AE
+            ("InstitutionAddress", "X" * 1025, "1024 characters"),  # ST
+            ("PatientName", "X" * 65, "PN"),
+            ("PatientName", "A=B=C=D", "PN"),
+            ("PatientName", "A=" + "X" * 65, "PN"),
+            ("InstanceNumber", "0000000000001", "12 characters"),  # IS
+            ("SliceThickness", "1.00000000000000001", "16 characters"),  # DS
+            ("StudyDate", "202001011", "DA"),
+            ("StudyDate", "2020-01-01", "DA"),
+            ("StudyDate", "20200101-20201231-", "DA"),
+            ("StudyDate", "2020010120200102", "DA"),
+            ("StudyTime", "1200000", "TM"),
+            ("StudyTime", "noon", "TM"),
+            ("AcquisitionDateTime", "202001011", "DT"),
+            ("AcquisitionDateTime", "20200101T12", "DT"),
+            ("Modality", "ct", "code string"),
+            ("Modality", "C-T", "code string"),
+            ("Modality", "CÉ", "ASCII"),
+            ("RetrieveAETitle", "PÄCS", "ASCII"),
+            ("PatientAge", "30Y", "age string"),
+            ("PatientAge", "030y", "age string"),
+            ("PatientName", "A\x00B", "control"),
+            ("PatientName", "A\ud800B", "Unicode"),
+            ("StudyInstanceUID", "1" * 65, "invalid UID"),
+            ("StudyInstanceUID", "1.2,,1.3", "invalid UID"),
+            ("StudyInstanceUID", "1.2.\U0001f600", "invalid UID"),
+            ("StudyInstanceUID", "*", "invalid UID"),
+        ],
+    )
+    def test_refused(self, keyword: str, value: str, rule: str) -> None:
+        refused([(keyword, value)], keyword, tag(keyword), rule)
+
+    @pytest.mark.parametrize(
+        ("keyword", "value"),
+        [
+            ("Modality", "C?"),
+            ("ModalitiesInStudy", "CT\\MR\\SR"),
+            ("RetrieveAETitle", "PACS*"),
+            ("PatientName", "Müller*"),
+            ("PatientName", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+            ("PatientID", "X" * 64),
+            ("StudyDate", "20200101"),
+            ("StudyDate", "-20200101"),
+            ("StudyTime", "08:00:00-17"),
+            ("StudyTime", "080000.123456"),
+            ("AcquisitionDateTime", "20200101120000.5+0100-20200102"),
+            ("PatientAge", "030Y"),
+            ("InstitutionAddress", "1 Main St\\2nd floor"),  # ST: a backslash is text
+            ("ContentDescription", "ÀÉÎ " * 10),
+        ],
+    )
+    def test_accepted(self, keyword: str, value: str) -> None:
+        ds = wire(parse_qido("IMAGE", [(keyword, value)]).identifier)
+        assert keyword in ds
+
+    def test_binary_alternative_vr_is_not_a_matching_key(self) -> None:
+        refused([("LUTData", "1")], "LUTData", tag("LUTData"), "binary")
+
+
+BULK = ["PixelData", "7FE00010", "60003000", "54000100", "00420011", "FloatPixelData"]
+
+
+class TestBulkData:
+    @pytest.mark.parametrize("name", BULK)
+    def test_includefield_of_bulk_data_is_refused(self, name: str) -> None:
+        message = refused([("includefield", name)], "bulk data", "WADO-RS")
+        assert name in message
+
+    def test_in_a_list_and_inside_a_sequence(self) -> None:
+        refused([("includefield", "StudyDescription,PixelData")], "PixelData", "7FE00010")
+        refused([("includefield", "IconImageSequence.PixelData")], "IconImageSequence.PixelData")
+
+    @pytest.mark.parametrize("name", [*BULK, "IconImageSequence"])
+    def test_empty_matching_key_of_bulk_data_is_refused(self, name: str) -> None:
+        """An empty matching key is a return key: the same rule as includefield."""
+        refused([(name, "")], name, "bulk data")
+
+    def test_attributes_inside_a_bulk_sequence_are_fine(self) -> None:
+        query = parse_qido("IMAGE", [("includefield", "WaveformSequence.NumberOfWaveformChannels")])
+        (item,) = wire(query.identifier).WaveformSequence
+        assert "NumberOfWaveformChannels" in item
+
+
+class TestBounds:
+    def test_four_sequences_deep_is_fine(self) -> None:
+        path = ".".join(["ReferencedSeriesSequence"] * MAX_SEQUENCE_DEPTH + ["SeriesInstanceUID"])
+        query = parse_qido("STUDY", [("includefield", path), (path, "1.2.3")])
+        encodes(query.identifier)
+
+    @pytest.mark.parametrize("depth", [MAX_SEQUENCE_DEPTH + 1, 250, 5000])
+    @pytest.mark.parametrize("where", ["includefield", "matching key"])
+    def test_deeper_paths_are_refused(self, depth: int, where: str) -> None:
+        path = ".".join(["ReferencedSeriesSequence"] * depth + ["SeriesInstanceUID"])
+        params = [("includefield", path)] if where == "includefield" else [(path, "1.2")]
+        refused(params, "MAX_SEQUENCE_DEPTH", str(MAX_SEQUENCE_DEPTH), level="STUDY")
+
+    def test_depth_is_checked_before_any_component(self) -> None:
+        """The bound comes before the work that grows with the path (here: name lookups)."""
+        refused([("includefield", ".".join(["Nope"] * 300))], "MAX_SEQUENCE_DEPTH")
+
+    def test_parameter_count(self) -> None:
+        parse_qido("STUDY", [("accept", "application/dicom+json")] * MAX_PARAMETERS)
+        refused([("charset", "utf-8")] * (MAX_PARAMETERS + 1), "MAX_PARAMETERS", "256")
+
+    def test_includefield_count(self) -> None:
+        fields = ["StudyDescription"] * MAX_INCLUDEFIELDS
+        parse_qido("STUDY", [("includefield", ",".join(fields))])
+        refused([("includefield", ",".join([*fields, "PatientAge"]))], "MAX_INCLUDEFIELDS")
+        half = ",".join(fields[: MAX_INCLUDEFIELDS // 2 + 1])
+        refused([("includefield", half), ("includefield", half)], "MAX_INCLUDEFIELDS")
+
+
+class TestEncodingBelt:
+    def test_unencodable_value_that_slipped_through_is_400_naming_it(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A value check that misses something: the encoder's failure is still a 400."""
+        monkeypatch.setattr(query_module, "matching_value", lambda *_: ("US", 70000))
+        refused([("Rows", "anything")], "Rows", "00280010", "cannot be encoded")
+
+    def test_unencodable_text_is_named(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(query_module, "matching_value", lambda *_: ("DS", "\U0001f600"))
+        refused([("SliceThickness", "1")], "SliceThickness", "00180050")
+
+    def test_check_leaves_the_identifier_alone(self) -> None:
+        params = [("PatientName", "Müller*"), ("includefield", "all")]
+        first = parse_qido("STUDY", params).identifier
+        encodes(first)
+        assert first == parse_qido("STUDY", params).identifier
+
+
+# --- Property: parse_qido returns an encodable identifier or raises BadRequest, nothing else ---
+
+
+def parse_or_400(level: Any, params: list[tuple[str, str]], **uids: Any) -> QidoQuery | BadRequest:
+    """parse_qido's query, or its BadRequest (a 400 with a message); anything else propagates."""
+    try:
+        return parse_qido(level, params, **uids)
+    except BadRequest as exc:
+        error = exc
+    assert error.status == 400
+    assert error.message
+    return error
+
+
+_SEQUENCES = sorted(k for k, t in keyword_dict.items() if dictionary_VR(t) == "SQ")
+_KEYWORDS = sorted(keyword_dict)
+_uids = st.lists(st.integers(0, 10**20), min_size=1, max_size=6).map(
+    lambda parts: ".".join(map(str, parts))
+)
+_names = st.one_of(
+    st.sampled_from(_KEYWORDS),
+    st.sampled_from(sorted(keyword_dict.values())).map(lambda t: f"{t:08X}"),
+    st.lists(st.sampled_from(_SEQUENCES), min_size=1, max_size=6).flatmap(
+        lambda seqs: st.sampled_from(_KEYWORDS).map(lambda leaf: ".".join([*seqs, leaf]))
+    ),
+    st.sampled_from(["limit", "offset", "fuzzymatching", "includefield", "accept", ""]),
+    st.text(max_size=20),
+)
+_numbers = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["nan", "inf", "-inf", "1e400", "-0", "3.4028235e38", "1e-400", " 7 "]),
+)
+_atoms = st.one_of(
+    _numbers,
+    _uids,
+    st.text(max_size=80),
+    st.text(alphabet="0123456789-.:+ ", max_size=60),
+    st.sampled_from(["", "*", "?", "A*", "DOE^JOHN", "CT", "030Y", "20200101-", "all"]),
+)
+_values = st.one_of(
+    _atoms,
+    st.lists(_atoms, min_size=2, max_size=4).map("\\".join),
+    st.lists(_atoms, min_size=2, max_size=4).map(",".join),
+)
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(
+    level=st.sampled_from(["STUDY", "SERIES", "IMAGE"]),
+    params=st.lists(st.tuples(_names, _values), max_size=6),
+    study=st.one_of(st.none(), _uids, st.text(max_size=70)),
+    series=st.one_of(st.none(), _uids, st.text(max_size=70)),
+)
+def test_parse_qido_returns_an_encodable_query_or_a_400(
+    level: Any, params: list[tuple[str, str]], study: str | None, series: str | None
+) -> None:
+    if level == "STUDY":
+        study = None
+    if level != "IMAGE" or study is None:
+        series = None
+    outcome = parse_or_400(level, params, study_uid=study, series_uid=series)
+    event("400" if isinstance(outcome, BadRequest) else "encodable query")
+    if isinstance(outcome, QidoQuery):
+        encodes(outcome.identifier)
+        assert wire(outcome.identifier) is not None
+
+
+@settings(max_examples=1000, deadline=None, database=None)
+@given(name=st.sampled_from(_KEYWORDS), value=_values)
+def test_any_attribute_with_any_value_encodes_or_is_a_400(name: str, value: str) -> None:
+    """One matching key of every VR of the dictionary, with edge values of every kind."""
+    outcome = parse_or_400("IMAGE", [(name, value)])
+    if isinstance(outcome, QidoQuery):
+        event(f"encodable {dictionary_VR(keyword_dict[name])}")
+        encodes(outcome.identifier)
