@@ -34,7 +34,13 @@ from rst.backends.dimse.ul import (
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import QidoQuery
-from rst.errors import BackendTimeout, DimseFailure, NotFound, PeerProtocolError
+from rst.errors import (
+    AssociationBroken,
+    BackendTimeout,
+    DimseFailure,
+    NotFound,
+    PeerProtocolError,
+)
 from rst.groups import collapse
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -238,16 +244,22 @@ class DimseBackend:
                 identifier = encode_identifier(self._identifier(keys), syntax)
 
                 async def run() -> None:
-                    final = await follow(
-                        connection,
-                        context_id=context_id,
-                        msg_id=msg_id,
-                        request=request,
-                        identifier=identifier,
-                        sink=sink if get else None,
-                        cancel_timeout=self.config.cancel_timeout,
-                        calling_aet=self.peer.calling_aet,
-                    )
+                    try:
+                        final = await follow(
+                            connection,
+                            context_id=context_id,
+                            msg_id=msg_id,
+                            request=request,
+                            identifier=identifier,
+                            sink=sink if get else None,
+                            cancel_timeout=self.config.cancel_timeout,
+                            calling_aet=self.peer.calling_aet,
+                            pacs=self.name,
+                        )
+                    except (AssociationBroken, PeerProtocolError) as error:
+                        log.warning("%s (%s of %s)", error.message, operation, keys)
+                        sink.finish(error)  # what arrived before still goes out, then the error
+                        return
                     await self._conclude(final, sink, keys, operation)
 
                 with collapse():

@@ -208,7 +208,11 @@ class Connection:
         """A-RELEASE; ``True`` once the PACS confirmed it (callers bound the wait)."""
         await self.stream.send_all(encode_release_rq())
         while True:
-            pdu = self.reader.next_pdu()
+            try:
+                pdu = self.reader.next_pdu()
+            except UpperLayerError as exc:
+                log.info("the PACS answered the release with bytes that are not DICOM: %s", exc)
+                return False
             if pdu is None:
                 count = await self.stream.socket.recv_into(self.reader.writable())
                 if count == 0:
@@ -216,8 +220,8 @@ class Connection:
                 self.reader.advance(count)
             elif isinstance(pdu, ReleaseResponse):
                 return True
-            elif isinstance(pdu, Abort):
-                return False
+            elif not isinstance(pdu, PData):
+                return False  # an abort, or a PDU out of turn: the release will not come
             # late P-DATA (e.g. responses after a C-CANCEL) are dropped
 
     async def abort(self) -> None:

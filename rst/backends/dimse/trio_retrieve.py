@@ -22,9 +22,8 @@ from pydicom import Dataset
 
 from rst.backends.dimse.incoming import IncomingInstance
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import Connection, PeerAborted
+from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
 from rst.backends.dimse.ul import (
-    CommandError,
     CStoreRequest,
     OtherCommand,
     UpperLayerError,
@@ -49,20 +48,21 @@ async def follow(
     sink: InstanceSink | None,
     cancel_timeout: float,
     calling_aet: str,
+    pacs: str,
 ) -> Dataset:
-    """Send the C-MOVE/C-GET *request* and return its final status as a status dataset (an
-    empty dataset if the association broke off). C-STOREs on the association go to *sink*."""
-    await connection.send(context_id, request, identifier)
+    """Send the C-MOVE/C-GET *request* and return its final status as a status dataset.
+    C-STOREs on the association go to *sink*. Raises :class:`~rst.errors.AssociationBroken` or
+    :class:`~rst.errors.PeerProtocolError` if the association breaks off."""
     try:
+        await connection.send(context_id, request, identifier)
         return await _responses(connection, msg_id, sink, calling_aet)
     except trio.Cancelled:
         with trio.CancelScope(shield=True):
             await cancel_operation(connection, context_id, msg_id, cancel_timeout, calling_aet)
         raise
-    except (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError) as exc:
-        log.warning("the retrieve association broke off: %s", exc)
+    except BROKEN as exc:
         connection.broken = True
-        return Dataset()
+        raise broken_association(exc, pacs, "a retrieve") from None
 
 
 async def _responses(
@@ -122,7 +122,7 @@ async def cancel_operation(
             )
             await _responses(connection, msg_id, None, calling_aet)
             return
-        except (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError):
+        except BROKEN:
             pass
     if scope.cancelled_caught:
         log.warning("the PACS did not end the operation within %g s of C-CANCEL", grace)
