@@ -73,7 +73,11 @@ class HttpConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
     base_url: str | None = None
-    """Public URL prefix used in RetrieveURL attributes; defaults to the request's own host."""
+    """Public URL prefix used in RetrieveURL attributes. When not set, the request's Host
+    header is used if it names this server, ``localhost`` or one of ``allowed_hosts``;
+    otherwise the address the request came in on."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names a request's Host header may give (a leading dot allows subdomains)."""
     max_stow_bytes: Annotated[int, Field(gt=0)] = 4 * 1024**3
     """Largest STOW-RS body accepted (413 beyond)."""
     graceful_timeout: Seconds = 10.0

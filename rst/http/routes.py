@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
+from werkzeug.sansio.utils import host_is_trusted
 
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
@@ -45,8 +46,20 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         except KeyError:
             raise UnknownAE(aet) from None
 
+    def public_host() -> str:
+        """The host[:port] rst names itself by (RetrieveURLs, Warning headers) when
+        ``http.base_url`` is not set: the request's Host header only if it names this server
+        or one of ``http.allowed_hosts``, else the address the request came in on — an
+        arbitrary Host header must not end up in the URLs rst hands out."""
+        server_host, server_port = request.server or ("localhost", None)
+        trusted = [*config.http.allowed_hosts, "localhost", server_host]
+        if request.host and host_is_trusted(request.host, trusted):
+            return request.host
+        name = f"[{server_host}]" if ":" in server_host else server_host
+        return name if server_port is None else f"{name}:{server_port}"
+
     def base_url(aet: str) -> str:
-        root = config.http.base_url or request.host_url
+        root = config.http.base_url or f"{request.scheme}://{public_host()}"
         return f"{root.rstrip('/')}/aets/{aet}"
 
     def accept_param() -> str | None:
@@ -105,9 +118,9 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         stream = await start_stream(produce, prefetch=SearchPlan.of(query).prefetch)
         warnings = []
         if query.fuzzymatching:
-            warnings.append(FUZZY_WARNING.format(host=request.host))
+            warnings.append(FUZZY_WARNING.format(host=public_host()))
         if any(row is MORE for row in stream.prefetched):
-            warnings.append(MORE_WARNING.format(host=request.host))
+            warnings.append(MORE_WARNING.format(host=public_host()))
         response = Response(json_array(stream), content_type=media_type)
         for warning in warnings:
             response.headers.add("Warning", warning)

@@ -7,8 +7,8 @@ that are not :class:`~rst.errors.RstError` (a bug, a library choking on a peer's
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 
 from pydicom import Dataset
@@ -44,7 +44,7 @@ class ScriptedBackend:
 
     @asynccontextmanager
     async def search(self, query: QidoQuery) -> AsyncIterator[AsyncIterator[Dataset]]:
-        async def rows() -> AsyncIterator[Dataset]:
+        async def rows() -> AsyncGenerator[Dataset]:
             for n, match in enumerate(self.matches):
                 if n == self.fail_search_after:
                     raise self.error()
@@ -54,7 +54,8 @@ class ScriptedBackend:
 
         self.opened += 1
         try:
-            yield rows()
+            async with aclosing(rows()) as found:
+                yield found
         finally:
             self.closed += 1
 
@@ -62,7 +63,7 @@ class ScriptedBackend:
     async def retrieve(
         self, keys: RetrieveKeys, prefer: str | None = None
     ) -> AsyncIterator[AsyncIterator[Instance]]:
-        async def parts() -> AsyncIterator[Instance]:
+        async def parts() -> AsyncGenerator[Instance]:
             for n, instance in enumerate(self.instances):
                 if n == self.fail_retrieve_after:
                     raise self.error()
@@ -70,7 +71,8 @@ class ScriptedBackend:
 
         self.opened += 1
         try:
-            yield parts()
+            async with aclosing(parts()) as found:
+                yield found
         finally:
             self.closed += 1
 
@@ -92,6 +94,7 @@ def part10(sop_uid: str, *, size: int = 1024) -> Instance:
     from io import BytesIO
 
     from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
 
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
@@ -102,8 +105,8 @@ def part10(sop_uid: str, *, size: int = 1024) -> Instance:
     ds.EncapsulatedDocument = b"x" * size
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.file_meta.TransferSyntaxUID = EXPLICIT_LE
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_LE)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return Instance(buffer.getvalue(), ds.SOPClassUID, sop_uid, EXPLICIT_LE)
