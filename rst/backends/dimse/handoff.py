@@ -148,9 +148,10 @@ class WorkerRing:
                 peer=str(raw["peer"]),
                 hops=int(raw["hops"]),
             )
+            connection = socket.socket(fileno=fds[0])
         except BaseException:
             for fd in fds:
                 os.close(fd)
             raise
         os.close(fds[1])
-        return socket.socket(fileno=fds[0]), state, replay
+        return connection, state, replay

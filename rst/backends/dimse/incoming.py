@@ -11,6 +11,13 @@ following fragments stream into its body as they arrive: the client gets the fir
 the PACS still sends the rest, and no buffer ever holds the instance whole. Backpressure and
 spooling apply fragment by fragment; the PACS hears "success" only once the last fragment is
 queued, "refused" if the request has gone.
+
+An instance routed by its UIDs (a PACS that leaves out the Move Originator fields) cannot be
+handed over before its Study and Series Instance UIDs have arrived. They normally lie in the
+first few KB; if they do not, rst looks again each time the part held has doubled, up to
+``unrouted_max`` bytes (:data:`MAX_UNROUTED`): beyond that the instance is answered 0xA700 (out
+of resources) and its data dropped as it arrives. Nothing a peer sends, routable or not, makes
+rst hold more than that for an instance nobody has claimed.
 """
 
 from __future__ import annotations
@@ -38,13 +45,17 @@ from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 
-__all__ = ["STREAM_AFTER", "IncomingInstance", "UidsNotYetArrived"]
+__all__ = ["MAX_UNROUTED", "STREAM_AFTER", "IncomingInstance", "UidsNotYetArrived"]
 
 log = logging.getLogger(__name__)
 
 STREAM_AFTER = 1 << 20
 """Bytes of a data set after which it is handed over while still arriving."""
+MAX_UNROUTED = 4 << 20
+"""Most bytes of a data set held while its Study/Series UIDs cannot be read yet (for routing by
+UID); past it the instance is refused with 0xA700 and the rest of it dropped."""
 UID_SCAN_BYTES = 64 * 1024
+_DEFER_VALUES = 1024  # values larger than this are skipped, not copied, when reading the UIDs
 
 
 class UidsNotYetArrived(Exception):
@@ -66,6 +77,7 @@ class IncomingInstance:
         source_aet: str | None,
         locate: Callable[[IncomingInstance], InstanceSink | None],
         stream_after: int = STREAM_AFTER,
+        unrouted_max: int = MAX_UNROUTED,
     ) -> None:
         self.request = request
         self.transfer_syntax = transfer_syntax
@@ -82,6 +94,7 @@ class IncomingInstance:
         self._parts: list[bytes | memoryview] = [header]
         self._size = len(header)
         self._stream_at = len(header) + stream_after
+        self._unrouted_at = len(header) + max(unrouted_max, stream_after)
         self._body: Fragments | None = None
         self._status: int | None = None  # decided before the end: the rest is dropped
         self._complete = False
@@ -108,7 +121,6 @@ class IncomingInstance:
         self._size += len(fragment)
         self._complete = last
         if self._size > self._stream_at and not last:
-            self._stream_at = sys.maxsize  # tried once, whatever the outcome
             await self._start_streaming()
 
     async def finish(self) -> int:
@@ -135,15 +147,23 @@ class IncomingInstance:
         """The part of the data set that has arrived (before it was handed over)."""
         return b"".join(self._parts[1:])
 
+    @property
+    def held(self) -> int:
+        """Bytes of the instance held in memory here (not yet handed over)."""
+        return sum(len(part) for part in self._parts)
+
     def study_series(self) -> tuple[str, str]:
         """Study and Series Instance UID of the data set, from the part that has arrived.
 
         Raises :class:`UidsNotYetArrived` if they cannot be read from an incomplete data set
-        (e.g. a large private element comes first): *locate* should let it propagate, and the
-        instance is then reassembled whole and located at the end."""
+        (e.g. a large private element comes first): *locate* should let it propagate, and it is
+        called again once twice as much has arrived, up to ``unrouted_max`` bytes."""
         syntax = UID(self.transfer_syntax)
-        dataset = memoryview(self.received_dataset())
-        # The UIDs sit early in the data set: parse a head of it, the whole only if that fails.
+        # Joined once and kept joined: looking again later copies only what arrived since.
+        dataset = self.received_dataset()
+        self._parts[1:] = [dataset]
+        # The UIDs sit early in the data set: parse a head of it, the whole only if that fails
+        # (a BytesIO of bytes shares them; large values before the UIDs are skipped, not read).
         for view in (dataset[:UID_SCAN_BYTES], dataset):
             try:
                 ds = read_dataset(
@@ -151,6 +171,7 @@ class IncomingInstance:
                     syntax.is_implicit_VR,
                     syntax.is_little_endian,
                     stop_when=lambda tag, vr, length: tag > 0x0020000E,
+                    defer_size=_DEFER_VALUES,
                 )
                 return str(ds["StudyInstanceUID"].value), str(ds["SeriesInstanceUID"].value)
             except (KeyError, EOFError, OSError, ValueError):
@@ -185,10 +206,21 @@ class IncomingInstance:
         )
 
     async def _start_streaming(self) -> None:
+        self._stream_at = sys.maxsize  # tried once, whatever the outcome (but the one below)
         try:
             sink = self._sink()
         except UidsNotYetArrived:
-            return  # reassembled whole; located once complete
+            if self._size > self._unrouted_at:
+                log.warning(
+                    "refusing %s: its Study/Series UIDs are not within its first %d bytes",
+                    self._uid,
+                    self._unrouted_at - len(self._parts[0]),
+                )
+                self._status = STATUS_OUT_OF_RESOURCES
+                self._parts = []
+            else:  # look again once twice as much has arrived; located at the end at the latest
+                self._stream_at = min(2 * self._size, self._unrouted_at)
+            return
         if sink is None:
             self._status = STATUS_REFUSED
             self._parts = []

@@ -23,6 +23,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from rst.backends.dimse.ul import (
+    MAX_COMMAND_SET,
     Abort,
     AssociateAccept,
     AssociateReject,
@@ -160,6 +161,8 @@ class Connection:
             pdv = await self._next_pdv()
             if not pdv.is_command:
                 raise UpperLayerError("a data set fragment where a command was expected", reason=2)
+            if len(command) + len(pdv.data) > MAX_COMMAND_SET:
+                raise CommandError(f"a command set longer than {MAX_COMMAND_SET} bytes")
             command += pdv.data
             if pdv.is_last:
                 self.transfer_syntax(pdv.context_id)

@@ -11,11 +11,20 @@ The semantics are those of the pynetdicom receiver: an instance is routed by Mov
 Title + Message ID (or by UIDs for PACS that omit them), handed to that request's sink —
 waiting for room (backpressure) up to ``stall_timeout``, then spooled — and only then answered;
 instances nobody waits for are refused.
+
+Whatever one peer does ends its own association at most, with bounded resources: at most
+``max_connections`` connections are served (more are turned away, :mod:`.admission`); until
+its association is accepted a connection reads into a small buffer (:data:`HANDSHAKE_BUFFER`,
+an A-ASSOCIATE-RQ of at most :data:`MAX_ASSOCIATE_RQ`) and must have sent its request within
+``handshake_timeout``; a command set is at most :data:`MAX_COMMAND_SET` bytes; what an
+instance nobody has claimed yet may hold is bounded by :mod:`.incoming`; and no exception of a
+connection's task leaves it, whatever its cause (only cancellation does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 from collections.abc import Sequence
@@ -25,12 +34,14 @@ import trio
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
+from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
+    MAX_COMMAND_SET,
     Abort,
     AssociateRequest,
     CEchoRequest,
@@ -54,6 +65,7 @@ from rst.backends.dimse.ul import (
     negotiate,
     parse_command,
 )
+from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
 from rst.config import DimseConfig
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
 
@@ -63,8 +75,13 @@ log = logging.getLogger(__name__)
 
 IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
-ACSE_TIMEOUT = 30.0  # ARTIM: from connection to A-ASSOCIATE-RQ
 NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
+HANDSHAKE_BUFFER = 16 * 1024
+"""Read buffer of a connection until its association is accepted: a typical A-ASSOCIATE-RQ
+fits (pynetdicom's with 128 storage contexts: about 17 KB), a larger one grows it to its size."""
+MAX_ASSOCIATE_RQ = 64 * 1024
+"""Largest A-ASSOCIATE-RQ taken (and largest PDU of any type before the association is
+accepted): what a connection that has not been accepted may make rst allocate."""
 
 
 class TrioStoreReceiver:
@@ -88,8 +105,21 @@ class TrioStoreReceiver:
         self.received = 0
         self.refused = 0
         self.associations = 0
+        """Connections being served (accepted ones and those still negotiating)."""
+        self.turned_away = 0
+        """Connections refused since the start because ``max_connections`` were being served."""
+        self._turning_away = 0
+        self._full_since: int | None = None  # turned_away when the cap was last reached
+        self._connections: set[_Connection] = set()
 
-    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]]) -> None:
+    @property
+    def connections(self) -> tuple[_Connection, ...]:
+        """The connections being served (for monitoring and tests)."""
+        return tuple(self._connections)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until cancelled; report the bound (host, port) through *task_status*."""
         if self._listener is not None:
             sock = trio.socket.from_stdlib_socket(self._listener)
@@ -99,28 +129,101 @@ class TrioStoreReceiver:
         sockname = listeners[0].socket.getsockname()
         self.address = (str(sockname[0]), int(sockname[1]))
         log.info("C-STORE receiver %s listening on %s:%s", self.config.aet, *self.address)
-        task_status.started(self.address)
         async with trio.open_nursery() as nursery:
             if self.ring is not None:
                 nursery.start_soon(self._take_handovers, self.ring, nursery)
-            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+            for listener in listeners:
+                nursery.start_soon(
+                    accept_loop, listener, functools.partial(self._admit, nursery=nursery)
+                )
+            task_status.started(self.address)
+
+    def _admit(self, stream: trio.SocketStream, *, nursery: trio.Nursery) -> None:
+        """Serve *stream*, or turn it away if ``max_connections`` are being served."""
+        if self.associations < self.config.max_connections:
+            if self._full_since is not None:
+                log.info(
+                    "the C-STORE receiver is below its limit again; %d connections were "
+                    "turned away meanwhile",
+                    self.turned_away - self._full_since,
+                )
+                self._full_since = None
+            nursery.start_soon(self._serve, self._open(stream))
+            return
+        self.turned_away += 1
+        if self._full_since is None:
+            self._full_since = self.turned_away - 1
+            log.warning(
+                "the C-STORE receiver serves its limit of %d connections "
+                "(dimse.max_connections): turning new ones away, first %s",
+                self.config.max_connections,
+                peer_of(stream),
+            )
+        else:
+            log.debug("turning away the connection from %s", peer_of(stream))
+        if self._turning_away >= MAX_TURNING_AWAY:
+            stream.socket.close()  # a flood: not even the A-ASSOCIATE-RJ
+            return
+        self._turning_away += 1
+        nursery.start_soon(self._turn_away, stream)
+
+    async def _turn_away(self, stream: trio.SocketStream) -> None:
+        try:
+            await turn_away(
+                stream, linger=self.config.handshake_timeout, max_request=MAX_ASSOCIATE_RQ
+            )
+        finally:
+            self._turning_away -= 1
+
+    def _open(self, stream: trio.SocketStream) -> _Connection:
+        connection = _Connection(self, stream)
+        self.associations += 1
+        self._connections.add(connection)
+        return connection
 
     async def _take_handovers(self, ring: WorkerRing, nursery: trio.Nursery) -> None:
+        failures = 0
         while True:
             try:
                 sock, state, replay = await ring.receive()
-            except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                # a sibling's bug must not take this worker's receiver down
-                log.error("dropped an association passed on by another worker: %s", exc)
+            except Exception as exc:  # a sibling's bug must not take this worker's receiver down
+                log.error("dropped an association passed on by another worker: %r", exc)
+                failures += 1  # an inbox that keeps failing must not spin
+                await trio.sleep(min(1.0, 0.01 * 2**failures))
                 continue
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-            nursery.start_soon(self._serve, stream, (state, replay))
+            failures = 0
+            try:
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            except Exception as exc:  # not a connected stream socket
+                sock.close()
+                log.error("dropped an association passed on by another worker: %r", exc)
+                continue
+            # Not counted against max_connections: a sibling accepted it, the PACS is
+            # already talking on it.
+            nursery.start_soon(self._serve, self._open(stream), (state, replay))
 
     async def _serve(
-        self, stream: trio.SocketStream, handover: tuple[Handover, bytes] | None = None
+        self, connection: _Connection, handover: tuple[Handover, bytes] | None = None
     ) -> None:
-        connection = _Connection(self, stream)
-        self.associations += 1
+        """One connection, from its first byte to its close. Raises nothing but
+        :class:`trio.Cancelled`: whatever one peer does ends its own association only."""
+        try:
+            await self._converse(connection, handover)
+        except Exception:  # a bug must not take the receiver down for every other PACS
+            log.exception("the association from %s ended on an internal error", connection.peer)
+        finally:
+            try:
+                connection.abandon("the association from the PACS ended")
+            except Exception:
+                log.exception("cannot abandon the instance from %s", connection.peer)
+            self.associations -= 1
+            self._connections.discard(connection)
+            with trio.CancelScope(shield=True):
+                await connection.stream.aclose()  # this process's descriptor, not the connection
+
+    async def _converse(
+        self, connection: _Connection, handover: tuple[Handover, bytes] | None
+    ) -> None:
         try:
             if handover is None:
                 await connection.run()
@@ -129,25 +232,23 @@ class TrioStoreReceiver:
         except _PassAssociation as passing:
             connection.pending = None
             await self._pass_on(connection, passing)
+        except _HandshakeTimeout as exc:
+            # ARTIM expired before an A-ASSOCIATE-RQ: close, no A-ABORT (PS3.8 §9.1.4 b, AA-2)
+            log.info("closing the connection from %s: %s", connection.peer, exc)
         except UpperLayerError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
             await connection.abort(exc.source, exc.reason)
         except CommandError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
-            await connection.abort(2, 0)
+            await connection.abort(exc.source, exc.reason)
         except trio.TooSlowError:
             log.warning("aborting association from %s: timed out", connection.peer)
-            await connection.abort(2, 0)
+            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("association from %s ended: %s", connection.peer, exc)
         except Exception:  # a bug must not take the receiver down for every other PACS
             log.exception("aborting association from %s after an internal error", connection.peer)
-            await connection.abort(2, 0)
-        finally:
-            connection.abandon("the association from the PACS ended")
-            self.associations -= 1
-            with trio.CancelScope(shield=True):
-                await stream.aclose()  # closes this process's descriptor, not the connection
+            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
 
     async def _pass_on(self, connection: _Connection, passing: _PassAssociation) -> None:
         assert self.ring is not None
@@ -156,9 +257,13 @@ class TrioStoreReceiver:
             await self.ring.pass_on(
                 passing.target, connection.stream.socket.fileno(), state, passing.replay
             )
-        except OSError as exc:
-            log.error("cannot pass the association from %s on: %s", connection.peer, exc)
-            await connection.abort(2, 0)
+        except Exception as exc:
+            log.error("cannot pass the association from %s on: %r", connection.peer, exc)
+            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+
+
+class _HandshakeTimeout(Exception):
+    """No complete A-ASSOCIATE-RQ (or no answer sent) within ``handshake_timeout``."""
 
 
 class _PassAssociation(Exception):
@@ -171,7 +276,7 @@ class _PassAssociation(Exception):
         self.replay = replay
 
 
-@dataclass
+@dataclass(eq=False)  # one per connection, kept in a set
 class _Connection:
     receiver: TrioStoreReceiver
     stream: trio.SocketStream
@@ -185,14 +290,28 @@ class _Connection:
     hops: int = 0  # how many workers passed the pending C-STORE on
 
     def __post_init__(self) -> None:
-        try:
-            host, port = self.stream.socket.getpeername()[:2]
-            self.peer = f"{host}:{port}"
-        except OSError:
-            pass
+        self.peer = peer_of(self.stream)
         config = self.receiver.config
         self.max_pdu = config.max_pdu or 1 << 20
+        # Until the association is accepted no PDU may be larger than an A-ASSOCIATE-RQ: a
+        # peer that has not even asked for an association gets a few KB, not the data buffer.
+        self.reader = PduReader(
+            max_pdu_length=MAX_ASSOCIATE_RQ,
+            max_associate_length=MAX_ASSOCIATE_RQ,
+            buffer_size=HANDSHAKE_BUFFER,
+        )
+
+    def _open_data_buffer(self) -> None:
+        """The association is accepted: read into the (large) buffer made for P-DATA, taking
+        along what has already arrived."""
+        early = self.reader.take_buffered()
         self.reader = PduReader(max_pdu_length=self.max_pdu)
+        self.reader.feed(early)
+
+    async def _send(self, data: bytes) -> None:
+        # a peer that stops reading must not hold the association (and its buffer) for ever
+        with trio.fail_after(NETWORK_TIMEOUT):
+            await self.stream.send_all(data)
 
     async def abort(self, source: int, reason: int) -> None:
         with trio.move_on_after(1) as scope:
@@ -223,15 +342,20 @@ class _Connection:
         await self._established()
 
     async def run(self) -> None:
-        with trio.fail_after(ACSE_TIMEOUT):
+        timeout = self.receiver.config.handshake_timeout
+        accepted = False
+        with trio.move_on_after(timeout) as handshake:  # ARTIM, PS3.8 §9.1.4 b
             request = await self._next_pdu()
-        if not isinstance(request, AssociateRequest):
-            raise UpperLayerError(
-                f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2
-            )
-        if not await self._associate(request):
-            return
-        await self._established()
+            if not isinstance(request, AssociateRequest):
+                raise UpperLayerError(
+                    f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2
+                )
+            accepted = await self._associate(request)
+        if handshake.cancelled_caught:
+            raise _HandshakeTimeout(f"no A-ASSOCIATE-RQ within {timeout:g} s")
+        if accepted:
+            self._open_data_buffer()
+            await self._established()
 
     async def _established(self) -> None:
         while True:
@@ -241,7 +365,7 @@ class _Connection:
             elif isinstance(pdu, ReleaseRequest):
                 if self.pending is not None:
                     log.warning("%s released the association in the middle of a C-STORE", self.peer)
-                await self.stream.send_all(encode_release_rp())
+                await self._send(encode_release_rp())
                 return
             elif isinstance(pdu, Abort):
                 log.info("%s aborted the association", self.peer)
@@ -254,7 +378,7 @@ class _Connection:
         self.calling_aet = request.calling_aet
         rejection = check_association(request, our_aet=None)
         if rejection is not None:
-            await self.stream.send_all(encode_associate_rj(*rejection))
+            await self._send(encode_associate_rj(*rejection))
             return False
         results: list[ContextResult] = negotiate(
             request,
@@ -262,7 +386,7 @@ class _Connection:
             transfer_syntaxes=list(config.transfer_syntaxes),
         )
         self.accepted = {r.context_id: r.transfer_syntax for r in results if r.result == 0}
-        await self.stream.send_all(
+        await self._send(
             encode_associate_ac(
                 request,
                 results,
@@ -310,6 +434,8 @@ class _Connection:
         if pdv.is_command:
             if self.pending is not None:
                 raise UpperLayerError("a command arrived before the dataset ended", reason=2)
+            if len(self.command) + len(pdv.data) > MAX_COMMAND_SET:
+                raise CommandError(f"a command set longer than {MAX_COMMAND_SET} bytes")
             self.command += pdv.data
             if pdv.is_last:
                 command, self.command = bytes(self.command), bytearray()
@@ -324,7 +450,7 @@ class _Connection:
                 status = await self._deliver(pending)
                 self.pending, self.hops = None, 0
                 response = encode_c_store_rsp(pending.request, status)
-                await self.stream.send_all(encode_pdata(pdv.context_id, True, True, response))
+                await self._send(encode_pdata(pdv.context_id, True, True, response))
 
     async def _on_command(
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int, syntax: str
@@ -341,7 +467,7 @@ class _Connection:
                     raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
             response = encode_c_echo_rsp(command, STATUS_SUCCESS)
-            await self.stream.send_all(encode_pdata(context_id, True, True, response))
+            await self._send(encode_pdata(context_id, True, True, response))
         else:
             raise UpperLayerError(
                 "the receiver only serves C-STORE and C-ECHO "

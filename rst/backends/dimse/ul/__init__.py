@@ -13,6 +13,7 @@ Malformed input raises :class:`UpperLayerError` (carrying the A-ABORT source and
 """
 
 from rst.backends.dimse.ul.commands import (
+    MAX_COMMAND_SET,
     CEchoRequest,
     CommandError,
     CStoreRequest,
@@ -54,6 +55,7 @@ from rst.backends.dimse.ul.pdu import (
 
 __all__ = [
     "APPLICATION_CONTEXT",
+    "MAX_COMMAND_SET",
     "Abort",
     "AssociateAccept",
     "AssociateReject",

@@ -23,6 +23,7 @@ __all__ = [
     "C_ECHO_RSP",
     "C_STORE_RQ",
     "C_STORE_RSP",
+    "MAX_COMMAND_SET",
     "NO_DATASET",
     "CEchoRequest",
     "CStoreRequest",
@@ -35,6 +36,10 @@ __all__ = [
     "parse_command",
 ]
 
+MAX_COMMAND_SET = 64 * 1024
+"""Largest DIMSE command set taken, by the receiver and the client alike. A C-STORE-RQ is about
+250 bytes (PS3.7 §9.3.1); a command that grows past this is aborted rather than reassembled for
+ever."""
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
