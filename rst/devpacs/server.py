@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -68,6 +68,14 @@ class Faults:
     """After N C-STORE sub-operations abort the sub-association and the requesting one."""
     store_status: int = 0x0000
     """Status answered to incoming C-STOREs (failure statuses store nothing)."""
+    store_status_for: Mapping[str, int] = field(default_factory=dict)
+    """Per SOP Instance UID: the status its C-STORE is answered with, instead of store_status."""
+    abort_on_store: frozenset[str] = frozenset()
+    """SOP Instance UIDs whose C-STORE the PACS answers by aborting the association."""
+    hang_on_store: frozenset[str] = frozenset()
+    """SOP Instance UIDs whose C-STORE is never answered (until the association ends)."""
+    refuse_sop_classes: frozenset[str] = frozenset()
+    """SOP classes whose presentation contexts are rejected (abstract syntax not supported)."""
 
 
 class _DevAE(AE):
@@ -223,6 +231,7 @@ class DevPacs:
         self._stopping.clear()
         handlers = [
             (evt.EVT_CONN_OPEN, _nodelay),
+            (evt.EVT_CONN_OPEN, self._refuse_classes),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_FIND, self._on_find),
             (evt.EVT_C_MOVE, self._on_move),
@@ -351,9 +360,30 @@ class DevPacs:
         finally:
             sub.detach(event.assoc)
 
+    def _refuse_classes(self, event: Any) -> None:
+        """EVT_CONN_OPEN (before negotiation): apply :attr:`Faults.refuse_sop_classes`."""
+        refused = self.faults.refuse_sop_classes
+        if refused and event.assoc.is_acceptor:
+            acceptor = event.assoc.acceptor
+            acceptor.supported_contexts = [
+                cx for cx in acceptor.supported_contexts if cx.abstract_syntax not in refused
+            ]
+
     def _on_store(self, event: Any) -> int:
         self._log("store")
-        status = self.faults.store_status
+        sop_instance = str(event.request.AffectedSOPInstanceUID)
+        if sop_instance in self.faults.abort_on_store:
+            self._log("abort-store")
+            event.assoc.abort()
+            return _CANNOT_UNDERSTAND  # never sent: the association is gone
+        if sop_instance in self.faults.hang_on_store:
+            self._log("hang-store")
+            assoc = event.assoc
+            while assoc.is_established and not assoc.acse.is_aborted():
+                if self._stopping.wait(_POLL):
+                    break
+            return _CANNOT_UNDERSTAND  # too late for anyone to read it
+        status = self.faults.store_status_for.get(sop_instance, self.faults.store_status)
         if status != 0x0000 and status & 0xF000 != 0xB000:
             return status  # a failure: store nothing
         try:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import multipart as _mp
 
 from rst.dicom.accept import parse_media_type
-from rst.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from rst.errors import BadRequest, PayloadTooLarge, RstError, UnsupportedMediaType
 
 __all__ = [
+    "MAX_PART_HEADER_BYTES",
     "MultipartReader",
     "MultipartWriter",
     "Part",
@@ -31,6 +32,12 @@ _BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:
 _TOKEN_RE = re.compile(r"[0-9A-Za-z!#$%&'*+\-.^_`|~]+")
 _MAX_READ_BOUNDARY = 256
 """Longest boundary the reader takes (longer than RFC 2046's 70: be lenient with clients)."""
+MAX_PART_HEADER_BYTES = 16 * 1024
+"""Most bytes the header lines of one part may take together (names, values, separators)."""
+_MAX_HEADER_LINES = 32
+_MAX_HEADER_LINE = 4224
+"""Bounds of the ``multipart`` parser itself: header lines per part, bytes per line. It holds
+a part's header lines until they are complete, so they bound what it buffers."""
 
 
 def new_boundary() -> str:
@@ -189,10 +196,21 @@ class MultipartReader:
     Only the part being received is buffered.
     """
 
-    def __init__(self, boundary: str, *, max_part_bytes: int, max_total_bytes: int) -> None:
-        """``max_part_bytes`` bounds one part's data, ``max_total_bytes`` the whole body."""
+    def __init__(
+        self,
+        boundary: str,
+        *,
+        max_part_bytes: int,
+        max_total_bytes: int,
+        max_parts: int | None = None,
+    ) -> None:
+        """``max_part_bytes`` bounds one part's data, ``max_total_bytes`` the whole body,
+        ``max_parts`` the number of parts; a part's headers take at most
+        :data:`MAX_PART_HEADER_BYTES`."""
         try:
-            self._parser = _RelatedParser(boundary, max_header_count=32)
+            self._parser = _RelatedParser(
+                boundary, max_header_count=_MAX_HEADER_LINES, max_header_size=_MAX_HEADER_LINE
+            )
         except _mp.MultipartError as err:
             raise BadRequest(f"invalid multipart boundary: {err}") from err
         self._max_part = max_part_bytes
@@ -202,6 +220,9 @@ class MultipartReader:
         self._chunks: list[bytes] = []
         self._part_size = 0
         self._count = 0
+        self._started = 0
+        self._max_parts = max_parts
+        self._pending: RstError | None = None
 
     @property
     def part_count(self) -> int:
@@ -211,15 +232,29 @@ class MultipartReader:
     def feed(self, chunk: bytes) -> list[Part]:
         """Parse the next body chunk; return the parts it completed.
 
-        :raises BadRequest: the body is not valid multipart.
-        :raises PayloadTooLarge: a part or the body exceed the limits.
+        An error met in the chunk is raised once the parts it completed before the error have
+        been handed out: at once if there are none, else by the next call (or :meth:`finish`).
+
+        :raises BadRequest: the body is not valid multipart, or a part's headers are too large.
+        :raises PayloadTooLarge: a part, the body or the number of parts exceed the limits.
         """
+        self._raise_pending()
         if not chunk:
             return []
+        room = self._max_total - self._total
         self._total += len(chunk)
-        if self._total > self._max_total:
-            raise PayloadTooLarge(f"the request body exceeds {self._max_total} bytes")
         done: list[Part] = []
+        try:
+            self._parse(chunk[:room] if len(chunk) > room else chunk, done)
+            if len(chunk) > room:
+                raise PayloadTooLarge(f"the request body exceeds {self._max_total} bytes")
+        except RstError as err:
+            if not done:
+                raise
+            self._pending = err
+        return done
+
+    def _parse(self, chunk: bytes, done: list[Part]) -> None:
         try:
             for event in self._parser.parse(chunk):
                 if event is None:
@@ -232,12 +267,29 @@ class MultipartReader:
                         )
                     self._chunks.append(bytes(event))
                 else:
-                    self._headers = list(event.headerlist)
-                    self._chunks = []
-                    self._part_size = 0
+                    self._start_part(list(event.headerlist))
         except _mp.MultipartError as err:
             raise BadRequest(f"malformed multipart body: {err}") from err
-        return done
+
+    def _raise_pending(self) -> None:
+        if self._pending is not None:
+            raise self._pending
+
+    def _start_part(self, headers: list[tuple[str, str]]) -> None:
+        self._started += 1
+        if self._max_parts is not None and self._started > self._max_parts:
+            raise PayloadTooLarge(f"the request body has more than {self._max_parts} parts")
+        size = sum(
+            len(f"{name}: {value}\r\n".encode("utf-8", "replace")) for name, value in headers
+        )
+        if size > MAX_PART_HEADER_BYTES:
+            raise BadRequest(
+                f"the headers of part {self._started} of the request body take {size} bytes; "
+                f"at most {MAX_PART_HEADER_BYTES} are accepted"
+            )
+        self._headers = headers
+        self._chunks = []
+        self._part_size = 0
 
     def _finish_part(self) -> Part:
         headers = self._headers or []
@@ -254,6 +306,7 @@ class MultipartReader:
 
         :raises BadRequest: the body ended before the close delimiter.
         """
+        self._raise_pending()
         try:
             self._parser.close()
         except _mp.MultipartError as err:

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import Dataset, dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import dcmwrite
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -23,12 +25,17 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from rst.dicom.completeness import check_complete
+from rst.dicom.uid import is_valid_uid
 from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
     "UNCOMPRESSED_SYNTAXES",
+    "BadUpload",
+    "Upload",
     "part10_bytes",
     "read_instance",
+    "read_upload",
     "reencode",
     "transfer_syntax_of",
 ]
@@ -218,7 +225,7 @@ def dataset_offset(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded instance (STOW-RS part), read only up to its pixel data."""
+    """An uploaded instance (STOW-RS part), read only up to its pixel data, checked whole."""
 
     data: bytes
     header: Dataset
@@ -226,19 +233,47 @@ class Upload:
     transfer_syntax: str
     dataset_offset: int
     """Where the encoded dataset starts in ``data`` (after preamble and meta; 0 if bare)."""
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    """The instance's UIDs, each a valid UID (PS3.5 9.1)."""
 
     @property
     def dataset(self) -> memoryview:
         return memoryview(self.data)[self.dataset_offset :]
 
 
+class BadUpload(BadRequest):
+    """An upload rst cannot store as it is. ``sop_class_uid`` and ``sop_instance_uid`` are the
+    instance's UIDs when they could be read and are valid (to name it in a STOW-RS response)."""
+
+    def __init__(
+        self, message: str, *, sop_class_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+
+
+_UPLOAD_UIDS = {
+    "SOPClassUID": "SOP Class UID",
+    "SOPInstanceUID": "SOP Instance UID",
+    "StudyInstanceUID": "Study Instance UID",
+    "SeriesInstanceUID": "Series Instance UID",
+}
+
+
 def read_upload(data: bytes) -> Upload:
-    """Read an uploaded Part 10 file (or bare dataset) up to its pixel data.
+    """Read an uploaded Part 10 file (or bare dataset) up to its pixel data, and check it.
 
-    Cheaper than :func:`read_instance`: the bulk of the data is not decoded, so a damaged pixel
-    data element is only noticed by whoever decodes it (the PACS answers with a failure).
+    Cheaper than :func:`read_instance`: the bulk of the data is not decoded. What is checked is
+    what rst relies on to send the data set as it came: the SOP Class, SOP Instance, Study and
+    Series Instance UIDs are present and valid, and every top-level element is whole (a data set
+    cut short would leave the PACS waiting for the rest; see :mod:`rst.dicom.completeness`).
+    Damage inside a value (a corrupt compressed frame) is left for the PACS to find.
 
-    :raises BadRequest: the data is not DICOM, or lacks SOP Class / SOP Instance UID.
+    :raises BadUpload: the data is not DICOM, is truncated, or lacks a valid UID.
     """
     part10 = _has_part10_header(data)
     offset = 0
@@ -250,10 +285,10 @@ def read_upload(data: bytes) -> Upload:
             offset = fp.tell()
             syntax = str(meta.get("TransferSyntaxUID") or "").strip("\0 ")
             if not syntax:
-                raise BadRequest("the DICOM file meta information has no Transfer Syntax UID")
+                raise BadUpload("the DICOM file meta information has no Transfer Syntax UID")
         header = dcmread(BytesIO(data), force=not part10, stop_before_pixels=True)
+        implicit, little = header.original_encoding
         if not part10:
-            implicit, little = header.original_encoding
             syntax = str(
                 ImplicitVRLittleEndian
                 if implicit
@@ -261,14 +296,60 @@ def read_upload(data: bytes) -> Upload:
                 if little
                 else ExplicitVRBigEndian
             )
-    except BadRequest:
+        uids = {keyword: _text(header, keyword) for keyword in _UPLOAD_UIDS}
+    except BadUpload:
         raise
     except Exception as err:  # pydicom raises many kinds on garbage
-        raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
-    for keyword in ("SOPClassUID", "SOPInstanceUID"):
-        if not header.get(keyword):
-            raise BadRequest(f"the data is not a DICOM instance: it has no {keyword}")
-    return Upload(data, header, syntax, offset)
+        raise BadUpload(f"the data is not a readable DICOM instance: {err}") from err
+    valid = {keyword: value for keyword, value in uids.items() if is_valid_uid(value)}
+    names = {
+        "sop_class_uid": valid.get("SOPClassUID"),
+        "sop_instance_uid": valid.get("SOPInstanceUID"),
+    }
+    try:
+        check_complete(
+            memoryview(data)[offset:],
+            implicit_vr=bool(implicit),
+            little_endian=bool(little),
+            deflated=syntax == str(DeflatedExplicitVRLittleEndian),
+            meta_first=not part10,
+        )
+    except BadRequest as exc:
+        raise BadUpload(exc.message, **names) from None
+    for keyword, name in _UPLOAD_UIDS.items():
+        value = uids[keyword]
+        if not value:
+            raise BadUpload(f"the data is not a DICOM instance: it has no {name}", **names)
+        if keyword not in valid:
+            raise BadUpload(f"the {name} {value[:80]!r} is not a valid UID", **names)
+    return Upload(
+        data,
+        header,
+        syntax,
+        offset,
+        sop_class_uid=valid["SOPClassUID"],
+        sop_instance_uid=valid["SOPInstanceUID"],
+        study_uid=valid["StudyInstanceUID"],
+        series_uid=valid["SeriesInstanceUID"],
+    )
+
+
+def _text(header: Dataset, keyword: str) -> str:
+    """An attribute's value as the text it holds ("" when absent or empty), from the raw bytes
+    where pydicom has not converted it yet: a malformed value is reported by rst, not turned
+    into a warning (or an exception) by pydicom's validation. Several values (a backslash in a
+    UID) come back joined as they were sent."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in header:
+        return ""
+    value = header.get_item(tag).value
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\0 ")
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(item) for item in value)
+    return str(value).strip("\0 ")
 
 
 def _swap_binary(dataset: Dataset) -> None:

@@ -1,9 +1,32 @@
-"""STOW-RS: a multipart body parsed as it arrives, each instance stored and its fate reported."""
+"""STOW-RS: a multipart body parsed as it arrives, each instance stored and its fate reported.
+
+Each part's fate is its own, and the response says what it was (PS3.18 10.5.3):
+
+- A part rst cannot send as it is — not DICOM, a data set cut short, a missing or malformed
+  SOP Class / SOP Instance / Study / Series Instance UID — fails with 0xC000 and is never sent;
+  an instance of another study than the URL names fails with 0xA900.
+- Otherwise the archive's answer decides: success or a warning puts the instance in
+  ``ReferencedSOPSequence``, a failure status (0x0122 for a SOP class the PACS does not take,
+  0xC122 for a transfer syntax, ...) in ``FailedSOPSequence``.
+- A part whose association breaks (the PACS aborts, breaks the protocol) fails with 0x0110; the
+  next part opens a new association.
+- When the archive cannot be used at all (unreachable, rejects rst, stops answering), the
+  request fails with that error (502/504) if nothing was stored yet; otherwise that part and
+  every later one fail with 0x0110 without being sent, and the body is still read to name them.
+- An error that ends the body (malformed multipart, a size or part-count limit, the upload
+  breaking off) fails the request (400/413) if nothing was stored yet; otherwise the response
+  lists what was stored and an ``OtherFailuresSequence`` item for the rest (0xA700 for a limit,
+  0xC000 for a malformed body, 0x0110 otherwise).
+- Anything unforeseen while handling one part fails that part (0x0110, logged with its
+  traceback) and the next part is handled.
+
+HTTP status: 200 all stored, 202 some stored, 409 none stored.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,20 +34,24 @@ from pydicom import Dataset
 
 from rst.bridge import run_sync
 from rst.dicom.multipart import MultipartReader, Part, stow_boundary
-from rst.dicom.part10 import read_upload
-from rst.errors import BadRequest, RstError
+from rst.dicom.part10 import BadUpload, Upload, read_upload
+from rst.dicom.statuses import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    STUDY_MISMATCH,
+    SUCCESS,
+    is_stored,
+)
+from rst.errors import BadRequest, PayloadTooLarge, RstError
 from rst.services.protocols import Backend, StoreSession
 
-__all__ = ["StowOutcome", "store_instances"]
+__all__ = ["MAX_STOW_PARTS", "StowOutcome", "store_instances"]
 
 log = logging.getLogger(__name__)
 
-# PS3.18 Table I.2-1 / PS3.4 C-STORE failure reasons
-PROCESSING_FAILURE = 0x0110
-OUT_OF_RESOURCES = 0xA700
-STUDY_MISMATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-WARNING_STATUSES = range(0xB000, 0xC000)
+MAX_STOW_PARTS = 10_000
+"""Most parts one STOW-RS request may have (413 beyond)."""
 
 
 @dataclass
@@ -35,15 +62,17 @@ class StowOutcome:
     study_uid: str | None
     referenced: list[Dataset] = field(default_factory=list)
     failed: list[Dataset] = field(default_factory=list)
+    other_failures: list[Dataset] = field(default_factory=list)
+    """Failures no instance can be named for: the rest of a body that could not be read."""
     warnings: int = 0
 
     @property
     def http_status(self) -> int:
-        if not self.referenced and not self.failed:
+        if not self.referenced and not self.failed and not self.other_failures:
             return 400
         if not self.referenced:
             return 409
-        if self.failed or self.warnings:
+        if self.failed or self.other_failures or self.warnings:
             return 202
         return 200
 
@@ -55,10 +84,28 @@ class StowOutcome:
             ds.ReferencedSOPSequence = self.referenced
         if self.failed:
             ds.FailedSOPSequence = self.failed
+        if self.other_failures:
+            ds.OtherFailuresSequence = self.other_failures
         result: dict[str, Any] = ds.to_json_dict()
         return result
 
+    def add_stored(self, upload: Upload, status: int = SUCCESS) -> None:
+        item = Dataset()
+        item.ReferencedSOPClassUID = upload.sop_class_uid
+        item.ReferencedSOPInstanceUID = upload.sop_instance_uid
+        item.RetrieveURL = (
+            f"{self.base}/studies/{upload.study_uid}/series/{upload.series_uid}"
+            f"/instances/{upload.sop_instance_uid}"
+        )
+        if status != SUCCESS:
+            item.WarningReason = status
+            self.warnings += 1
+        self.referenced.append(item)
+        if self.study_uid is None:
+            self.study_uid = upload.study_uid
+
     def add_failure(self, sop_class: str | None, sop_instance: str | None, reason: int) -> None:
+        """A failed instance; UIDs that could not be read (or are not valid UIDs) are left out."""
         item = Dataset()
         if sop_class:
             item.ReferencedSOPClassUID = sop_class
@@ -66,6 +113,11 @@ class StowOutcome:
             item.ReferencedSOPInstanceUID = sop_instance
         item.FailureReason = reason
         self.failed.append(item)
+
+    def add_other_failure(self, reason: int) -> None:
+        item = Dataset()
+        item.FailureReason = reason
+        self.other_failures.append(item)
 
 
 async def store_instances(
@@ -76,69 +128,122 @@ async def store_instances(
     study_uid: str | None,
     base: str,
     max_bytes: int,
+    max_parts: int = MAX_STOW_PARTS,
 ) -> StowOutcome:
     """Store every part of *body* through *backend*; report each instance's fate.
 
-    An error reaching the archive before anything was stored is raised (502/504); after that,
-    the remaining instances are reported as failed.
+    Raises only when nothing was stored: a body that cannot be read (400, 413, 415), an archive
+    that cannot be used (502, 504), a body without parts (400).
     """
     boundary = stow_boundary(content_type)
-    reader = MultipartReader(boundary, max_part_bytes=max_bytes, max_total_bytes=max_bytes)
+    reader = MultipartReader(
+        boundary, max_part_bytes=max_bytes, max_total_bytes=max_bytes, max_parts=max_parts
+    )
     outcome = StowOutcome(base, study_uid)
-    broken: RstError | None = None
-
-    async def handle(session: StoreSession, part: Part) -> None:
-        nonlocal broken
-        try:
-            upload = await run_sync(lambda: read_upload(part.data))
-        except BadRequest as exc:
-            log.info("STOW part not stored: %s", exc.message)
-            outcome.add_failure(None, None, CANNOT_UNDERSTAND)
-            return
-        sop_class = str(upload.header.get("SOPClassUID", "")) or None
-        sop_instance = str(upload.header.get("SOPInstanceUID", "")) or None
-        if not sop_class or not sop_instance:
-            outcome.add_failure(sop_class, sop_instance, CANNOT_UNDERSTAND)
-            return
-        instance_study = str(upload.header.get("StudyInstanceUID", ""))
-        if study_uid is not None and instance_study != study_uid:
-            outcome.add_failure(sop_class, sop_instance, STUDY_MISMATCH)
-            return
-        if broken is not None:
-            outcome.add_failure(sop_class, sop_instance, PROCESSING_FAILURE)
-            return
-        try:
-            result = await session.store(upload)
-        except RstError as exc:
-            if not outcome.referenced and not outcome.failed:
-                raise
-            broken = exc
-            outcome.add_failure(sop_class, sop_instance, PROCESSING_FAILURE)
-            return
-        if result.status == 0x0000 or result.status in WARNING_STATUSES:
-            item = Dataset()
-            item.ReferencedSOPClassUID = sop_class
-            item.ReferencedSOPInstanceUID = sop_instance
-            series = upload.header.get("SeriesInstanceUID", "")
-            item.RetrieveURL = (
-                f"{base}/studies/{instance_study}/series/{series}/instances/{sop_instance}"
-            )
-            if result.status != 0x0000:
-                item.WarningReason = result.status
-                outcome.warnings += 1
-            outcome.referenced.append(item)
-            if outcome.study_uid is None:
-                outcome.study_uid = instance_study
-        else:
-            log.info("PACS refused %s with status 0x%04X", sop_instance, result.status)
-            outcome.add_failure(sop_class, sop_instance, result.status)
-
     async with backend.store() as session:
-        async for chunk in body:
-            for part in reader.feed(chunk):
-                await handle(session, part)
-        for part in reader.finish():
-            await handle(session, part)
+        parts = _Parts(session, outcome, study_uid)
+        chunks = aiter(body)
+        while True:
+            try:
+                done, ended = await _next_parts(chunks, reader)
+            except Exception as exc:  # the body cannot be read on: what was stored still counts
+                if not outcome.referenced:
+                    raise
+                outcome.add_other_failure(_body_failure(exc))
+                log.warning(
+                    "STOW-RS body unreadable after part %d (%d instances stored): %s",
+                    reader.part_count,
+                    len(outcome.referenced),
+                    exc.message if isinstance(exc, RstError) else repr(exc),
+                )
+                break
+            for part in done:
+                await parts.store(part)
+            if ended:
+                break
     if not outcome.referenced and not outcome.failed:
         raise BadRequest("the STOW-RS request contained no instances")
     return outcome
+
+
+async def _next_parts(
+    chunks: AsyncIterator[bytes], reader: MultipartReader
+) -> tuple[list[Part], bool]:
+    """The parts the next chunk of the body completes, and whether the body has ended."""
+    try:
+        chunk = await anext(chunks)
+    except StopAsyncIteration:
+        return reader.finish(), True
+    return reader.feed(chunk), False
+
+
+def _body_failure(error: Exception) -> int:
+    if isinstance(error, PayloadTooLarge):
+        return OUT_OF_RESOURCES
+    if isinstance(error, BadRequest):
+        return CANNOT_UNDERSTAND
+    return PROCESSING_FAILURE
+
+
+class _Parts:
+    """Stores the parts of one request one after another, each failing alone."""
+
+    def __init__(self, session: StoreSession, outcome: StowOutcome, study_uid: str | None):
+        self.session = session
+        self.outcome = outcome
+        self.study_uid = study_uid
+        self.count = 0
+        self.unusable: RstError | None = None
+        """Set once the archive could not be used after something was stored."""
+        self._names: tuple[str | None, str | None] = (None, None)
+
+    async def store(self, part: Part) -> None:
+        self.count += 1
+        self._names = (None, None)
+        try:
+            await self._store(part)
+        except RstError:
+            raise  # the archive cannot be used and nothing was stored: the request's error
+        except Exception:
+            log.exception("STOW-RS part %d: unexpected error", self.count)
+            self._fail(PROCESSING_FAILURE, "unexpected error (see the traceback)")
+
+    async def _store(self, part: Part) -> None:
+        try:
+            upload = await run_sync(lambda: read_upload(part.data))
+        except BadUpload as exc:
+            self._names = (exc.sop_class_uid, exc.sop_instance_uid)
+            self._fail(CANNOT_UNDERSTAND, exc.message)
+            return
+        self._names = (upload.sop_class_uid, upload.sop_instance_uid)
+        if self.study_uid is not None and upload.study_uid != self.study_uid:
+            self._fail(STUDY_MISMATCH, f"it belongs to study {upload.study_uid}")
+            return
+        if self.unusable is not None:
+            self._fail(PROCESSING_FAILURE, f"not sent: {self.unusable.message}")
+            return
+        try:
+            result = await self.session.store(upload)
+        except RstError as exc:
+            if not self.outcome.referenced:
+                raise
+            self.unusable = exc
+            self._fail(PROCESSING_FAILURE, exc.message)
+            return
+        if is_stored(result.status):
+            self.outcome.add_stored(upload, result.status)
+        else:
+            self._fail(
+                result.status, f"the archive answered 0x{result.status:04X} {result.comment}"
+            )
+
+    def _fail(self, reason: int, why: str) -> None:
+        sop_class, sop_instance = self._names
+        log.info(
+            "STOW-RS part %d (%s) not stored (0x%04X): %s",
+            self.count,
+            sop_instance or "no valid SOP Instance UID",
+            reason,
+            why,
+        )
+        self.outcome.add_failure(sop_class, sop_instance, reason)

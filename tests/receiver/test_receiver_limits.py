@@ -36,11 +36,11 @@ from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.trio_receiver import (
     HANDSHAKE_BUFFER,
     MAX_ASSOCIATE_RQ,
-    MAX_COMMAND_SET,
     TrioStoreReceiver,
 )
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
+    MAX_COMMAND_SET,
     Abort,
     AssociateAccept,
     OtherCommand,

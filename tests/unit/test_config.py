@@ -14,10 +14,17 @@ from rst.config import (
     AeConfig,
     Config,
     ConfigError,
+    S3AeConfig,
     load_config,
 )
 
 NO_ENV: dict[str, str] = {}
+
+
+def dimse(ae: AeConfig | S3AeConfig | None) -> AeConfig:
+    """The archive as a DIMSE one (what these tests configure)."""
+    assert isinstance(ae, AeConfig)
+    return ae
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -115,12 +122,10 @@ aet = "OTHER"
     )
     assert (config.dimse.aet, config.dimse.port, config.dimse.channel_size) == ("GATEWAY", 4242, 8)
     assert [ae.aet for ae in config.aets] == ["ORTHANC", "OTHER"]
-    orthanc = config.ae("ORTHANC")
-    assert orthanc is not None
+    orthanc = dimse(config.ae("ORTHANC"))
     assert (orthanc.host, orthanc.port, orthanc.retrieve) == ("pacs.example", 4243, "get")
     assert config.calling_aet(orthanc) == "CALLER"
-    other = config.ae("OTHER")
-    assert other is not None
+    other = dimse(config.ae("OTHER"))
     assert config.calling_aet(other) == "GATEWAY"
     assert config.ae("MISSING") is None
 
@@ -333,7 +338,7 @@ def test_env_overrides_ae_from_file(tmp_path: Path) -> None:
     config = load_config(path, environ={"RST_AETS_ORTHANC_PORT": "4343"})
 
     assert len(config.aets) == 1
-    assert (config.aets[0].host, config.aets[0].port) == ("pacs", 4343)
+    assert (dimse(config.aets[0]).host, dimse(config.aets[0]).port) == ("pacs", 4343)
 
 
 def test_env_ae_match_is_case_insensitive_on_the_file_side(tmp_path: Path) -> None:
@@ -341,7 +346,7 @@ def test_env_ae_match_is_case_insensitive_on_the_file_side(tmp_path: Path) -> No
 
     config = load_config(path, environ={"RST_AETS_ORTHANC_RETRIEVE": "get"})
 
-    assert [(ae.aet, ae.retrieve) for ae in config.aets] == [("orthanc", "get")]
+    assert [(ae.aet, dimse(ae).retrieve) for ae in config.aets] == [("orthanc", "get")]
 
 
 def test_env_ae_title_containing_underscore(tmp_path: Path) -> None:
@@ -352,10 +357,8 @@ def test_env_ae_title_containing_underscore(tmp_path: Path) -> None:
         environ={"RST_AETS_MY_PACS_PORT": "5000", "RST_AETS_MY_PACS_MAX_ASSOCIATIONS": "2"},
     )
 
-    my_pacs = config.ae("MY_PACS")
-    my = config.ae("MY")
-    assert my_pacs is not None
-    assert my is not None
+    my_pacs = dimse(config.ae("MY_PACS"))
+    my = dimse(config.ae("MY"))
     assert (my_pacs.port, my_pacs.max_associations) == (5000, 2)
     assert (my.port, my.max_associations) == (104, 8)
 
@@ -371,7 +374,7 @@ def test_env_key_is_matched_from_the_end_longest_first() -> None:
     )
 
     assert len(config.aets) == 1
-    ae = config.aets[0]
+    ae = dimse(config.aets[0])
     assert (ae.aet, ae.calling_aet) == ("PACS", "CALLER")
     assert (ae.first_store_timeout, ae.store_timeout) == (300.0, 5.0)
 
@@ -384,8 +387,7 @@ def test_env_alone_creates_a_new_ae(tmp_path: Path) -> None:
     )
 
     assert [ae.aet for ae in config.aets] == ["ORTHANC", "NEW_PACS"]
-    new = config.ae("NEW_PACS")
-    assert new is not None
+    new = dimse(config.ae("NEW_PACS"))
     assert (new.host, new.port) == ("10.0.0.9", 11113)
 
 
@@ -448,7 +450,7 @@ def test_env_overrides_padded_ae_title_from_file(tmp_path: Path) -> None:
 
     config = load_config(path, environ={"RST_AETS_PACS_PORT": "7"})
 
-    assert [(ae.aet, ae.port) for ae in config.aets] == [("PACS", 7)]
+    assert [(ae.aet, dimse(ae).port) for ae in config.aets] == [("PACS", 7)]
 
 
 # -- workers ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rst.dicom.multipart import (
+    MAX_PART_HEADER_BYTES,
     MultipartReader,
     MultipartWriter,
     Part,
@@ -256,6 +257,42 @@ class TestReader:
     def test_invalid_boundary(self) -> None:
         with pytest.raises(BadRequest):
             MultipartReader("a\nb", max_part_bytes=1, max_total_bytes=1)
+
+    def test_part_count_limit(self) -> None:
+        boundary, body = build([("application/dicom", b"x")] * 3)
+        reader = MultipartReader(boundary, max_part_bytes=BIG, max_total_bytes=BIG, max_parts=3)
+        assert len(reader.feed(body)) == 3
+        reader = MultipartReader(boundary, max_part_bytes=BIG, max_total_bytes=BIG, max_parts=2)
+        assert len(reader.feed(body)) == 2  # the parts before the limit...
+        with pytest.raises(PayloadTooLarge, match="more than 2 parts"):
+            reader.finish()  # ...then the error
+
+    def test_part_header_size_limit(self) -> None:
+        def body(lines: int) -> bytes:  # header lines of 3500 bytes (each within the line limit)
+            head = "".join(f"X-Padding-{n}: {'x' * 3486}\r\n" for n in range(lines))
+            return f"--B\r\nContent-Type: application/dicom\r\n{head}\r\nx\r\n--B--\r\n".encode()
+
+        assert len(read_all("B", [body(4)])) == 1
+        with pytest.raises(BadRequest, match=f"at most {MAX_PART_HEADER_BYTES}"):
+            read_all("B", [body(5)])
+
+    def test_header_line_limit(self) -> None:
+        body = b"--B\r\nX-Long: " + b"y" * 5000 + b"\r\n\r\nx\r\n--B--\r\n"
+        with pytest.raises(BadRequest, match="malformed"):
+            read_all("B", [body])
+
+    def test_error_after_complete_parts_comes_with_the_next_call(self) -> None:
+        """Parts the chunk completed before a limit was met are handed out first."""
+        boundary, body = build([("application/dicom", b"x" * 10)] * 3)
+        limit = len(body) - 20  # reached in the third part
+        reader = MultipartReader(boundary, max_part_bytes=BIG, max_total_bytes=limit)
+        assert [p.data for p in reader.feed(body)] == [b"x" * 10] * 2
+        with pytest.raises(PayloadTooLarge, match="body"):
+            reader.feed(b"more")
+        reader = MultipartReader(boundary, max_part_bytes=BIG, max_total_bytes=limit)
+        reader.feed(body)
+        with pytest.raises(PayloadTooLarge):
+            reader.finish()
 
 
 def _chunked(body: bytes, cuts: list[int]) -> list[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import trio
@@ -30,8 +31,9 @@ async def test_reading_stops_at_the_high_water_mark_and_resumes_when_consumed() 
 
     request = FakeRequest()
     connection = RequestScopedConnection.__new__(RequestScopedConnection)
+    connection.app = SimpleNamespace(config={"RST_BODY_TIMEOUT": 30.0})  # type: ignore[assignment]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(connection.handle_messages, nursery, request, receive)
+        nursery.start_soon(connection.handle_messages, nursery, request, receive)  # type: ignore[arg-type]
         await trio.testing.wait_all_tasks_blocked()
         assert received == HIGH_WATER // CHUNK  # stopped reading: nobody consumed the body
         total = len(await request.body.__anext__())

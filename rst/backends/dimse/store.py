@@ -6,12 +6,20 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+import trio
 from pynetdicom import build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from rst.backends.dimse import uids
 from rst.bridge import run_sync
 from rst.dicom.part10 import Upload, read_instance
+from rst.dicom.statuses import (
+    CANNOT_UNDERSTAND,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+)
 from rst.errors import BackendTimeout, BadRequest
 from rst.services.protocols import StoreResult
 
@@ -20,9 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DimseStoreSession"]
 
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-CANNOT_UNDERSTAND = 0xC000
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 MAX_CONTEXTS = 128
 
 
@@ -46,14 +51,24 @@ class DimseStoreSession:
         assoc = await self._association_for(sop_class, transfer_syntax)
         if not any(cx.abstract_syntax == sop_class for cx in assoc.accepted_contexts):
             return StoreResult(SOP_CLASS_NOT_SUPPORTED, "the PACS does not accept this SOP class")
+        started = trio.current_time()
         try:
             status = await run_sync(lambda: assoc.send_c_store(dataset), self.backend.peer.threads)
         except ValueError as exc:  # pynetdicom: no accepted context for this transfer syntax
             return StoreResult(TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc))
         code = status.get("Status")
         if code is None:
-            error = BackendTimeout(f"the PACS {self.backend.name} did not answer a C-STORE")
+            # pynetdicom aborts the association itself after its DIMSE timeout: only an abort
+            # before that is the PACS's, which fails this instance alone.
+            timeout = self.backend.config.store_timeout
+            aborted = assoc.is_aborted and trio.current_time() - started < timeout
+            error = BackendTimeout(
+                f"the PACS {self.backend.name} did not answer a C-STORE within {timeout:g} s"
+            )
             await self._drop(error)
+            if aborted:  # the next instance associates anew
+                message = f"the PACS {self.backend.name} aborted the association during a C-STORE"
+                return StoreResult(PROCESSING_FAILURE, message)
             raise error
         return StoreResult(int(code), str(status.get("ErrorComment", "")))
 
@@ -94,8 +109,10 @@ def _store_contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationCon
         syntaxes = by_class.setdefault(sop_class, [])
         if syntax not in syntaxes:
             syntaxes.append(syntax)
-    contexts = []
-    for sop_class, syntaxes in list(by_class.items())[-MAX_CONTEXTS:]:
+    # Verification too, so that a PACS taking none of the SOP classes still accepts the
+    # association and each instance fails alone with 0x0122.
+    contexts = [build_context(uids.VERIFICATION)]
+    for sop_class, syntaxes in list(by_class.items())[-(MAX_CONTEXTS - 1) :]:
         for fallback in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
             if fallback not in syntaxes:
                 syntaxes.append(fallback)

@@ -15,16 +15,17 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from rst.backends.dimse.trio_client import Connection, PeerAborted
-from rst.backends.dimse.ul import (
-    CommandError,
-    OtherCommand,
-    PresentationContextRQ,
-    UpperLayerError,
-    encode_c_store_rq,
-)
+from rst.backends.dimse import uids
+from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
+from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
 from rst.bridge import run_sync
 from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
+from rst.dicom.statuses import (
+    CANNOT_UNDERSTAND,
+    PROCESSING_FAILURE,
+    SOP_CLASS_NOT_SUPPORTED,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+)
 from rst.errors import BackendTimeout, NotAcceptable
 from rst.services.protocols import StoreResult
 
@@ -36,16 +37,20 @@ __all__ = ["TrioStoreSession"]
 log = logging.getLogger(__name__)
 
 C_STORE_RSP = 0x8001
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 MAX_CONTEXTS = 128
-BROKEN = (PeerAborted, UpperLayerError, CommandError, trio.BrokenResourceError, OSError)
 
 
 class TrioStoreSession:
     """Stores uploads one after another, re-associating when a new SOP class or transfer syntax
-    needs presentation contexts the current association lacks."""
+    needs presentation contexts the current association lacks.
+
+    What one instance can do ends with its :class:`StoreResult`: a SOP class or transfer syntax
+    the PACS does not take, a data set rst cannot re-encode, an association that breaks during
+    its C-STORE (aborted here too; the next instance associates anew). Only a PACS that cannot
+    be used at all raises: it cannot be reached or rejects rst (from the association request),
+    or does not answer a C-STORE within ``store_timeout``.
+    """
 
     def __init__(self, backend: DimseBackend) -> None:
         self.backend = backend
@@ -55,8 +60,7 @@ class TrioStoreSession:
         self._ids = itertools.cycle(range(1, 65536))
 
     async def store(self, upload: Upload) -> StoreResult:
-        sop_class = str(upload.header.SOPClassUID)
-        sop_instance = str(upload.header.SOPInstanceUID)
+        sop_class = upload.sop_class_uid
         connection = await self._connection_for(sop_class, upload.transfer_syntax)
         chosen = self._context(connection, sop_class, upload.transfer_syntax)
         if isinstance(chosen, StoreResult):
@@ -68,10 +72,12 @@ class TrioStoreSession:
                 encoded = await run_sync(lambda: reencode(upload.data, syntax))
             except NotAcceptable as exc:
                 return StoreResult(TRANSFER_SYNTAX_NOT_SUPPORTED, exc.message)
+            except Exception as exc:  # pydicom cannot decode or encode this one instance
+                return StoreResult(CANNOT_UNDERSTAND, f"rst cannot re-encode it: {exc}")
             payload = memoryview(encoded)[dataset_offset(encoded) :]
         msg_id = next(self._ids)
         command = encode_c_store_rq(
-            message_id=msg_id, sop_class_uid=sop_class, sop_instance_uid=sop_instance
+            message_id=msg_id, sop_class_uid=sop_class, sop_instance_uid=upload.sop_instance_uid
         )
         try:
             await connection.send(context_id, command, payload)
@@ -79,28 +85,22 @@ class TrioStoreSession:
                 _, response = await connection.receive_command()
                 if isinstance(response, OtherCommand) and response.has_dataset:
                     await connection.receive_dataset(bytearray())
-        except trio.Cancelled:
-            # A message may be half sent: the association can only be aborted now.
-            connection.broken = True
-            raise
         except trio.TooSlowError:
             await self._drop(broken=True)
             raise BackendTimeout(
                 f"the PACS {self.backend.name} did not answer a C-STORE within "
                 f"{self.backend.config.store_timeout:g} s"
             ) from None
-        except (
-            PeerAborted,
-            UpperLayerError,
-            CommandError,
-            trio.BrokenResourceError,
-            OSError,
-        ) as exc:
+        except BROKEN as exc:
             await self._drop(broken=True)
-            raise BackendTimeout(
-                f"the association with the PACS {self.backend.name} broke off during a C-STORE: "
-                f"{exc}"
-            ) from None
+            error = broken_association(exc, self.backend.name, "a C-STORE")
+            log.info("%s; the next instance opens a new association", error.message)
+            return StoreResult(PROCESSING_FAILURE, error.message)
+        except BaseException:
+            # Cancelled, or anything unforeseen: a message may be half sent, so the association
+            # can only be aborted now (when it is closed, or before the next instance).
+            connection.broken = True
+            raise
         if (
             not isinstance(response, OtherCommand)
             or response.command_field != C_STORE_RSP
@@ -108,9 +108,9 @@ class TrioStoreSession:
             or response.status is None
         ):
             await self._drop(broken=True)
-            raise BackendTimeout(
-                f"the PACS {self.backend.name} answered a C-STORE with {response!r}"
-            )
+            message = f"the PACS {self.backend.name} answered a C-STORE with {response!r}"
+            log.info("%s; the next instance opens a new association", message)
+            return StoreResult(PROCESSING_FAILURE, message)
         return StoreResult(response.status, response.error_comment or "")
 
     @staticmethod
@@ -162,7 +162,10 @@ class TrioStoreSession:
         if connection is not None and broken:
             connection.broken = True
         if stack is not None:
-            await stack.aclose()
+            try:
+                await stack.aclose()
+            except BROKEN as exc:  # e.g. the PACS closed an idle association: it is gone anyway
+                log.info("the association with %s ended badly: %s", self.backend.name, exc)
 
     async def aclose(self) -> None:
         await self._drop()
@@ -170,13 +173,17 @@ class TrioStoreSession:
 
 def _contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContextRQ]:
     """Per (SOP class, syntax): a context with that syntax alone, and per SOP class one with
-    the uncompressed syntaxes, so the PACS can accept the original and a fallback separately."""
-    proposals: list[tuple[str, tuple[str, ...]]] = []
+    the uncompressed syntaxes, so the PACS can accept the original and a fallback separately.
+
+    Verification comes too: every PACS takes it, so a PACS that takes none of the SOP classes
+    still accepts the association, and the instance fails alone with 0x0122 instead of the
+    association request failing for everything."""
+    proposals: list[tuple[str, tuple[str, ...]]] = [(uids.VERIFICATION, FALLBACK)]
     for sop_class, syntax in wanted:
         for syntaxes in ((syntax,), FALLBACK):
             if (sop_class, syntaxes) not in proposals:
                 proposals.append((sop_class, syntaxes))
-    proposals = proposals[-MAX_CONTEXTS:]
+    proposals = proposals[:1] + proposals[1:][-(MAX_CONTEXTS - 1) :]
     return [
         PresentationContextRQ(1 + 2 * n, sop_class, syntaxes)
         for n, (sop_class, syntaxes) in enumerate(proposals)

@@ -22,6 +22,7 @@ from rst.dicom.part10 import (
     transfer_syntax_of,
 )
 from rst.dicom.query import QidoQuery
+from rst.dicom.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
 from rst.errors import (
     BadRequest,
     IncompleteRetrieve,
@@ -39,9 +40,6 @@ __all__ = ["S3Backend", "S3Index", "S3StoreSession"]
 
 log = logging.getLogger(__name__)
 
-OUT_OF_RESOURCES = 0xA700
-PROCESSING_FAILURE = 0x0110
-CANNOT_UNDERSTAND = 0xC000
 _RESOURCE_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "503", "EntityTooLarge", "QuotaExceeded", "TooManyBuckets"}
 )
@@ -185,11 +183,7 @@ class S3StoreSession:
 
     async def store(self, upload: Upload) -> StoreResult:
         header = upload.header
-        uids = (
-            str(header.get("StudyInstanceUID", "")),
-            str(header.get("SeriesInstanceUID", "")),
-            str(header.get("SOPInstanceUID", "")),
-        )
+        uids = (upload.study_uid, upload.series_uid, upload.sop_instance_uid)
         try:
             key = layout.instance_key(self.backend.config.prefix, *uids)
         except BadRequest as exc:
@@ -198,7 +192,7 @@ class S3StoreSession:
         if upload.dataset_offset == 0:  # a bare dataset: store a Part 10 file, as WADO needs
             data = (
                 part10_header(
-                    sop_class_uid=str(header.SOPClassUID),
+                    sop_class_uid=upload.sop_class_uid,
                     sop_instance_uid=uids[2],
                     transfer_syntax=upload.transfer_syntax,
                     implementation_uid=IMPLEMENTATION_CLASS_UID,

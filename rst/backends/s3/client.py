@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import trio
 import trio_asyncio  # type: ignore[import-untyped]
-from aiobotocore.session import get_session  # type: ignore[import-untyped]
-from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
+from aiobotocore.session import get_session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectTimeoutError,
