@@ -154,7 +154,8 @@ class AeConfig(_Section):
     idle_timeout: Seconds = 30.0
     """Longest wait between two C-STOREs (or the final response) of a retrieve."""
     store_timeout: Seconds = 60.0
-    """Longest wait for a C-STORE response (STOW-RS)."""
+    """Longest wait for a C-STORE response (STOW-RS), and for the PACS to take any of a PDU
+    rst sends it (a PACS that stops reading)."""
     cancel_timeout: Seconds = 2.0
     """After C-CANCEL, how long the PACS may take to end the operation before rst aborts."""
     correlation: Literal["auto", "move-originator", "uid"] = "auto"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class Connection:
     accept: AssociateAccept
     requested: dict[int, str]  # context id -> abstract syntax
     broken: bool = False
+    send_timeout: float = math.inf
 
     def __post_init__(self) -> None:
         self.accepted = {
@@ -143,16 +145,29 @@ class Connection:
     async def send(
         self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None
     ) -> None:
-        """Send one DIMSE message: the command set, then the data set, in PDUs the PACS takes."""
-        await self.stream.send_all(encode_pdata(context_id, True, True, command))
+        """Send one DIMSE message: the command set, then the data set, in PDUs the PACS takes.
+
+        A PACS that takes none of a PDU for ``send_timeout`` seconds has stopped reading: the
+        association is marked broken and :class:`~rst.errors.BackendTimeout` raised."""
+        await self._send_pdu(encode_pdata(context_id, True, True, command))
         if dataset is not None:
             chunk = self._chunk
             view = memoryview(dataset)
             for start in range(0, max(len(view), 1), chunk):
                 last = start + chunk >= len(view)
-                await self.stream.send_all(
+                await self._send_pdu(
                     encode_pdata(context_id, False, last, view[start : start + chunk])
                 )
+
+    async def _send_pdu(self, pdu: bytes) -> None:
+        with trio.move_on_after(self.send_timeout) as stalled:
+            await self.stream.send_all(pdu)
+        if stalled.cancelled_caught:
+            self.broken = True
+            raise BackendTimeout(
+                f"the PACS {self.accept.called_aet.strip()} stopped reading: it took nothing "
+                f"for {self.send_timeout:g} s (store_timeout)"
+            )
 
     async def receive_command(self) -> tuple[int, Command]:
         """The next command set (reassembled from its PDVs) and its presentation context."""
@@ -287,7 +302,11 @@ async def open_association(
                 f"the PACS {where} answered the association request with {type(answer).__name__}"
             )
         connection = Connection(
-            stream, reader, answer, {c.context_id: c.abstract_syntax for c in contexts}
+            stream,
+            reader,
+            answer,
+            {c.context_id: c.abstract_syntax for c in contexts},
+            send_timeout=config.store_timeout,
         )
         if not connection.accepted:
             await connection.abort()
