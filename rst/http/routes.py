@@ -8,16 +8,16 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Response, jsonify, request
-from werkzeug.sansio.utils import host_is_trusted
 
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.dicom.uid import check_uid
-from rst.errors import NotSupported, PayloadTooLarge, RstError, UnknownAE
+from rst.errors import NotSupported, PayloadTooLarge, RstError
+from rst.http.context import RouteContext
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
-from rst.services.protocols import Backend, RetrieveKeys
+from rst.services.protocols import Backend
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
 from rst.services.stow import store_instances
 from rst.services.wado import produce_parts
@@ -40,40 +40,9 @@ CHUNK_BUDGET = 1 << 20
 def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Blueprint:
     bp = Blueprint("dicomweb", __name__)
 
-    def backend_for(aet: str) -> Backend:
-        try:
-            return backends[aet]
-        except KeyError:
-            raise UnknownAE(aet) from None
-
-    def public_host() -> str:
-        """The host[:port] rst names itself by (RetrieveURLs, Warning headers) when
-        ``http.base_url`` is not set: the request's Host header only if it names this server
-        or one of ``http.allowed_hosts``, else the address the request came in on — an
-        arbitrary Host header must not end up in the URLs rst hands out."""
-        server_host, server_port = request.server or ("localhost", None)
-        trusted = [*config.http.allowed_hosts, "localhost", server_host]
-        if request.host and host_is_trusted(request.host, trusted):
-            return request.host
-        name = f"[{server_host}]" if ":" in server_host else server_host
-        return name if server_port is None else f"{name}:{server_port}"
-
-    def base_url(aet: str) -> str:
-        root = config.http.base_url or f"{request.scheme}://{public_host()}"
-        return f"{root.rstrip('/')}/aets/{aet}"
-
-    def accept_param() -> str | None:
-        return request.args.get("accept")
-
-    def path_keys(study: str, series: str | None, sop: str | None) -> RetrieveKeys:
-        """The UIDs of a WADO-RS URL, each checked before anything reaches the archive: a
-        malformed one is a 400 (a backslash would be a list, ``*`` a wildcard), a well-formed
-        one nobody knows a 404 from the archive."""
-        return RetrieveKeys(
-            check_uid("study", study),
-            None if series is None else check_uid("series", series),
-            None if sop is None else check_uid("SOP instance", sop),
-        )
+    ctx = RouteContext(config, backends)
+    backend_for, public_host, base_url = ctx.backend_for, ctx.public_host, ctx.base_url
+    accept_param, path_keys = ctx.accept_param, ctx.path_keys
 
     # -- AEs and health --------------------------------------------------------------------
 
