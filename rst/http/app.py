@@ -8,6 +8,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from rst.config import Config
+from rst.http.compression import gzip_response
 from rst.http.errors import register_error_handlers
 from rst.http.request_body import RstRequest
 from rst.http.request_scope import RequestScopedConnection
@@ -38,7 +39,7 @@ def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
     @app.after_request
     async def tag(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = request_id.get()
-        return response
+        return await gzip_response(request, response)
 
     origins = config.http.cors_origins
     if origins:
