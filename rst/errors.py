@@ -26,6 +26,7 @@ __all__ = [
     "StorageError",
     "StorageUnreachable",
     "UnknownAE",
+    "UnreadableInstance",
     "UnsupportedMediaType",
 ]
 
@@ -123,6 +124,13 @@ class AssociationBroken(RstError):
 class PeerProtocolError(RstError):
     """The PACS sent bytes that break the DICOM upper layer or DIMSE protocol (not DICOM at all,
     a PDU or command set that cannot be decoded, a message out of turn)."""
+
+    status = 502
+
+
+class UnreadableInstance(RstError):
+    """The archive sent an instance that rst cannot read as DICOM (to answer metadata, frames,
+    bulk data or a rendered image, rst must parse it)."""
 
     status = 502
 

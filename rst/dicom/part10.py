@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import cache
 from io import BytesIO
 
 from pydicom import Dataset, dcmread
@@ -17,12 +18,16 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
+from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from rst.dicom.completeness import check_complete
@@ -30,9 +35,11 @@ from rst.dicom.uid import is_valid_uid
 from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
+    "LOSSLESS_ENCODINGS",
     "UNCOMPRESSED_SYNTAXES",
     "BadUpload",
     "Upload",
+    "encodable_syntaxes",
     "part10_bytes",
     "read_instance",
     "read_upload",
@@ -57,7 +64,21 @@ _TARGET_SYNTAXES = frozenset(
         str(DeflatedExplicitVRLittleEndian),
     }
 )
-"""Syntaxes :func:`reencode` writes (Big Endian is retired and not used in web services)."""
+"""Uncompressed syntaxes :func:`reencode` writes (Big Endian is retired and not used in web
+services)."""
+
+LOSSLESS_ENCODINGS = (str(RLELossless), str(JPEGLSLossless), str(JPEG2000Lossless))
+"""Compressed syntaxes rst encodes into when pydicom has a plugin for them (RLE: pydicom itself
+or pylibjpeg-rle; JPEG-LS: pyjpegls; JPEG 2000: pylibjpeg-openjpeg). Lossy encodings are not
+offered: rst does not choose a quality on a client's behalf."""
+
+
+@cache
+def encodable_syntaxes() -> frozenset[str]:
+    """The compressed transfer syntaxes of :data:`LOSSLESS_ENCODINGS` that pydicom can encode
+    into with the plugins installed here."""
+    return frozenset(uid for uid in LOSSLESS_ENCODINGS if get_encoder(UID(uid)).is_available)
+
 
 _PREAMBLE = b"\x00" * 128
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -375,21 +396,24 @@ def _swap_binary(dataset: Dataset) -> None:
 
 
 def reencode(data: bytes, transfer_syntax: str) -> bytes:
-    """Re-encode a Part 10 file into an uncompressed transfer syntax.
+    """Re-encode a Part 10 file into another transfer syntax (transcoding, PS3.18 §8.7.3.5).
 
     Sources: any uncompressed syntax (Implicit VR LE, Explicit VR LE, Explicit VR BE, Deflated)
     and the compressed ones pydicom's decoders handle (JPEG, JPEG-LS, JPEG 2000, RLE, with the
     pylibjpeg plugins), which are decompressed. Targets: Explicit VR LE, Implicit VR LE,
-    Deflated. A file already in ``transfer_syntax`` is returned unchanged.
+    Deflated, and the lossless compressed syntaxes of :func:`encodable_syntaxes`, into which the
+    pixel data is encoded frame by frame. A file already in ``transfer_syntax`` is returned
+    unchanged; the instance keeps its SOP Instance UID (the encoding changes, not the image).
 
     :raises NotAcceptable: the target is not one of the above, or the pixel data cannot be
-        decompressed.
+        decompressed or encoded in it.
     :raises BadRequest: ``data`` is not a Part 10 file.
     """
     source = transfer_syntax_of(data)
     if source == transfer_syntax:
         return data
-    if transfer_syntax not in _TARGET_SYNTAXES:
+    compress = transfer_syntax in encodable_syntaxes()
+    if transfer_syntax not in _TARGET_SYNTAXES and not compress:
         raise NotAcceptable(f"rst cannot encode instances in transfer syntax {transfer_syntax}")
     try:
         dataset = dcmread(BytesIO(data))
@@ -405,6 +429,16 @@ def reencode(data: bytes, transfer_syntax: str) -> bytes:
             raise NotAcceptable(
                 f"the instance is stored in transfer syntax {source} and rst cannot decompress "
                 f"it to {transfer_syntax}: {err}; ask for transfer-syntax=* to get it as stored"
+            ) from err
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if compress and "PixelData" in dataset:  # without, only the label changes
+        try:
+            dataset.compress(transfer_syntax, generate_instance_uid=False)
+        except Exception as err:  # pixels the syntax cannot hold (1-bit, float, 32-bit, ...)
+            name = UID(transfer_syntax).name
+            raise NotAcceptable(
+                f"rst cannot encode this instance in transfer syntax {transfer_syntax} "
+                f"({name}): {err}; ask for transfer-syntax=* to get it as stored"
             ) from err
     dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     out = BytesIO()

@@ -39,9 +39,14 @@ class RouteContext:
         server or one of ``http.allowed_hosts``, else the address the request came in on — an
         arbitrary Host header must not end up in the URLs rst hands out."""
         server_host, server_port = request.server or ("localhost", None)
-        trusted = [*self.config.http.allowed_hosts, "localhost", server_host]
-        if request.host and host_is_trusted(request.host, trusted):
-            return request.host
+        own = ("localhost", server_host)
+        host = request.host
+        if host and host_is_trusted(host, [*self.config.http.allowed_hosts, *own]):
+            if _port_of(host) is None and host in own and server_port not in (None, 80, 443):
+                # This server named without its port (dicomweb-client does that): the URLs
+                # must still reach it.
+                return f"{host}:{server_port}"
+            return host
         name = f"[{server_host}]" if ":" in server_host else server_host
         return name if server_port is None else f"{name}:{server_port}"
 
@@ -65,3 +70,9 @@ class RouteContext:
             None if series is None else check_uid("series", series),
             None if sop is None else check_uid("SOP instance", sop),
         )
+
+
+def _port_of(host: str) -> str | None:
+    """The port of a ``Host`` value (``name``, ``name:port``, ``[v6]`` or ``[v6]:port``)."""
+    tail = host.rsplit("]", 1)[-1]
+    return tail.rsplit(":", 1)[1] if ":" in tail else None

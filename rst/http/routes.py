@@ -14,7 +14,8 @@ from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.dicom.uid import check_uid
-from rst.errors import NotSupported, PayloadTooLarge, RstError
+from rst.errors import PayloadTooLarge, RstError
+from rst.http import frame_routes, metadata_routes, rendered_routes
 from rst.http.context import RouteContext
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
 from rst.services.protocols import Backend
@@ -139,35 +140,9 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
         "studies/<study>/series/<series>/instances/<sop>",
     ):
         bp.add_url_rule(f"/aets/<aet>/{rule}", f"wado:{rule}", retrieve, methods=["GET"])
-
-    async def not_yet(
-        aet: str,
-        study: str,
-        series: str | None = None,
-        sop: str | None = None,
-        frames: str | None = None,
-    ) -> Response:
-        backend_for(aet)
-        path_keys(study, series, sop)
-        raise NotSupported(
-            "this WADO-RS resource (metadata, frames, bulk data, rendered, thumbnail) is not "
-            "implemented yet; instance resources (study, series, instance) are"
-        )
-
-    for suffix in (
-        "studies/<study>/metadata",
-        "studies/<study>/series/<series>/metadata",
-        "studies/<study>/series/<series>/instances/<sop>/metadata",
-        "studies/<study>/series/<series>/instances/<sop>/frames/<frames>",
-        "studies/<study>/series/<series>/instances/<sop>/bulkdata",
-        "studies/<study>/series/<series>/instances/<sop>/rendered",
-        "studies/<study>/series/<series>/rendered",
-        "studies/<study>/rendered",
-        "studies/<study>/series/<series>/instances/<sop>/thumbnail",
-        "studies/<study>/series/<series>/thumbnail",
-        "studies/<study>/thumbnail",
-    ):
-        bp.add_url_rule(f"/aets/<aet>/{suffix}", f"todo:{suffix}", not_yet, methods=["GET"])
+    frame_routes.register(bp, ctx)
+    metadata_routes.register(bp, ctx)
+    rendered_routes.register(bp, ctx)
 
     # -- STOW-RS ---------------------------------------------------------------------------
 

@@ -38,10 +38,14 @@ async def whole(instance: Instance) -> Instance:
 async def as_requested(instance: Instance, fmt: RetrieveFormat) -> Instance:
     """The instance in the transfer syntax the client asked for.
 
-    Sent as it came (an instance still arriving stays so), or re-encoded: between uncompressed
-    syntaxes that is lossless and cheap; compressed data that the client wants uncompressed is
-    decompressed (on a worker thread). Encoding *into* a compressed syntax is not done
-    (NotAcceptable at negotiation)."""
+    Sent as it came (an instance still arriving stays so), or re-encoded on a worker thread,
+    one instance at a time: between uncompressed syntaxes that is lossless and cheap; compressed
+    data that the client wants uncompressed is decompressed; data the client wants in another
+    compressed syntax is decompressed if need be and encoded into it (lossless targets only,
+    see :func:`~rst.dicom.part10.encodable_syntaxes`; others are refused at negotiation).
+
+    :raises NotAcceptable: this instance's pixel data cannot be decoded, or encoded in the
+        requested syntax (1-bit or float pixels, say)."""
     wanted = fmt.transfer_syntax
     if wanted is None or wanted == instance.transfer_syntax:
         return instance

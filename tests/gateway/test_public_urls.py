@@ -25,12 +25,13 @@ def backend() -> ScriptedBackend:
     [
         ({}, "evil.example", "http://127.0.0.1:{port}/aets/X/studies/1.2.3"),
         ({}, "localhost:{port}", "http://localhost:{port}/aets/X/studies/1.2.3"),
+        ({}, "127.0.0.1", "http://127.0.0.1:{port}/aets/X/studies/1.2.3"),
         ({"allowed_hosts": ("pacs.example",)}, "pacs.example:8443", "http://pacs.example:8443/"),
         ({"allowed_hosts": (".example.org",)}, "a.example.org", "http://a.example.org/aets/"),
         ({"allowed_hosts": ("pacs.example",)}, "evil.example", "http://127.0.0.1:{port}/"),
         ({"base_url": "https://rst.example/dicomweb"}, "evil.example", "https://rst.example/"),
     ],
-    ids=["untrusted", "localhost", "allowed", "subdomain", "not-allowed", "base-url"],
+    ids=["untrusted", "localhost", "no-port", "allowed", "subdomain", "not-allowed", "base-url"],
 )
 async def test_retrieve_urls(http: dict[str, object], host: str, expected: str) -> None:
     async with serving({"X": backend()}, **http) as client:

@@ -235,11 +235,15 @@ async def test_retrieve_errors(gateway: Running, ct_study: StudyFiles) -> None:
         unacceptable = await http.get(
             f"/studies/{ct_study.study_uid}", headers={"Accept": "image/jpeg"}
         )
-        later = await http.get(f"/studies/{ct_study.study_uid}/metadata")
+        frame = await http.get(
+            f"/studies/{ct_study.study_uid}/series/{ct_study.instance_series[0]}"
+            f"/instances/{ct_study.sop_uids[0]}/frames/99"
+        )
     assert missing.status_code == 404
     assert unacceptable.status_code == 406
-    assert later.status_code == 501
-    for response in (missing, unacceptable, later):
+    assert frame.status_code == 404  # a frame number out of range
+    assert "frame" in frame.json()["error"]
+    for response in (missing, unacceptable, frame):
         assert response.json()["error"]
 
 

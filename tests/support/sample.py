@@ -115,7 +115,7 @@ def _write(ds: FileDataset, path: Path, transfer_syntax: UID) -> None:
     else:
         # Needs an encoder for that syntax (pydicom ships RLE Lossless; others need plugins).
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.compress(transfer_syntax)
+        ds.compress(transfer_syntax, generate_instance_uid=False)  # keep the UIDs returned
         ds.save_as(path, enforce_file_format=True)
 
 

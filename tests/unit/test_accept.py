@@ -6,8 +6,12 @@ import pytest
 
 from rst.dicom.accept import (
     EXPLICIT_VR_LITTLE_ENDIAN,
+    FrameChoice,
+    FrameFormat,
     MediaRange,
     RetrieveFormat,
+    choose_frame_format,
+    negotiate_frames,
     negotiate_instances,
     negotiate_json,
     parse_accept,
@@ -18,6 +22,12 @@ from rst.errors import NotAcceptable
 
 EVLE = EXPLICIT_VR_LITTLE_ENDIAN
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+OHIF_FRAMES_QUOTED = 'multipart/related; type="application/octet-stream"; transfer-syntax="*"'
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JLS = "1.2.840.10008.1.2.4.80"
+J2K = "1.2.840.10008.1.2.4.90"
+RLE = "1.2.840.10008.1.2.5"
+OCTET = "application/octet-stream"
 
 
 class TestParseAccept:
@@ -131,10 +141,23 @@ class TestNegotiateInstances:
 
     def test_unsupported_syntax_falls_back_to_lower_q(self) -> None:
         accept = (
-            "multipart/related; type=application/dicom; transfer-syntax=1.2.840.10008.1.2.4.90,"
+            f"multipart/related; type=application/dicom; transfer-syntax={JPEG_BASELINE},"
             " */*; q=0.1"
         )
         assert negotiate_instances(accept).transfer_syntax == EVLE
+
+    @pytest.mark.parametrize("syntax", [JLS, J2K, RLE])
+    def test_lossless_compressed_targets_are_transcoded(self, syntax: str) -> None:
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax="{syntax}"'
+        assert negotiate_instances(accept) == RetrieveFormat(syntax)
+
+    def test_message_names_the_syntaxes_rst_encodes(self) -> None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate_instances(
+                f"multipart/related; type=application/dicom; transfer-syntax={JPEG_BASELINE}"
+            )
+        for syntax in (JLS, J2K, RLE):
+            assert syntax in info.value.message
 
     def test_q0_excludes_default_from_wildcard(self) -> None:
         accept = "multipart/related; type=application/dicom; q=0, */*"
@@ -149,6 +172,156 @@ class TestNegotiateInstances:
 
     def test_blank_query_parameter_is_ignored(self) -> None:
         assert negotiate_instances("*/*", "  ").transfer_syntax == EVLE
+
+
+class TestNegotiateFrames:
+    @pytest.mark.parametrize("accept", [OHIF_FRAMES, OHIF_FRAMES_QUOTED])
+    def test_ohif_forms_mean_as_stored(self, accept: str) -> None:
+        assert negotiate_frames(accept) == (FrameChoice(OCTET, None),)
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            None,
+            "",
+            "*/*",
+            "multipart/*",
+            "multipart/related",
+            "multipart/related; type=application/octet-stream",
+            f'multipart/related; type="application/octet-stream"; transfer-syntax="{EVLE}"',
+            'multipart/related; type="*/*"',  # dicomweb-client's default
+        ],
+    )
+    def test_default_is_explicit_vr_little_endian(self, accept: str | None) -> None:
+        assert negotiate_frames(accept) == (FrameChoice(OCTET, EVLE),)
+
+    @pytest.mark.parametrize(
+        ("accept", "expected"),
+        [
+            ("multipart/related; type=image/jls", FrameChoice("image/jls", JLS)),
+            ("multipart/related; type=image/x-jls", FrameChoice("image/jls", JLS)),
+            ('multipart/related; type="image/jp2"', FrameChoice("image/jp2", J2K)),
+            ("multipart/related; type=image/dicom-rle", FrameChoice("image/dicom-rle", RLE)),
+            (
+                "multipart/related; type=image/jpeg",
+                FrameChoice("image/jpeg", "1.2.840.10008.1.2.4.70"),
+            ),
+            (
+                f"multipart/related; type=image/jpeg; transfer-syntax={JPEG_BASELINE}",
+                FrameChoice("image/jpeg", JPEG_BASELINE),
+            ),
+            (
+                "multipart/related; type=image/jpeg; transfer-syntax=*",
+                FrameChoice("image/jpeg", None),
+            ),
+            ("application/octet-stream", FrameChoice(OCTET, EVLE, multipart=False)),
+            ("image/jls; transfer-syntax=*", FrameChoice("image/jls", None, multipart=False)),
+        ],
+    )
+    def test_bulk_media_types(self, accept: str, expected: FrameChoice) -> None:
+        assert negotiate_frames(accept) == (expected,)
+
+    def test_preference_order_with_q_values(self) -> None:
+        accept = (
+            f"multipart/related; type=application/octet-stream; q=0.5, "
+            f"multipart/related; type=image/jls; transfer-syntax={JLS}; q=0.9, "
+            f"{OHIF_FRAMES}"
+        )
+        assert negotiate_frames(accept) == (
+            FrameChoice(OCTET, None),
+            FrameChoice("image/jls", JLS),
+            FrameChoice(OCTET, EVLE),
+        )
+
+    def test_q0_refuses(self) -> None:
+        accept = "multipart/related; type=application/octet-stream; q=0, */*"
+        with pytest.raises(NotAcceptable):
+            negotiate_frames(accept)
+
+    @pytest.mark.parametrize(
+        "accept",
+        [
+            "application/dicom",
+            "application/dicom+json",
+            "multipart/related; type=application/dicom",
+            "image/png",
+            "multipart/related; type=video/mp4",
+            f"multipart/related; type=image/jls; transfer-syntax={J2K}",  # not a JPEG-LS syntax
+            "multipart/related; type=application/octet-stream; transfer-syntax=1.2.840.10008.1.2",
+            f"multipart/related; type=application/octet-stream; transfer-syntax={JLS}",
+        ],
+    )
+    def test_not_acceptable(self, accept: str) -> None:
+        with pytest.raises(NotAcceptable) as info:
+            negotiate_frames(accept)
+        assert info.value.status == 406
+        assert 'type="application/octet-stream"' in info.value.message
+
+    def test_query_parameter_takes_precedence(self) -> None:
+        assert negotiate_frames("application/dicom", OHIF_FRAMES) == (FrameChoice(OCTET, None),)
+
+
+class TestChooseFrameFormat:
+    ohif = (FrameChoice(OCTET, None),)
+    default = (FrameChoice(OCTET, EVLE),)
+
+    @pytest.mark.parametrize(
+        ("stored", "expected"),
+        [
+            (EVLE, FrameFormat(OCTET, EVLE)),
+            (JLS, FrameFormat("image/jls", JLS)),
+            (J2K, FrameFormat("image/jp2", J2K)),
+            (RLE, FrameFormat("image/dicom-rle", RLE)),
+            (JPEG_BASELINE, FrameFormat("image/jpeg", JPEG_BASELINE)),
+        ],
+    )
+    def test_as_stored_labels_with_the_stored_media_type(
+        self, stored: str, expected: FrameFormat
+    ) -> None:
+        assert choose_frame_format(self.ohif, stored, frames=1) == expected
+
+    @pytest.mark.parametrize("stored", [EVLE, JLS, JPEG_BASELINE])
+    def test_default_decompresses(self, stored: str) -> None:
+        assert choose_frame_format(self.default, stored, frames=3) == FrameFormat(OCTET, EVLE)
+
+    def test_transcoding_needs_an_encoder(self) -> None:
+        choices = (FrameChoice("image/jp2", J2K),)
+        assert choose_frame_format(choices, EVLE, frames=1) == FrameFormat("image/jp2", J2K)
+        assert choose_frame_format(choices, J2K, frames=1, encodable=()) == FrameFormat(
+            "image/jp2", J2K
+        )
+        with pytest.raises(NotAcceptable) as info:
+            choose_frame_format(choices, EVLE, frames=1, encodable=())
+        assert EVLE in info.value.message
+
+    def test_lossy_targets_are_refused_unless_stored(self) -> None:
+        choices = (FrameChoice("image/jpeg", JPEG_BASELINE),)
+        with pytest.raises(NotAcceptable):
+            choose_frame_format(choices, EVLE, frames=1)
+        jpeg = FrameFormat("image/jpeg", JPEG_BASELINE)
+        assert choose_frame_format(choices, JPEG_BASELINE, frames=1) == jpeg
+
+    def test_first_producible_choice_wins(self) -> None:
+        choices = (
+            FrameChoice("image/jpeg", JPEG_BASELINE),
+            FrameChoice("image/jls", None),
+            FrameChoice(OCTET, EVLE),
+        )
+        assert choose_frame_format(choices, J2K, frames=1) == FrameFormat(OCTET, EVLE)
+        assert choose_frame_format(choices, JLS, frames=1) == FrameFormat("image/jls", JLS)
+
+    def test_single_part_for_one_frame_only(self) -> None:
+        single = (FrameChoice(OCTET, EVLE, multipart=False),)
+        fmt = choose_frame_format(single, EVLE, frames=1)
+        assert fmt == FrameFormat(OCTET, EVLE, multipart=False)
+        with pytest.raises(NotAcceptable, match="single part"):
+            choose_frame_format(single, EVLE, frames=2)
+        fallback = (*single, FrameChoice(OCTET, None))
+        assert choose_frame_format(fallback, EVLE, frames=2) == FrameFormat(OCTET, EVLE)
+
+    def test_video_is_not_cut_into_frames(self) -> None:
+        with pytest.raises(NotAcceptable, match="video"):
+            choose_frame_format(self.ohif, "1.2.840.10008.1.2.4.102", frames=1)
 
 
 class TestNegotiateJson:

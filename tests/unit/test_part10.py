@@ -20,12 +20,16 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from rst.dicom.completeness import check_complete
 from rst.dicom.part10 import (
     BadUpload,
     dataset_offset,
+    encodable_syntaxes,
     part10_bytes,
     read_instance,
     read_upload,
@@ -244,9 +248,55 @@ class TestReencode:
         with pytest.raises(NotAcceptable, match="transfer-syntax=\\*"):
             reencode(bytes(broken), ExplicitVRLittleEndian)
 
-    def test_compressed_target_refused(self) -> None:
+    def test_lossy_target_refused(self) -> None:
         with pytest.raises(NotAcceptable):
             reencode(load("CT_small.dcm"), "1.2.840.10008.1.2.4.50")
+
+    def test_lossless_targets_are_those_with_an_encoder(self) -> None:
+        assert encodable_syntaxes() == {RLELossless, JPEGLSLossless, JPEG2000Lossless}
+
+    @pytest.mark.parametrize("target", [RLELossless, JPEGLSLossless, JPEG2000Lossless])
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "CT_small.dcm",
+            "MR_small_bigendian.dcm",
+            "SC_rgb_jpeg_dcmtk.dcm",
+            "SC_rgb_rle_16bit_2frame.dcm",
+        ],
+    )
+    def test_encoded_losslessly_keeping_its_identity(self, name: str, target: str) -> None:
+        """Native (also Big Endian) and compressed sources, single and multi-frame (2 frames of
+        RGB), into each lossless syntax: the pixels decode back to the source's."""
+        source = dcmread(BytesIO(load(name)))
+        out = dcmread(BytesIO(reencode(load(name), target)))
+        assert out.file_meta.TransferSyntaxUID == target
+        assert out.SOPInstanceUID == source.SOPInstanceUID
+        assert out["PixelData"].is_undefined_length
+        assert np.array_equal(out.pixel_array, source.pixel_array)
+
+    def test_no_pixel_data_changes_only_the_label(self) -> None:
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+        ds.SOPInstanceUID = "1.2.3.4"
+        ds.PatientName = "NO^PIXELS"
+        data = part10_bytes(
+            encode(ds, implicit=False),
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax=ExplicitVRLittleEndian,
+            implementation_uid=IMPL_UID,
+        )
+        out = dcmread(BytesIO(reencode(data, JPEGLSLossless)))
+        assert out.file_meta.TransferSyntaxUID == JPEGLSLossless
+        assert out.PatientName == "NO^PIXELS"
+
+    def test_pixels_a_syntax_cannot_hold_are_not_acceptable(self) -> None:
+        # 1-bit pixel data: JPEG-LS cannot encode it
+        ds = dcmread(BytesIO(load("liver_1frame.dcm")))
+        assert ds.BitsAllocated == 1
+        with pytest.raises(NotAcceptable, match="cannot encode"):
+            reencode(load("liver_1frame.dcm"), JPEGLSLossless)
 
     def test_big_endian_target_refused(self) -> None:
         with pytest.raises(NotAcceptable):

@@ -1,0 +1,132 @@
+"""The WADO-RS metadata and bulk data routes, under ``/aets/{aet}/studies/{study}``:
+
+* ``…/metadata`` at study, series and instance level: a DICOM JSON array, one object per
+  instance, streamed as the instances arrive;
+* ``…/bulkdata`` and ``…/pixeldata`` at study, series and instance level: every bulk value, or
+  the pixel data, of each instance as a ``multipart/related`` body;
+* ``…/instances/{instance}/bulkdata/{tag path}``: one value, the BulkDataURIs of the metadata
+  (the URI scheme is described in :mod:`rst.services.bulkdata`).
+
+Each request is checked — archive, UIDs, tag path, Accept — before anything reaches the
+archive; the status is decided by the first instance (an error after it breaks the body off).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import trio
+from quart import Blueprint, Response, request
+
+from rst.dicom.accept import negotiate_bulkdata, negotiate_json
+from rst.dicom.multipart import MultipartWriter
+from rst.errors import NotAcceptable
+from rst.http.context import RouteContext
+from rst.http.streaming import ByteBudget, Coalesced, start_stream
+from rst.services.bulkdata import BulkPart, Selection, TagPath, produce_bulkdata
+from rst.services.metadata import produce_metadata
+
+__all__ = ["register"]
+
+BUFFER = 16
+"""Items (JSON objects, parts) the producer may be ahead of the client..."""
+AHEAD = 2 << 20
+"""...and their bytes (one larger item passes alone)."""
+CHUNK_BUDGET = 1 << 20
+"""Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
+
+_LEVELS = (
+    "studies/<study>",
+    "studies/<study>/series/<series>",
+    "studies/<study>/series/<series>/instances/<sop>",
+)
+
+
+def register(bp: Blueprint, ctx: RouteContext) -> None:
+    async def metadata(
+        aet: str, study: str, series: str | None = None, sop: str | None = None
+    ) -> Response:
+        backend = ctx.backend_for(aet)
+        keys = ctx.path_keys(study, series, sop)
+        media_type = negotiate_json(request.headers.get("Accept"), ctx.accept_param())
+        base = ctx.base_url(aet)
+        waiting = ByteBudget(AHEAD)
+
+        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+            await produce_metadata(backend, keys, base, lambda item: waiting.send(channel, item))
+
+        stream = await start_stream(produce, prefetch=1, buffer=BUFFER)
+        response = Response(
+            Coalesced(stream, budget=CHUNK_BUDGET, sent=waiting), content_type=media_type
+        )
+        response.timeout = None
+        return response
+
+    async def bulkdata(
+        aet: str,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        tags: str | None = None,
+        selection: Selection = "bulkdata",
+    ) -> Response:
+        backend = ctx.backend_for(aet)
+        keys = ctx.path_keys(study, series, sop)
+        chosen: Selection | TagPath = selection if tags is None else TagPath.parse(tags)
+        fmt = negotiate_bulkdata(request.headers.get("Accept"), ctx.accept_param())
+        base = ctx.base_url(aet)
+
+        if not fmt.multipart:  # one value alone, if there is exactly one
+
+            async def produce_one(channel: trio.MemorySendChannel[BulkPart]) -> None:
+                await produce_bulkdata(backend, keys, chosen, fmt, base, channel.send)
+
+            found = (await start_stream(produce_one, prefetch=2)).prefetched
+            if len(found) > 1:
+                raise NotAcceptable(
+                    "this resource has several values (or frames); a single-part answer "
+                    'holds one: accept multipart/related; type="application/octet-stream"'
+                )
+            [part] = found
+            return Response(
+                part.data,
+                content_type=part.content_type,
+                headers={"Content-Location": part.location},
+            )
+
+        writer = MultipartWriter()
+        waiting = ByteBudget(AHEAD)
+        first_type: list[str] = []
+
+        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+            async def send(part: BulkPart) -> None:
+                if not first_type:
+                    first_type.append(part.content_type.partition(";")[0])
+                head = writer.part_head(part.content_type, {"Content-Location": part.location})
+                await waiting.send(channel, (head, part.data))
+
+            await produce_bulkdata(backend, keys, chosen, fmt, base, send)
+
+        stream = await start_stream(produce, prefetch=1, buffer=BUFFER)
+        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close, sent=waiting)
+        response = Response(body, content_type=writer.content_type(first_type[0]))
+        response.timeout = None
+        return response
+
+    for level in _LEVELS:
+        bp.add_url_rule(
+            f"/aets/<aet>/{level}/metadata", f"metadata:{level}", metadata, methods=["GET"]
+        )
+        for name in ("bulkdata", "pixeldata"):
+            bp.add_url_rule(
+                f"/aets/<aet>/{level}/{name}",
+                f"{name}:{level}",
+                partial(bulkdata, selection=name),
+                methods=["GET"],
+            )
+    bp.add_url_rule(
+        f"/aets/<aet>/{_LEVELS[-1]}/bulkdata/<path:tags>",
+        "bulkdata:value",
+        bulkdata,
+        methods=["GET"],
+    )

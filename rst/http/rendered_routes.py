@@ -1,0 +1,99 @@
+"""The WADO-RS rendered and thumbnail routes (PS3.18 §10.4.1.1.3, §10.4.1.1.4).
+
+``…/rendered`` at study, series, instance and frames level; ``…/thumbnail`` at the same four.
+Every request is checked whole — archive, UIDs, frame list, Accept, rendering parameters —
+before anything reaches the archive. One image is answered as itself; ``multipart/related;
+type="image/…"`` (asked for explicitly) is streamed a part per image as the archive sends.
+"""
+
+from __future__ import annotations
+
+import trio
+from quart import Blueprint, Response, request
+
+from rst.dicom.frames import parse_frame_list
+from rst.dicom.multipart import MultipartWriter
+from rst.dicom.render import GIF, negotiate_rendered, parse_rendering
+from rst.errors import NotAcceptable
+from rst.http.context import RouteContext
+from rst.http.streaming import Coalesced, start_stream
+from rst.services.rendered import THUMBNAIL_VIEWPORT, produce_rendered_parts, render_one
+
+__all__ = ["register"]
+
+PARTS_AHEAD = 2
+"""Rendered images the producer may be ahead of the client (each is small: one frame)."""
+CHUNK_BUDGET = 1 << 20
+"""Bytes of waiting parts joined into one HTTP chunk (see :class:`Coalesced`)."""
+
+_LEVELS = (
+    "studies/<study>",
+    "studies/<study>/series/<series>",
+    "studies/<study>/series/<series>/instances/<sop>",
+    "studies/<study>/series/<series>/instances/<sop>/frames/<frames>",
+)
+
+
+def register(bp: Blueprint, ctx: RouteContext) -> None:
+    async def rendered(
+        aet: str,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        frames: str | None = None,
+    ) -> Response:
+        backend = ctx.backend_for(aet)
+        keys = ctx.path_keys(study, series, sop)
+        numbers = None if frames is None else parse_frame_list(frames)
+        fmt = negotiate_rendered(request.headers.get("Accept"), ctx.accept_param())
+        rendering = parse_rendering(list(request.args.items(multi=True)), fmt.media_type)
+        if not fmt.multipart:
+            if numbers is not None and len(numbers) > 1 and fmt.media_type != GIF:
+                raise NotAcceptable(
+                    f"frames {frames} are {len(numbers)} images: ask for "
+                    f'multipart/related; type="{fmt.media_type}" (one part per frame) or '
+                    f"{GIF} (an animation)"
+                )
+            image = await render_one(backend, keys, numbers, rendering)
+            return Response(image, content_type=fmt.media_type)
+
+        writer = MultipartWriter()
+        base = ctx.base_url(aet)
+
+        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+            await produce_rendered_parts(
+                backend, keys, numbers, rendering, writer, base, channel.send
+            )
+
+        stream = await start_stream(produce, prefetch=1, buffer=PARTS_AHEAD)
+        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close)
+        response = Response(body, content_type=writer.content_type(fmt.media_type))
+        response.timeout = None
+        return response
+
+    async def thumbnail(
+        aet: str,
+        study: str,
+        series: str | None = None,
+        sop: str | None = None,
+        frames: str | None = None,
+    ) -> Response:
+        backend = ctx.backend_for(aet)
+        keys = ctx.path_keys(study, series, sop)
+        numbers = None if frames is None else parse_frame_list(frames)
+        fmt = negotiate_rendered(request.headers.get("Accept"), ctx.accept_param(), multipart=False)
+        rendering = parse_rendering(
+            list(request.args.items(multi=True)),
+            fmt.media_type,
+            default_viewport=THUMBNAIL_VIEWPORT,
+        )
+        image = await render_one(backend, keys, numbers, rendering, thumbnail=True)
+        return Response(image, content_type=fmt.media_type)
+
+    for level in _LEVELS:
+        bp.add_url_rule(
+            f"/aets/<aet>/{level}/rendered", f"rendered:{level}", rendered, methods=["GET"]
+        )
+        bp.add_url_rule(
+            f"/aets/<aet>/{level}/thumbnail", f"thumbnail:{level}", thumbnail, methods=["GET"]
+        )

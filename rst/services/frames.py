@@ -1,0 +1,85 @@
+"""WADO-RS frames (PS3.18 §10.4.1.1.3): one instance from the archive, the frames asked for out.
+
+The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it;
+cutting, decoding and encoding run on a worker thread. Everything that can fail — a frame beyond
+the last, a syntax rst cannot produce for this instance — fails before the response starts, so
+the client gets a status and a message rather than a broken body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from rst.bridge import run_sync
+from rst.dicom.accept import FrameChoice, FrameFormat, choose_frame_format
+from rst.dicom.frames import Frame, FrameSource
+from rst.dicom.multipart import MultipartWriter
+from rst.errors import NotFound
+from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.wado import whole
+
+__all__ = ["FramesAnswer", "retrieve_frames"]
+
+
+@dataclass(frozen=True)
+class FramesAnswer:
+    """The frames to send, in the order asked, and how to label them."""
+
+    format: FrameFormat
+    frames: list[Frame]
+
+    @property
+    def part_type(self) -> str:
+        """Every part's (or the single body's) ``Content-Type``."""
+        return f"{self.format.media_type}; transfer-syntax={self.format.transfer_syntax}"
+
+    @property
+    def size(self) -> int:
+        return sum(len(frame.data) for frame in self.frames)
+
+    def parts(self, writer: MultipartWriter, location: Callable[[int], str]) -> Iterator[bytes]:
+        """The ``multipart/related`` body: each frame with its head (``Content-Type`` first,
+        then ``Content-Location`` from *location*), then the close delimiter."""
+        for frame in self.frames:
+            yield writer.part_head(self.part_type, {"Content-Location": location(frame.number)})
+            yield frame.data
+        yield writer.close()
+
+
+async def retrieve_frames(
+    backend: Backend, keys: RetrieveKeys, numbers: Sequence[int], choices: Sequence[FrameChoice]
+) -> FramesAnswer:
+    """The frames *numbers* of the instance *keys* names, in the first of *choices* (what the
+    client accepts, most preferred first) that rst can produce for it.
+
+    :raises NotFound: the archive has no such instance, or a frame does not exist.
+    :raises NotAcceptable: none of *choices* can be produced for this instance.
+    """
+    if keys.sop_uid is None:
+        raise ValueError("frames belong to one instance: keys must name a SOP instance")
+    # A hint for the archive: what the client likes best (None, as stored, for "*").
+    prefer = choices[0].transfer_syntax if choices else None
+    instance = await _retrieve_one(backend, keys, prefer)
+
+    def cut() -> FramesAnswer:
+        source = FrameSource(instance.data)
+        source.check(numbers)
+        fmt = choose_frame_format(choices, source.transfer_syntax, frames=len(numbers))
+        return FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
+
+    return await run_sync(cut)
+
+
+async def _retrieve_one(backend: Backend, keys: RetrieveKeys, prefer: str | None) -> Instance:
+    """The instance *keys* names, whole. The retrieve runs to its end (the archive's final
+    status is checked); anything else it delivers is read and dropped."""
+    found: Instance | None = None
+    async with backend.retrieve(keys, prefer) as instances:
+        async for received in instances:
+            complete = await whole(received)
+            if found is None and complete.sop_instance_uid == keys.sop_uid:
+                found = complete
+    if found is None:
+        raise NotFound(f"the archive {backend.name} sent no instance {keys.sop_uid}")
+    return found
