@@ -166,6 +166,9 @@ host = "127.0.0.1"
 port = {ctx.orthanc.dicom_port}
 retrieve = "{mode}"
 max_associations = {max_associations}
+# Every retrieve goes to the PACS: these benchmarks measure the DIMSE path, and repeated runs
+# must not be served from the retrieve cache.
+cache = false
 """
 
 

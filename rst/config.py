@@ -27,6 +27,7 @@ from pydantic import (
 
 __all__ = [
     "AeConfig",
+    "CacheConfig",
     "Config",
     "ConfigError",
     "DimseConfig",
@@ -130,6 +131,17 @@ class DimseConfig(_Section):
     it is closed."""
 
 
+class CacheConfig(_Section):
+    """The retrieve cache: instances retrieved from DIMSE PACS, kept on disk (:mod:`rst.cache`)."""
+
+    path: Annotated[str, Field(min_length=1)] | None = None
+    """The cache folder (default: ``rst-cache-{uid}`` in the system temporary folder)."""
+    max_bytes: Annotated[int, Field(gt=0)] = 2 * 1024**3
+    """Bytes of instances kept; past it the least recently used are evicted."""
+    ttl_seconds: Seconds = 3600.0
+    """An entry older than this is not served any more (the PACS is asked again)."""
+
+
 class AeConfig(_Section):
     """One remote archive, served under ``/aets/{aet}/``."""
 
@@ -163,6 +175,8 @@ class AeConfig(_Section):
     AE Title and Message ID; ``uid`` matches Study/Series/SOP Instance UIDs against the open
     retrieves from this PACS (for PACS that omit those fields); ``auto`` uses the first when the
     fields are present and the second when not."""
+    cache: bool = True
+    """Keep retrieved instances in the retrieve cache (``[cache]``) and serve them from it."""
 
     @field_validator("aet")
     @classmethod
@@ -221,6 +235,7 @@ class Config(_Section):
 
     http: HttpConfig = HttpConfig()
     dimse: DimseConfig = DimseConfig()
+    cache: CacheConfig = CacheConfig()
     aets: tuple[ArchiveConfig, ...] = ()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -292,7 +307,11 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    sections: dict[str, type[BaseModel]] = {"HTTP": HttpConfig, "DIMSE": DimseConfig}
+    sections: dict[str, type[BaseModel]] = {
+        "HTTP": HttpConfig,
+        "DIMSE": DimseConfig,
+        "CACHE": CacheConfig,
+    }
     for name, value in sorted(environ.items()):
         if not name.startswith("RST_"):
             continue

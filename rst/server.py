@@ -6,6 +6,9 @@ stops accepting, lets in-flight requests run for ``http.graceful_timeout`` secon
 rest (which cancels their DIMSE operations), and then the receiver is stopped. If either service
 dies, the nursery cancels the other and ``serve`` raises: no half-running gateway.
 
+When a DIMSE archive has ``cache = true`` (the default), the retrieve cache (:mod:`rst.cache`)
+is opened for the server's lifetime and put in front of those archives.
+
 With S3 archives configured, everything runs inside a trio-asyncio loop that holds one S3
 client per archive; the clients close after the nursery (DIMSE-only configurations open no
 asyncio loop and never import aiobotocore).
@@ -26,6 +29,7 @@ from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.trio_receiver import TrioStoreReceiver
+from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.groups import collapse
 from rst.http.app import create_app
@@ -48,7 +52,9 @@ class Running:
     dimse_address: tuple[str, int]
     receiver: Receiver
     backends: dict[str, Backend]
+    """The archives themselves (the routes reach the DIMSE ones through the cache)."""
     mediator: Mediator
+    cache: Cache | None = None
 
 
 def build_backends(
@@ -91,8 +97,21 @@ async def serve(
     mediator = Mediator()
     ids = MessageIds() if worker is None else MessageIds(worker.index, worker.count)
     backends = build_backends(config, mediator, ids)
-    async with _s3_backends(config, backends):
-        await _serve(config, mediator, backends, shutdown_trigger, task_status, worker)
+    async with _s3_backends(config, backends), _cache(config) as cache:
+        served = with_cache(config, backends, cache)
+        await _serve(
+            config, mediator, backends, served, cache, shutdown_trigger, task_status, worker
+        )
+
+
+@asynccontextmanager
+async def _cache(config: Config) -> AsyncIterator[Cache | None]:
+    """The retrieve cache, if an archive uses it; closed on exit."""
+    if not any(isinstance(ae, AeConfig) and ae.cache for ae in config.aets):
+        yield None
+        return
+    async with open_cache(config.cache) as cache:
+        yield cache
 
 
 @asynccontextmanager
@@ -127,11 +146,13 @@ async def _serve(
     config: Config,
     mediator: Mediator,
     backends: dict[str, Backend],
+    served: dict[str, Backend],
+    cache: Cache | None,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None,
     task_status: trio.TaskStatus[Running],
     worker: WorkerSlot | None,
 ) -> None:
-    app = create_app(config, backends)
+    app = create_app(config, served)
     receiver: Receiver
     if worker is not None:
         receiver = TrioStoreReceiver(
@@ -158,7 +179,7 @@ async def _serve(
 
             dimse_address = await nursery.start(receiver.run)
             binds = await nursery.start(http)
-            running = Running(binds[0], dimse_address, receiver, backends, mediator)
+            running = Running(binds[0], dimse_address, receiver, backends, mediator, cache)
             log.info(
                 "rst serving DICOMweb on %s, C-STORE receiver %s on %s:%s",
                 running.http_url,

@@ -15,7 +15,7 @@ from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.dicom.uid import check_uid
 from rst.errors import PayloadTooLarge, RstError
-from rst.http import frame_routes, metadata_routes, rendered_routes
+from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_routes
 from rst.http.context import RouteContext
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
 from rst.services.protocols import Backend
@@ -143,6 +143,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
     frame_routes.register(bp, ctx)
     metadata_routes.register(bp, ctx)
     rendered_routes.register(bp, ctx)
+    wado_uri_routes.register(bp, ctx)
 
     # -- STOW-RS ---------------------------------------------------------------------------
 

@@ -42,6 +42,8 @@ async def supervisor(orthanc_with_study: Orthanc, tmp_path: Path) -> AsyncIterat
         "[http]\nworkers = 2\ngraceful_timeout = 2.0\n\n"
         f'[[aets]]\naet = "{orthanc.aet}"\nhost = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
         'retrieve = "move"\n'
+        # every retrieve a C-MOVE (no cache): the C-STOREs must be passed between the workers
+        "cache = false\n"
     )
     async with rst_process("serve", "--config", str(config)) as process:
         match = await read_until(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from typing import Any
 import trio
 from pynetdicom.association import Association
 
-from rst.config import AeConfig, Config, DimseConfig, HttpConfig, S3AeConfig
+from rst.config import AeConfig, CacheConfig, Config, DimseConfig, HttpConfig, S3AeConfig
 from rst.server import Running, serve
 
 RECEIVERS = ("trio", "pynetdicom")
@@ -25,21 +26,27 @@ async def run_gateway(
     *aets: AeConfig | S3AeConfig,
     dimse: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> AsyncIterator[Running]:
-    """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports."""
-    config = Config(
-        http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
-        dimse=DimseConfig(
-            host="127.0.0.1",
-            port=0,
-            **{"receiver": receiver_kind.get(), "client": receiver_kind.get(), **(dimse or {})},
-        ),
-        aets=aets,
-    )
-    async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(serve, config)
-        yield running
-        nursery.cancel_scope.cancel()
+    """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports.
+
+    The retrieve cache lies in a new, empty folder unless *cache* names a ``path``: what one
+    test retrieved is never served to another."""
+    with tempfile.TemporaryDirectory(prefix="rst-test-cache-") as folder:
+        config = Config(
+            http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
+            dimse=DimseConfig(
+                host="127.0.0.1",
+                port=0,
+                **{"receiver": receiver_kind.get(), "client": receiver_kind.get(), **(dimse or {})},
+            ),
+            cache=CacheConfig(**{"path": folder, **(cache or {})}),
+            aets=aets,
+        )
+        async with trio.open_nursery() as nursery:
+            running: Running = await nursery.start(serve, config)
+            yield running
+            nursery.cancel_scope.cancel()
 
 
 async def wait_until(predicate: Any, *, within: float = 5.0, what: str = "condition") -> None:

@@ -49,7 +49,7 @@ def app_config(aet: str) -> str:
       configuration: {{
         friendlyName: 'rst',
         name: 'rst',
-        wadoUriRoot: window.location.origin + '/aets/{aet}',
+        wadoUriRoot: window.location.origin + '/aets/{aet}/wado',
         qidoRoot: window.location.origin + '/aets/{aet}',
         wadoRoot: window.location.origin + '/aets/{aet}',
         qidoSupportsIncludeField: true,

@@ -1,0 +1,325 @@
+"""A :class:`~rst.services.protocols.Backend` with the retrieve cache in front of it.
+
+Every service that retrieves (instances, metadata, frames, bulk data, rendered) goes through
+``backend.retrieve``; wrapping the DIMSE backend here gives them all the cache without their
+knowing. A retrieve is served, in this order:
+
+1. by following a flight of the same study, series or instance already under way in this
+   process (:mod:`rst.cache.flight`): the instances are read from the cache files as they
+   arrive;
+2. from the cache, if it holds the whole level fresh — for an instance, also when it is on its
+   way in a flight of its series or study (the request waits for that instance only);
+3. from the archive, leading a new flight: each instance passes through to this request as it
+   arrives (a large one fragment by fragment) and is written to the cache on the way.
+
+A follower whose flight is abandoned (its leader went away), or which meets an instance that
+could not be cached, falls back to a retrieve of its own, skipping the instances it has already
+sent; after :data:`MAX_ATTEMPTS` it retrieves from the archive without looking anywhere else.
+Searches and stores go to the archive; a store forgets what the cache knows of the instance's
+study and series (they have changed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, nullcontext
+from dataclasses import replace
+from functools import partial
+
+import trio
+from pydicom import Dataset
+
+from rst.cache.cache import Cache
+from rst.cache.files import FileChunks, Recording, Tee, Writer, batch, read_entries
+from rst.cache.flight import Arrival, Flight, Flights, State
+from rst.cache.store import Entry
+from rst.config import AeConfig, Config
+from rst.dicom.part10 import Upload
+from rst.dicom.query import QidoQuery
+from rst.errors import RstError
+from rst.groups import collapse
+from rst.services.protocols import Backend, Instance, RetrieveKeys, StoreResult, StoreSession
+
+__all__ = ["MAX_ATTEMPTS", "CachedBackend", "archive_key", "with_cache"]
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+"""Sources a retrieve tries (flights, the cache) before it goes to the archive regardless."""
+READ_RUN = 64
+"""Arrivals looked at for one batch of reads (see :func:`~rst.cache.files.batch`)."""
+
+
+class _FallBack(Exception):
+    """A follower cannot be served by its flight any more; it retrieves on its own."""
+
+
+class CachedBackend:
+    """*inner* with the retrieve cache in front; *archive* names it in the cache."""
+
+    def __init__(self, inner: Backend, cache: Cache, *, archive: str) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.archive = archive
+        self.name = inner.name
+        self.flights = Flights()
+
+    async def echo(self) -> None:
+        await self.inner.echo()
+
+    def search(self, query: QidoQuery) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
+        return self.inner.search(query)
+
+    def store(self) -> AbstractAsyncContextManager[StoreSession]:
+        return self._store()
+
+    def retrieve(
+        self, keys: RetrieveKeys, prefer: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
+        """The instances of *keys*: as the inner backend's ``retrieve``, with the cache.
+
+        *prefer* reaches the archive only when this request retrieves from it; cached
+        instances are served in the transfer syntax they arrived in (the services convert)."""
+        return self._retrieve(keys, prefer)
+
+    # -- retrieve ------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _retrieve(
+        self, keys: RetrieveKeys, prefer: str | None
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        """The nursery holds this request's cache writer, if it leads a flight."""
+        with collapse():
+            async with trio.open_nursery() as nursery:
+                try:
+                    async with aclosing(self._instances(keys, prefer, nursery)) as instances:
+                        yield instances
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _instances(
+        self, keys: RetrieveKeys, prefer: str | None, nursery: trio.Nursery
+    ) -> AsyncGenerator[Instance]:
+        delivered: set[str] = set()
+        """SOP Instance UIDs this request has sent: a fallback skips them."""
+        followed: list[Flight] = []
+        for attempt in range(MAX_ATTEMPTS):
+            last = attempt == MAX_ATTEMPTS - 1
+            flight = None if last else self.flights.get(keys)
+            if flight is not None and flight not in followed:
+                followed.append(flight)
+                source = self._follow(flight, delivered)
+            else:  # a flight that failed this request once is not joined again
+                source = self._lead(keys, prefer, delivered, nursery, look=not last)
+            try:
+                async with aclosing(source) as instances:
+                    async for instance in instances:
+                        yield instance
+                return
+            except _FallBack as reason:
+                log.info(
+                    "cache: %s; retrieving %s %s again (%d instances sent)",
+                    reason,
+                    keys.level.lower(),
+                    keys.uid,
+                    len(delivered),
+                )
+        raise AssertionError("the last attempt retrieves from the archive, which never falls back")
+
+    async def _follow(self, flight: Flight, delivered: set[str]) -> AsyncGenerator[Instance]:
+        """The instances of *flight*, read from the cache as they arrive; then its end."""
+        seen = 0
+        current: Instance | None = None
+        try:
+            while True:
+                while seen < len(flight.arrivals):
+                    arrival = flight.arrivals[seen]
+                    if arrival.sop_uid in delivered:
+                        seen += 1
+                        continue
+                    if arrival.entry is None:
+                        raise _FallBack(f"instance {arrival.sop_uid} could not be cached")
+                    entries = []
+                    for later in itertools.islice(flight.arrivals, seen, seen + READ_RUN):
+                        if later.entry is None or later.sop_uid in delivered:
+                            break
+                        entries.append(later.entry)
+                    instances, gone = await read_entries(entries[: batch(entries)])
+                    for current in instances:
+                        seen += 1
+                        if current.sop_instance_uid not in delivered:
+                            delivered.add(current.sop_instance_uid)
+                            yield current
+                        _close(current)
+                    current = None
+                    if gone is not None:
+                        raise _FallBack(f"a cached instance is gone ({gone})")
+                if flight.state is State.DONE:
+                    return
+                if flight.state is State.FAILED:
+                    raise flight.error()
+                if flight.state is State.ABANDONED:
+                    raise _FallBack("the retrieve this request waited on was cancelled")
+                await flight.changed()
+        finally:
+            if current is not None:
+                _close(current)
+
+    async def _lead(
+        self,
+        keys: RetrieveKeys,
+        prefer: str | None,
+        delivered: set[str],
+        nursery: trio.Nursery,
+        *,
+        look: bool,
+    ) -> AsyncGenerator[Instance]:
+        """Start a flight (joinable unless another one of *keys* is): from the cache if *look*
+        finds it there, else from the archive."""
+        flight = Flight(keys, self.cache.now())
+        joinable = self.flights.get(keys) is None
+        with self.flights.flying(flight) if joinable else nullcontext(flight):
+            try:
+                found = await self._cached(keys) if look else None
+                if found is not None:
+                    for entry in found:
+                        flight.arrive(Arrival(entry.sop_uid, entry))
+                    flight.succeed()
+                    source = self._follow(flight, delivered)
+                else:
+                    source = self._from_archive(flight, prefer, delivered, nursery)
+                async with aclosing(source) as instances:
+                    async for instance in instances:
+                        yield instance
+            finally:
+                flight.abandon()  # unless it has ended already
+
+    async def _cached(self, keys: RetrieveKeys) -> list[Entry] | None:
+        """The whole of *keys* from the cache, or from a flight of its series or study."""
+        if keys.sop_uid is None:
+            return await self.cache.level(self.archive, keys)
+        covering = self.flights.covering(keys)
+        arrival = None if covering is None else covering.arrival(keys.sop_uid)
+        if arrival is not None and arrival.entry is not None:
+            return [arrival.entry]
+        entry = await self.cache.instance(self.archive, keys)
+        if entry is None and (covering := self.flights.covering(keys)) is not None:
+            entry = await covering.wait_for(keys.sop_uid)
+        return None if entry is None else [entry]
+
+    async def _from_archive(
+        self, flight: Flight, prefer: str | None, delivered: set[str], nursery: trio.Nursery
+    ) -> AsyncGenerator[Instance]:
+        """The archive's instances, each written to the cache as it passes and announced to
+        *flight*; the level recorded as whole once the archive has sent all of it."""
+        keys = flight.keys
+        writer = Writer(
+            self.cache, archive=self.archive, keys=keys, written=partial(_arrive, flight)
+        )
+        nursery.start_soon(writer.run)
+        tee: Tee | None = None
+        try:
+            async with self.inner.retrieve(keys, prefer) as instances:
+                while True:
+                    try:
+                        instance = await anext(instances)
+                    except StopAsyncIteration:
+                        break
+                    except RstError as error:
+                        await writer.flush()  # followers get what arrived before, too
+                        flight.fail(error)
+                        raise
+                    uid = instance.sop_instance_uid
+                    wanted = uid not in delivered
+                    delivered.add(uid)
+                    if instance.rest is None:
+                        await writer.put(instance)
+                        if wanted:
+                            yield instance
+                        continue
+                    await writer.flush()  # the flight's instances arrive in the archive's order
+                    pending = await self.cache.begin(instance.data)
+                    tee = Tee(
+                        instance.rest,
+                        Recording(self.cache, pending, self.archive, keys, instance),
+                        on_end=partial(_arrive, flight, uid),
+                        on_error=flight.fail,
+                    )
+                    if wanted:
+                        yield replace(instance, rest=tee)
+                    await tee.drain()  # normally read to its end by the consumer already
+                    tee = None
+            await writer.flush()
+            whole = all(arrival.entry is not None for arrival in flight.arrivals)
+            if keys.level != "IMAGE" and flight.arrivals and whole:
+                await self.cache.complete(
+                    archive=self.archive,
+                    keys=keys,
+                    started=flight.started,
+                    sop_uids=[arrival.sop_uid for arrival in flight.arrivals],
+                )
+            flight.succeed()
+        finally:
+            writer.close()
+            if tee is not None:
+                tee.close()
+
+    # -- store ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _store(self) -> AsyncIterator[StoreSession]:
+        async with self.inner.store() as session:
+            yield _Forgetting(session, self)
+
+
+class _Forgetting:
+    """A store session that makes the cache forget the study and series it changes."""
+
+    def __init__(self, session: StoreSession, backend: CachedBackend) -> None:
+        self._session = session
+        self._backend = backend
+
+    async def store(self, upload: Upload) -> StoreResult:
+        try:
+            return await self._session.store(upload)
+        finally:
+            await self._backend.cache.invalidate(
+                archive=self._backend.archive,
+                study_uid=upload.study_uid,
+                series_uid=upload.series_uid,
+                sop_uid=upload.sop_instance_uid,
+            )
+
+
+def _arrive(flight: Flight, sop_uid: str, entry: Entry | None) -> None:
+    flight.arrive(Arrival(sop_uid, entry))
+
+
+def _close(instance: Instance) -> None:
+    """Close the file behind a cached instance whose consumer stopped reading it early."""
+    if isinstance(instance.rest, FileChunks):
+        instance.rest.close()
+
+
+def archive_key(ae: AeConfig) -> str:
+    """What names a PACS in the cache: its AE title and address (an AE title moved to another
+    PACS does not inherit the old one's instances)."""
+    return f"{ae.aet}@{ae.host}:{ae.port}"
+
+
+def with_cache(
+    config: Config, backends: Mapping[str, Backend], cache: Cache | None
+) -> dict[str, Backend]:
+    """*backends* with the cache in front of each DIMSE archive that has ``cache = true``."""
+    if cache is None:
+        return dict(backends)
+    wrapped: dict[str, Backend] = {}
+    for name, backend in backends.items():
+        ae = config.ae(name)
+        if isinstance(ae, AeConfig) and ae.cache:
+            wrapped[name] = CachedBackend(backend, cache, archive=archive_key(ae))
+        else:
+            wrapped[name] = backend
+    return wrapped

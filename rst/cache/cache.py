@@ -1,0 +1,188 @@
+"""The retrieve cache as trio sees it: the :class:`~rst.cache.store.Store` on worker threads.
+
+The one rule of this module: **a failing cache never fails a request.** A write that fails
+(disk full, permissions, an index locked for longer than its busy timeout, a damaged index) is
+logged and the instance simply is not cached; a lookup that fails is a miss. The request goes
+on as if there were no cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from rst.bridge import run_sync
+from rst.cache.store import Entry, Meta, Pending, Store, default_folder
+from rst.config import CacheConfig
+from rst.services.protocols import Instance, RetrieveKeys
+
+__all__ = ["Cache", "open_cache"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+COMPLAIN_EVERY = 60.0
+"""Seconds between two warnings about a failing cache (the others are logged at DEBUG)."""
+
+
+class Cache:
+    """Lookups and writes of the retrieve cache, from trio."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._complained_at = float("-inf")
+        self._quiet = 0
+
+    @property
+    def folder(self) -> Path:
+        return self.store.folder
+
+    def now(self) -> float:
+        """The cache's clock (wall-clock seconds, shared by processes and restarts)."""
+        return self.store.clock()
+
+    # -- lookups: a failure is a miss -----------------------------------------------------------
+
+    async def instance(self, archive: str, keys: RetrieveKeys) -> Entry | None:
+        return await self._attempt("look up", lambda: self.store.instance(archive, keys))
+
+    async def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
+        return await self._attempt("look up", lambda: self.store.level(archive, keys))
+
+    # -- writes: a failure is an instance not cached --------------------------------------------
+
+    async def put(
+        self, *, archive: str, keys: RetrieveKeys, instances: Sequence[Instance]
+    ) -> list[Entry | None]:
+        """Cache whole instances (in one trip to a worker thread, one index transaction); the
+        entry of each, ``None`` for those not cached."""
+
+        def put() -> list[Entry | None]:
+            written = []
+            try:
+                for instance in instances:
+                    pending = self.store.begin()
+                    written.append((pending, _meta(archive, keys, instance)))
+                    pending.write(instance.data)
+            except BaseException:
+                for pending, _ in written:
+                    pending.discard()
+                raise
+            return self.store.commit_many(written)
+
+        return await self._attempt("write", put) or [None] * len(instances)
+
+    async def begin(self, head: bytes) -> Pending | None:
+        """A temporary file for an instance still arriving, holding *head* so far."""
+
+        def begin() -> Pending:
+            pending = self.store.begin()
+            try:
+                pending.write(head)
+            except BaseException:
+                pending.discard()
+                raise
+            return pending
+
+        return await self._attempt("write", begin)
+
+    async def append(self, pending: Pending, data: bytes) -> bool:
+        """Append *data*; ``False`` if that failed (*pending* is then discarded)."""
+
+        def append() -> bool:
+            try:
+                pending.write(data)
+            except BaseException:
+                pending.discard()
+                raise
+            return True
+
+        return await self._attempt("write", append) is not None
+
+    async def commit(
+        self, pending: Pending, *, archive: str, keys: RetrieveKeys, instance: Instance
+    ) -> Entry | None:
+        """Cache the instance written to *pending*."""
+        meta = _meta(archive, keys, instance)
+        return await self._attempt("write", lambda: self.store.commit(pending, meta))
+
+    async def complete(
+        self, *, archive: str, keys: RetrieveKeys, started: float, sop_uids: list[str]
+    ) -> None:
+        await self._attempt(
+            "write",
+            lambda: self.store.complete(
+                archive=archive, keys=keys, started=started, sop_uids=sop_uids
+            ),
+        )
+
+    async def invalidate(
+        self, *, archive: str, study_uid: str, series_uid: str, sop_uid: str
+    ) -> None:
+        await self._attempt(
+            "update",
+            lambda: self.store.invalidate(
+                archive=archive, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid
+            ),
+        )
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _attempt(self, what: str, call: Callable[[], T]) -> T | None:
+        try:
+            return await run_sync(call)
+        except (OSError, sqlite3.Error) as exc:
+            self._complain(what, exc)
+            return None
+
+    def _complain(self, what: str, exc: BaseException) -> None:
+        now = trio.current_time()
+        if now - self._complained_at < COMPLAIN_EVERY:
+            self._quiet += 1
+            log.debug("cache: cannot %s in %s: %s", what, self.folder, exc)
+            return
+        more = f" ({self._quiet} more since the last warning)" if self._quiet else ""
+        log.warning(
+            "cache: cannot %s in %s: %s; serving without the cache%s", what, self.folder, exc, more
+        )
+        self._complained_at = now
+        self._quiet = 0
+
+
+def _meta(archive: str, keys: RetrieveKeys, instance: Instance) -> Meta:
+    return Meta(
+        archive=archive,
+        study_uid=keys.study_uid,
+        series_uid=keys.series_uid,
+        sop_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        transfer_syntax=instance.transfer_syntax,
+    )
+
+
+@asynccontextmanager
+async def open_cache(config: CacheConfig) -> AsyncIterator[Cache]:
+    """Open the cache folder of *config* (raises :class:`~rst.cache.store.CacheUnavailable`);
+    closed on exit."""
+    folder = Path(config.path) if config.path is not None else default_folder()
+
+    def open_store() -> tuple[Store, int]:
+        store = Store.open(
+            folder, max_bytes=config.max_bytes, ttl=config.ttl_seconds, private=config.path is None
+        )
+        return store, store.usage()
+
+    store, used = await run_sync(open_store)
+    log.info("retrieve cache in %s (%d of %d bytes used)", folder, used, config.max_bytes)
+    try:
+        yield Cache(store)
+    finally:
+        with trio.CancelScope(shield=True):
+            await run_sync(store.close)

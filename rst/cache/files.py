@@ -1,0 +1,320 @@
+"""Instances into and out of cache files, with flat memory.
+
+Out: :func:`read_entries` makes :class:`~rst.services.protocols.Instance` objects of cached
+files — whole in ``data`` up to :data:`CHUNK` bytes (several small ones in one trip to a worker
+thread), else the first chunk there and the rest read chunk by chunk as the consumer asks
+(:class:`FileChunks`), raising :class:`~rst.errors.IncompleteRetrieve` if the file breaks off,
+as an instance arriving from a PACS would.
+
+In: an instance coming from the archive passes through unchanged and is written to the cache
+on the way. A whole one goes to the :class:`Writer`, a task of its own, so that writing one
+instance to disk overlaps with passing on the next; the ``rest`` of a large one goes through a
+:class:`Tee`, chunk by chunk as the consumer reads it, into a temporary file
+(:class:`Recording`). A file is committed to the cache only once its instance is whole; a
+write that fails stops the recording, never the instance.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from rst.bridge import run_sync
+from rst.cache.cache import Cache
+from rst.cache.store import Entry, Pending
+from rst.errors import IncompleteRetrieve, RstError
+from rst.services.protocols import Instance, RetrieveKeys
+
+__all__ = [
+    "CHUNK",
+    "FileChunks",
+    "Gone",
+    "Recording",
+    "Tee",
+    "Writer",
+    "batch",
+    "read_entries",
+]
+
+CHUNK = 1 << 20
+"""Bytes read from a cache file at a time; files up to this size are read whole."""
+
+
+class Gone(Exception):
+    """The file of a cache entry cannot be read any more (evicted since it was looked up)."""
+
+
+READ_AHEAD = 1 << 20
+"""Bytes of small cached instances read in one trip to a worker thread."""
+
+
+def batch(entries: Sequence[Entry]) -> int:
+    """How many of *entries*, from the first, :func:`read_entries` should read in one trip: small
+    ones up to :data:`READ_AHEAD` bytes together, or one large one alone."""
+    total = 0
+    for count, entry in enumerate(entries):
+        if entry.size > CHUNK or total + entry.size > READ_AHEAD:
+            return max(count, 1)
+        total += entry.size
+    return len(entries)
+
+
+async def read_entries(entries: Sequence[Entry]) -> tuple[list[Instance], Gone | None]:
+    """The cached instances *entries* (see :func:`batch`), each with its first :data:`CHUNK`
+    bytes read; reading stops at the first whose file is gone, returned with those before it."""
+
+    def read() -> tuple[list[Instance], Gone | None]:
+        found = []
+        for entry in entries:
+            try:
+                found.append(_open(entry))
+            except Gone as gone:
+                return found, gone
+        return found, None
+
+    return await run_sync(read)
+
+
+def _open(entry: Entry) -> Instance:
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Gone(f"{entry.path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, CHUNK, 0)
+        if size != entry.size or len(data) != min(size, CHUNK):
+            raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
+    except OSError as exc:
+        os.close(fd)
+        raise Gone(f"{entry.path}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    rest = None
+    if size <= CHUNK:
+        os.close(fd)
+    else:
+        rest = FileChunks(fd, entry, offset=len(data))
+    return Instance(data, entry.sop_class_uid, entry.sop_uid, entry.transfer_syntax, rest=rest)
+
+
+class FileChunks:
+    """The rest of a cached instance, read :data:`CHUNK` bytes at a time from its open file.
+
+    The file is closed at the end, on an error, or by :meth:`close` (the owner of an instance
+    whose consumer stopped early). A class rather than an async generator, so that nothing is
+    left for the garbage collector to finalize."""
+
+    def __init__(self, fd: int, entry: Entry, *, offset: int) -> None:
+        self._fd: int | None = fd
+        self._entry = entry
+        self._offset = offset
+
+    def __aiter__(self) -> FileChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        fd = self._fd
+        if self._offset >= self._entry.size:
+            self.close()
+            raise StopAsyncIteration
+        if fd is None:
+            raise IncompleteRetrieve(
+                f"the cached copy of instance {self._entry.sop_uid} was closed before its end"
+            )
+        want = min(CHUNK, self._entry.size - self._offset)
+        try:
+            chunk = await run_sync(lambda: os.pread(fd, want, self._offset))
+        except OSError as exc:
+            self.close()
+            raise IncompleteRetrieve(
+                f"the cached copy of instance {self._entry.sop_uid} cannot be read: {exc}"
+            ) from None
+        if len(chunk) != want:
+            self.close()
+            raise IncompleteRetrieve(
+                f"the cached copy of instance {self._entry.sop_uid} was cut short"
+            )
+        self._offset += want
+        return chunk
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
+WRITE_AHEAD = 16 << 20
+"""Bytes of whole instances the :class:`Writer` may have queued (one larger instance passes)."""
+
+
+class Writer:
+    """Writes whole instances to the cache in the order given, on a task of its own (:meth:`run`),
+    and tells *written* each one's entry (``None``: not cached). Holds at most
+    :data:`WRITE_AHEAD` bytes of instances not yet written: :meth:`put` waits beyond."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        archive: str,
+        keys: RetrieveKeys,
+        written: Callable[[str, Entry | None], None],
+    ) -> None:
+        self._cache = cache
+        self._archive = archive
+        self._keys = keys
+        self._written = written
+        self._queue: collections.deque[Instance] = collections.deque()
+        self._queued = 0
+        self._closed = False
+        self._changed = trio.Event()
+
+    async def run(self) -> None:
+        """Write what is put, until :meth:`close`: all that waits at once, in one trip."""
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return
+                await self._wait()
+            instances = list(self._queue)
+            entries = await self._cache.put(
+                archive=self._archive, keys=self._keys, instances=instances
+            )
+            for instance, entry in zip(instances, entries, strict=True):
+                self._queue.popleft()
+                self._queued -= len(instance.data)
+                self._written(instance.sop_instance_uid, entry)
+            self._signal()
+
+    async def put(self, instance: Instance) -> None:
+        """Queue a whole instance (``rest`` is ``None``) to be written."""
+        while self._queue and self._queued + len(instance.data) > WRITE_AHEAD:
+            await self._wait()
+        self._queue.append(instance)
+        self._queued += len(instance.data)
+        self._signal()
+
+    async def flush(self) -> None:
+        """Wait until everything put has been written."""
+        while self._queue:
+            await self._wait()
+
+    def close(self) -> None:
+        """No more instances: :meth:`run` returns once the queue is written."""
+        self._closed = True
+        self._signal()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+RECORD_BATCH = 1 << 20
+"""Bytes of a streamed instance gathered before they are written (one worker-thread trip)."""
+
+
+@dataclass
+class Recording:
+    """One instance still arriving, on its way into the cache (see :meth:`Cache.begin`)."""
+
+    cache: Cache
+    pending: Pending | None
+    archive: str
+    keys: RetrieveKeys
+    instance: Instance
+    _batch: list[bytes] = field(default_factory=list)
+    _batched: int = 0
+
+    async def append(self, chunk: bytes) -> None:
+        if self.pending is None:
+            return
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= RECORD_BATCH:
+            await self._flush()
+
+    async def finish(self) -> Entry | None:
+        """Commit the whole instance; its entry, or ``None`` if it could not be cached."""
+        await self._flush()
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        return await self.cache.commit(
+            pending, archive=self.archive, keys=self.keys, instance=self.instance
+        )
+
+    def discard(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.discard()
+
+    async def _flush(self) -> None:
+        if self.pending is None or not self._batch:
+            return
+        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        self._batch, self._batched = [], 0
+        if not await self.cache.append(self.pending, data):
+            self.pending = None  # discarded by the cache; the instance passes on uncached
+
+
+class Tee:
+    """The ``rest`` of an instance arriving from the archive, passed on chunk by chunk and
+    recorded on the way. At its end the recording is committed and *on_end* told the entry
+    (``None``: not cached); an error of the archive is passed to *on_error*, then raised."""
+
+    def __init__(
+        self,
+        source: AsyncIterable[bytes],
+        recording: Recording,
+        *,
+        on_end: Callable[[Entry | None], None],
+        on_error: Callable[[RstError], None],
+    ) -> None:
+        self._source: AsyncIterator[bytes] = aiter(source)
+        self._recording = recording
+        self._on_end = on_end
+        self._on_error = on_error
+        self.ended = False
+        self._closed = False
+
+    def __aiter__(self) -> Tee:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.ended:
+            raise StopAsyncIteration
+        if self._closed:
+            raise IncompleteRetrieve(
+                f"instance {self._recording.instance.sop_instance_uid} was broken off"
+            )
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            self._on_end(await self._recording.finish())
+            raise
+        except RstError as error:
+            self.close()
+            self._on_error(error)
+            raise
+        await self._recording.append(chunk)
+        return chunk
+
+    async def drain(self) -> None:
+        """Read (and record) what the consumer left unread."""
+        async for _ in self:
+            pass
+
+    def close(self) -> None:
+        """The instance will not be completed: its partial file goes."""
+        self._closed = True
+        self._recording.discard()
