@@ -58,10 +58,11 @@ class DimseStoreSession:
             return StoreResult(TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc))
         code = status.get("Status")
         if code is None:
-            # pynetdicom aborts the association itself after its DIMSE timeout: only an abort
-            # before that is the PACS's, which fails this instance alone.
+            # pynetdicom aborts the association itself after its DIMSE timeout: no status
+            # before that means the PACS aborted, which fails this instance alone. (Not
+            # ``assoc.is_aborted``: pynetdicom's thread may not have set it yet.)
             timeout = self.backend.config.store_timeout
-            aborted = assoc.is_aborted and trio.current_time() - started < timeout
+            aborted = trio.current_time() - started < timeout
             error = BackendTimeout(
                 f"the PACS {self.backend.name} did not answer a C-STORE within {timeout:g} s"
             )
