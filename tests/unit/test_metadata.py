@@ -22,7 +22,7 @@ from rst.dicom.accept import (
     negotiate_bulkdata,
 )
 from rst.dicom.media_types import bulk_media_type, default_transfer_syntax, transfer_syntaxes_of
-from rst.errors import BadRequest, NotAcceptable, NotFound, PeerProtocolError
+from rst.errors import BadRequest, NotAcceptable, NotFound, UnreadableInstance
 from rst.services.bulkdata import BULK_MIN_BYTES, BulkPart, Selection, TagPath, instance_parts
 from rst.services.metadata import instance_metadata
 from rst.services.protocols import RetrieveKeys
@@ -215,7 +215,7 @@ def test_implicit_and_big_endian_sources() -> None:
 
 def test_an_unreadable_instance_is_a_502() -> None:
     data = part10(dataset())
-    with pytest.raises(PeerProtocolError, match=r"cannot read \(1\.2\.3\.4\.5\)"):
+    with pytest.raises(UnreadableInstance, match=r"cannot read \(1\.2\.3\.4\.5\)"):
         metadata(data[:132] + b"\x08\x00" + b"\xff" * 40)
 
 
