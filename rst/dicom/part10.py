@@ -327,6 +327,10 @@ def read_upload(data: bytes) -> Upload:
         "sop_class_uid": valid.get("SOPClassUID"),
         "sop_instance_uid": valid.get("SOPInstanceUID"),
     }
+    if not is_valid_uid(syntax) or not UID(syntax).is_transfer_syntax:
+        raise BadUpload(
+            f"the Transfer Syntax UID {syntax[:80]!r} is not a transfer syntax rst knows", **names
+        )
     try:
         check_complete(
             memoryview(data)[offset:],
