@@ -6,24 +6,24 @@ feed them ``st.randoms()`` (shrinkable draws) and add hypothesis's own text wher
 Large payloads come from a child ``random.Random`` seeded by one draw, so a strategy stays small.
 
 A request is sent as the exact bytes generated (:func:`exchange`: its own socket, any bytes in the
-request line and headers) and the answer is parsed with h11. :func:`problems` is the invariant
-of the hostile-client suite: a 4xx with a JSON body carrying a message, or a well-formed 2xx (a
-JSON array for a search, a complete multipart body for a retrieve, DICOM JSON for a store) —
-never a 5xx (except 501 on the resources rst does not implement yet, and 502/503/504 from an
-archive that is down on purpose), never a broken stream, never a hang.
+request line and headers) and the answer is parsed with h11. :func:`answer_problems` is the
+invariant of the hostile-client suite: a 4xx with a JSON body carrying a message, or a
+well-formed 2xx (a JSON array for a search, a complete multipart body for a retrieve, an image
+for a rendered resource, DICOM JSON for a store) — never a 5xx (except 501 where a backend may
+not offer a resource, and 502/503/504 from an archive that is down on purpose), never a broken
+stream; :func:`stow_problems` adds "nothing half-stored". Bounding the time (never a hang) is
+the caller's part. The DICOM content of STOW bodies comes from :mod:`.hostile_dicom`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import gzip
 import json
-import os
 import random
-import struct
 import urllib.parse
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import h11
@@ -33,39 +33,46 @@ from pydicom._dicom_dict import DicomDictionary
 
 from rst.dicom.query import IMAGE_KEYS, SERIES_KEYS, STUDY_KEYS
 
+from .hostile_dicom import MUTATIONS, fresh_uid, small_instance
+
 __all__ = [
+    "FAILED",
+    "REFERENCED",
+    "SOP_INSTANCE",
     "Answer",
     "HostileRequest",
-    "SmallInstance",
     "StowPart",
     "Target",
     "accept_request",
     "answer_problems",
     "exchange",
-    "fresh_uid",
     "good_requests",
     "hostile_accept",
     "hostile_query",
     "hostile_segment",
-    "mutate_instance",
+    "http_request",
     "path_request",
     "query_request",
     "raw_request",
-    "small_instance",
+    "rendered_request",
+    "stow_outcome",
     "stow_problems",
     "stow_request",
+    "stow_uids",
     "strategy",
     "text_segments",
     "text_values",
 ]
 
-Route = Literal["aets", "health", "qido", "wado", "todo", "stow", "other"]
+Route = Literal["aets", "health", "qido", "wado", "metadata", "bulk", "rendered", "stow", "other"]
+"""What a route answers: instances (``wado``), DICOM JSON (``metadata``), bulk data and frames
+(``bulk``), images (``rendered``: rendered and thumbnail resources)."""
+NEWER_RESOURCES: frozenset[Route] = frozenset({"metadata", "bulk", "rendered"})
+"""Resources a backend may not offer: 501 is an honest answer there."""
 
 REFERENCED = "00081199"
 FAILED = "00081198"
 SOP_INSTANCE = "00081155"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,10 @@ class Answer:
 
     @property
     def json(self) -> Any:
-        return json.loads(self.body)
+        body = self.body
+        if self.headers.get("content-encoding", "").strip().lower() == "gzip":
+            body = gzip.decompress(body)
+        return json.loads(body)
 
 
 # --- building requests ------------------------------------------------------------------------
@@ -195,19 +205,6 @@ def _size(rng: random.Random) -> int:
 
 
 # --- path segments ----------------------------------------------------------------------------
-
-
-def fresh_uid_root() -> str:
-    return f"2.25.{int.from_bytes(os.urandom(8), 'big')}"
-
-
-_ROOT = fresh_uid_root()
-_UIDS = itertools.count(1)
-
-
-def fresh_uid() -> str:
-    """A UID no archive has seen (unique in this process)."""
-    return f"{_ROOT}.{next(_UIDS)}"
 
 
 def hostile_segment(rng: random.Random, known: Sequence[str] = ()) -> bytes:
@@ -268,6 +265,13 @@ def hostile_aet(rng: random.Random, target: Target) -> bytes:
     )
 
 
+_LEVELS = (
+    "/aets/{aet}/studies/{study}",
+    "/aets/{aet}/studies/{study}/series/{series}",
+    "/aets/{aet}/studies/{study}/series/{series}/instances/{sop}",
+)
+_INSTANCE = _LEVELS[2]
+_FRAMES = _INSTANCE + "/frames/{frames}"
 _GET_ROUTES: tuple[tuple[str, Route], ...] = (
     ("/aets", "aets"),
     ("/aets/{aet}", "health"),
@@ -280,22 +284,50 @@ _GET_ROUTES: tuple[tuple[str, Route], ...] = (
     ("/aets/{aet}/studies/{study}", "wado"),
     ("/aets/{aet}/studies/{study}/series/{series}", "wado"),
     ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}", "wado"),
-    ("/aets/{aet}/studies/{study}/metadata", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/metadata", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}/metadata", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}/frames/{frames}", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}/bulkdata", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}/rendered", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/rendered", "todo"),
-    ("/aets/{aet}/studies/{study}/rendered", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/instances/{sop}/thumbnail", "todo"),
-    ("/aets/{aet}/studies/{study}/series/{series}/thumbnail", "todo"),
-    ("/aets/{aet}/studies/{study}/thumbnail", "todo"),
+    *((f"{level}/metadata", "metadata") for level in _LEVELS),
+    *((f"{level}/{name}", "bulk") for level in _LEVELS for name in ("bulkdata", "pixeldata")),
+    (_INSTANCE + "/bulkdata/{tags}", "bulk"),
+    (_FRAMES, "bulk"),
+    *(
+        (f"{level}/{name}", "rendered")
+        for level in (*_LEVELS, _FRAMES)
+        for name in ("rendered", "thumbnail")
+    ),
 )
 QIDO_ROUTES = tuple(route for route in _GET_ROUTES if route[1] == "qido")
-WADO_ROUTES = tuple(route for route in _GET_ROUTES if route[1] in ("wado", "todo"))
+WADO_ROUTES = tuple(route for route in _GET_ROUTES if route[1] in ("wado", *NEWER_RESOURCES))
+RENDERED_ROUTES = tuple(route for route in _GET_ROUTES if route[1] == "rendered")
 _STOW_ROUTES = ("/aets/{aet}/studies", "/aets/{aet}/studies/{study}")
 _METHODS = ("GET", "GET", "GET", "POST", "HEAD", "OPTIONS", "DELETE", "PUT", "PATCH", "TRACE")
+
+
+_FRAME_LISTS = (
+    b"1",
+    b"1,2",
+    b"2,1,1",
+    b"0",
+    b"-1",
+    b"1%2C2",
+    b"a",
+    b"4294967297",
+    b"1.5",
+    b"%201",
+    b"",
+    b"9" * 30,
+    b"1," * 5000 + b"1",
+)
+_TAG_PATHS = (
+    b"7FE00010",
+    b"7fe00010",
+    b"00280010",
+    b"7FE00010/1",
+    b"00081140/0/00081155",
+    b"FFFFFFFF",
+    b"7FE0001",
+    b"..%2F..",
+    b"00400275/999999999999/00400007",
+    b"7FE00010%2F" * 300,
+)
 
 
 def _fill(
@@ -318,7 +350,9 @@ def _fill(
         elif piece == "{aet}":
             segment = hostile_aet(rng, target) if rng.random() < hostile else target.aet.encode()
         elif piece == "{frames}":
-            segment = rng.choice([b"1", b"1,2", b"0", b"-1", b"1%2C2", b"a", b"9" * 30, b""])
+            segment = rng.choice(_FRAME_LISTS) if rng.random() < hostile else b"1"
+        elif piece == "{tags}":
+            segment = rng.choice(_TAG_PATHS) if rng.random() < hostile else b"7FE00010"
         elif piece.startswith("{"):
             value = known[name]
             segment = (
@@ -422,12 +456,12 @@ _FLOATS = (
     "1e",
     ".",
     "0x10",
-    " 1 ",
     "1_000",
-    "\u0661",
-    "1" * 17,
     "1e-400",
     "+.5e-3",
+    "\u0661",
+    " 1 ",
+    "1" * 17,
 )
 _DATES = (
     "20200101",
@@ -438,8 +472,8 @@ _DATES = (
     "20201301",
     "99999999",
     "2020",
-    "20200101--20200102",
     "-",
+    "20200101--20200102",
     "20200101-20200102-20200103",
 )
 _TIMES = ("101500", "10:15", "1015-1116", "25", "101500.1234567", "-101500", "1", "101500.")
@@ -455,13 +489,11 @@ _TEXT_VALUES = (
     "=",
     "\\",
     "a\\b\\c",
-    " ",
     "lower",
-    "X" * 16,
-    "X" * 17,
-    "X" * 64,
-    "X" * 65,
-    "X" * 10241,
+    " ",
+    "XXXXXXXXXXXXXXXX",
+    "XXXXXXXXXXXXXXXXX",
+    *("X" * n for n in (16, 17, 64, 65, 10241)),
 )
 
 
@@ -610,15 +642,21 @@ _MEDIA_TYPES = (
     "multipart/*",
     "application/*",
     "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/*",
+    "image/jp2",
+    "video/mpeg",
+    "application/pdf",
     "text/html",
     "application/octet-stream",
     "a/b/c",
-    "",
     "/",
     "*/json",
     "multipart",
     "MULTIPART/RELATED",
     "😀/😀",
+    "",
 )
 _PARAMS = (
     "type=application/dicom",
@@ -673,6 +711,8 @@ def accept_request(rng: random.Random, target: Target) -> HostileRequest:
     if rng.random() < 0.25:
         path += b"?accept=" + _quote(hostile_accept(rng).decode("utf-8", "surrogatepass"), rng)
     headers = [] if rng.random() < 0.1 else [(b"Accept", hostile_accept(rng))]
+    if rng.random() < 0.2:
+        headers.append((b"Accept-Encoding", rng.choice(_ENCODINGS)))
     return HostileRequest(
         kind="accept",
         label=template,
@@ -683,231 +723,70 @@ def accept_request(rng: random.Random, target: Target) -> HostileRequest:
     )
 
 
-# --- DICOM instances --------------------------------------------------------------------------
-
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"})
-
-
-@dataclass(frozen=True)
-class _Element:
-    tag: int
-    vr: bytes
-    value: bytes
-    length: int | None = None  # a length field that lies
-
-
-def _encode(elements: Sequence[_Element]) -> bytes:
-    """Explicit VR Little Endian, written by hand so that any lie can be told."""
-    out = bytearray()
-    for element in elements:
-        length = len(element.value) if element.length is None else element.length
-        out += struct.pack("<HH", element.tag >> 16, element.tag & 0xFFFF) + element.vr
-        if element.vr.decode("latin-1") in _LONG_VRS:
-            out += b"\0\0" + struct.pack("<L", length & 0xFFFFFFFF)
-        else:
-            out += struct.pack("<H", length & 0xFFFF)
-        out += element.value
-    return bytes(out)
-
-
-def _ui(uid: str) -> bytes:
-    data = uid.encode("utf-8", errors="surrogatepass")
-    return data + b"\0" if len(data) % 2 else data
-
-
-def _text_value(text: str) -> bytes:
-    data = text.encode("utf-8", errors="surrogatepass")
-    return data + b" " if len(data) % 2 else data
-
-
-@dataclass(frozen=True)
-class SmallInstance:
-    """A small Secondary Capture instance as elements, encoded on demand."""
-
-    sop_uid: str
-    study_uid: str
-    series_uid: str
-    elements: tuple[_Element, ...]
-    syntax: str = EXPLICIT_LE
-    meta: bool = True
-
-    def part10(self) -> bytes:
-        data = _encode(self.elements)
-        if not self.meta:
-            return data
-        sop_class = next((e.value for e in self.elements if e.tag == 0x00080016), b"")
-        meta = _encode(
-            [
-                _Element(0x00020001, b"OB", b"\0\1"),
-                _Element(0x00020002, b"UI", sop_class),
-                _Element(0x00020003, b"UI", _ui(self.sop_uid)),
-                _Element(0x00020010, b"UI", _ui(self.syntax)),
-                _Element(0x00020012, b"UI", _ui("1.2.826.0.1.3680043.10.1379.2")),
-            ]
-        )
-        group = _encode([_Element(0x00020000, b"UL", struct.pack("<L", len(meta)))])
-        return bytes(128) + b"DICM" + group + meta + data
-
-
-def small_instance(
-    rng: random.Random, *, study_uid: str | None = None, series_uid: str | None = None
-) -> SmallInstance:
-    """A valid 4x4 8-bit Secondary Capture instance with fresh UIDs."""
-    sop_uid = fresh_uid()
-    study_uid = study_uid or fresh_uid()
-    series_uid = series_uid or fresh_uid()
-    pixels = bytes(rng.randrange(256) for _ in range(2)) * 8
-    us = struct.Struct("<H").pack
-    elements = (
-        _Element(0x00080016, b"UI", _ui(SECONDARY_CAPTURE)),
-        _Element(0x00080018, b"UI", _ui(sop_uid)),
-        _Element(0x00080020, b"DA", b"20240101"),
-        _Element(0x00080060, b"CS", b"OT"),
-        _Element(0x00080064, b"CS", b"WSD "),
-        _Element(0x00100010, b"PN", _text_value("HOSTILE^CLIENT")),
-        _Element(0x00100020, b"LO", b"FUZZ"),
-        _Element(0x0020000D, b"UI", _ui(study_uid)),
-        _Element(0x0020000E, b"UI", _ui(series_uid)),
-        _Element(0x00200013, b"IS", b"1 "),
-        _Element(0x00280002, b"US", us(1)),
-        _Element(0x00280004, b"CS", b"MONOCHROME2 "),
-        _Element(0x00280010, b"US", us(4)),
-        _Element(0x00280011, b"US", us(4)),
-        _Element(0x00280100, b"US", us(8)),
-        _Element(0x00280101, b"US", us(8)),
-        _Element(0x00280102, b"US", us(7)),
-        _Element(0x00280103, b"US", us(0)),
-        _Element(0x7FE00010, b"OB", pixels),
-    )
-    return SmallInstance(sop_uid, study_uid, series_uid, elements)
-
-
-_UID_TAGS = (0x00080016, 0x00080018, 0x0020000D, 0x0020000E)
-_BAD_UIDS = ("abc", "", "1" * 65, "1.2.*", "1..2", "1.2\\1.3", "😀", "1.2.\x00", " 1.2", "1.02")
-
-
-def _set(instance: SmallInstance, tag: int, **change: Any) -> SmallInstance:
-    elements = tuple(replace(e, **change) if e.tag == tag else e for e in instance.elements)
-    return replace(instance, elements=elements)
-
-
-def mutate_instance(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    """Spoil one thing about *instance*; returns its bytes (see :data:`MUTATIONS`)."""
-    return MUTATIONS[rng.choice(sorted(MUTATIONS))](rng, instance, url_study)
-
-
-def _bad_uid(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    tag = rng.choice(_UID_TAGS)
-    return _set(instance, tag, value=_ui(rng.choice(_BAD_UIDS))).part10()
-
-
-def _missing(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    tag = rng.choice(_UID_TAGS)
-    elements = tuple(e for e in instance.elements if e.tag != tag)
-    return replace(instance, elements=elements).part10()
-
-
-def _wrong_vr(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    element = rng.choice(instance.elements)
-    vr = rng.choice([b"ZZ", b"\0\0", b"SQ", b"OB", b"US", b"UN", b"FD", b"\xff\xff", b"ui"])
-    return _set(instance, element.tag, vr=vr).part10()
-
-
-def _huge_length(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    element = rng.choice(instance.elements)
-    length = rng.choice([0xFFFFFFF0, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFF, 0xFFFE, 1, 3])
-    return _set(instance, element.tag, length=length).part10()
-
-
-def _truncated(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    data = instance.part10()
-    return data[: rng.randrange(len(data))]
-
-
-def _random_bytes(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    bulk = _bulk(rng)
-    data = bulk.randbytes(bulk.choice([0, 1, 10, 132, 1000, 100_000]))
-    if rng.random() < 0.5:
-        data = bytes(128) + b"DICM" + data  # a preamble, then noise
-    return data
-
-
-def _flipped(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    data = bytearray(instance.part10())
-    bulk = _bulk(rng)
-    for _ in range(rng.choice([1, 3, 10])):
-        data[bulk.randrange(132, len(data))] ^= 1 << bulk.randrange(8)
-    return bytes(data)
-
-
-def _syntax(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    syntax = rng.choice(
-        [
-            "1.2.840.10008.1.2",  # implicit: the data says explicit
-            "1.2.840.10008.1.2.2",  # big endian
-            "1.2.840.10008.1.2.1.99",  # deflated: the data is not
-            "1.2.840.10008.1.2.4.50",  # JPEG: the pixel data is native
-            "1.2.3.4",
-            "",
-            "abc",
-        ]
-    )
-    return replace(instance, syntax=syntax).part10()
-
-
-def _no_meta(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    return replace(instance, meta=False).part10()
-
-
-def _unknown_class(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    sop_class = rng.choice(["1.2.3.4.5", "1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.2.2.1"])
-    return _set(instance, 0x00080016, value=_ui(sop_class)).part10()
-
-
-def _other_study(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    return _set(instance, 0x0020000D, value=_ui(fresh_uid())).part10()
-
-
-def _deep(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    """Sequences nested *depth* levels deep (undefined lengths), inside the data set."""
-    depth = rng.choice([10, 200, 2000])
-    seq_start = struct.pack("<HH", 0x0040, 0xA730) + b"SQ\0\0" + b"\xff\xff\xff\xff"
-    item_start = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
-    item_end = struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-    seq_end = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    nested = (seq_start + item_start) * depth + (item_end + seq_end) * depth
-    if rng.random() < 0.5:
-        nested = nested[: len(nested) // 2]  # never closed
-    data = instance.part10()
-    pixel = data.rfind(struct.pack("<HH", 0x7FE0, 0x0010))
-    return data[:pixel] + nested + data[pixel:]
-
-
-def _many_elements(rng: random.Random, instance: SmallInstance, url_study: str | None) -> bytes:
-    """Thousands of private elements in front of the pixel data."""
-    count = rng.choice([1000, 20000])
-    creator = _Element(0x00090010, b"LO", b"HOSTILE ")
-    private = [_Element(0x00091000 | (n & 0xFF), b"LO", b"x ") for n in range(count)]
-    data = instance.part10()
-    pixel = data.rfind(struct.pack("<HH", 0x7FE0, 0x0010))
-    return data[:pixel] + _encode([creator, *private]) + data[pixel:]
-
-
-MUTATIONS: dict[str, Callable[[random.Random, SmallInstance, str | None], bytes]] = {
-    "bad-uid": _bad_uid,
-    "missing-uid": _missing,
-    "wrong-vr": _wrong_vr,
-    "huge-length": _huge_length,
-    "truncated": _truncated,
-    "random-bytes": _random_bytes,
-    "bit-flips": _flipped,
-    "transfer-syntax": _syntax,
-    "no-file-meta": _no_meta,
-    "unknown-class": _unknown_class,
-    "other-study": _other_study,
-    "deep-sequences": _deep,
-    "many-elements": _many_elements,
+_ENCODINGS = (
+    b"gzip",
+    b"gzip;q=0",
+    b"*;q=0",
+    b"identity;q=0",
+    b"gzip;q=nan",
+    b"br, zstd",
+    b"gzip, gzip, gzip",
+    b"x" * 5000,
+)
+_RENDERING: dict[str, tuple[str, ...]] = {
+    "quality": ("0", "1", "100", "101", "-1", "1e9", "nan", "", "50.5", "abc"),
+    "viewport": (
+        "256,256",
+        "1,1",
+        "0,0",
+        "-1,10",
+        "100000,100000",
+        "65536,1",
+        "10,10,0,0,5,5",
+        "256,256,-5,-5,1e9,1",
+        "256",
+        "a,b",
+        ",",
+        "",
+    ),
+    "window": (
+        "40,400,LINEAR",
+        "40,400,SIGMOID",
+        "40,400,LINEAR_EXACT",
+        "40,0,LINEAR",
+        "40,-1,LINEAR",
+        "nan,inf,LINEAR",
+        "1e400,1,LINEAR",
+        "40,400",
+        "40,400,FOO",
+        "",
+    ),
+    "annotation": ("patient", "technique", "patient,technique", "foo", ""),
+    "charset": ("utf-8", "", "x" * 300),
+    "unknown": ("1",),
 }
+
+
+def rendered_request(rng: random.Random, target: Target) -> HostileRequest:
+    """A rendered or thumbnail resource of the working AE with hostile rendering parameters
+    (quality, viewport, window, annotation) and sometimes a hostile Accept."""
+    template, route = rng.choice(RENDERED_ROUTES)
+    path, aet = _fill(template, rng, target, hostile=0.1)
+    pairs = []
+    for _ in range(rng.choice([1, 1, 2, 3, 4])):
+        name = rng.choice(sorted(_RENDERING))
+        value = rng.choice(_RENDERING[name]) if rng.random() < 0.85 else _text(rng, 10)
+        pairs.append(_quote(name, rng) + b"=" + _quote(value, rng))
+    headers = [] if rng.random() < 0.6 else [(b"Accept", hostile_accept(rng))]
+    return HostileRequest(
+        kind="rendered",
+        label=template,
+        method="GET",
+        raw=http_request("GET", path + b"?" + b"&".join(pairs), headers),
+        route=route,
+        aet=None if aet is None else aet.decode("latin-1"),
+        upstream_may_fail=_upstream(aet, target),
+    )
 
 
 # --- STOW bodies ------------------------------------------------------------------------------
@@ -1288,10 +1167,12 @@ def answer_problems(request: HostileRequest, answer: Answer) -> list[str]:
             return [f"no answer ({answer.error})"]
         return []
     found: list[str] = []
-    broken_ok = request.upstream_may_fail and 200 <= status < 300
+    # A client that shuts its side down is taken for gone (hypercorn's choice, as most
+    # servers'): the answer may be cut; an archive down on purpose may break a stream.
+    broken_ok = request.half_close or (request.upstream_may_fail and 200 <= status < 300)
     if not answer.complete and request.method != "HEAD" and not broken_ok:
         found.append(f"{status} with a broken body ({answer.error})")
-    allowed_5xx = (request.route == "todo" and status == 501) or (
+    allowed_5xx = (request.route in NEWER_RESOURCES and status == 501) or (
         request.upstream_may_fail and status in (502, 503, 504)
     )
     if request.must_succeed and not 200 <= status < 300:
@@ -1300,7 +1181,9 @@ def answer_problems(request: HostileRequest, answer: Answer) -> list[str]:
         found.append(f"answered {status}")
     if request.method == "HEAD":
         return found  # no body to judge
-    if 400 <= status < 600:
+    if request.route == "stow" and status == 409:
+        found += _success_body(request, answer)  # none stored: the STOW answer says why
+    elif 400 <= status < 600:
         found += _error_body(answer, status)
     elif 300 <= status < 400:
         if "location" not in answer.headers:
@@ -1331,22 +1214,31 @@ def _error_body(answer: Answer, status: int) -> list[str]:
 def _success_body(request: HostileRequest, answer: Answer) -> list[str]:
     content_type = answer.headers.get("content-type", "")
     route = request.route
+    status = answer.status
     if route == "wado":
         return _multipart_problems(answer, content_type)
-    if route in ("qido", "stow", "aets", "health"):
+    if route in ("bulk", "rendered") and content_type.startswith("multipart/"):
+        return _multipart_problems(answer, content_type)
+    if route == "bulk":
+        return [] if content_type else [f"{status} bulk data without a Content-Type"]
+    if route == "rendered":
+        if not content_type.startswith("image/") or not answer.body:
+            return [f"{status} rendered answer: {content_type!r}, {len(answer.body)} bytes"]
+        return []
+    if route in ("qido", "metadata", "stow", "aets", "health"):
         try:
             body = answer.json
         except ValueError:
-            return [f"{answer.status} {route} answer is not JSON: {answer.body[:200]!r}"]
-        wanted = "array" if route in ("qido", "aets") else "object"
+            return [f"{status} {route} answer is not JSON: {answer.body[:200]!r}"]
+        wanted = "object" if route in ("stow", "health") else "array"
         if not isinstance(body, list if wanted == "array" else dict):
-            return [f"{answer.status} {route} answer is not a JSON {wanted}"]
-        if route == "qido" and not all(isinstance(row, dict) for row in body):
-            return [f"{answer.status} search answer with rows that are not objects"]
-        if route in ("qido", "stow") and not content_type.startswith(
+            return [f"{status} {route} answer is not a JSON {wanted}"]
+        if wanted == "array" and not all(isinstance(row, dict) for row in body):
+            return [f"{status} {route} answer with items that are not objects"]
+        if route in ("qido", "metadata", "stow") and not content_type.startswith(
             ("application/dicom+json", "application/json")
         ):
-            return [f"{answer.status} {route} answer with Content-Type {content_type!r}"]
+            return [f"{status} {route} answer with Content-Type {content_type!r}"]
     return []
 
 
@@ -1388,21 +1280,28 @@ def stow_outcome(answer: Answer) -> tuple[list[str], list[str]]:
     return uids(REFERENCED), uids(FAILED)
 
 
+def stow_uids(request: HostileRequest, answer: Answer) -> set[str]:
+    """The SOP Instance UIDs whose presence on the archive :func:`stow_problems` needs."""
+    referenced, _ = stow_outcome(answer)
+    return set(referenced) | {part.sop_uid for part in request.stow_parts}
+
+
 def stow_problems(
-    request: HostileRequest, answer: Answer, stored: Callable[[str], bool]
+    request: HostileRequest, answer: Answer, on_archive: Collection[str]
 ) -> list[str]:
     """Nothing half-stored: every instance the answer calls stored is on the archive, none it
-    calls failed is; with right framing every valid instance is stored."""
+    calls failed is; with right framing every valid instance is stored. *on_archive*: which of
+    :func:`stow_uids` the archive holds."""
     if answer.status is None or not answer.complete:
         return []
     found = []
     referenced, failed = stow_outcome(answer) if 200 <= answer.status < 500 else ([], [])
     ours = {part.sop_uid for part in request.stow_parts}
     for uid in referenced:
-        if not stored(uid):
+        if uid not in on_archive:
             found.append(f"{uid} reported stored but is not on the archive")
     for uid in failed:
-        if uid in ours and stored(uid):
+        if uid in ours and uid in on_archive:
             found.append(f"{uid} reported failed but is on the archive")
     if request.framing_ok and not request.upstream_may_fail:
         for part in request.stow_parts:
