@@ -70,8 +70,10 @@ _DATE_TIME_RE = {
     for vr, form in (("DA", _DA), ("TM", _TM), ("DT", _DT))
 }
 """A value or a range (``a-b``, ``-b``, ``a-``) of DA, TM (HH:MM:SS tolerated) and DT."""
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1a\x1c-\x1f\x7f]")
-_CONTROL_TEXT_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f]")
+# ESC (0x1B) too: it only introduces ISO 2022 code extensions, and rst never declares them in
+# the Specific Character Set of its identifiers, so a lone ESC is a value no VR can hold there.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_TEXT_RE = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _SHOWN = 80
 
 

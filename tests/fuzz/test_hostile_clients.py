@@ -189,13 +189,6 @@ def test_a_body_longer_than_its_content_length_gets_a_whole_400(gateway: FuzzGat
     assert not found, f"{len(found)} of 40 tries went wrong; the first:\n{found[0]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rst bug (issue 8, open): a lone ESC in a QIDO text value is forwarded to the "
-        "PACS instead of a 400"
-    ),
-)
 def test_an_escape_character_in_a_query_value_is_400(gateway: FuzzGateway) -> None:
     """ESC (0x1B) passes rst's checks of text values (it may start an ISO 2022 escape
     sequence, PS3.5 §6.1.2.5.3), but rst declares no ISO 2022 character set — it sends ASCII
