@@ -32,17 +32,6 @@ pytestmark = pytest.mark.integration
 Mode = Literal["move", "get"]
 
 
-@pytest.fixture(params=["move", "get"])
-async def gateway(request: Any, orthanc_with_study: Orthanc) -> AsyncIterator[Running]:
-    orthanc = orthanc_with_study
-    config = AeConfig(
-        aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, retrieve=request.param
-    )
-    async with run_gateway(config) as running:
-        await add_modality(orthanc, "rst", "RST", *running.dimse_address)
-        yield running
-
-
 @pytest.fixture
 async def move_gateway(orthanc_with_study: Orthanc) -> AsyncIterator[Running]:
     orthanc = orthanc_with_study

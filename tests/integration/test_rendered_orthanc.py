@@ -8,7 +8,7 @@ was chosen and crossed C-MOVE / C-GET intact."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,6 @@ from tests.support.orthanc import Orthanc, add_modality, upload
 from tests.support.sample import StudyFiles, write_ct_study, write_multiframe
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(params=["move", "get"])
-async def gateway(request: Any, orthanc_with_study: Orthanc) -> AsyncIterator[Running]:
-    orthanc = orthanc_with_study
-    config = AeConfig(
-        aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port, retrieve=request.param
-    )
-    async with run_gateway(config) as running:
-        await add_modality(orthanc, "rst", "RST", *running.dimse_address)
-        yield running
 
 
 def base(running: Running) -> str:
