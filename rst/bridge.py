@@ -146,4 +146,10 @@ async def iterate_in_thread(
                             await run_sync(force_stop)
                             await finished.wait()
     if failure:
-        raise failure[0]
+        # Taken out of the list: the error's traceback holds the worker's frame, and that
+        # frame the list (a reference cycle).
+        error = failure.pop()
+        try:
+            raise error
+        finally:
+            del error

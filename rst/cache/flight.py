@@ -25,6 +25,7 @@ import trio
 
 from rst.cache.store import Entry
 from rst.errors import RstError
+from rst.groups import copy_of
 from rst.services.protocols import RetrieveKeys
 
 __all__ = ["Arrival", "Flight", "Flights", "State"]
@@ -75,7 +76,9 @@ class Flight:
 
     def fail(self, error: RstError) -> None:
         if self.state is State.FLYING:
-            self._error = error
+            # A copy: *error* is on its way up through frames that hold this flight, and its
+            # traceback holds them: kept here, it would be a reference cycle.
+            self._error = copy_of(error)
         self._end(State.FAILED)
 
     def abandon(self) -> None:
@@ -93,12 +96,9 @@ class Flight:
     def error(self) -> RstError:
         """A copy of the error the flight failed with, for one follower to raise (an exception
         object raised in several tasks would collect all their tracebacks)."""
-        error = self._error
-        if error is None:
+        if self._error is None:
             raise RuntimeError(f"the flight is {self.state.value}, not failed")
-        copy = type(error).__new__(type(error), *error.args)
-        copy.__dict__.update(error.__dict__)
-        return copy
+        return copy_of(self._error)
 
     async def changed(self) -> None:
         """Wait for the next arrival or the end (check the state first: no wait once over)."""

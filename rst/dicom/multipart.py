@@ -16,6 +16,7 @@ import multipart as _mp
 
 from rst.dicom.accept import parse_media_type
 from rst.errors import BadRequest, PayloadTooLarge, RstError, UnsupportedMediaType
+from rst.groups import copy_of
 
 __all__ = [
     "MAX_PART_HEADER_BYTES",
@@ -273,12 +274,14 @@ class MultipartReader:
 
     def _raise_pending(self) -> None:
         if self._pending is not None:
-            raise self._pending
+            raise copy_of(self._pending)  # a copy: the raised one's frames hold self
 
     def _start_part(self, headers: list[tuple[str, str]]) -> None:
         self._started += 1
         if self._max_parts is not None and self._started > self._max_parts:
-            raise PayloadTooLarge(f"the request body has more than {self._max_parts} parts")
+            raise PayloadTooLarge(
+                f"the request body has more than {self._max_parts} parts (http.max_stow_parts)"
+            )
         size = sum(
             len(f"{name}: {value}\r\n".encode("utf-8", "replace")) for name, value in headers
         )

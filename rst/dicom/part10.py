@@ -81,6 +81,8 @@ def encodable_syntaxes() -> frozenset[str]:
 
 
 _PREAMBLE = b"\x00" * 128
+_ELEMENT_HEADER = 8
+"""Bytes of the shortest element header (PS3.5 7.1.2): less than that is no data set."""
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 """Byte width of the words of the binary VRs whose byte order depends on the transfer syntax."""
@@ -290,12 +292,16 @@ def read_upload(data: bytes) -> Upload:
 
     Cheaper than :func:`read_instance`: the bulk of the data is not decoded. What is checked is
     what rst relies on to send the data set as it came: the SOP Class, SOP Instance, Study and
-    Series Instance UIDs are present and valid, and every top-level element is whole (a data set
-    cut short would leave the PACS waiting for the rest; see :mod:`rst.dicom.completeness`).
-    Damage inside a value (a corrupt compressed frame) is left for the PACS to find.
+    Series Instance UIDs are present and valid, and every element is whole and well-formed (a
+    data set cut short would leave the PACS waiting for the rest; tags out of order, or Pixel
+    Data whose form is not the transfer syntax's, stall it too; see
+    :mod:`rst.dicom.completeness`). Damage inside a value (a corrupt compressed frame) is left
+    for the PACS to find.
 
     :raises BadUpload: the data is not DICOM, is truncated, or lacks a valid UID.
     """
+    if len(data) < _ELEMENT_HEADER:  # not even one element (and cheaper than pydicom's answer)
+        raise BadUpload("the part is empty" if not data else f"{len(data)} bytes are no DICOM data")
     part10 = _has_part10_header(data)
     offset = 0
     try:
@@ -336,6 +342,7 @@ def read_upload(data: bytes) -> Upload:
             memoryview(data)[offset:],
             implicit_vr=bool(implicit),
             little_endian=bool(little),
+            encapsulated=UID(syntax).is_encapsulated,
             deflated=syntax == str(DeflatedExplicitVRLittleEndian),
             meta_first=not part10,
         )

@@ -1,12 +1,15 @@
-"""The HTTP listener: hypercorn's trio protocol, with every connection contained.
+"""The HTTP listener: hypercorn's HTTP protocol in rst's own serve loop and connection shell.
 
 hypercorn's own ``serve`` runs each connection as a task of the server's nursery: an exception
-that escapes one connection — raised inside hypercorn's HTTP/1.1 handling (a body shorter than
-its ``Content-Length`` with ``Connection: close``, a 500 it tries to send after h11 entered its
-ERROR state) or inside the app — cancels the nursery and ends the whole process. This module
-does what ``hypercorn.trio.serve`` does (lifespan, listeners, graceful shutdown), but runs each
-connection through :func:`_contained`: whatever a connection raises is logged and closes that
-connection alone. Cancellation (shutdown) still passes through.
+that escapes one connection — raised inside hypercorn's HTTP/1.1 handling (a 500 it tries to
+send after h11 entered its ERROR state) or inside the app — cancels the nursery and ends the
+whole process. This module does what ``hypercorn.trio.serve`` does (lifespan, listeners,
+graceful shutdown), but runs each connection through :func:`_contained`: whatever a connection
+raises is logged and closes that connection alone. Cancellation (shutdown) still passes through.
+
+Each connection runs in :class:`~rst.http.connection.Connection`, rst's replacement for
+hypercorn's trio shell around the same protocol objects: whatever a client does, its connection
+ends in bounded time, so its slot is given back.
 
 It is also the one place that knows about the listening sockets, so it bounds the number of
 open HTTP connections (``http.max_connections``): beyond the cap, new connections wait in the
@@ -16,27 +19,19 @@ kernel's accept queue instead of costing rst memory.
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from functools import partial
-from http import HTTPStatus
 from typing import Any
 
-import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper, ConnectionState, Framework, LifespanState
+from hypercorn.typing import AppWrapper, Framework, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from rst.config import HttpConfig
+from rst.http.connection import Connection
 
 __all__ = ["hypercorn_config", "serve_http"]
 
@@ -45,8 +40,6 @@ log = logging.getLogger(__name__)
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 """accept() failures that mean "out of resources for now" (as in trio.serve_listeners)."""
 _ACCEPT_CAPACITY_PAUSE = 0.1
-SEND_SLICE = 256 * 1024
-"""Bytes a client must accept within ``http.send_timeout``."""
 
 
 def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig:
@@ -85,9 +78,7 @@ async def serve_http(
 
     async def connection(stream: trio.SocketStream) -> None:
         try:
-            await _contained(
-                wrapped, config, context, ConnectionState(state.copy()), stream, http.send_timeout
-            )
+            await _contained(wrapped, config, context, state, stream, http.send_timeout)
         finally:
             slots.release()
 
@@ -135,80 +126,17 @@ async def serve_http(
         lifespan_nursery.cancel_scope.cancel()
 
 
-class _Connection(TCPServer):
-    """hypercorn's connection with two changes.
-
-    - A client that stops reading is taken for gone: hypercorn sends under a shielded scope,
-      so a response to a client that never reads would hold its request — and the request its
-      associations — forever. Here each slice of ``SEND_SLICE`` bytes must be taken within
-      ``send_timeout`` seconds, or the connection is closed (which ends the request).
-    - Once the client has closed its end, hypercorn's keep-alive timer would still hold the
-      connection's task (and its slot) for ``keep_alive_timeout`` seconds: it is stopped.
-    - Closing the connection cannot be cancelled halfway (see :meth:`_close`)."""
-
-    send_timeout: float = math.inf
-
-    @property
-    def protocol(self) -> ProtocolWrapper:
-        return self._protocol
-
-    @protocol.setter
-    def protocol(self, wrapper: ProtocolWrapper) -> None:
-        # hypercorn answers requests it cannot parse (400, 431) itself, with an empty body;
-        # its HTTP/1.1 protocol object is made here, so this is where to give them rst's JSON.
-        self._protocol = wrapper
-        inner = wrapper.protocol
-        if isinstance(inner, H11Protocol):
-            inner._send_error_response = partial(_json_error_response, inner)  # type: ignore[method-assign]
-
-    async def protocol_send(self, event: Event) -> None:
-        if not isinstance(event, RawData):
-            await super().protocol_send(event)
-            return
-        async with self.send_lock:
-            view = memoryview(event.data)
-            try:
-                with trio.CancelScope(shield=True):
-                    for start in range(0, len(view), SEND_SLICE):
-                        with trio.move_on_after(self.send_timeout) as stalled:
-                            await self.stream.send_all(view[start : start + SEND_SLICE])
-                        if stalled.cancelled_caught:
-                            log.info(
-                                "a client accepted no data for %g s (http.send_timeout): "
-                                "closing its connection",
-                                self.send_timeout,
-                            )
-                            await trio.aclose_forcefully(self.stream)
-                            raise trio.ClosedResourceError
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self.protocol.handle(Closed())
-
-    async def _read_data(self) -> None:
-        await super()._read_data()
-        await self.idle_task.stop()
-
-    async def _close(self) -> None:
-        # Called from whichever task saw the end, often a request's task at the moment its
-        # response ends; that task's scope may be cancelled right then (the request's nursery
-        # closes on the disconnect that the close itself causes), and a close cut short leaves
-        # the socket open: ``Connection: close`` then never closed anything.
-        with trio.CancelScope(shield=True):
-            await super()._close()
-
-
 async def _contained(
     app: AppWrapper,
     config: HypercornConfig,
     context: WorkerContext,
-    state: ConnectionState,
+    state: LifespanState,
     stream: trio.SocketStream,
     send_timeout: float,
 ) -> None:
     """Run one HTTP connection; anything it raises ends it alone."""
-    connection = _Connection(app, config, context, state, stream)  # type: ignore[arg-type]
-    connection.send_timeout = send_timeout
     try:
-        await connection
+        await Connection(app, config, context, state, stream, send_timeout).run()
     except trio.Cancelled:
         raise
     except BaseExceptionGroup as group:
@@ -220,29 +148,7 @@ async def _contained(
     except Exception as error:
         _log_failure(stream, error)
     finally:
-        # hypercorn closes the stream itself, unless cancelled or failing on the way.
-        await trio.aclose_forcefully(stream)
-
-
-async def _json_error_response(protocol: H11Protocol, status_code: int) -> None:
-    """hypercorn's answer to a request it could not parse, with a JSON body like rst's own."""
-    try:
-        phrase = HTTPStatus(status_code).phrase
-    except ValueError:
-        phrase = "Error"
-    body = json.dumps(
-        {"error": f"{phrase}: the request is not valid HTTP/1.1", "status": status_code}
-    )
-    data = body.encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(data)).encode()),
-        (b"connection", b"close"),
-        *protocol.config.response_headers("h11"),
-    ]
-    await protocol._send_h11_event(h11.Response(status_code=status_code, headers=headers))
-    await protocol._send_h11_event(h11.Data(data=data))
-    await protocol._send_h11_event(h11.EndOfMessage())
+        await trio.aclose_forcefully(stream)  # when failing on the way, or cancelled
 
 
 def _log_failure(stream: trio.SocketStream, error: BaseException) -> None:

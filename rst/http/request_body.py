@@ -12,6 +12,8 @@ from __future__ import annotations
 import trio
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
+from rst.groups import copy_of
+
 __all__ = ["HIGH_WATER", "FlowControlledBody", "RstRequest"]
 
 HIGH_WATER = 1024 * 1024
@@ -24,11 +26,11 @@ class FlowControlledBody(TrioBody):
 
     async def __anext__(self) -> bytes:
         if self._must_raise is not None:
-            raise self._must_raise
+            raise copy_of(self._must_raise)  # a copy: the raised one's frames hold self
         if not self._complete.is_set():
             await self._has_data.wait()
         if self._must_raise is not None and not self._data:
-            raise self._must_raise
+            raise copy_of(self._must_raise)
         data = await super().__anext__()
         self._room.set()
         return data

@@ -42,11 +42,17 @@ def request_nursery() -> trio.Nursery:
 class RequestScopedConnection(TrioASGIHTTPConnection):
     async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         """Serve the request under its id (:mod:`rst.logs`): its tasks, started from here,
-        inherit it."""
+        inherit it.
+
+        When the connection is cancelled around it, what leaves is one ``trio.Cancelled``,
+        not quart-trio's group of them: hypercorn's ``_handle`` keeps the ``split`` of a group
+        in a local before re-raising it, a reference cycle through the request's tracebacks
+        (and the response chunks their frames hold) that only a full collection frees."""
         offered = next((v for k, v in self.scope["headers"] if k.lower() == b"x-request-id"), None)
         token = request_id.set(new_request_id(offered.decode("latin-1") if offered else None))
         try:
-            await super().__call__(receive, send)
+            with collapse():
+                await super().__call__(receive, send)
         finally:
             request_id.reset(token)
 

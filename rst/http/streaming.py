@@ -160,17 +160,19 @@ class Coalesced:
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
-def _failure_of(exc: BaseException) -> BaseException:
+def _failure_of(exc: BaseException) -> BaseException | None:
     """What a failed producer reports to its response: the rst error it raised, or — for
     anything else, a bug or a library failing on a peer's data — the exception itself, logged
     here with its traceback. Either way it stays in this request (an error response before the
-    first byte, a broken-off stream after it); cancellation alone passes through."""
+    first byte, a broken-off stream after it). ``None`` for a group of cancellations alone,
+    which the caller re-raises (raising it here would keep it in this frame, which its
+    traceback holds: a reference cycle)."""
     if isinstance(exc, BaseExceptionGroup):
-        cancelled, rest = exc.split(trio.Cancelled)
-        if rest is None and cancelled is not None:
-            raise exc
-        leaf = single(rest) if rest is not None else None
-        exc = leaf if leaf is not None else (rest or exc)
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None:
+            return None
+        leaf = single(rest)
+        exc = leaf if leaf is not None else rest
     if not isinstance(exc, RstError):
         log.error("unexpected error while producing a response", exc_info=exc)
     return exc
@@ -196,8 +198,13 @@ async def start_stream(
                 raise
             except (Exception, BaseExceptionGroup) as exc:
                 error = _failure_of(exc)
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await send.send(_Failure(error))
+                if error is None:
+                    raise
+                try:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await send.send(_Failure(error))
+                finally:
+                    del error  # this frame is in its traceback: no cycle through it
 
     request_nursery().start_soon(run)
     prefetched: list[T] = []
@@ -210,8 +217,11 @@ async def start_stream(
             break
         if isinstance(item, _Failure):
             receive.close()
-            if isinstance(item.error, RstError):
-                raise item.error
-            raise RstError("internal error in rst; the log has the details") from item.error
+            try:
+                if isinstance(item.error, RstError):
+                    raise item.error
+                raise RstError("internal error in rst; the log has the details") from item.error
+            finally:
+                del item  # this frame is in the error's traceback: no cycle through it
         prefetched.append(cast(T, item))
     return Stream(prefetched, receive, done)

@@ -487,6 +487,24 @@ async def test_hostile_pacs(route: Route, script: Script, tmp_path: Path) -> Non
             failures.check()
 
 
+@pytest.mark.parametrize("retrieve", ["move", "get"])
+async def test_a_retrieve_that_matches_nothing_is_404(
+    retrieve: Literal["move", "get"], tmp_path: Path
+) -> None:
+    """No sub-operations at all: the PACS answers the final status at once (the fake PACS's
+    C-MOVE used to open an association to the destination with no presentation context, and
+    crashed), rst answers 404, and both serve the next request."""
+    route = ROUTES[retrieve][0]
+    with trio.fail_after(CASE_DEADLINE):
+        async with gateway(tmp_path, None, retrieve) as env:
+            response = await env.http.get("/aets/HOSTILE/studies/1.2.826.0.1.3680043.10.999")
+            assert response.status_code == 404, response.text
+            assert "no instances matching" in response.json()["error"]
+            assert env.hostile.events == [], env.hostile.events
+            await env.serves_next(route)
+            await env.nothing_left()
+
+
 RECEIVER_PLAN: tuple[tuple[Phase, tuple[Action, ...]], ...] = (
     (Phase.ASSOCIATION, PDU_ACTIONS),
     (Phase.STORE_COMMAND, ALL_ACTIONS),

@@ -28,17 +28,23 @@ from tests.support.sample import ENHANCED_CT_IMAGE_STORAGE, write_multiframe
 from tests.support.stow import (
     Instance,
     ct_instances,
+    encapsulated_pixel_data,
     fates,
     huge_pixel_data,
+    moved_element,
     multipart,
+    repeated_element,
+    repeated_private_elements,
     truncated_pixel_data,
     with_sop_instance,
+    with_transfer_syntax,
     without_sop_class,
     wrong_vr,
 )
 
 STORE_TIMEOUT = 5.0
 """Short, so that a stalled C-STORE would fail the test well before any default timeout."""
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
 @pytest.fixture
@@ -107,6 +113,18 @@ CASES = {
     "no-sop-class": Case(without_sop_class, 0xC000),
     "wrong-vr": Case(wrong_vr, 0xC000),
     "not-dicom": Case(lambda data: b"this is not DICOM at all " * 40, 0xC000, named=False),
+    # whole data sets that stall a PACS (issue 8): refused before any association
+    "native-pixels-labelled-jpeg": Case(with_transfer_syntax(JPEG_BASELINE), 0xC000),
+    "fragments-labelled-native": Case(encapsulated_pixel_data, 0xC000),
+    "fragment-of-undefined-length": Case(
+        lambda data: with_transfer_syntax(JPEG_BASELINE)(
+            encapsulated_pixel_data(data, fragment_length=0xFFFFFFFF)
+        ),
+        0xC000,
+    ),
+    "tags-out-of-order": Case(moved_element((0x0008, 0x0060)), 0xC000),
+    "tag-repeated": Case(repeated_element((0x0010, 0x0010)), 0xC000),
+    "20000-repeated-elements": Case(repeated_private_elements, 0xC000),
     "pacs-refuses-it": Case(lambda data: data, 0xA700, sent=True, fault=_status),
     "pacs-aborts-on-it": Case(lambda data: data, 0x0110, sent=True, fault=_abort),
 }

@@ -19,7 +19,6 @@ every example (:func:`~tests.support.hostile_http.answer_problems`):
 
 from __future__ import annotations
 
-import gc
 import os
 import random
 import time
@@ -36,6 +35,13 @@ from rst.config import AeConfig, Config, HttpConfig
 from rst.http.app import create_app
 from rst.http.listener import serve_http
 from tests.fuzz.conftest import FuzzGateway
+from tests.support.garbage import (
+    Abandon,
+    abandon,
+    cyclic_collection_paused,
+    cyclic_garbage,
+    live_tasks,
+)
 from tests.support.gateway import run_gateway
 from tests.support.hostile_dicom import small_instance
 from tests.support.hostile_http import (
@@ -140,14 +146,6 @@ def test_stow_bodies(gateway: FuzzGateway, data: st.DataObject) -> None:
     judge(gateway, data.draw(strategy(stow_request, gateway.target)))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "rst bug (issue 8, open): hypercorn's error response for bytes that are not HTTP "
-        "can lose its body when the connection closes (BusyResourceError between the "
-        "response and send_eof); intermittent"
-    ),
-)
 @fuzz(100)
 @given(data=st.data())
 def test_bytes_that_are_not_requests(gateway: FuzzGateway, data: st.DataObject) -> None:
@@ -155,18 +153,13 @@ def test_bytes_that_are_not_requests(gateway: FuzzGateway, data: st.DataObject) 
 
 
 # --- what the fuzzing found, each pinned down --------------------------------------------------
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "rst bug (issue 8, open): the 400 head arrives without its body in ~40% of tries "
-        "(BusyResourceError between the response and send_eof)"
-    ),
-)
 def test_a_body_longer_than_its_content_length_gets_a_whole_400(gateway: FuzzGateway) -> None:
-    """The request that killed rst 7 times in 40 (issue 8): the listener now contains it, but
-    in ~1 of 5 tries hypercorn's 400 for the bytes after the body collides with the close of
-    the connection (``BusyResourceError`` from ``send_all`` while ``send_eof`` runs in another
-    task): the client gets the 400's head without its body, and rst logs an ERROR."""
+    """The request that killed rst 7 times in 40 (issue 8). Once contained, in ~1 of 5 tries
+    hypercorn's 400 for the bytes after the body collided with the close of the connection
+    that the request's task asked for (``BusyResourceError`` from ``send_all`` while
+    ``send_eof`` ran in another task): the client got the 400's head without its body, and rst
+    logged an ERROR. The listener now sends that answer in one write and closes through the
+    same lock (``rst/http/listener.py``)."""
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"x" * 1000 + b"\r\n--b--\r\n"
     raw = (
         b"POST /aets/DEV/studies HTTP/1.1\r\nHost: x\r\n"
@@ -211,13 +204,6 @@ def test_an_escape_character_in_a_query_value_is_400(gateway: FuzzGateway) -> No
     assert "AccessionNumber" in answer.json["error"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rst bug (issue 8, open): hypercorn's connection task waits on can_read for ever "
-        "once a pipelined client hangs up: its slot and descriptor are not freed"
-    ),
-)
 async def test_a_pipelining_client_that_hangs_up_early_leaves_nothing_behind() -> None:
     """Found by the chaos run: a client sends three pipelined requests and closes its
     connection after the first bytes of the first answer. The connection's task never ends:
@@ -225,8 +211,10 @@ async def test_a_pipelining_client_that_hangs_up_early_leaves_nothing_behind() -
     ``hypercorn/protocol/h11.py`` ``_handle_events``), which is set only when the answered
     cycle completes — and it never completes once the client is gone (rst's ``protocol_send``
     turns the broken send into ``Closed``, which closes the stream, not the connection). Each
-    such client keeps a descriptor and one of ``http.max_connections`` slots for good: here 3
-    of them leave the gateway answering no one."""
+    such client kept a descriptor and one of ``http.max_connections`` slots for good: here 3
+    of them left the gateway answering no one. rst's connection shell now ends a connection
+    whose client is gone wherever its reader waits (``rst/http/listener.py``; the variants
+    are in ``tests/gateway/test_connections.py``)."""
     async with run_gateway(AeConfig(aet="X", port=1), http={"max_connections": 3}) as running:
         host, port = running.http_url.removeprefix("http://").rsplit(":", 1)
         for _ in range(3):
@@ -243,53 +231,35 @@ async def test_a_pipelining_client_that_hangs_up_early_leaves_nothing_behind() -
             assert response.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rst bug (issue 8, open): tracebacks of an abandoned retrieve hold response "
-        "chunks in reference cycles until a full garbage collection"
-    ),
-)
-async def test_an_abandoned_retrieve_leaves_no_cyclic_garbage() -> None:
+@pytest.mark.parametrize("how", ["never-reads", "hangs-up"])
+async def test_an_abandoned_retrieve_leaves_no_cyclic_garbage(how: Abandon) -> None:
     """Found by the chaos run (``--only never-read``: +309 MiB resident in 60 s, not given
-    back): a retrieve whose client stops reading is ended by ``http.send_timeout`` and its
-    task cancelled; the ``Cancelled`` / ``BaseExceptionGroup`` tracebacks and the frames they
-    hold form reference cycles (frames of ``rst/groups.py`` ``collapse``, quart's
-    ``_send_response``, hypercorn's ``_send_h11_event``), and those frames hold the last
-    chunks of the response (``Body``/``Data``/``RawData``, up to ``CHUNK_BUDGET`` = 1 MiB
-    each). Only a full collection frees them, and CPython triggers those by object counts, not
-    bytes: under a stream of abandoned retrieves memory grows ~1 MiB per retrieve (in-process:
-    494 MiB, 187 MiB after ``gc.collect()``, which found 23,982 unreachable objects)."""
+    back): a retrieve whose client stops reading (ended by ``http.send_timeout``) or hangs up
+    is cancelled, and its ``Cancelled`` / exception group tracebacks were left in reference
+    cycles, holding the frames they pass through (quart's ``_send_response``, hypercorn's
+    ``_send_h11_event``, rst's producer) and the last chunks of the response those frames hold
+    (up to ``CHUNK_BUDGET`` = 1 MiB each). Only a full collection frees them, and CPython
+    triggers those by object counts, not bytes: memory grew ~1 MiB per abandoned retrieve
+    (in-process: 494 MiB, 187 MiB after ``gc.collect()``). The cycles were
+    ``rst.groups.single``'s recursive closure (it held the leaves it found), the group
+    ``_failure_of`` kept in a local while re-raising it, ``collapse`` leaving the group as its
+    leaf's ``__context__``, and a group of ``Cancelled`` reaching hypercorn's ``_handle``
+    (which keeps its ``split`` in a local); see ``tests/faults/test_retrieve_garbage.py`` for
+    C-MOVE, C-GET and the cache."""
     instances = [part10(f"1.2.3.1.{n}", size=1 << 20) for n in range(20)]
     backend = ScriptedBackend(instances=instances)
     config = Config(http=HttpConfig(host="127.0.0.1", port=0, send_timeout=0.3))
-    gc.collect()
-    gc.disable()  # what a full collection would free must be found here, not freed already
-    try:
+    with cyclic_collection_paused():
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(serve_http, create_app(config, {"X": backend}), config.http)
             host, port = binds[0].removeprefix("http://").rsplit(":", 1)
-            stream = await trio.open_tcp_stream(host, int(port))
-            stream.socket.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-            async with stream:
-                await stream.send_all(b"GET /aets/X/studies/1.2.3 HTTP/1.1\r\nHost: x\r\n\r\n")
-                with trio.fail_after(20):
-                    while backend.closed < 1:  # noqa: ASYNC110 - the retrieve ends in another task
-                        await trio.sleep(0.05)
+            baseline = live_tasks()
+            received = await abandon(host, int(port), "/aets/X/studies/1.2.3", how, baseline)
+            garbage = cyclic_garbage()
             nursery.cancel_scope.cancel()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        held = {
-            id(ref): len(ref)
-            for garbage in gc.garbage
-            for ref in gc.get_referents(garbage)
-            if type(ref) in (bytes, bytearray, memoryview) and len(ref) >= 1 << 19
-        }
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert not held, f"{sum(held.values()) / 2**20:.1f} MiB of response data only a full GC frees"
+    assert (backend.opened, backend.closed) == (1, 1)
+    assert received < sum(len(instance.data) for instance in instances)
+    assert not garbage, garbage.describe()
 
 
 STOW_TYPE = "multipart/related; type=application/dicom; boundary=b"
@@ -332,23 +302,17 @@ def test_a_malformed_transfer_syntax_uid_fails_its_part_alone(gateway: FuzzGatew
     assert reasons == [0xC000], report(request, answer, [f"failure reason {reasons}"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "rst bug (issue 8, open): a defined-length Pixel Data under an encapsulated "
-        "transfer syntax is sent and stalls the PACS until store_timeout"
-    ),
-)
 @pytest.mark.integration
 async def test_native_pixel_data_under_an_encapsulated_syntax_fails_alone(
     orthanc: Orthanc,
 ) -> None:
     """A part whose file meta says JPEG Baseline while its Pixel Data is native (defined
-    length, no fragments): rst sends it as it is, Orthanc never answers that C-STORE, and the
-    whole request ends 504 after ``store_timeout`` (the association held all that time), the
+    length, no fragments): rst sent it as it was, Orthanc never answered that C-STORE, and the
+    whole request ended 504 after ``store_timeout`` (the association held all that time), the
     valid part after it never sent. Found by the chaos run (``benchmarks/chaos.py``), where
     such uploads queued every other request to the same AE. PS3.5 A.4: encapsulated Pixel
-    Data has an undefined length; rst can tell before sending and fail the part (0xC000)."""
+    Data has an undefined length; rst tells before sending and fails the part alone (0xC000,
+    :mod:`rst.dicom.completeness`)."""
     rng = random.Random(0)
     bad = replace(small_instance(rng), syntax="1.2.840.10008.1.2.4.50")
     good = small_instance(rng)

@@ -699,6 +699,9 @@ class HostilePacs:
         def response(status: int, completed: int, failed: int = 0) -> bytes:
             return _retrieve_response(message, C_MOVE_RSP, status, total, completed, failed)
 
+        if not selected:  # no sub-operations: no association to the destination either
+            await self._respond(link, Phase.FINAL, context_id, response(SUCCESS, 0))
+            return
         await self._respond(link, Phase.FIRST_RESPONSE, context_id, response(PENDING, 0))
         completed = 0
         async with await trio.open_tcp_stream(*address) as stream:

@@ -6,25 +6,32 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydicom import dcmread
 
 from rst.dicom.multipart import MultipartWriter
-from rst.dicom.part10 import dataset_offset
+from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset, part10_header
 from tests.support.sample import write_ct_study
 
 __all__ = [
     "Fates",
     "Instance",
     "ct_instances",
+    "encapsulated_pixel_data",
     "fates",
     "huge_pixel_data",
+    "moved_element",
     "multipart",
+    "repeated_element",
+    "repeated_private_elements",
     "replace_element",
     "truncated_pixel_data",
     "with_sop_instance",
+    "with_transfer_syntax",
     "without_sop_class",
     "wrong_vr",
 ]
@@ -120,3 +127,88 @@ def without_sop_class(data: bytes) -> bytes:
 
 def wrong_vr(data: bytes) -> bytes:
     return replace_element(data, (0x0010, 0x0010), b"DOE^JANE", vr=b"Z!")
+
+
+def _short_element(data: bytes, tag: tuple[int, int]) -> tuple[int, int]:
+    """Where a top-level short-VR element of an Explicit VR Little Endian Part 10 file starts
+    and ends."""
+    at = data.index(struct.pack("<HH", *tag), dataset_offset(data))
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    return at, at + 8 + length
+
+
+def _pixel_data(data: bytes) -> int:
+    return data.index(b"\xe0\x7f\x10\x00OW")
+
+
+def moved_element(tag: tuple[int, int]) -> Callable[[bytes], bytes]:
+    """*tag* moved to just before Pixel Data: the tags no longer ascend."""
+
+    def spoil(data: bytes) -> bytes:
+        start, end = _short_element(data, tag)
+        pixel = _pixel_data(data)
+        return data[:start] + data[end:pixel] + data[start:end] + data[pixel:]
+
+    return spoil
+
+
+def repeated_element(tag: tuple[int, int]) -> Callable[[bytes], bytes]:
+    """*tag* twice in a row."""
+
+    def spoil(data: bytes) -> bytes:
+        start, end = _short_element(data, tag)
+        return data[:end] + data[start:end] + data[end:]
+
+    return spoil
+
+
+def repeated_private_elements(data: bytes) -> bytes:
+    """The chaos run's part: 20,000 private elements, their tags repeating, before Pixel Data
+    (Orthanc took longer than store_timeout to take it)."""
+    elements = [struct.pack("<HH", 0x0009, 0x0010) + b"LO\x08\x00HOSTILE "] + [
+        struct.pack("<HH", 0x0009, 0x1000 | (n & 0xFF)) + b"LO\x02\x00x " for n in range(20_000)
+    ]
+    pixel = _pixel_data(data)
+    return data[:pixel] + b"".join(elements) + data[pixel:]
+
+
+def with_transfer_syntax(syntax: str) -> Callable[[bytes], bytes]:
+    """The file meta names *syntax*; the data set is left as it was."""
+
+    def spoil(data: bytes) -> bytes:
+        ds = dcmread(BytesIO(data), stop_before_pixels=True)
+        header = part10_header(
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax=syntax,
+            implementation_uid=IMPLEMENTATION_CLASS_UID,
+        )
+        return header + data[dataset_offset(data) :]
+
+    return spoil
+
+
+_UNDEFINED = 0xFFFFFFFF
+
+
+def encapsulated_pixel_data(data: bytes, *, fragment_length: int | None = None) -> bytes:
+    """Pixel Data (the last element) as encapsulated fragments: an empty Basic Offset Table, the
+    pixels as one fragment (whose length field says *fragment_length*, if given), the sequence
+    delimiter. The file meta is left as it was."""
+    pixel = _pixel_data(data)
+    (length,) = struct.unpack_from("<I", data, pixel + 8)
+    pixels = data[pixel + 12 : pixel + 12 + length]
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    fragment = struct.pack(
+        "<HHI", 0xFFFE, 0xE000, len(pixels) if fragment_length is None else fragment_length
+    )
+    return (
+        data[:pixel]
+        + struct.pack("<HH", 0x7FE0, 0x0010)
+        + b"OB\0\0"
+        + struct.pack("<I", _UNDEFINED)
+        + item
+        + fragment
+        + pixels
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )

@@ -22,7 +22,9 @@ import trio
 import trio.testing
 
 from rst.bridge import Portal, StreamControl, iterate_in_thread, run_sync
-from rst.groups import collapse, single
+from rst.errors import BackendTimeout
+from rst.groups import collapse, copy_of, single
+from tests.support.garbage import LARGE, cyclic_collection_paused, cyclic_garbage
 
 WAIT = 5.0
 """Upper bound for every wait on another thread; only reached when something is broken."""
@@ -447,6 +449,18 @@ def test_collapse_unwraps_a_single_exception_group() -> None:
         raise ExceptionGroup("nursery", [leaf])
 
     assert info.value is leaf
+    assert info.value.__context__ is None  # not the group, which holds it: a cycle
+
+
+def test_collapse_leaves_the_cause_and_context_of_the_leaf_alone() -> None:
+    cause, context = KeyError("why"), OSError("before")
+    leaf = ValueError("one")
+    leaf.__cause__, leaf.__context__ = cause, context
+
+    with pytest.raises(ValueError, match="one") as info, collapse():
+        raise ExceptionGroup("nursery", [leaf])
+
+    assert (info.value.__cause__, info.value.__context__) == (cause, context)
     assert info.value.__suppress_context__
 
 
@@ -497,3 +511,107 @@ def test_single() -> None:
     assert single(ExceptionGroup("", [ExceptionGroup("", [leaf])])) is leaf
     assert single(ExceptionGroup("", [ValueError(), ValueError()])) is None
     assert single(ExceptionGroup("", [ExceptionGroup("", [leaf]), ValueError()])) is None
+
+
+async def test_collapse_raises_cancellations_alone_as_one() -> None:
+    # A group of them would reach code that keeps it in a local while re-raising it
+    # (hypercorn's ``_handle``): a reference cycle.
+    escaped: list[type[BaseException]] = []
+    with trio.CancelScope() as scope:
+        try:
+            with collapse():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.sleep_forever)
+                    nursery.start_soon(trio.sleep_forever)
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+                    await trio.sleep_forever()
+        except BaseException as exc:
+            escaped.append(type(exc))
+            raise
+
+    assert scope.cancelled_caught
+    assert escaped == [trio.Cancelled]
+
+
+async def test_collapse_leaves_groups_of_cancellations_and_errors_alone() -> None:
+    async def fail_once_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            raise ValueError("a") from None
+
+    with (
+        trio.CancelScope() as scope,
+        pytest.RaisesGroup(ValueError, trio.Cancelled),
+        collapse(),
+    ):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail_once_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.sleep_forever()
+
+
+def test_copy_of_is_a_new_error_like_the_first() -> None:
+    cause = KeyError("why")
+    error = BackendTimeout("the PACS did not answer")
+    error.__cause__ = cause
+
+    copy = copy_of(error)
+
+    assert copy is not error
+    assert type(copy) is BackendTimeout
+    assert (copy.args, copy.message, copy.status) == (error.args, error.message, error.status)
+    assert (copy.__cause__, copy.__suppress_context__) == (cause, True)
+    assert copy.__traceback__ is None
+
+
+# -- no reference cycles (issue 8: a cycle through a traceback holds its frames, and what they
+# hold, until a full garbage collection) ---------------------------------------------------
+
+
+def test_single_leaves_no_reference_cycle() -> None:
+    with cyclic_collection_paused():
+        group = ExceptionGroup("outer", [ExceptionGroup("inner", [ValueError(bytes(LARGE))])])
+        assert isinstance(single(group), ValueError)
+        del group
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
+
+
+async def test_collapse_leaves_no_reference_cycle() -> None:
+    async def fail() -> None:
+        held = bytes(LARGE)  # what a failed task's frame holds
+        raise ValueError(len(held))
+
+    with cyclic_collection_paused():
+        with contextlib.suppress(ValueError), collapse():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fail)
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
+
+
+async def test_a_producer_exception_leaves_no_reference_cycle() -> None:
+    h = Harness()
+
+    def fail() -> None:
+        held = bytes(LARGE)
+        raise ValueError(len(held))
+
+    async def consume() -> None:
+        async with iterate_in_thread(
+            h.producer(2, then=fail), interrupt=h.interrupt, force_stop=h.force_stop, grace=WAIT
+        ) as items:
+            async for _ in items:
+                pass
+
+    with cyclic_collection_paused():
+        with contextlib.suppress(ValueError):
+            await consume()
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()

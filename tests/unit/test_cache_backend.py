@@ -5,6 +5,7 @@ test lets it go, so that requests provably overlap; nothing waits on time."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -26,6 +27,7 @@ from rst.dicom.query import QidoQuery
 from rst.errors import ArchiveBusy, IncompleteRetrieve, NotFound, RstError
 from rst.services.protocols import Instance, RetrieveKeys, StoreResult
 from rst.services.wado import whole
+from tests.support.garbage import LARGE, cyclic_collection_paused, cyclic_garbage
 from tests.support.scripted_backend import part10
 
 STUDY = "1.2.3"
@@ -371,6 +373,24 @@ async def test_archive_busy_reaches_followers_with_its_retry_after() -> None:
     assert (copy.message, copy.retry_after, copy.status) == ("all 8 associations busy", 15, 503)
     assert copy is not flight.error()
     assert flight.state is State.FAILED
+
+
+def test_a_failed_flight_keeps_no_reference_cycle() -> None:
+    # The leader's error goes up through frames that hold the flight (issue 8).
+    def lead(flight: Flight) -> None:
+        held = bytes(LARGE)  # what the leader's frames hold
+        try:
+            raise IncompleteRetrieve(f"the PACS broke off after {len(held)} bytes")
+        except RstError as error:
+            flight.fail(error)
+            raise
+
+    with cyclic_collection_paused():
+        with contextlib.suppress(IncompleteRetrieve):
+            lead(Flight(SERIES_KEYS, 0.0))
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
 
 
 # -- large instances, partial instances --------------------------------------------------------

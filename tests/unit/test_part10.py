@@ -366,12 +366,13 @@ class TestCheckComplete:
             nested_dataset(encapsulated=encapsulated), implicit=implicit, little=little
         )
         assert b"\xfe\xff\xdd\xe0" in data or b"\xff\xfe\xe0\xdd" in data  # delimiters present
+        form = {"implicit_vr": implicit, "little_endian": little, "encapsulated": encapsulated}
         for cut in range(len(data) + 1):
             if cut in boundaries:  # whole elements, nothing to detect
-                check_complete(data[:cut], implicit_vr=implicit, little_endian=little)
+                check_complete(data[:cut], **form)
             else:
                 with pytest.raises(BadRequest, match="truncated"):
-                    check_complete(data[:cut], implicit_vr=implicit, little_endian=little)
+                    check_complete(data[:cut], **form)
 
     @pytest.mark.parametrize(
         "name",
@@ -404,7 +405,7 @@ class TestCheckComplete:
         data, _ = encode_as(nested_dataset(encapsulated=True), implicit=False)
         assert data.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
         with pytest.raises(BadRequest, match=r"inside \(7FE0,0010\) of undefined length"):
-            check_complete(data[:-8], implicit_vr=False, little_endian=True)
+            check_complete(data[:-8], implicit_vr=False, little_endian=True, encapsulated=True)
 
     def test_un_of_undefined_length_holds_implicit_items(self) -> None:
         item = b"\xfe\xff\x00\xe0\x0c\x00\x00\x00" + b"\x08\x00\x00\x01\x04\x00\x00\x0042  "

@@ -7,6 +7,7 @@ fake clock would take for idleness, so those tests run on the real clock.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import trio
 import trio.testing
 
 from rst.backends.dimse.sink import Instance, InstanceSink, SinkClosed, SpoolFull
+from tests.support.garbage import LARGE, cyclic_collection_paused, cyclic_garbage
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -159,6 +161,26 @@ async def test_finish_with_error_raises_it_after_draining(autojump_clock: trio.a
     with pytest.raises(RuntimeError) as info:
         await sink.receive()
     assert info.value is error
+    with pytest.raises(RuntimeError, match="the PACS broke off") as again:
+        await sink.receive()
+    assert again.value is not error  # a copy: see below
+
+
+async def test_an_error_raised_keeps_no_reference_cycle(autojump_clock: trio.abc.Clock) -> None:
+    # The error's traceback holds the frame that raised it, and that frame the sink (issue 8).
+    async def consume(sink: InstanceSink) -> None:
+        held = bytes(LARGE)  # what the consumer's frames hold
+        sink.finish(RuntimeError(f"the PACS broke off, {len(held)} bytes in"))
+        with contextlib.suppress(RuntimeError):
+            await sink.receive()
+        with contextlib.suppress(RuntimeError):
+            await sink.receive()
+
+    with cyclic_collection_paused():
+        await consume(InstanceSink(capacity=4, stall_timeout=4.0))
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
 
 
 async def test_only_the_first_finish_counts(autojump_clock: trio.abc.Clock) -> None:

@@ -3,34 +3,40 @@ was stored is always reported."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from io import BytesIO
-from typing import cast
+from typing import TypeVar, cast
 
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from rst.bridge import run_sync
 from rst.dicom.multipart import MultipartWriter
 from rst.dicom.part10 import Upload
 from rst.errors import BackendTimeout, BadRequest, PacsUnreachable, PayloadTooLarge
+from rst.services import stow as stow_module
 from rst.services.protocols import Backend, StoreResult
-from rst.services.stow import MAX_STOW_PARTS, StowOutcome, store_instances
+from rst.services.stow import INLINE_PART_BYTES, MAX_STOW_PARTS, StowOutcome, store_instances
+from tests.gateway.test_containment import serving
+from tests.support.scripted_backend import ScriptedBackend
 
 STUDY = "1.2.826.0.1.3680043.10.999.1"
 CT = UID("1.2.840.10008.5.1.4.1.1.2")
 
 
-def instance(number: int, study: str = STUDY) -> tuple[str, bytes]:
+def instance(number: int, study: str = STUDY, *, pixels: int = 64) -> tuple[str, bytes]:
     uid = UID(f"1.2.826.0.1.3680043.10.999.1.1.{number}")
     ds = Dataset()
     ds.SOPClassUID = CT
     ds.SOPInstanceUID = uid
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = f"{study}.1"
-    ds.PixelData = b"\0\1" * 32
+    ds.PixelData = b"\0\1" * (pixels // 2)
     ds["PixelData"].VR = "OW"
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT
@@ -263,3 +269,74 @@ class TestBrokenBody:
         assert others(outcome) == [0x0110]
         with pytest.raises(ConnectionError):
             await stow(FakeSession(), content_type, Chunks(body[:100], then=gone))
+
+
+R = TypeVar("R")
+
+
+class TestManySmallParts:
+    """The chaos run's body: thousands of empty parts, each ~1 ms (a worker thread to read it,
+    a log line), >30 s under load. A small part is read in the request's task and failures are
+    logged once per request."""
+
+    @pytest.fixture
+    def hops(self, monkeypatch: pytest.MonkeyPatch) -> list[Upload]:
+        """What was read in a worker thread."""
+        read: list[Upload] = []
+
+        async def counted(fn: Callable[[], R]) -> R:
+            result = await run_sync(fn)
+            read.append(cast(Upload, result))
+            return result
+
+        monkeypatch.setattr(stow_module, "run_sync", counted)
+        return read
+
+    async def test_twelve_thousand_empty_parts(
+        self, hops: list[Upload], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        (a, da), (b, db) = instance(1), instance(2, pixels=INLINE_PART_BYTES)
+        content_type, body = multipart(da, db, *[b""] * 12_000)
+        started = time.perf_counter()
+        with caplog.at_level(logging.INFO, logger="rst.services.stow"):
+            outcome = await stow(FakeSession(), content_type, Chunks(body))
+        took = time.perf_counter() - started
+        assert referenced(outcome) == [a, b]
+        assert failed(outcome) == [(None, 0xC000)] * (MAX_STOW_PARTS - 2)
+        assert others(outcome) == [0xA700]  # the parts past the limit, not read
+        assert [upload.sop_instance_uid for upload in hops] == [b]  # the one larger part
+        lines = [r.getMessage() for r in caplog.records]
+        assert len(lines) == 2, lines[:5]
+        assert lines[0].startswith("STOW-RS body unreadable after part 10000")
+        empty = "(no valid SOP Instance UID), 0xC000: the part is empty"
+        assert lines[1] == (
+            f"STOW-RS: 9998 of 10000 parts not stored (9998 x 0xC000); part 3 {empty}; "
+            f"part 4 {empty}; part 5 {empty}"
+        )
+        assert took < 5.0, f"{took:.1f} s"  # ~0.5 s; it was 6 s, and 30 under load
+
+    async def test_through_the_http_route(self) -> None:
+        """One junk part, then 12,000 empty ones: 413 once the limit is passed, at once."""
+        content_type, body = multipart(b"junk", *[b""] * 12_000)
+        async with serving({"X": ScriptedBackend()}) as client:
+            started = time.perf_counter()
+            response = await client.post(
+                "/aets/X/studies", content=body, headers={"Content-Type": content_type}
+            )
+            took = time.perf_counter() - started
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["error"] == (
+            f"the request body has more than {MAX_STOW_PARTS} parts (http.max_stow_parts)"
+        )
+        assert took < 5.0, f"{took:.1f} s"  # ~0.6 s; it was 6 s
+
+    async def test_the_limit_is_configured(self) -> None:
+        content_type, body = multipart(b"junk", b"", b"")
+        async with serving({"X": ScriptedBackend()}, max_stow_parts=2) as client:
+            response = await client.post(
+                "/aets/X/studies", content=body, headers={"Content-Type": content_type}
+            )
+        assert response.status_code == 413, response.text[:300]
+        assert response.json()["error"] == (
+            "the request body has more than 2 parts (http.max_stow_parts)"
+        )

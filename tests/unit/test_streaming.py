@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
-from rst.errors import IncompleteRetrieve
-from rst.http import request_scope
+from rst.errors import IncompleteRetrieve, RstError
+from rst.http import request_scope, streaming
 from rst.http.streaming import ByteBudget, Coalesced, StreamBrokenOff, start_stream
+from tests.support.garbage import LARGE, cyclic_collection_paused, cyclic_garbage
 
 Produce = Callable[[trio.MemorySendChannel[tuple[bytes, ...]]], Awaitable[None]]
 
@@ -130,3 +132,75 @@ async def test_the_producer_stays_within_its_byte_budget(autojump_clock: trio.ab
     assert chunks == [40, 40, 40, 40, 500, 40]
     assert most_waiting == 500  # the large item alone; never 40 + 500 or three of 40
     assert budget.pending == 0
+
+
+# -- no reference cycles (issue 8) ------------------------------------------------------------
+
+
+async def fails_before_data(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+    held = bytes(LARGE)  # what a failed producer's frame holds
+    raise IncompleteRetrieve(f"nothing of {len(held)} bytes")
+
+
+async def fails_unexpectedly(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+    held = bytes(LARGE)
+    raise ValueError(len(held))  # a bug: logged with its traceback, a 500
+
+
+async def fails_after_data(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+    held = bytes(LARGE)
+    await send.send((b"head",))
+    raise IncompleteRetrieve(f"broke off after {len(held)} bytes")
+
+
+@pytest.mark.parametrize("produce", [fails_before_data, fails_unexpectedly, fails_after_data])
+async def test_a_failed_producer_leaves_no_reference_cycle(
+    autojump_clock: trio.abc.Clock, produce: Produce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not logged here: a captured log record would keep the error (and its frames) alive.
+    monkeypatch.setattr(streaming.log, "disabled", True)
+
+    async def respond() -> None:
+        async with trio.open_nursery() as nursery:
+            token = request_scope._nursery.set(nursery)
+            try:
+                stream = await start_stream(produce)
+                async for _ in Coalesced(stream, budget=100):
+                    pass
+            finally:
+                request_scope._nursery.reset(token)
+
+    with cyclic_collection_paused():
+        with contextlib.suppress(RstError, StreamBrokenOff, ExceptionGroup):
+            await respond()
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
+
+
+async def test_a_producer_cancelled_in_its_own_nursery_leaves_no_reference_cycle(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Its group of cancellations passes through the producer's task (``_failure_of``).
+    async def produce(send: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        held = bytes(LARGE)
+        await send.send((held[:1],))
+        async with trio.open_nursery() as inner:
+            inner.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+
+    async def respond_then_client_gone() -> None:
+        async with trio.open_nursery() as nursery:
+            token = request_scope._nursery.set(nursery)
+            try:
+                await start_stream(produce)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            finally:
+                request_scope._nursery.reset(token)
+
+    with cyclic_collection_paused():
+        await respond_then_client_gone()
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()

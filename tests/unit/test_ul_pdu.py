@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -48,6 +49,7 @@ from rst.backends.dimse.ul import (
     encode_release_rp,
     encode_release_rq,
 )
+from tests.support.garbage import cyclic_collection_paused, cyclic_garbage
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -419,7 +421,26 @@ def test_error_is_sticky() -> None:
         reader.next_pdu()
     with pytest.raises(UpperLayerError) as second:
         reader.next_pdu()
-    assert first.value is second.value
+    assert (str(second.value), second.value.source, second.value.reason) == (
+        str(first.value),
+        first.value.source,
+        first.value.reason,
+    )
+
+
+def test_a_failed_reader_keeps_no_reference_cycle() -> None:
+    # Not the error it raised: that one's traceback holds the reader and its buffer (issue 8).
+    def read(reader: PduReader) -> None:
+        reader.feed(b"\x09\x00\x00\x00\x00\x00" + encode_release_rq())
+        for _ in range(2):
+            with contextlib.suppress(UpperLayerError):
+                reader.next_pdu()
+
+    with cyclic_collection_paused():
+        read(PduReader(max_pdu_length=MAX))
+        garbage = cyclic_garbage()
+
+    assert not garbage, garbage.describe()
 
 
 @pytest.mark.parametrize(

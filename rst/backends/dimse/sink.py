@@ -29,6 +29,7 @@ import trio
 
 from rst.bridge import run_sync
 from rst.errors import BackendTimeout, IncompleteRetrieve
+from rst.groups import copy_of
 from rst.services.protocols import Instance
 
 __all__ = ["Fragments", "Instance", "InstanceSink", "SinkClosed", "SpoolFull", "hand_off"]
@@ -81,6 +82,11 @@ class _Spool:
             os.pwrite(self._fd, data, offset)
             self._end += len(data)
         return offset
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._end
 
     def read(self, offset: int, length: int) -> bytes:
         with self._lock:
@@ -209,8 +215,13 @@ class _SpillingFifo(ABC, Generic[T]):
         while not self._queue:
             self._check_open()  # closed: what was queued is lost, never a clean end
             if self._finished:
-                if self._error is not None:
-                    raise self._error
+                if (error := self._error) is not None:
+                    # What a later call raises: this one's traceback will hold this frame.
+                    self._error = copy_of(error)
+                    try:
+                        raise error
+                    finally:
+                        del error
                 return None
             await self._wait_change()
         entry = self._queue.popleft()
@@ -327,6 +338,11 @@ class InstanceSink(_SpillingFifo[Instance]):
         self.delivered += 1
         self.seen.add(item.sop_instance_uid)
         super()._accepted(item)
+
+    @property
+    def spooled_bytes(self) -> int:
+        """Bytes this retrieve wrote to its spool file (instances and fragments)."""
+        return self._spool.size
 
     def open_body(self, sop_instance_uid: str) -> Fragments:
         """A queue for the rest of an instance to be handed over before it has fully arrived

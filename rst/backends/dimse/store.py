@@ -70,7 +70,10 @@ class DimseStoreSession:
             if aborted:  # the next instance associates anew
                 message = f"the PACS {self.backend.name} aborted the association during a C-STORE"
                 return StoreResult(PROCESSING_FAILURE, message)
-            raise error
+            try:
+                raise error
+            finally:
+                del error  # this frame, in the error's traceback, must not hold it
         return StoreResult(int(code), str(status.get("ErrorComment", "")))
 
     async def _association_for(self, sop_class: str, transfer_syntax: str) -> Association:

@@ -136,14 +136,17 @@ class S3Backend:
 
     async def _fetch(self, key: str, send: trio.MemorySendChannel[Instance | RstError]) -> None:
         async with send:
-            result: Instance | RstError
-            try:
-                result = _instance(key, await self.client.get(key))
-            except NotFound:
-                result = IncompleteRetrieve(f"object {key!r} was listed but is gone from S3")
-            except RstError as exc:
-                result = exc
-            send.send_nowait(result)
+            send.send_nowait(await self._get(key))
+
+    async def _get(self, key: str) -> Instance | RstError:
+        """The instance under *key*, or the error fetching it met: returned from its handler,
+        so that no frame its traceback holds keeps it (a reference cycle)."""
+        try:
+            return _instance(key, await self.client.get(key))
+        except NotFound:
+            return IncompleteRetrieve(f"object {key!r} was listed but is gone from S3")
+        except RstError as exc:
+            return exc
 
     async def _in_order(
         self,
@@ -164,7 +167,10 @@ class S3Backend:
                         delivered,
                         result.message,
                     )
-                    raise result
+                    try:
+                        raise result
+                    finally:
+                        del result  # this frame is in its traceback: no cycle through it
                 yield result
                 delivered += 1
 

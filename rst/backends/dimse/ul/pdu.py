@@ -85,7 +85,7 @@ class UpperLayerError(Exception):
     """Malformed or unexpected input: answer with A-ABORT(source, reason) and close.
 
     After a :class:`PduReader` has raised it, the stream is out of step: the reader raises the
-    same error again on every later :meth:`PduReader.next_pdu`.
+    same error (a copy of it) again on every later :meth:`PduReader.next_pdu`.
     """
 
     source: int  # 0 = service-user, 2 = service-provider
@@ -95,6 +95,10 @@ class UpperLayerError(Exception):
         super().__init__(message)
         self.source = source
         self.reason = reason
+
+    def copy(self) -> UpperLayerError:
+        """The same error as a new object, not raised yet (see :meth:`PduReader.next_pdu`)."""
+        return UpperLayerError(str(self), source=self.source, reason=self.reason)
 
 
 def _invalid(message: str) -> UpperLayerError:
@@ -582,12 +586,19 @@ class PduReader:
 
         A :class:`PData`'s PDV views point into the buffer (see :meth:`writable`).
         """
-        if self._error is not None:
-            raise self._error
+        # The reader keeps a copy to raise next time, never an error it raised: that one's
+        # traceback holds this frame, the frame the reader, and the reader its 4 MiB buffer,
+        # a reference cycle only a full garbage collection would free.
+        if (error := self._error) is not None:
+            self._error = error.copy()
+            try:
+                raise error
+            finally:
+                del error
         try:
             return self._next_pdu()
-        except UpperLayerError as error:
-            self._error = error
+        except UpperLayerError as failed:
+            self._error = failed.copy()
             raise
 
     def _next_pdu(self) -> Pdu | None:

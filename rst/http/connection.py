@@ -1,0 +1,336 @@
+"""One HTTP connection: hypercorn's protocol objects in rst's own I/O shell.
+
+hypercorn parses and answers HTTP with sans-IO protocol objects (``hypercorn/protocol/``,
+around h11) and runs them in a thin shell per runtime (``hypercorn/trio/tcp_server.py``: read
+into ``protocol.handle``, write what the protocol sends). rst keeps the protocol objects and
+replaces the shell, because that shell ends a connection only when its reader ends, lets any
+task write or close, closes with unread bytes, and loses its keep-alive timer after the first
+answer — each of which cost rst connection slots or answers (issue 8). :class:`Connection`
+says how each is done here; the rule it keeps is that whatever a client does, its connection
+ends in bounded time with its socket closed, and a client that is still there receives whole
+answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from functools import partial
+from http import HTTPStatus
+
+import h11
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData, Updated
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.task_group import TaskGroup
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import parse_socket_addr
+
+__all__ = ["LINGER", "SEND_SLICE", "Connection"]
+
+log = logging.getLogger(__name__)
+
+SEND_SLICE = 256 * 1024
+"""Bytes a client must accept within ``http.send_timeout``."""
+RECEIVE_SIZE = 64 * 1024
+"""Bytes read from a connection at once (as hypercorn)."""
+LINGER = 2.0
+"""Seconds a closing connection waits for its client to close its end, dropping what it still
+sends (a close with unread bytes would reset the connection and could destroy the answer)."""
+DISCONNECT_GRACE = 1.0
+"""Seconds given to telling a request that its client is gone, before it is cancelled."""
+
+
+class Connection:
+    """One HTTP connection (HTTP/1.1, or h2 by prior knowledge), from its first byte to its
+    closed socket. What it does that hypercorn's shell did not:
+
+    - **A client that is gone ends the connection, whatever the protocol waits for.** With a
+      pipelined request buffered, hypercorn's h11 protocol parks the reader on ``can_read``
+      until the current response completes (h11 ``PAUSED``, ``_handle_events``); a send that
+      fails only closes the request's stream (``handle(Closed())``), so once the client has
+      hung up the response never completes and the reader waits for ever, with the task, the
+      descriptor and a slot of ``http.max_connections``. Here a failed or stalled send, an end
+      of file or a reset calls :meth:`_drop`: the reader is cancelled wherever it waits, the
+      socket closed, the request told (``http.disconnect``) and whatever still runs for the
+      connection cancelled.
+    - **One writer at a time, the close included.** hypercorn's ``_close`` (``send_eof``, then
+      ``aclose``) ran in whichever task asked for the close, outside the send lock: the
+      request's task, at the end of its answer to a ``Connection: close`` request, fell
+      between the head and the body of the 400 the reader was sending for the bytes after that
+      request (``BusyResourceError``, an ERROR logged, a head without its body). Here the end
+      of file goes through the send lock, hypercorn's error answers are one write, and a close
+      that a protocol error asks for while a response is being sent waits for its end.
+    - **A lingering close.** Closing a socket with unread bytes makes the kernel reset the
+      connection, and a reset can destroy the end of the answer before the client has read
+      it. Here the end of file follows the last byte, then what the client still sends is read
+      and dropped until it closes its end, for at most :data:`LINGER` seconds.
+    - **A keep-alive timer that survives the end of an answer.** hypercorn restarts its
+      timer (``nursery.start``) from the request's task when an answer ends, just after
+      telling the request ``http.disconnect`` — which cancels that task, so the restart
+      failed and a connection idle after its first answer stayed open for good (and kept
+      shutdown waiting for ``graceful_timeout``); HTTP/2 by prior knowledge was never idle
+      (h11 called the connection busy before handing it to h2). Here the timer is one task
+      whose deadline :meth:`_set_idle` moves, without a checkpoint.
+    - **A client that stops reading is taken for gone**: each slice of :data:`SEND_SLICE`
+      bytes must be taken within ``send_timeout`` seconds (hypercorn sends under a shield, so a
+      client that never reads would hold its request, and the request its associations).
+
+    Every way a connection ends is then bounded: by ``send_timeout`` while sending,
+    ``keep_alive_timeout`` while idle or receiving a request head, ``body_timeout`` while a
+    request waits for its body (it answers 408 and ends), :data:`LINGER` once closing, and the
+    time the request's own work takes to answer."""
+
+    def __init__(
+        self,
+        app: AppWrapper,
+        config: HypercornConfig,
+        context: WorkerContext,
+        state: LifespanState,
+        stream: trio.SocketStream,
+        send_timeout: float = math.inf,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.context = context
+        self.state = state
+        self.stream = stream
+        self.send_timeout = send_timeout
+        self.protocol: ProtocolWrapper
+        self._send_lock = trio.Lock()
+        self._everything = trio.CancelScope()
+        """Whatever runs for this connection (its reader, its requests, its idle timer)."""
+        self._reading = trio.CancelScope()
+        """The reader, while it hands what it reads to the protocol."""
+        self._draining = trio.CancelScope()
+        """The reader, once the protocol is done with the connection; a deadline once closing."""
+        self._idle = True
+        """No request is being served (none has come yet, or the last one is answered)."""
+        self._idle_timer = trio.CancelScope()
+        """The keep-alive timer: its deadline is moved as the connection is idle or busy."""
+        self._closing = False
+        """A close was asked for (end of file sent, or about to be)."""
+        self._eof_sent = False
+        self._gone = False
+        """Nothing can be sent any more: the client is gone, or is taken for gone."""
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; the socket is closed and nothing of it runs
+        any more when this returns."""
+        sock = self.stream.socket
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:
+            return  # gone before its first byte
+        with self._everything:
+            async with TaskGroup() as tasks:
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    tasks,
+                    ConnectionState(self.state.copy()),
+                    False,
+                    client,
+                    server,
+                    self._send,
+                    "http/1.1",
+                )
+                inner = self.protocol.protocol
+                if isinstance(inner, H11Protocol):
+                    # hypercorn answers requests it cannot parse (400, 431) itself, with an
+                    # empty body and in three writes; rst's answer is JSON, in one write.
+                    inner._send_error_response = partial(_json_error_response, inner)  # type: ignore[method-assign]
+                self._idle_timer.deadline = trio.current_time() + self.config.keep_alive_timeout
+                tasks.spawn(self._keep_alive)
+                with self._reading:
+                    await self._read()
+                if not self._gone:
+                    with self._draining:
+                        await self._drain()
+                await self._end()
+
+    async def _read(self) -> None:
+        """Hand what the client sends to the protocol, until the client is gone or the
+        protocol is done with the connection (which cancels this)."""
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or math.inf):
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
+                self._drop()
+                return
+            await self.protocol.handle(RawData(bytes(data)))  # b"": h11 learns of the end
+            inner = self.protocol.protocol
+            if isinstance(inner, H2Protocol) and inner.idle and not self._idle:
+                # h11 called the connection busy when it saw the HTTP/2 preface as a request,
+                # then handed over to h2, which says "idle" only when a stream ends.
+                self._set_idle(True)
+            if not data:
+                # A client that half-closes is taken for gone, as in hypercorn (its request is
+                # told ``http.disconnect``), unless its last answer is sent already.
+                if not self._closing:
+                    self._drop()
+                return
+
+    async def _drain(self) -> None:
+        """Read and drop what the client still sends: while a response asked to be the last
+        is being sent, then for at most :data:`LINGER` seconds after the end of file, until
+        the client closes its end."""
+        while True:
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._drop()
+                return
+            if not data:
+                if not self._closing:
+                    self._drop()
+                return
+
+    async def _end(self) -> None:
+        """Close the socket, tell the request, if one is left, that its client is gone, and
+        cancel whatever still runs for this connection: it can reach no one any more."""
+        self._gone = True
+        await trio.aclose_forcefully(self.stream)
+        with trio.move_on_after(DISCONNECT_GRACE):
+            # ``http.disconnect`` for a request still running (and its access log line); it
+            # waits only if the request's queue is full, and the request is cancelled anyway.
+            await self.protocol.handle(Closed())
+        self._everything.cancel()
+
+    def _drop(self) -> None:
+        """End the connection now: the client is gone, or is taken for gone (it stopped
+        reading, or idled too long). Stop reading wherever the reader waits, even inside the
+        protocol; :meth:`run` then ends the connection."""
+        self._gone = True
+        self._reading.cancel()
+        self._draining.cancel()
+
+    async def _send(self, event: Event) -> None:
+        """What the protocol asks of the connection: bytes to send, the end, idle or busy."""
+        if isinstance(event, RawData):
+            await self._write(event.data)
+        elif isinstance(event, Closed):
+            if self._response_in_flight():
+                # A protocol error from the reader (bytes after a ``Connection: close``
+                # request) while the request's response is being sent: read no more, and
+                # close when that response has ended (hypercorn closed it halfway).
+                self._reading.cancel()
+            else:
+                await self._close()
+        elif isinstance(event, Updated):
+            self._set_idle(event.idle)
+
+    def _set_idle(self, idle: bool) -> None:
+        # No checkpoint: this runs in a request's task that is being cancelled (see above).
+        self._idle = idle
+        if not idle:
+            self._idle_timer.deadline = math.inf
+        elif self.context.terminated.is_set():
+            self._idle_timer.deadline = trio.current_time()  # shutting down: drop it now
+        else:
+            self._idle_timer.deadline = trio.current_time() + self.config.keep_alive_timeout
+
+    def _response_in_flight(self) -> bool:
+        inner = self.protocol.protocol
+        return (
+            isinstance(inner, H11Protocol)
+            and inner.stream is not None
+            and inner.connection.our_state is h11.SEND_BODY
+        )
+
+    async def _write(self, data: bytes) -> None:
+        async with self._send_lock:
+            if self._gone or self._eof_sent:
+                return  # nothing can reach the client any more
+            view = memoryview(data)
+            # Shielded as in hypercorn (a write cut halfway would garble the stream); the
+            # send timeout and the closing of the socket still end it.
+            with trio.CancelScope(shield=True):
+                for start in range(0, len(view), SEND_SLICE):
+                    with trio.move_on_after(self.send_timeout) as stalled:
+                        try:
+                            await self.stream.send_all(view[start : start + SEND_SLICE])
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            self._drop()
+                            return
+                    if stalled.cancelled_caught:
+                        log.info(
+                            "a client accepted no data for %g s (http.send_timeout): "
+                            "closing its connection",
+                            self.send_timeout,
+                        )
+                        self._drop()
+                        return
+
+    async def _close(self) -> None:
+        """Close once everything asked to be sent before is sent: end of file after the
+        last byte, then linger (:meth:`_drain`)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._reading.cancel()
+        # Shielded: this runs in whichever task asked for the close, often a request's task
+        # whose scope is being cancelled by the very end of its response; a close cut short
+        # would leave the client waiting for an end of file. Bounded by the send in progress.
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                if self._gone:
+                    return
+                try:
+                    await self.stream.send_eof()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._drop()
+                    return
+                self._eof_sent = True
+        self._draining.deadline = trio.current_time() + LINGER
+
+    async def _keep_alive(self) -> None:
+        """An idle connection, or one whose request head is not complete, is dropped after
+        ``keep_alive_timeout`` seconds, or on shutdown once it is idle (hypercorn's HTTP/1.1
+        closes a busy one at the end of its answer then). No answer is pending: there is
+        nothing to linger for."""
+        with self._idle_timer:
+            await self.context.terminated.wait()
+            if not self._idle:
+                await trio.sleep_forever()  # until :meth:`_set_idle` sets the deadline
+        self._drop()
+
+
+async def _json_error_response(protocol: H11Protocol, status_code: int) -> None:
+    """hypercorn's answer to a request it could not parse, with a JSON body like rst's own,
+    sent in one write: another task asking for the close cannot come between its parts."""
+    try:
+        phrase = HTTPStatus(status_code).phrase
+    except ValueError:
+        phrase = "Error"
+    body = json.dumps(
+        {"error": f"{phrase}: the request is not valid HTTP/1.1", "status": status_code}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *protocol.config.response_headers("h11"),
+    ]
+    answer = bytearray()
+    for event in (
+        h11.Response(status_code=status_code, headers=headers),
+        h11.Data(data=body),
+        h11.EndOfMessage(),
+    ):
+        try:
+            answer += protocol.connection.send(event) or b""
+        except h11.LocalProtocolError:
+            # As hypercorn's _send_h11_event: what h11 refuses once the client broke the
+            # protocol (a body after the head of an answer to HEAD) is left out.
+            if protocol.connection.their_state is not h11.ERROR:
+                raise
+    await protocol.send(RawData(data=bytes(answer)))
