@@ -25,7 +25,7 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, memory, pull, qido, s3, stow, throughput
+from . import concurrency, data, memory, pull, qido, s3, stow, throughput, viewer
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
@@ -40,7 +40,7 @@ from .common import (
 from .report import DOCS, IMAGES, machine, machine_line, update_docs
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3)
+    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
 }
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {

@@ -12,33 +12,45 @@ instance to disk overlaps with passing on the next; the ``rest`` of a large one 
 :class:`Tee`, chunk by chunk as the consumer reads it, into a temporary file
 (:class:`Recording`). A file is committed to the cache only once its instance is whole; a
 write that fails stops the recording, never the instance.
+
+Sidecars: a cached instance carries :class:`EntrySidecars` (files beside its own); one on its
+way in carries :class:`PendingSidecars`, which hold what is saved in memory until the instance
+has its entry, then write it there (or drop it if the instance is not cached).
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import trio
 
 from rst.bridge import run_sync
 from rst.cache.cache import Cache
-from rst.cache.store import Entry, Pending
+from rst.cache.store import Entry, Pending, sidecar_path, write_sidecar
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
 
 __all__ = [
     "CHUNK",
+    "EntrySidecars",
     "FileChunks",
     "Gone",
+    "PendingSidecars",
     "Recording",
     "Tee",
     "Writer",
     "batch",
     "read_entries",
 ]
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 """Bytes read from a cache file at a time; files up to this size are read whole."""
@@ -100,7 +112,74 @@ def _open(entry: Entry) -> Instance:
         os.close(fd)
     else:
         rest = FileChunks(fd, entry, offset=len(data))
-    return Instance(data, entry.sop_class_uid, entry.sop_uid, entry.transfer_syntax, rest=rest)
+    return Instance(
+        data,
+        entry.sop_class_uid,
+        entry.sop_uid,
+        entry.transfer_syntax,
+        rest=rest,
+        sidecars=EntrySidecars(entry.path),
+    )
+
+
+class EntrySidecars:
+    """The sidecars of a cached instance: files beside its file (blocking)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load(self, kind: str) -> bytes | None:
+        try:
+            return sidecar_path(self._path, kind).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cache: cannot read the %s of %s: %s", kind, self._path, exc)
+            return None
+
+    def save(self, kind: str, data: bytes) -> None:
+        try:
+            write_sidecar(self._path, kind, data)
+        except OSError as exc:  # the cache still serves the instance; it is derived again
+            log.warning("cache: cannot write the %s of %s: %s", kind, self._path, exc)
+
+
+class PendingSidecars:
+    """The sidecars of an instance on its way into the cache: what is saved before it has its
+    entry waits in memory, and is written by :meth:`settle` (on a worker thread: it blocks).
+    Thread-safe: the consumer of the instance saves on one worker thread while the cache
+    writer settles on another."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._saved: dict[str, bytes] = {}
+        self._home: EntrySidecars | None = None
+        self._settled = False
+
+    def load(self, kind: str) -> bytes | None:
+        with self._lock:
+            home, saved = self._home, self._saved.get(kind)
+        return saved if home is None else home.load(kind)
+
+    def save(self, kind: str, data: bytes) -> None:
+        with self._lock:
+            if not self._settled:
+                self._saved[kind] = data
+                return
+            home = self._home
+        if home is not None:
+            home.save(kind, data)
+
+    def settle(self, entry: Entry | None) -> None:
+        """The instance is cached as *entry* (``None``: not cached, what was saved goes)."""
+        with self._lock:
+            saved, self._saved = self._saved, {}
+            self._home = None if entry is None else EntrySidecars(entry.path)
+            self._settled = True
+            home = self._home
+        if home is not None:
+            for kind, data in saved.items():
+                home.save(kind, data)
 
 
 class FileChunks:
@@ -186,6 +265,13 @@ class Writer:
             entries = await self._cache.put(
                 archive=self._archive, keys=self._keys, instances=instances
             )
+            pending = [
+                (instance.sidecars, entry)
+                for instance, entry in zip(instances, entries, strict=True)
+                if isinstance(instance.sidecars, PendingSidecars)
+            ]
+            if pending:
+                await run_sync(partial(_settle, pending))
             for instance, entry in zip(instances, entries, strict=True):
                 self._queue.popleft()
                 self._queued -= len(instance.data)
@@ -216,6 +302,11 @@ class Writer:
     def _signal(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+
+def _settle(pending: list[tuple[PendingSidecars, Entry | None]]) -> None:
+    for sidecars, entry in pending:
+        sidecars.settle(entry)
 
 
 RECORD_BATCH = 1 << 20

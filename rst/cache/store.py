@@ -6,6 +6,9 @@ tests call it directly. The folder::
     index.sqlite3            the index (WAL: several processes read and write it at once)
     tmp/…​.part               instances being written (never served)
     objects/ab/abcd…-x.dcm   instances, whole; named by a hash of (archive, SOP Instance UID)
+    objects/ab/abcd…-x.dcm.metadata.json
+                             what rst derived from that file (its sidecars, see SIDECARS);
+                             written after it, removed with it, not counted in ``max_bytes``
 
 **Nothing incomplete looks complete.** An instance is written to a file in ``tmp/`` and moved
 into ``objects/`` (an atomic rename) only once all its bytes have arrived; its index row is
@@ -43,7 +46,17 @@ from typing import Any
 
 from rst.services.protocols import RetrieveKeys
 
-__all__ = ["CacheUnavailable", "Entry", "Meta", "Pending", "Store", "default_folder"]
+__all__ = [
+    "SIDECARS",
+    "CacheUnavailable",
+    "Entry",
+    "Meta",
+    "Pending",
+    "Store",
+    "default_folder",
+    "sidecar_path",
+    "write_sidecar",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +71,10 @@ SWEEP_EVERY = 60.0
 """Seconds between two deletions of expired entries (done while writing)."""
 STALE_TEMP = 600.0
 """A temporary file untouched for this long belongs to a writer that died: removed at open."""
+SIDECARS = ("metadata.json",)
+"""The kinds of sidecar an instance file may have (see :class:`~rst.services.protocols.Sidecars`):
+each is removed with its file. Each file is immutable (a new version of an instance is a new
+file), so a sidecar is valid as long as its file exists."""
 TOUCH_EVERY = 10.0
 """An entry's last use is recorded at most this often (each record is a write transaction)."""
 EVICT_BATCH = 256
@@ -201,11 +218,14 @@ class Store:
         max_bytes: int,
         ttl: float,
         clock: Callable[[], float],
+        on_evict: Callable[[int, int], None] | None = None,
     ) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.clock = clock
+        self.on_evict = on_evict
+        """Told the instances and bytes of each eviction (for metrics)."""
         self._db = connection
         self._lock = threading.Lock()
         self._swept_at = float("-inf")
@@ -219,6 +239,7 @@ class Store:
         ttl: float,
         private: bool = False,
         clock: Callable[[], float] = time.time,
+        on_evict: Callable[[int, int], None] | None = None,
     ) -> Store:
         """Open (creating if needed) the cache in *folder*. *private*: the folder must belong
         to this user (a folder in a shared temporary directory that someone else made could
@@ -240,7 +261,9 @@ class Store:
             if isinstance(exc, CacheUnavailable):
                 raise
             raise CacheUnavailable(f"cannot open the cache folder {folder}: {exc}") from exc
-        store = cls(folder, connection, max_bytes=max_bytes, ttl=ttl, clock=clock)
+        store = cls(
+            folder, connection, max_bytes=max_bytes, ttl=ttl, clock=clock, on_evict=on_evict
+        )
         try:
             store._prepare()
             store._remove_stale_temporaries()
@@ -557,6 +580,8 @@ class Store:
                     chosen.append(row)
                     used -= int(row[3])
                 doomed += self._delete_instances(db, chosen)
+                if self.on_evict is not None:
+                    self.on_evict(len(chosen), sum(int(row[3]) for row in chosen))
         return doomed
 
     def _sweep_if_due(self, db: sqlite3.Connection, now: float) -> list[str]:
@@ -587,12 +612,14 @@ class Store:
 
     def _unlink(self, files: list[str]) -> None:
         for file in files:
-            try:
-                os.unlink(self.folder / file)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # the row is gone: the file is only wasted space
-                log.warning("cache: cannot remove %s: %s", file, exc)
+            path = self.folder / file
+            for doomed in (path, *(sidecar_path(path, kind) for kind in SIDECARS)):
+                try:
+                    os.unlink(doomed)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # the row is gone: the file is only wasted space
+                    log.warning("cache: cannot remove %s: %s", doomed, exc)
 
     def _remove_stale_temporaries(self) -> None:
         limit = time.time() - STALE_TEMP  # file times are wall-clock times
@@ -600,6 +627,31 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < limit:
                     path.unlink()
+
+
+def sidecar_path(path: Path, kind: str) -> Path:
+    """Where the sidecar *kind* of the instance file *path* lies."""
+    if kind not in SIDECARS:
+        raise ValueError(f"unknown sidecar kind {kind!r}")
+    return path.with_name(f"{path.name}.{kind}")
+
+
+def write_sidecar(path: Path, kind: str, data: bytes) -> None:
+    """Write the sidecar *kind* of the instance file *path* (``objects/ab/…``): to a temporary
+    file first, then renamed, so a reader sees all of it or nothing. Raises OSError."""
+    folder = path.parent.parent.parent  # objects/ab/file -> the cache folder
+    fd, name = tempfile.mkstemp(dir=folder / "tmp", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(name, sidecar_path(path, kind))
+        if not path.exists():  # evicted meanwhile (by another process): do not outlive it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sidecar_path(path, kind))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
 
 
 def _digest(archive: str, sop_uid: str) -> str:

@@ -62,6 +62,7 @@ __all__ = [
     "produce_bulkdata",
     "read_dataset",
     "readable",
+    "top_string",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,9 @@ class InstanceAddress:
     def of(cls, base: str, dataset: Dataset, keys: RetrieveKeys, sop_uid: str) -> InstanceAddress:
         """The URL under *base* (``…/aets/{aet}``), by the UIDs the instance holds (those of
         the request, and the archive's SOP Instance UID, where it holds none)."""
-        study = quote(_uid(dataset, 0x0020000D) or keys.study_uid, safe=".")
-        series = quote(_uid(dataset, 0x0020000E) or keys.series_uid or "", safe=".")
-        sop = quote(_uid(dataset, 0x00080018) or sop_uid, safe=".")
+        study = quote(top_string(dataset, 0x0020000D) or keys.study_uid, safe=".")
+        series = quote(top_string(dataset, 0x0020000E) or keys.series_uid or "", safe=".")
+        sop = quote(top_string(dataset, 0x00080018) or sop_uid, safe=".")
         return cls(f"{base}/studies/{study}/series/{series}/instances/{sop}")
 
     @property
@@ -171,7 +172,8 @@ class InstanceAddress:
         return f"{self.url}/frames/{number}"
 
 
-def _uid(dataset: Dataset, tag: int) -> str:
+def top_string(dataset: Dataset, tag: int) -> str:
+    """The text *dataset* holds at top-level *tag*, without padding; ``""`` when none."""
     if tag not in dataset:
         return ""
     value = dataset[tag].value
@@ -313,7 +315,7 @@ def instance_parts(
             else:
                 own = OCTET_STREAM
                 if path.tag == _ENCAPSULATED_DOCUMENT and not path.items:
-                    own = _uid(dataset, _DOCUMENT_TYPE) or OCTET_STREAM
+                    own = top_string(dataset, _DOCUMENT_TYPE) or OCTET_STREAM
                 content_type = fmt.value_type(own)
                 parts.append(BulkPart(content_type, address.value(path), bytes(element.value)))
         return parts

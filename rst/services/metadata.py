@@ -27,16 +27,25 @@ from rst.services.bulkdata import (
     bulk_elements,
     read_dataset,
     readable,
+    top_string,
 )
-from rst.services.protocols import Backend, RetrieveKeys
+from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.wado import as_requested, whole
 
-__all__ = ["instance_metadata", "produce_metadata"]
+__all__ = ["METADATA", "instance_metadata", "produce_metadata", "relative_metadata", "under"]
 
 _PYDICOM_THRESHOLD = (BULK_MIN_BYTES - 1) // 3 * 4
 """pydicom's threshold is in base64 characters: a value is bulk data when it is longer than
 ``threshold // 4 * 3`` bytes, here ``BULK_MIN_BYTES - 1``, the rule of :mod:`.bulkdata`."""
 assert _PYDICOM_THRESHOLD // 4 * 3 == BULK_MIN_BYTES - 1
+
+
+METADATA = "metadata.json"
+"""The sidecar kind of an instance's DICOM JSON (see :class:`~rst.services.protocols.Sidecars`):
+kept with ``BulkDataURI`` values relative to the AE's URL, so one copy serves any base."""
+_URI_KEY = b'"BulkDataURI":"'
+"""How every BulkDataURI starts in the compact encoding. It cannot occur inside a JSON string,
+where every ``"`` is escaped, so it marks exactly the places where the base URL goes."""
 
 
 def instance_metadata(data: bytes, *, base: str, keys: RetrieveKeys, sop_uid: str) -> bytes:
@@ -47,9 +56,23 @@ def instance_metadata(data: bytes, *, base: str, keys: RetrieveKeys, sop_uid: st
 
     :raises UnreadableInstance: the instance cannot be read.
     """
+    return under(base, _derive(data, keys, sop_uid)[0])
+
+
+def under(base: str, relative: bytes) -> bytes:
+    """Relative metadata (from :func:`_derive`) with its BulkDataURIs under *base*."""
+    escaped = json.dumps(base)[1:-1].encode()
+    return relative.replace(_URI_KEY, _URI_KEY + escaped) if escaped else relative
+
+
+def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]:
+    """The metadata of an instance with BulkDataURIs relative to the AE's URL (``/studies/…``),
+    and whether the instance names itself (its own study, series and SOP Instance UIDs; only
+    then are its URIs the same whatever the request, and may be kept)."""
     with readable(sop_uid):
         dataset = read_dataset(data)
-        address = InstanceAddress.of(base, dataset, keys, sop_uid)
+        address = InstanceAddress.of("", dataset, keys, sop_uid)
+        named = all(top_string(dataset, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))
         uris = {id(element): address.value(path) for path, element in bulk_elements(dataset)}
 
         def uri(element: DataElement) -> str:
@@ -60,7 +83,19 @@ def instance_metadata(data: bytes, *, base: str, keys: RetrieveKeys, sop_uid: st
             entry = result.get(f"{tag:08X}")
             if entry is not None and "InlineBinary" in entry:
                 result[f"{tag:08X}"] = {"vr": entry["vr"], "BulkDataURI": address.pixeldata}
-        return json.dumps(result, separators=(",", ":")).encode()
+        return json.dumps(result, separators=(",", ":")).encode(), named
+
+
+def relative_metadata(instance: Instance, keys: RetrieveKeys) -> bytes:
+    """The relative metadata of a whole *instance*: kept from before, or made (and kept, where
+    the instance has a home for sidecars). Blocking."""
+    sidecars = instance.sidecars
+    if sidecars is not None and (kept := sidecars.load(METADATA)) is not None:
+        return kept
+    relative, named = _derive(instance.data, keys, instance.sop_instance_uid)
+    if sidecars is not None and named:
+        sidecars.save(METADATA, relative)
+    return relative
 
 
 async def produce_metadata(
@@ -81,16 +116,8 @@ async def produce_metadata(
             instance = await whole(received)
             if instance.transfer_syntax == str(ExplicitVRBigEndian):  # InlineBinary is LE
                 instance = await as_requested(instance, RetrieveFormat(EXPLICIT_VR_LITTLE_ENDIAN))
-            encoded = await run_sync(
-                partial(
-                    instance_metadata,
-                    instance.data,
-                    base=base,
-                    keys=keys,
-                    sop_uid=instance.sop_instance_uid,
-                )
-            )
-            await send((b"," if sent else b"[", encoded))
+            relative = await run_sync(partial(relative_metadata, instance, keys))
+            await send((b"," if sent else b"[", under(base, relative)))
             sent += 1
     if not sent:  # a backend raises NotFound itself; this keeps the array well-formed
         raise NotFound(f"no {keys.level.lower()} {keys.uid} in the archive")

@@ -16,7 +16,19 @@ from pydicom import Dataset
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 
-__all__ = ["Backend", "Instance", "RetrieveKeys", "StoreResult", "StoreSession"]
+__all__ = ["Backend", "Instance", "RetrieveKeys", "Sidecars", "StoreResult", "StoreSession"]
+
+
+class Sidecars(Protocol):
+    """What rst derived from one exact instance (its DICOM JSON, say), kept beside it so that it
+    is computed once: the retrieve cache keeps these next to its files. Blocking: called on
+    worker threads."""
+
+    def load(self, kind: str) -> bytes | None:
+        """What was kept under *kind*, or ``None``."""
+
+    def save(self, kind: str, data: bytes) -> None:
+        """Keep *data* under *kind*; best effort (a failure is logged, never raised)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +38,17 @@ class Instance:
     A large instance may be handed over while it is still arriving: then ``data`` is its
     beginning (at least the file meta and the first part of the data set) and ``rest`` yields
     the remaining bytes in order, raising :class:`~rst.errors.RstError` if the transfer breaks
-    off. A consumer must read ``rest`` to its end before it takes the next instance."""
+    off. A consumer must read ``rest`` to its end before it takes the next instance.
+
+    ``sidecars``, where the instance has a home that can keep them (the retrieve cache), holds
+    what was derived from it before."""
 
     data: bytes
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
     rest: AsyncIterable[bytes] | None = field(default=None, compare=False)
+    sidecars: Sidecars | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from rst.cache import Store, archive_key
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive, write_sample_study
 from rst.server import Running
+from rst.services import metadata
 from rst.services.protocols import RetrieveKeys
 from tests.support.download import Download
 from tests.support.gateway import run_gateway, settled
@@ -243,3 +244,42 @@ async def test_large_instances_are_cached_whole_and_served_again_identical(
         }
         assert received == sources
     assert instances_of(warm) == instances_of(cold)
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["whole", "streamed"])
+async def test_metadata_is_derived_once_and_then_read_beside_the_cached_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    """The first series metadata derives each instance's JSON while the series arrives (and
+    keeps it as the instances are cached, whole or recorded as they stream in); later requests,
+    under another base URL too, read what was kept."""
+    derived: list[str] = []
+    derive = metadata._derive
+
+    def counting(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]:
+        derived.append(sop_uid)
+        return derive(data, keys, sop_uid)
+
+    monkeypatch.setattr(metadata, "_derive", counting)
+    size = 1024 if large else 64
+    write_sample_study(tmp_path / "pacs", images=3, rows=size, columns=size, series=1)
+    with DevPacs(FolderArchive(tmp_path / "pacs"), aet="FAULTY", port=0) as pacs:
+        async with run_gateway(ae(pacs), http={"allowed_hosts": ["viewer.test"]}) as running:
+            pacs.add_destination("RST", *running.dimse_address)
+            url = f"{series_url(running, pacs)}/metadata"
+            headers = {"Accept": "application/dicom+json"}
+            async with httpx.AsyncClient(timeout=30) as client:
+                cold = (await client.get(url, headers=headers)).json()
+                warm = (await client.get(url, headers=headers)).json()
+                other = await client.get(url, headers={**headers, "Host": "viewer.test"})
+        assert retrieves(pacs) == 1
+
+    assert sorted(derived) == sorted(str(i.sop_instance_uid) for i in pacs.archive.instances())
+    assert warm == cold
+    uris = [item["7FE00010"]["BulkDataURI"] for item in other.json()]
+    assert uris == [u.replace(running.http_url, "http://viewer.test") for u in pixel_uris(cold)]
+    assert all(u.startswith(f"{running.http_url}/aets/FAULTY/studies/") for u in pixel_uris(cold))
+
+
+def pixel_uris(items: list[dict[str, Any]]) -> list[str]:
+    return [str(item["7FE00010"]["BulkDataURI"]) for item in items]

@@ -22,6 +22,8 @@ from rst.cache.store import (
     Meta,
     Pending,
     Store,
+    sidecar_path,
+    write_sidecar,
 )
 from rst.services.protocols import RetrieveKeys
 
@@ -419,3 +421,38 @@ def test_a_folder_that_cannot_be_made_is_unavailable(tmp_path: Path) -> None:
 
     with pytest.raises(CacheUnavailable, match="cannot open the cache folder"):
         Store.open(tmp_path / "file" / "cache", max_bytes=1, ttl=1)
+
+
+# -- sidecars ----------------------------------------------------------------------------------
+
+
+def test_a_sidecar_lies_beside_its_file_and_goes_with_it(store: Store, clock: Clock) -> None:
+    old = put(store, "1.1", b"old" * 10)
+    assert old is not None
+    write_sidecar(old.path, "metadata.json", b"{}")
+    assert sidecar_path(old.path, "metadata.json").read_bytes() == b"{}"
+    assert files(store, "tmp") == []
+
+    clock.advance(TTL)
+    new = put(store, "1.1", b"new" * 10)  # replaces the expired entry, and removes its file
+
+    assert new is not None
+    assert files(store, "objects") == [new.path]
+
+
+def test_a_sidecar_of_a_file_already_evicted_is_not_left_behind(store: Store) -> None:
+    entry = put(store, "1.1")
+    assert entry is not None
+    store.invalidate(archive=ARCHIVE, study_uid=STUDY, series_uid=SERIES, sop_uid="1.1")
+
+    write_sidecar(entry.path, "metadata.json", b"{}")
+
+    assert files(store, "objects") == []
+    assert files(store, "tmp") == []
+
+
+def test_only_known_sidecar_kinds_have_a_place(store: Store) -> None:
+    entry = put(store, "1.1")
+    assert entry is not None
+    with pytest.raises(ValueError, match="unknown sidecar"):
+        sidecar_path(entry.path, "../../escape")

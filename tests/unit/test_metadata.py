@@ -24,8 +24,8 @@ from rst.dicom.accept import (
 from rst.dicom.media_types import bulk_media_type, default_transfer_syntax, transfer_syntaxes_of
 from rst.errors import BadRequest, NotAcceptable, NotFound, UnreadableInstance
 from rst.services.bulkdata import BULK_MIN_BYTES, BulkPart, Selection, TagPath, instance_parts
-from rst.services.metadata import instance_metadata
-from rst.services.protocols import RetrieveKeys
+from rst.services.metadata import METADATA, instance_metadata, relative_metadata, under
+from rst.services.protocols import Instance, RetrieveKeys
 from tests.support.sample import write_ct_study, write_multiframe
 
 BASE = "http://rst.test/aets/PACS"
@@ -153,6 +153,70 @@ def test_binary_values_in_sequences_get_a_tag_path_small_ones_stay_inline() -> N
     assert part.data == b"\x01" * 2000
     assert part.content_type == OCTET
     assert part.location == uri
+
+
+class Kept:
+    """Sidecars in a dict, counting what is asked of them."""
+
+    def __init__(self) -> None:
+        self.kept: dict[str, bytes] = {}
+        self.loads = 0
+
+    def load(self, kind: str) -> bytes | None:
+        self.loads += 1
+        return self.kept.get(kind)
+
+    def save(self, kind: str, data: bytes) -> None:
+        self.kept[kind] = data
+
+
+def instance(data: bytes, sidecars: Kept | None) -> Instance:
+    return Instance(
+        data, "1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5", EXPLICIT_VR_LITTLE_ENDIAN, sidecars=sidecars
+    )
+
+
+def with_document(ds: Dataset) -> Dataset:
+    ds.add_new(0x00420011, "OB", b"\x01" * 2000)
+    return ds
+
+
+def test_metadata_is_kept_relative_and_served_under_any_base() -> None:
+    kept = Kept()
+    data = part10(with_document(dataset()))
+
+    made = relative_metadata(instance(data, kept), KEYS)
+    again = relative_metadata(instance(b"not even DICOM", kept), KEYS)  # the kept one, unread
+
+    assert again == made == kept.kept[METADATA]
+    relative = json.loads(made)
+    assert relative["00420011"]["BulkDataURI"] == url().removeprefix(BASE) + "/bulkdata/00420011"
+    for base in (BASE, 'http://h\\"x/aets/A'):  # a base JSON must escape
+        served = json.loads(under(base, made))
+        assert served["00420011"]["BulkDataURI"] == f"{base}{relative['00420011']['BulkDataURI']}"
+        assert served == json.loads(
+            instance_metadata(data, base=base, keys=KEYS, sop_uid="1.2.3.4.5")
+        )
+
+
+def test_text_that_looks_like_a_uri_key_is_left_alone() -> None:
+    ds = dataset()
+    ds.PatientComments = '"BulkDataURI":"/evil'
+    made = relative_metadata(instance(part10(ds), None), KEYS)
+
+    served = json.loads(under(BASE, made))
+
+    assert served["00104000"]["Value"] == ['"BulkDataURI":"/evil']
+
+
+def test_an_instance_that_does_not_name_its_series_is_not_kept() -> None:
+    ds = dataset()
+    del ds.SeriesInstanceUID  # its URIs take the series of the request: they vary
+    kept = Kept()
+
+    relative_metadata(instance(part10(with_document(ds)), kept), RetrieveKeys(STUDY, SERIES))
+
+    assert kept.kept == {}
 
 
 def test_overlay_data_is_bulk_data() -> None:
