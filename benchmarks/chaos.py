@@ -214,7 +214,7 @@ def rst_config(orthanc: Orthanc, pacs_ports: list[int], down_port: int, workdir:
         for aet, port, mode, extra in aes
     )
     return (
-        f'log_level = "INFO"\n\n[http]\nhost = "127.0.0.1"\n{http}\n'
+        f'[log]\nlevel = "INFO"\n\n[http]\nhost = "127.0.0.1"\n{http}\n'
         f'[dimse]\naet = "RST"\nhost = "127.0.0.1"\n'
         f"spool_dir = {json.dumps(str(workdir / 'spool'))}\n\n"
         f"[cache]\npath = {json.dumps(str(workdir / 'cache'))}\n" + entries

@@ -146,7 +146,8 @@ def _rst_config(
 ) -> str:
     spool = ctx.workdir / f"spool-{name}"
     spool.mkdir(exist_ok=True)
-    return f"""log_level = "INFO"
+    return f"""[log]
+level = "INFO"
 
 [http]
 host = "127.0.0.1"

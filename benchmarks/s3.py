@@ -110,7 +110,8 @@ def _rst_config(ctx: Context, endpoint: str) -> Any:
     index = ctx.workdir / "s3" / f"{AET}.sqlite3"
 
     def config(http_port: int, dimse_port: int) -> str:
-        return f"""log_level = "INFO"
+        return f"""[log]
+level = "INFO"
 
 [http]
 host = "127.0.0.1"

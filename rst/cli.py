@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from rst import __version__, logs
+from rst.auth import exposure_problem, exposure_warnings
 from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
@@ -27,8 +28,10 @@ __all__ = ["main"]
 log = logging.getLogger("rst")
 
 
-def _setup_logging(level: str, worker: int | None = None) -> None:
-    logs.setup(level, worker)
+def _setup_logging(config: Config, worker: int | None = None) -> None:
+    logs.setup(config.log.level, worker, config.log.format)
+    if config.log_level is not None and worker is None:
+        log.warning('log_level is deprecated: write [log] level = "%s" instead', config.log.level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,12 +66,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rst: {exc}", file=sys.stderr)
         return 2
+    problem = exposure_problem(config)
     if args.command == "check-config":
         print(config.model_dump_json(indent=2))
+        for warning in exposure_warnings(config):
+            print(f"rst: warning: {warning}", file=sys.stderr)
+        if problem is not None:
+            print(f"rst: rst serve would refuse to start: {problem}", file=sys.stderr)
+            return 2
         return 0
-    _setup_logging(config.log_level)
+    if problem is not None and args.command in ("serve", "dev"):
+        print(f"rst: cannot start: {problem}", file=sys.stderr)
+        return 2
+    _setup_logging(config)
     if args.command == "index":
         return _index_command(config, args.aet)
+    for warning in exposure_warnings(config):
+        log.warning("%s", warning)
     if args.command == "serve" and not config.aets:
         log.warning(
             "no [[aets]] configured: only /aets answers (see docs/reference/configuration.md)"
@@ -88,7 +102,7 @@ def _worker_command() -> int:
             file=sys.stderr,
         )
         return 2
-    _setup_logging(config.log_level, slot.index)
+    _setup_logging(config, slot.index)
     return _run(_serve, config, slot)
 
 

@@ -25,13 +25,17 @@ from pydantic import (
     model_validator,
 )
 
+from rst.auth.settings import AuthConfig
+
 __all__ = [
     "AeConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
     "DimseConfig",
+    "HealthConfig",
     "HttpConfig",
+    "LogConfig",
     "S3AeConfig",
     "load_config",
 ]
@@ -81,6 +85,8 @@ class HttpConfig(_Section):
     """Host names a request's Host header may give (a leading dot allows subdomains)."""
     max_stow_bytes: Annotated[int, Field(gt=0)] = 4 * 1024**3
     """Largest STOW-RS body accepted (413 beyond)."""
+    max_stow_parts: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    """Most parts one STOW-RS body may have (413 beyond, or 202 once something was stored)."""
     graceful_timeout: Seconds = 10.0
     """On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."""
     cors_origins: tuple[str, ...] = ()
@@ -140,6 +146,36 @@ class CacheConfig(_Section):
     """Bytes of instances kept; past it the least recently used are evicted."""
     ttl_seconds: Seconds = 3600.0
     """An entry older than this is not served any more (the PACS is asked again)."""
+
+
+class HealthConfig(_Section):
+    """The readiness checks behind ``GET /readyz`` (:mod:`rst.health`)."""
+
+    interval: Seconds = 10.0
+    """Seconds between two checks of every archive (C-ECHO, S3 HeadBucket)."""
+    timeout: Seconds = 5.0
+    """Longest one check may take; past it the archive counts as not answering."""
+    max_age: Seconds = 30.0
+    """An archive is ready while its last answer is at most this old."""
+    check_archives: bool = True
+    """``false``: no background checks; ``/readyz`` then looks at the receiver only."""
+
+    @model_validator(mode="after")
+    def _age(self) -> HealthConfig:
+        if self.max_age < self.interval + self.timeout:
+            raise ValueError(
+                "max_age must be at least interval + timeout, or a healthy archive would "
+                "turn unready between two checks"
+            )
+        return self
+
+
+class LogConfig(_Section):
+    """rst's log on standard error."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    """``text``: one readable line per record; ``json``: one JSON object per line."""
 
 
 class AeConfig(_Section):
@@ -236,8 +272,25 @@ class Config(_Section):
     http: HttpConfig = HttpConfig()
     dimse: DimseConfig = DimseConfig()
     cache: CacheConfig = CacheConfig()
+    health: HealthConfig = HealthConfig()
+    log: LogConfig = LogConfig()
     aets: tuple[ArchiveConfig, ...] = ()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    auth: AuthConfig | None = None
+    """Who may call rst (:mod:`rst.auth`); absent: nobody is asked for credentials."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    """Deprecated: ``[log] level``. Still read when ``[log] level`` is not set."""
+
+    @model_validator(mode="after")
+    def _deprecated_log_level(self) -> Config:
+        if self.log_level is None or self.log_level == self.log.level:
+            return self
+        if "level" in self.log.model_fields_set:
+            raise ValueError(
+                "log_level is deprecated and [log] level is set too: keep [log] level only"
+            )
+        return self.model_copy(
+            update={"log": self.log.model_copy(update={"level": self.log_level})}
+        )
 
     @model_validator(mode="after")
     def _unique_aets(self) -> Config:
@@ -311,14 +364,14 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
         "HTTP": HttpConfig,
         "DIMSE": DimseConfig,
         "CACHE": CacheConfig,
+        "AUTH": AuthConfig,
+        "HEALTH": HealthConfig,
+        "LOG": LogConfig,  # RST_LOG_LEVEL, once the top-level log_level, is [log] level
     }
     for name, value in sorted(environ.items()):
         if not name.startswith("RST_"):
             continue
         rest = name[4:]
-        if rest == "LOG_LEVEL":
-            data["log_level"] = value
-            continue
         head, _, key = rest.partition("_")
         if head in sections:
             model = sections[head]

@@ -9,9 +9,11 @@ __all__ = [
     "ArchiveBusy",
     "AssociationBroken",
     "AssociationRejected",
+    "AuthUnavailable",
     "BackendTimeout",
     "BadRequest",
     "DimseFailure",
+    "Forbidden",
     "IncompleteRetrieve",
     "MoveDestinationUnknown",
     "NotAcceptable",
@@ -25,6 +27,7 @@ __all__ = [
     "StorageAccessError",
     "StorageError",
     "StorageUnreachable",
+    "Unauthenticated",
     "UnknownAE",
     "UnreadableInstance",
     "UnsupportedMediaType",
@@ -63,6 +66,23 @@ class UnknownAE(NotFound):
         self.aet = aet
 
 
+class Unauthenticated(RstError):
+    """No credentials, or credentials rst cannot accept (``[auth]``). *challenges* become the
+    ``WWW-Authenticate`` headers of the 401."""
+
+    status = 401
+
+    def __init__(self, message: str, challenges: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.challenges = challenges
+
+
+class Forbidden(RstError):
+    """The caller is authenticated, and no grant of its roles allows this on this archive."""
+
+    status = 403
+
+
 class RequestTimeout(RstError):
     """The client stopped sending its request body for longer than ``http.body_timeout``."""
 
@@ -95,6 +115,17 @@ class NotSupported(RstError):
 
 class ArchiveBusy(RstError):
     """Every association slot of the archive stayed taken for ``queue_timeout`` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthUnavailable(RstError):
+    """The identity provider's signing keys (``auth.jwks_url``) cannot be fetched, so no bearer
+    token can be checked."""
 
     status = 503
 

@@ -9,6 +9,9 @@ dies, the nursery cancels the other and ``serve`` raises: no half-running gatewa
 When a DIMSE archive has ``cache = true`` (the default), the retrieve cache (:mod:`rst.cache`)
 is opened for the server's lifetime and put in front of those archives.
 
+The server owns the gateway's metrics (:mod:`rst.metrics`, one registry per server) and runs
+the archives' health checks (:mod:`rst.health`) as one more task of its nursery.
+
 With S3 archives configured, everything runs inside a trio-asyncio loop that holds one S3
 client per archive; the clients close after the nursery (DIMSE-only configurations open no
 asyncio loop and never import aiobotocore).
@@ -29,11 +32,14 @@ from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.trio_receiver import TrioStoreReceiver
+from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.groups import collapse
+from rst.health import HealthMonitor
 from rst.http.app import create_app
 from rst.http.listener import serve_http
+from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.workers import WorkerSlot
 
@@ -55,10 +61,15 @@ class Running:
     """The archives themselves (the routes reach the DIMSE ones through the cache)."""
     mediator: Mediator
     cache: Cache | None = None
+    metrics: Metrics | None = None
+    health: HealthMonitor | None = None
 
 
 def build_backends(
-    config: Config, mediator: Mediator, ids: MessageIds | None = None
+    config: Config,
+    mediator: Mediator,
+    ids: MessageIds | None = None,
+    metrics: Metrics | None = None,
 ) -> dict[str, Backend]:
     ids = ids or MessageIds()
     backends: dict[str, Backend] = {}
@@ -71,6 +82,7 @@ def build_backends(
             calling_aet=config.calling_aet(ae),
             mediator=mediator,
             message_ids=ids,
+            metrics=metrics,
         )
     return backends
 
@@ -96,21 +108,30 @@ async def serve(
     sockets."""
     mediator = Mediator()
     ids = MessageIds() if worker is None else MessageIds(worker.index, worker.count)
-    backends = build_backends(config, mediator, ids)
-    async with _s3_backends(config, backends), _cache(config) as cache:
-        served = with_cache(config, backends, cache)
+    metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker is not None else None)
+    backends = build_backends(config, mediator, ids, metrics)
+    async with _s3_backends(config, backends), _cache(config, metrics) as cache:
+        served = with_cache(config, metered(backends, metrics), cache, metrics)
         await _serve(
-            config, mediator, backends, served, cache, shutdown_trigger, task_status, worker
+            config,
+            mediator,
+            backends,
+            served,
+            cache,
+            metrics,
+            shutdown_trigger,
+            task_status,
+            worker,
         )
 
 
 @asynccontextmanager
-async def _cache(config: Config) -> AsyncIterator[Cache | None]:
+async def _cache(config: Config, metrics: Metrics) -> AsyncIterator[Cache | None]:
     """The retrieve cache, if an archive uses it; closed on exit."""
     if not any(isinstance(ae, AeConfig) and ae.cache for ae in config.aets):
         yield None
         return
-    async with open_cache(config.cache) as cache:
+    async with open_cache(config.cache, metrics) as cache:
         yield cache
 
 
@@ -148,11 +169,13 @@ async def _serve(
     backends: dict[str, Backend],
     served: dict[str, Backend],
     cache: Cache | None,
+    metrics: Metrics,
     shutdown_trigger: Callable[[], Awaitable[Any]] | None,
     task_status: trio.TaskStatus[Running],
     worker: WorkerSlot | None,
 ) -> None:
-    app = create_app(config, served)
+    health = HealthMonitor(backends, config.health, metrics=metrics)
+    app = create_app(config, served, metrics=metrics, health=health)
     receiver: Receiver
     if worker is not None:
         receiver = TrioStoreReceiver(
@@ -178,8 +201,12 @@ async def _serve(
                 nursery.cancel_scope.cancel()
 
             dimse_address = await nursery.start(receiver.run)
+            health.receiver_listening(*dimse_address)
+            await nursery.start(health.run)
             binds = await nursery.start(http)
-            running = Running(binds[0], dimse_address, receiver, backends, mediator, cache)
+            running = Running(
+                binds[0], dimse_address, receiver, backends, mediator, cache, metrics, health
+            )
             log.info(
                 "rst serving DICOMweb on %s, C-STORE receiver %s on %s:%s",
                 running.http_url,

@@ -13,6 +13,12 @@ SIGTERM or SIGINT is passed on to every worker, which shuts down gracefully
 also shuts down when its standard input (a pipe from the supervisor) reaches EOF: if the
 supervisor is killed outright, the workers do not outlive it.
 
+The workers report their metrics as one gateway: the supervisor makes a folder of its own
+(removed when it ends) and names it to every worker in ``PROMETHEUS_MULTIPROC_DIR``;
+prometheus-client's multiprocess mode keeps each worker's counts there, in files, and the
+worker that answers ``GET /metrics`` sums them all. The counts of a worker that died stay in
+(a counter never goes backwards); its gauges are dropped.
+
 A worker that dies is replaced, crash-only: the supervisor logs how it ended and starts another
 in the same slot — the same index, so the same share of the C-MOVE message ids, and the same
 descriptors — at once the first time, then after a growing wait (:mod:`rst.restarts`). The
@@ -29,15 +35,19 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+from prometheus_client import multiprocess
 
+from rst.auth.settings import REVEAL_SECRETS
 from rst.backends.dimse.handoff import WorkerRing
 from rst.config import Config
 from rst.restarts import Restart, RestartSchedule
@@ -47,6 +57,8 @@ __all__ = ["WorkerSlot", "read_worker_spec", "supervise", "until_orphaned"]
 log = logging.getLogger(__name__)
 
 KILL_AFTER = 10.0  # seconds past http.graceful_timeout
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client reads it when first imported: it must be in a worker's environment."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class WorkerSlot:
     http: socket.socket
     dimse: socket.socket
     ring: WorkerRing
+    metrics_dir: str | None = None
+    """The folder all workers count their metrics into (:mod:`rst.metrics`)."""
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -74,13 +88,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _spec(config: Config, index: int, fds: dict[str, Any]) -> bytes:
+def _spec(config: Config, index: int, fds: dict[str, Any], metrics_dir: str) -> bytes:
     return json.dumps(
         {
             "index": index,
             "count": config.http.workers,
             "fds": fds,
-            "config": config.model_dump(mode="json"),
+            "metrics_dir": metrics_dir,
+            "config": config.model_dump(mode="json", context=REVEAL_SECRETS),
         }
     ).encode()
 
@@ -112,6 +127,7 @@ def read_worker_spec(data: bytes) -> tuple[Config, WorkerSlot]:
         http=socket.socket(fileno=fds["http"]),
         dimse=socket.socket(fileno=fds["dimse"]),
         ring=ring,
+        metrics_dir=spec.get("metrics_dir"),
     )
 
 
@@ -120,6 +136,7 @@ async def supervise(config: Config) -> int:
     status (0: stopped by the signal)."""
     count = config.http.workers
     sockets: list[socket.socket] = []
+    metrics_dir = tempfile.mkdtemp(prefix="rst-metrics-")
     try:
         http = _listen(config.http.host, config.http.port)
         sockets.append(http)
@@ -129,11 +146,12 @@ async def supervise(config: Config) -> int:
         # a socket of the ring, and its replacement takes over its inbox as it is.
         pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(count)]
         sockets += [end for pair in pairs for end in pair]
-        slots = [_Slot(config, index, http, dimse, pairs) for index in range(count)]
+        slots = [_Slot(config, index, http, dimse, pairs, metrics_dir) for index in range(count)]
         return await _run(config, http, dimse, slots)
     finally:
         for sock in sockets:
             sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 async def _run(
@@ -184,12 +202,14 @@ class _Slot:
         http: socket.socket,
         dimse: socket.socket,
         pairs: list[tuple[socket.socket, socket.socket]],
+        metrics_dir: str,
     ) -> None:
         self.index = index
+        self._metrics_dir = metrics_dir
         outboxes = {j: pairs[j][1].fileno() for j in range(len(pairs)) if j != index}
         fds = {"http": http.fileno(), "dimse": dimse.fileno(), "inbox": pairs[index][0].fileno()}
         self._pass_fds = [*fds.values(), *outboxes.values()]
-        self._spec = _spec(config, index, {**fds, "outboxes": outboxes}) + b"\n"
+        self._spec = _spec(config, index, {**fds, "outboxes": outboxes}, metrics_dir) + b"\n"
         self.process: trio.Process | None = None
 
     async def keep_running(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -209,6 +229,7 @@ class _Slot:
                 )
                 if process.stdin is not None:
                     await process.stdin.aclose()
+                _forget_gauges(process.pid, self._metrics_dir)
             restart = schedule.crashed(started, trio.current_time())
             _log_crash(what, restart)
             await trio.sleep(restart.delay)
@@ -225,6 +246,7 @@ class _Slot:
             [sys.executable, "-m", "rst", "worker"],
             stdin=subprocess.PIPE,
             pass_fds=self._pass_fds,
+            env={**os.environ, METRICS_DIR_VARIABLE: self._metrics_dir},
         )
         self.process = process  # from now on, stopping the gateway stops it
         # The spec is one line; stdin then stays open, unwritten, for the worker's lifetime:
@@ -234,6 +256,11 @@ class _Slot:
         with contextlib.suppress(trio.BrokenResourceError):  # it died at once: wait() says how
             await process.stdin.send_all(self._spec)
         return process
+
+
+def _forget_gauges(pid: int, metrics_dir: str) -> None:
+    """Drop the gauges of a dead worker (its requests in progress, its open associations)."""
+    multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
 
 
 def _ended(status: int) -> str:

@@ -32,7 +32,15 @@ import trio
 from pydicom import Dataset
 
 from rst.cache.cache import Cache
-from rst.cache.files import FileChunks, Recording, Tee, Writer, batch, read_entries
+from rst.cache.files import (
+    FileChunks,
+    PendingSidecars,
+    Recording,
+    Tee,
+    Writer,
+    batch,
+    read_entries,
+)
 from rst.cache.flight import Arrival, Flight, Flights, State
 from rst.cache.store import Entry
 from rst.config import AeConfig, Config
@@ -40,6 +48,7 @@ from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 from rst.errors import RstError
 from rst.groups import collapse
+from rst.metrics import Metrics
 from rst.services.protocols import Backend, Instance, RetrieveKeys, StoreResult, StoreSession
 
 __all__ = ["MAX_ATTEMPTS", "CachedBackend", "archive_key", "with_cache"]
@@ -57,14 +66,22 @@ class _FallBack(Exception):
 
 
 class CachedBackend:
-    """*inner* with the retrieve cache in front; *archive* names it in the cache."""
+    """*inner* with the retrieve cache in front; *archive* names it in the cache. *metrics*
+    counts where each retrieve was served from (hit, joined, miss)."""
 
-    def __init__(self, inner: Backend, cache: Cache, *, archive: str) -> None:
+    def __init__(
+        self, inner: Backend, cache: Cache, *, archive: str, metrics: Metrics | None = None
+    ) -> None:
         self.inner = inner
         self.cache = cache
         self.archive = archive
         self.name = inner.name
         self.flights = Flights()
+        self.metrics = metrics
+
+    def _count(self, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.cache_lookups.labels(self.name, result).inc()
 
     async def echo(self) -> None:
         await self.inner.echo()
@@ -110,6 +127,7 @@ class CachedBackend:
             flight = None if last else self.flights.get(keys)
             if flight is not None and flight not in followed:
                 followed.append(flight)
+                self._count("joined")
                 source = self._follow(flight, delivered)
             else:  # a flight that failed this request once is not joined again
                 source = self._lead(keys, prefer, delivered, nursery, look=not last)
@@ -183,6 +201,7 @@ class CachedBackend:
         with self.flights.flying(flight) if joinable else nullcontext(flight):
             try:
                 found = await self._cached(keys) if look else None
+                self._count("miss" if found is None else "hit")
                 if found is not None:
                     for entry in found:
                         flight.arrive(Arrival(entry.sop_uid, entry))
@@ -234,6 +253,8 @@ class CachedBackend:
                     uid = instance.sop_instance_uid
                     wanted = uid not in delivered
                     delivered.add(uid)
+                    sidecars = PendingSidecars()  # settled once the instance is cached
+                    instance = replace(instance, sidecars=sidecars)
                     if instance.rest is None:
                         await writer.put(instance)
                         if wanted:
@@ -244,7 +265,7 @@ class CachedBackend:
                     tee = Tee(
                         instance.rest,
                         Recording(self.cache, pending, self.archive, keys, instance),
-                        on_end=partial(_arrive, flight, uid),
+                        on_end=partial(_recorded, flight, uid, sidecars),
                         on_error=flight.fail,
                     )
                     if wanted:
@@ -297,6 +318,13 @@ def _arrive(flight: Flight, sop_uid: str, entry: Entry | None) -> None:
     flight.arrive(Arrival(sop_uid, entry))
 
 
+def _recorded(flight: Flight, sop_uid: str, sidecars: PendingSidecars, entry: Entry | None) -> None:
+    """A streamed instance has its entry. Its consumer has had only its beginning so far and
+    has saved no sidecar yet: settling writes nothing (no blocking on the trio thread)."""
+    sidecars.settle(entry)
+    _arrive(flight, sop_uid, entry)
+
+
 def _close(instance: Instance) -> None:
     """Close the file behind a cached instance whose consumer stopped reading it early."""
     if isinstance(instance.rest, FileChunks):
@@ -310,7 +338,10 @@ def archive_key(ae: AeConfig) -> str:
 
 
 def with_cache(
-    config: Config, backends: Mapping[str, Backend], cache: Cache | None
+    config: Config,
+    backends: Mapping[str, Backend],
+    cache: Cache | None,
+    metrics: Metrics | None = None,
 ) -> dict[str, Backend]:
     """*backends* with the cache in front of each DIMSE archive that has ``cache = true``."""
     if cache is None:
@@ -319,7 +350,7 @@ def with_cache(
     for name, backend in backends.items():
         ae = config.ae(name)
         if isinstance(ae, AeConfig) and ae.cache:
-            wrapped[name] = CachedBackend(backend, cache, archive=archive_key(ae))
+            wrapped[name] = CachedBackend(backend, cache, archive=archive_key(ae), metrics=metrics)
         else:
             wrapped[name] = backend
     return wrapped

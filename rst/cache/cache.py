@@ -20,6 +20,7 @@ import trio
 from rst.bridge import run_sync
 from rst.cache.store import Entry, Meta, Pending, Store, default_folder
 from rst.config import CacheConfig
+from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
 
 __all__ = ["Cache", "open_cache"]
@@ -168,21 +169,33 @@ def _meta(archive: str, keys: RetrieveKeys, instance: Instance) -> Meta:
 
 
 @asynccontextmanager
-async def open_cache(config: CacheConfig) -> AsyncIterator[Cache]:
+async def open_cache(config: CacheConfig, metrics: Metrics | None = None) -> AsyncIterator[Cache]:
     """Open the cache folder of *config* (raises :class:`~rst.cache.store.CacheUnavailable`);
-    closed on exit."""
+    closed on exit. *metrics*: where evictions and the bytes in use are counted."""
     folder = Path(config.path) if config.path is not None else default_folder()
+
+    def evicted(instances: int, size: int) -> None:
+        if metrics is not None:
+            metrics.cache_evicted_instances.inc(instances)
+            metrics.cache_evicted_bytes.inc(size)
 
     def open_store() -> tuple[Store, int]:
         store = Store.open(
-            folder, max_bytes=config.max_bytes, ttl=config.ttl_seconds, private=config.path is None
+            folder,
+            max_bytes=config.max_bytes,
+            ttl=config.ttl_seconds,
+            private=config.path is None,
+            on_evict=evicted,
         )
         return store, store.usage()
 
     store, used = await run_sync(open_store)
+    unwatch = metrics.watch_cache_usage(store.usage) if metrics is not None else None
     log.info("retrieve cache in %s (%d of %d bytes used)", folder, used, config.max_bytes)
     try:
         yield Cache(store)
     finally:
+        if unwatch is not None:
+            unwatch()
         with trio.CancelScope(shield=True):
             await run_sync(store.close)

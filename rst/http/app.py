@@ -7,13 +7,18 @@ from collections.abc import Mapping
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from rst.auth import install_guard
 from rst.config import Config
+from rst.health import HealthMonitor
 from rst.http.compression import gzip_response
 from rst.http.errors import register_error_handlers
+from rst.http.ops_routes import ops_blueprint
 from rst.http.request_body import RstRequest
+from rst.http.request_metrics import RequestMetrics, note_route
 from rst.http.request_scope import RequestScopedConnection
 from rst.http.routes import dicomweb_blueprint
-from rst.logs import REQUEST_ID_HEADER, request_id
+from rst.logs import REQUEST_ID_HEADER, request_aet, request_id
+from rst.metrics import Metrics
 from rst.services.protocols import Backend
 
 __all__ = ["create_app"]
@@ -24,20 +29,45 @@ class _App(QuartTrio):
     request_class = RstRequest
 
 
-def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
-    """Build the app. No global state: everything it serves comes from the arguments."""
+def create_app(
+    config: Config,
+    backends: Mapping[str, Backend],
+    *,
+    metrics: Metrics | None = None,
+    health: HealthMonitor | None = None,
+) -> QuartTrio:
+    """Build the app. No global state: everything it serves comes from the arguments.
+
+    *metrics* and *health* come from the server (:mod:`rst.server`); an app built alone gets
+    metrics of its own and a health monitor nobody runs (``/readyz`` then says 503)."""
     app = _App("rst")
+    metrics = metrics if metrics is not None else Metrics()
+    health = health if health is not None else HealthMonitor(backends, config.health)
+    app.asgi_app = RequestMetrics(app.asgi_app, metrics)  # type: ignore[method-assign]
+
+    @app.before_request
+    async def observe() -> None:
+        """First of the hooks: the route and AE are known even if a later hook answers."""
+        note_route(request)
+        aet = (request.view_args or {}).get("aet")
+        if isinstance(aet, str) and aet in backends:
+            request_aet.set(aet)
+
     # rst enforces its own limits (http.max_stow_bytes) and streams bodies both ways.
     app.config["MAX_CONTENT_LENGTH"] = None
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.config["RST_BODY_TIMEOUT"] = config.http.body_timeout  # read by RequestScopedConnection
-    register_error_handlers(app)
-    app.register_blueprint(dicomweb_blueprint(config, backends))
+    register_error_handlers(app, metrics)
+    if config.auth is not None:
+        install_guard(app, config.auth)  # before every route: rst.auth.guard
+    app.register_blueprint(dicomweb_blueprint(config, backends, metrics))
+    app.register_blueprint(ops_blueprint(metrics, health))
 
     @app.after_request
     async def tag(response: Response) -> Response:
+        note_route(request)  # also when no before_request hook ran
         response.headers[REQUEST_ID_HEADER] = request_id.get()
         return await gzip_response(request, response)
 
@@ -54,7 +84,7 @@ def create_app(config: Config, backends: Mapping[str, Backend]) -> QuartTrio:
                 )
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
                 response.headers["Access-Control-Expose-Headers"] = (
-                    f"Warning, Content-Type, Retry-After, {REQUEST_ID_HEADER}"
+                    f"Warning, Content-Type, Retry-After, WWW-Authenticate, {REQUEST_ID_HEADER}"
                 )
                 response.headers["Vary"] = "Origin"
             return response

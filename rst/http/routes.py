@@ -9,6 +9,7 @@ from typing import Any
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from rst.auth import may_use
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
@@ -18,6 +19,7 @@ from rst.errors import PayloadTooLarge, RstError
 from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_routes
 from rst.http.context import RouteContext
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
+from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
 from rst.services.stow import store_instances
@@ -38,7 +40,9 @@ CHUNK_BUDGET = 1 << 20
 """Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 
-def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Blueprint:
+def dicomweb_blueprint(
+    config: Config, backends: Mapping[str, Backend], metrics: Metrics | None = None
+) -> Blueprint:
     bp = Blueprint("dicomweb", __name__)
 
     ctx = RouteContext(config, backends)
@@ -49,7 +53,7 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
 
     @bp.get("/aets")
     async def list_aets() -> Response:
-        return jsonify([describe(ae) for ae in config.aets])
+        return jsonify([describe(ae) for ae in config.aets if may_use(ae.aet)])
 
     def describe(ae: AeConfig | S3AeConfig) -> dict[str, Any]:
         where: dict[str, Any] = (
@@ -165,7 +169,15 @@ def dicomweb_blueprint(config: Config, backends: Mapping[str, Backend]) -> Bluep
             study_uid=study,
             base=base_url(aet),
             max_bytes=limit,
+            max_parts=config.http.max_stow_parts,
         )
+        if metrics is not None:
+            for label, count in (
+                ("stored", len(outcome.referenced)),
+                ("failed", len(outcome.failed)),
+            ):
+                if count:
+                    metrics.stow_instances.labels(aet, label).inc(count)
         response = jsonify(outcome.to_json())
         response.status_code = outcome.http_status
         response.content_type = "application/dicom+json"

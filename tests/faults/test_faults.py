@@ -45,15 +45,21 @@ async def test_rejected_association_is_502_with_reason(pacs: DevPacs, faults: Fa
     assert health.json()["status"] == "unavailable"
 
 
-async def test_unreachable_pacs_is_502() -> None:
+async def test_unreachable_pacs_is_502(caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     config = AeConfig(aet="FAULTY", host="127.0.0.1", port=port)
     async with run_gateway(config) as running, client(running) as http:
         response = await http.get("/studies")
+        health = await http.get(f"{running.http_url}/aets/FAULTY")
     assert response.status_code == 502
-    assert "cannot connect" in response.json()["error"]
+    assert "cannot connect to the PACS FAULTY" in response.json()["error"]
+    # the client learns the AE title; where the PACS is goes to the log only
+    for body in (response.text, health.text):
+        assert str(port) not in body
+        assert "127.0.0.1" not in body
+    assert f"127.0.0.1:{port}" in caplog.text
 
 
 async def test_unknown_move_destination_is_502_naming_the_fix(pacs: DevPacs) -> None:

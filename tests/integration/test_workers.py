@@ -14,6 +14,7 @@ import httpx
 import pydicom
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
 
 from tests.support.download import Download
@@ -168,6 +169,47 @@ async def test_workers_do_not_outlive_a_killed_supervisor(supervisor: Supervisor
     await wait_until(
         lambda: all(_gone(pid) for pid in workers), within=20, what="the workers to exit"
     )
+
+
+async def test_the_workers_report_their_metrics_as_one_gateway(
+    supervisor: Supervisor, ct_study: StudyFiles
+) -> None:
+    await retrieve_all(supervisor, ct_study, 6)
+    root = supervisor.url.rsplit("/aets/", 1)[0]
+    for _ in range(4):  # new connections: whichever worker answers, it sums them all
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+            response = await http.get(f"{root}/metrics")
+        assert response.status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
+        }
+        retrieves = ("rst_retrieves_total", (("aet", "ORTHANC"), ("outcome", "complete")))
+        assert samples[retrieves] == 6
+        route = (("method", "GET"), ("route", "/aets/{aet}/studies/{study}"), ("status", "200"))
+        assert samples[("rst_http_requests_total", route)] == 6
+
+    # the folder the workers count into belongs to the supervisor: gone when it stops
+    folders = {_metrics_dir(pid) for pid in supervisor.workers()}
+    assert len(folders) == 1
+    (folder,) = folders
+    assert folder is not None
+    assert _exists(folder)
+    supervisor.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        assert await supervisor.process.wait() == 0
+    assert not _exists(folder)
+
+
+def _exists(folder: str) -> bool:
+    return Path(folder).exists()
+
+
+def _metrics_dir(pid: int) -> str | None:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    found = [v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return found[0].split(b"=", 1)[1].decode() if found else None
 
 
 def _descriptors(pid: int) -> int:

@@ -15,9 +15,18 @@ import trio
 from rst.backends.s3 import S3Backend
 from rst.dicom.multipart import MultipartReader, MultipartWriter, parse_content_type
 from rst.server import Running
+from tests.support.garbage import (
+    Abandon,
+    abandon,
+    cyclic_collection_paused,
+    cyclic_garbage,
+    live_tasks,
+    read_all,
+    wait_for_tasks,
+)
 from tests.support.gateway import run_gateway, wait_until
 from tests.support.moto import create_bucket, get_object, open_moto, put_object
-from tests.support.sample import StudyFiles
+from tests.support.sample import StudyFiles, write_ct_study
 
 from .conftest import AET, BUCKET, MAX_CONCURRENCY, s3_config
 
@@ -206,7 +215,8 @@ async def test_bad_credentials(tmp_path: Path) -> None:
 async def test_unreachable_endpoint() -> None:
     from tests.support.loopback import free_port
 
-    config = s3_config(f"http://127.0.0.1:{free_port()}", max_attempts=1)
+    port = free_port()
+    config = s3_config(f"http://127.0.0.1:{port}", max_attempts=1)
     async with (
         run_gateway(config) as running,
         httpx.AsyncClient(base_url=base(running), trust_env=False) as http,
@@ -214,6 +224,7 @@ async def test_unreachable_endpoint() -> None:
         retrieve = await http.get("/studies/1.2.3")
     assert retrieve.status_code == 502
     assert "cannot reach" in retrieve.json()["error"]
+    assert str(port) not in retrieve.text  # the endpoint goes to the log only
 
 
 async def test_concurrency_is_bounded(s3_gateway: Running, stored: StudyFiles) -> None:
@@ -314,3 +325,48 @@ async def test_stow_of_a_bare_dataset_is_stored_as_part10(
     instance = pydicom.dcmread(io.BytesIO(part))
     assert instance.SOPInstanceUID == study.sop_uids[0]
     assert instance.PixelData == source.PixelData
+
+
+# -- no cyclic garbage (issue 8; see tests/faults/test_retrieve_garbage.py) -----------------
+
+
+async def put_study(moto: str, study: StudyFiles) -> None:
+    """The objects of *study* straight into the bucket (the retrieve lists them, no index)."""
+    for index, path in enumerate(study.paths):
+        await put_object(moto, BUCKET, object_key(study, index), path.read_bytes())
+
+
+@pytest.mark.parametrize("how", ["never-reads", "hangs-up"])
+async def test_an_abandoned_retrieve_leaves_no_cyclic_garbage(
+    moto: str, tmp_path: Path, how: Abandon
+) -> None:
+    study = write_ct_study(tmp_path / "large", images=12, rows=512, columns=512)
+    await put_study(moto, study)
+    async with run_gateway(s3_config(moto), http={"send_timeout": 0.3}) as running:
+        host, port = running.http_url.removeprefix("http://").rsplit(":", 1)
+        with cyclic_collection_paused():
+            baseline = live_tasks()
+            target = f"/aets/{AET}/studies/{study.study_uid}"
+            received = await abandon(host, int(port), target, how, baseline)
+            # Buffers from an instance up: a GetObject cut short leaves aiohttp's own cycle
+            # (ResponseHandler <-> StreamReader) holding what it had received, 128 KB chunks.
+            garbage = cyclic_garbage(large=min(path.stat().st_size for path in study.paths))
+    assert received < sum(path.stat().st_size for path in study.paths)
+    assert not garbage, garbage.describe()
+
+
+async def test_a_corrupt_object_leaves_no_cyclic_garbage(moto: str, study: StudyFiles) -> None:
+    """The fetch's error, returned to the retrieve and raised there, then the broken stream."""
+    await put_study(moto, study)
+    key = sorted(object_key(study, i) for i in range(len(study.paths)))[4]
+    await put_object(moto, BUCKET, key, b"garbage" * 100)
+    async with run_gateway(s3_config(moto)) as running:
+        host, port = running.http_url.removeprefix("http://").rsplit(":", 1)
+        with cyclic_collection_paused():
+            baseline = live_tasks()
+            received = await read_all(host, int(port), f"/aets/{AET}/studies/{study.study_uid}")
+            await wait_for_tasks(baseline)
+            garbage = cyclic_garbage()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert not received.endswith(b"0\r\n\r\n")  # broken off, not a complete chunked body
+    assert not garbage, garbage.describe()

@@ -12,7 +12,16 @@ from typing import Any
 import trio
 from pynetdicom.association import Association
 
-from rst.config import AeConfig, CacheConfig, Config, DimseConfig, HttpConfig, S3AeConfig
+from rst.auth import AuthConfig
+from rst.config import (
+    AeConfig,
+    CacheConfig,
+    Config,
+    DimseConfig,
+    HealthConfig,
+    HttpConfig,
+    S3AeConfig,
+)
 from rst.server import Running, serve
 
 RECEIVERS = ("trio", "pynetdicom")
@@ -27,11 +36,15 @@ async def run_gateway(
     dimse: dict[str, Any] | None = None,
     http: dict[str, Any] | None = None,
     cache: dict[str, Any] | None = None,
+    auth: AuthConfig | None = None,
+    health: dict[str, Any] | None = None,
 ) -> AsyncIterator[Running]:
     """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports.
 
     The retrieve cache lies in a new, empty folder unless *cache* names a ``path``: what one
-    test retrieved is never served to another."""
+    test retrieved is never served to another. The archives are not checked in the background
+    unless *health* says so: a check's association would spend a fake PACS's scripted fault or
+    show up among the associations a test counts (tests call ``running.health.check_all()``)."""
     with tempfile.TemporaryDirectory(prefix="rst-test-cache-") as folder:
         config = Config(
             http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
@@ -41,7 +54,9 @@ async def run_gateway(
                 **{"receiver": receiver_kind.get(), "client": receiver_kind.get(), **(dimse or {})},
             ),
             cache=CacheConfig(**{"path": folder, **(cache or {})}),
+            health=HealthConfig(**{"check_archives": False, **(health or {})}),
             aets=aets,
+            auth=auth,
         )
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve, config)

@@ -54,7 +54,8 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.dimse.channel_size == 4
     assert config.dimse.transfer_syntaxes == DEFAULT_TRANSFER_SYNTAXES
     assert config.aets == ()
-    assert config.log_level == "INFO"
+    assert (config.log.level, config.log.format, config.log_level) == ("INFO", "text", None)
+    assert (config.health.interval, config.health.timeout, config.health.max_age) == (10, 5, 30)
 
 
 def test_ae_defaults() -> None:
@@ -114,7 +115,7 @@ aet = "OTHER"
 
     config = load_config(path, environ=NO_ENV)
 
-    assert config.log_level == "DEBUG"
+    assert config.log.level == "DEBUG"  # the deprecated top-level key still counts
     assert (config.http.host, config.http.port, config.http.cors_origins) == (
         "0.0.0.0",
         8042,
@@ -220,6 +221,9 @@ def test_ae_titles_that_differ_only_by_padding_are_duplicates(tmp_path: Path) ->
         ("[[aets]]\naet = 'A'\ncorrelation = 'guess'\n", "aets.0.correlation"),
         ("[[aets]]\naet = 'A'\nmax_associations = 0\n", "aets.0.max_associations"),
         ("log_level = 'TRACE'\n", "log_level"),
+        ("[log]\nformat = 'xml'\n", "log.format"),
+        ("[health]\ninterval = 0\n", "health.interval"),
+        ("[health]\ninterval = 20\nmax_age = 10\n", "health"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path: Path, toml: str, key: str) -> None:
@@ -296,13 +300,27 @@ def test_env_scalar_value_may_contain_commas() -> None:
     assert config.http.base_url == "https://gw.example/a,b"
 
 
-def test_env_sets_log_level() -> None:
-    assert load_config(environ={"RST_LOG_LEVEL": "WARNING"}).log_level == "WARNING"
+def test_env_sets_log_level_and_format() -> None:
+    config = load_config(environ={"RST_LOG_LEVEL": "WARNING", "RST_LOG_FORMAT": "json"})
+    assert (config.log.level, config.log.format) == ("WARNING", "json")
 
 
 def test_env_invalid_log_level_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"log_level: "):
+    with pytest.raises(ConfigError, match=r"log\.level: "):
         load_config(environ={"RST_LOG_LEVEL": "LOUD"})
+
+
+def test_the_deprecated_log_level_yields_to_nothing_but_must_agree(tmp_path: Path) -> None:
+    path = write(tmp_path, "log_level = 'DEBUG'\n[log]\nlevel = 'DEBUG'\nformat = 'json'\n")
+    assert load_config(path, environ=NO_ENV).log.level == "DEBUG"
+    path = write(tmp_path, "log_level = 'DEBUG'\n[log]\nlevel = 'ERROR'\n")
+    with pytest.raises(ConfigError, match=r"log_level is deprecated"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_env_sets_health() -> None:
+    config = load_config(environ={"RST_HEALTH_INTERVAL": "2", "RST_HEALTH_MAX_AGE": "9"})
+    assert (config.health.interval, config.health.max_age) == (2.0, 9.0)
 
 
 def test_env_invalid_http_port_names_the_key() -> None:

@@ -3,7 +3,9 @@
 :meth:`Peer.associate` is an async context manager: the association exists exactly for the
 ``async with`` block. Leaving it — normally, by an exception or by cancellation — releases the
 association, and aborts it if the PACS does not confirm the release within ``cancel_timeout``.
-Requests beyond ``max_associations`` wait for a free slot.
+Requests beyond ``max_associations`` wait for a free slot. Each association is counted in the
+gateway's metrics (:mod:`rst.metrics`) by operation — what its first presentation context asks
+for — with its duration, or with why it could not be used.
 
 DIMSE operations that produce a stream of responses (C-FIND, C-MOVE, C-GET) run their
 pynetdicom generator on a worker thread through :func:`~rst.bridge.iterate_in_thread`;
@@ -14,6 +16,7 @@ is aborted and the thread woken.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,12 +27,21 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
+from rst.backends.dimse import uids
 from rst.backends.dimse.tcp import tune_connection
 from rst.backends.dimse.trio_client import Connection, open_association
 from rst.backends.dimse.ul import PresentationContextRQ
 from rst.bridge import StreamControl, iterate_in_thread, run_sync
 from rst.config import AeConfig
-from rst.errors import ArchiveBusy, AssociationRejected, BackendTimeout, PacsUnreachable
+from rst.errors import (
+    ArchiveBusy,
+    AssociationBroken,
+    AssociationRejected,
+    BackendTimeout,
+    PacsUnreachable,
+    PeerProtocolError,
+)
+from rst.metrics import Metrics
 
 __all__ = ["DimseStream", "Peer", "Response"]
 
@@ -39,12 +51,33 @@ Response = tuple[Dataset, Dataset | None]
 """A DIMSE response: (status dataset, identifier or None). An empty status means the
 association was aborted or timed out before a response came."""
 
+OPERATIONS = {
+    uids.VERIFICATION: "echo",
+    uids.STUDY_ROOT_FIND: "find",
+    uids.STUDY_ROOT_MOVE: "move",
+    uids.STUDY_ROOT_GET: "get",
+}
+"""The operation an association is for, by its first abstract syntax (else a storage class:
+``store``), as a metrics label."""
+FAILURE_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (PacsUnreachable, "unreachable"),
+    (AssociationRejected, "rejected"),
+    (ArchiveBusy, "busy"),
+    (BackendTimeout, "timeout"),
+    (AssociationBroken, "broken"),
+    (PeerProtocolError, "broken"),
+)
+"""Errors that mean the association failed (others, e.g. a study not found, are answers)."""
+
 
 class Peer:
     """A configured PACS as seen from rst: where it is, who rst calls itself, how many at once."""
 
-    def __init__(self, config: AeConfig, *, calling_aet: str, max_pdu: int) -> None:
+    def __init__(
+        self, config: AeConfig, *, calling_aet: str, max_pdu: int, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.calling_aet = calling_aet
         self.max_pdu = max_pdu
         self._slots = trio.Semaphore(config.max_associations)
@@ -52,10 +85,16 @@ class Peer:
         self.threads = trio.CapacityLimiter(config.max_associations * 2)
         self.open_associations = 0
         self.peak_associations = 0
+        self.established = 0
+        """Associations the PACS accepted that are still open."""
 
     @property
     def name(self) -> str:
         return self.config.aet
+
+    def saturated(self) -> bool:
+        """Whether every slot holds an association the PACS accepted (see :mod:`rst.health`)."""
+        return self.established >= self.config.max_associations
 
     @asynccontextmanager
     async def associate(
@@ -67,8 +106,9 @@ class Peer:
         evt_handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
     ) -> AsyncIterator[Association]:
         """Open an association proposing *contexts*; release (or abort) it on exit."""
-        async with self.slot():
+        async with self._metered(str(contexts[0].abstract_syntax)) as established, self.slot():
             assoc = await self._request(contexts, dimse_timeout, ext_neg, evt_handlers)
+            established()
             try:
                 yield assoc
             finally:
@@ -103,6 +143,7 @@ class Peer:
     ) -> AsyncIterator[Connection]:
         """A trio association (:mod:`.trio_client`) in one of this PACS's slots."""
         async with (
+            self._metered(contexts[0].abstract_syntax) as established,
             self.slot(),
             open_association(
                 self.config,
@@ -112,7 +153,39 @@ class Peer:
                 max_pdu=self.max_pdu,
             ) as connection,
         ):
+            established()
             yield connection
+
+    @asynccontextmanager
+    async def _metered(self, abstract_syntax: str) -> AsyncIterator[Callable[[], None]]:
+        """Count one association: call the function it yields once the PACS accepted it."""
+        operation = OPERATIONS.get(abstract_syntax, "store")
+        metrics = self.metrics
+        started = time.monotonic()
+        accepted = False
+
+        def established() -> None:
+            nonlocal accepted
+            accepted = True
+            self.established += 1
+            if metrics is not None:
+                metrics.associations_open.labels(self.name).inc()
+
+        try:
+            yield established
+        except Exception as exc:
+            kind = next((kind for cls, kind in FAILURE_KINDS if isinstance(exc, cls)), None)
+            if metrics is not None and kind is not None:
+                metrics.association_failures.labels(self.name, operation, kind).inc()
+            raise
+        finally:
+            if accepted:
+                self.established -= 1
+                if metrics is not None:
+                    metrics.associations_open.labels(self.name).dec()
+                    metrics.associations.labels(self.name, operation).observe(
+                        time.monotonic() - started
+                    )
 
     async def _request(
         self,
@@ -156,9 +229,12 @@ class Peer:
         assoc = await run_sync(request, self.threads)
         if assoc.is_established:
             return assoc
-        where = f"{cfg.aet} at {cfg.host}:{cfg.port}"
+        where = cfg.aet  # a client learns the AE title; the PACS's address goes to the log only
         if not seen.get("connected"):
-            raise PacsUnreachable(f"cannot connect to the PACS {where}")
+            log.warning("cannot connect to the PACS %s at %s:%s", where, cfg.host, cfg.port)
+            raise PacsUnreachable(
+                f"cannot connect to the PACS {where} (the log has its address and why)"
+            )
         primitive = seen.get("primitive")
         if assoc.is_rejected and primitive is not None:
             raise AssociationRejected(

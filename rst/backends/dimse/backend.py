@@ -42,6 +42,7 @@ from rst.errors import (
     PeerProtocolError,
 )
 from rst.groups import collapse
+from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
 
 __all__ = ["DimseBackend"]
@@ -68,13 +69,19 @@ class DimseBackend:
         calling_aet: str,
         mediator: Mediator,
         message_ids: MessageIds,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.dimse = dimse
         self.name = config.aet
-        self.peer = Peer(config, calling_aet=calling_aet, max_pdu=dimse.max_pdu)
+        self.peer = Peer(config, calling_aet=calling_aet, max_pdu=dimse.max_pdu, metrics=metrics)
         self.mediator = mediator
         self.message_ids = message_ids
+        self.metrics = metrics
+
+    def saturated(self) -> bool:
+        """Whether every association slot is held by an open association (:mod:`rst.health`)."""
+        return self.peer.saturated()
 
     # -- verification --------------------------------------------------------------------------
 
@@ -195,9 +202,28 @@ class DimseBackend:
         instances as stored. C-MOVE sub-operations arrive at the shared receiver, whose order
         of preference (``[dimse] transfer_syntaxes``) applies to every retrieve."""
         get = self.config.retrieve == "get"
+        sink = self._sink()
         if self.dimse.client == "trio":
-            return self._retrieve_trio(keys, prefer, get=get)
-        return self._retrieve_get(keys, prefer) if get else self._retrieve_move(keys)
+            retrieve = self._retrieve_trio(keys, prefer, sink, get=get)
+        elif get:
+            retrieve = self._retrieve_get(keys, prefer, sink)
+        else:
+            retrieve = self._retrieve_move(keys, sink)
+        return self._spooling(sink, retrieve)
+
+    @asynccontextmanager
+    async def _spooling(
+        self, sink: InstanceSink, retrieve: AbstractAsyncContextManager[AsyncIterator[Instance]]
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        """*retrieve*, then its spool closed and counted."""
+        try:
+            async with retrieve as instances:
+                yield instances
+        finally:
+            sink.close()
+            if self.metrics is not None and sink.spooled_bytes:
+                self.metrics.spooled_instances.labels(self.name).inc(sink.spooled)
+                self.metrics.spooled_bytes.labels(self.name).inc(sink.spooled_bytes)
 
     def _subscription(self, sink: InstanceSink, keys: RetrieveKeys, msg_id: int) -> Subscription:
         correlation = self.config.correlation
@@ -213,10 +239,9 @@ class DimseBackend:
 
     @asynccontextmanager
     async def _retrieve_trio(
-        self, keys: RetrieveKeys, prefer: str | None, *, get: bool
+        self, keys: RetrieveKeys, prefer: str | None, sink: InstanceSink, *, get: bool
     ) -> AsyncIterator[AsyncIterator[Instance]]:
         """C-MOVE or C-GET on a trio association (no thread, no polling)."""
-        sink = self._sink()
         msg_id = self.message_ids.next(self.peer.calling_aet)
         operation = "C-GET" if get else "C-MOVE"
         if get:
@@ -273,8 +298,9 @@ class DimseBackend:
                             nursery.cancel_scope.cancel()
 
     @asynccontextmanager
-    async def _retrieve_move(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
-        sink = self._sink()
+    async def _retrieve_move(
+        self, keys: RetrieveKeys, sink: InstanceSink
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
         msg_id = self.message_ids.next(self.peer.calling_aet)
         subscription = self._subscription(sink, keys, msg_id)
         identifier = self._identifier(keys)
@@ -291,9 +317,8 @@ class DimseBackend:
 
     @asynccontextmanager
     async def _retrieve_get(
-        self, keys: RetrieveKeys, prefer: str | None
+        self, keys: RetrieveKeys, prefer: str | None, sink: InstanceSink
     ) -> AsyncIterator[AsyncIterator[Instance]]:
-        sink = self._sink()
         msg_id = self.message_ids.next(self.peer.calling_aet)
         identifier = self._identifier(keys)
         portal = Portal()

@@ -258,12 +258,18 @@ async def open_association(
     max_pdu: int,
 ) -> AsyncIterator[Connection]:
     """Connect to the PACS and associate; release (or abort) when the block ends."""
-    where = f"{config.aet} at {config.host}:{config.port}"
+    where = config.aet  # a client learns the AE title; the PACS's address goes to the log only
     try:
         with trio.fail_after(config.connect_timeout):
             stream = await trio.open_tcp_stream(config.host, config.port)
     except (OSError, trio.TooSlowError) as exc:
-        raise PacsUnreachable(f"cannot connect to the PACS {where}: {exc}") from None
+        reason = str(exc) or f"no connection within {config.connect_timeout} s"
+        log.warning(
+            "cannot connect to the PACS %s at %s:%s: %s", where, config.host, config.port, reason
+        )
+        raise PacsUnreachable(
+            f"cannot connect to the PACS {where} (the log has its address and why)"
+        ) from None
     async with stream:
         reader = PduReader(max_pdu_length=max_pdu or UNLIMITED_CHUNK)
         request = encode_associate_rq(

@@ -62,7 +62,9 @@ class S3Client:
         self._client = client
         self.config = config
         self.bucket = config.bucket
-        self.where = f"bucket {config.bucket!r} at {config.endpoint or 'AWS S3'}"
+        # what a client reads names the bucket and the AE; the endpoint goes to the log only
+        self.where = f"bucket {config.bucket!r} of {config.aet}"
+        self.endpoint = config.endpoint or "AWS S3"
 
     async def head_bucket(self) -> None:
         """Check that the bucket exists and the credentials may use it."""
@@ -112,17 +114,24 @@ class S3Client:
         except ClientError as exc:
             raise self._client_error(exc, what, key=key, bucket_call=bucket_call) from exc
         except ReadTimeoutError as exc:
-            raise BackendTimeout(f"S3 did not answer in time: {what} ({exc})") from exc
+            self._log(what, exc)
+            raise BackendTimeout(f"S3 did not answer in time: {what}") from exc
         except (EndpointConnectionError, ConnectTimeoutError) as exc:
+            self._log(what, exc)
             raise StorageUnreachable(
-                f"cannot reach the S3 endpoint: {what} failed ({exc})"
+                f"cannot reach the S3 endpoint: {what} failed (the log has the endpoint and why)"
             ) from exc
         except (NoCredentialsError, PartialCredentialsError) as exc:
             raise StorageAccessError(f"no usable S3 credentials for {self.where}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"{what} failed: {exc}") from exc
+        except BotoCoreError as exc:  # its message may hold the endpoint URL
+            self._log(what, exc)
+            raise StorageError(f"{what} failed: {type(exc).__name__}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise StorageError(f"{what} broke off: {exc!r}") from exc
+            self._log(what, exc)
+            raise StorageError(f"{what} broke off: {type(exc).__name__}") from exc
+
+    def _log(self, what: str, exc: BaseException) -> None:
+        log.warning("S3 at %s: %s failed: %r", self.endpoint, what, exc)
 
     def _client_error(
         self, exc: ClientError, what: str, *, key: str | None, bucket_call: bool

@@ -1,0 +1,103 @@
+"""HTTP metrics, taken in one place: an ASGI middleware around the whole app.
+
+It sees every request from its arrival to the last byte of its response — a streamed retrieve
+ends long after its route handler returned — and every message both ways, so status, duration
+and body bytes need nothing from the routes. The route *template* (``/aets/{aet}/studies/
+{study}``, never the UIDs) is the one thing only the app knows: :func:`note_route` puts it
+into the ASGI scope, where the middleware reads it once the request is over.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, cast
+
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from quart import Request
+
+from rst.metrics import Metrics
+
+__all__ = ["ROUTE_KEY", "RequestMetrics", "note_route"]
+
+ROUTE_KEY = "rst.route"
+"""Where the matched route template is kept in the ASGI scope."""
+UNMATCHED = "unmatched"
+"""The route of requests no rule matched (404, 405): their paths are not labels."""
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+_PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def route_template(rule: str) -> str:
+    """``/aets/<aet>/studies/<study>`` → ``/aets/{aet}/studies/{study}``."""
+    return _PARAMETER.sub(r"{\1}", rule)
+
+
+def note_route(request: Request) -> None:
+    """Record the template of the rule *request* matched (before and after the handler: an
+    earlier ``before_request`` may answer for it, a disconnect may cancel it)."""
+    if request.url_rule is not None:
+        cast(dict[str, Any], request.scope)[ROUTE_KEY] = route_template(request.url_rule.rule)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts each HTTP request once it is over (``app.asgi_app = ...``)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        metrics = self.metrics
+        started = time.monotonic()
+        status = "none"
+        sent = received = 0
+        ended = True  # no body begun, or the last body message sent
+
+        async def counting_receive() -> ASGIReceiveEvent:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: ASGISendEvent) -> None:
+            nonlocal status, sent, ended
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+                ended = False
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+                ended = not message.get("more_body", False)
+            await send(message)
+
+        metrics.http_in_progress.inc()
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except Exception:
+            if status == "none":
+                status = "500"  # what hypercorn answers for an app that raised
+            raise
+        finally:
+            metrics.http_in_progress.dec()
+            route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            metrics.http_requests.labels(route, method, status).inc()
+            metrics.http_duration.labels(route, method).observe(time.monotonic() - started)
+            if sent:
+                metrics.http_sent.labels(route).inc(sent)
+            if received:
+                metrics.http_received.labels(route).inc(received)
+            if status != "none" and not ended:
+                metrics.http_broken.labels(route).inc()
