@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import ssl
 from functools import partial
 from http import HTTPStatus
 
@@ -30,6 +31,8 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
+
+from rst.http import tls
 
 __all__ = ["LINGER", "SEND_SLICE", "Connection"]
 
@@ -47,8 +50,9 @@ DISCONNECT_GRACE = 1.0
 
 
 class Connection:
-    """One HTTP connection (HTTP/1.1, or h2 by prior knowledge), from its first byte to its
-    closed socket. What it does that hypercorn's shell did not:
+    """One HTTP connection (HTTP/1.1, or h2 by prior knowledge; over TLS, either as the
+    client's ALPN says), from its first byte to its closed socket. What it does that
+    hypercorn's shell did not:
 
     - **A client that is gone ends the connection, whatever the protocol waits for.** With a
       pipelined request buffered, hypercorn's h11 protocol parks the reader on ``can_read``
@@ -81,10 +85,16 @@ class Connection:
       bytes must be taken within ``send_timeout`` seconds (hypercorn sends under a shield, so a
       client that never reads would hold its request, and the request its associations).
 
-    Every way a connection ends is then bounded: by ``send_timeout`` while sending,
-    ``keep_alive_timeout`` while idle or receiving a request head, ``body_timeout`` while a
-    request waits for its body (it answers 408 and ends), :data:`LINGER` once closing, and the
-    time the request's own work takes to answer."""
+    - **TLS inside the connection's own task** (:mod:`rst.http.tls`): a handshake that fails
+      or stalls, or a client that is not speaking TLS, ends this connection alone, logged as
+      the client's affair. The end of file is a ``close_notify`` then the TCP end of file, and
+      the lingering close reads the TCP stream under TLS.
+
+    Every way a connection ends is then bounded: by ``tls_handshake_timeout`` until the TLS
+    handshake is done, ``send_timeout`` while sending, ``keep_alive_timeout`` while idle or
+    receiving a request head, ``body_timeout`` while a request waits for its body (it answers
+    408 and ends), :data:`LINGER` once closing, and the time the request's own work takes to
+    answer."""
 
     def __init__(
         self,
@@ -94,13 +104,19 @@ class Connection:
         state: LifespanState,
         stream: trio.SocketStream,
         send_timeout: float = math.inf,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float = math.inf,
     ) -> None:
         self.app = app
         self.config = config
         self.context = context
         self.state = state
-        self.stream = stream
+        self.tcp = stream
+        self.stream: trio.SocketStream | trio.SSLStream[tls.TlsTransport] = stream
+        """What HTTP is spoken on: the TCP stream, or the TLS stream over it."""
         self.send_timeout = send_timeout
+        self.ssl_context = ssl_context
+        self.handshake_timeout = handshake_timeout
         self.protocol: ProtocolWrapper
         self._send_lock = trio.Lock()
         self._everything = trio.CancelScope()
@@ -122,12 +138,20 @@ class Connection:
     async def run(self) -> None:
         """Serve the connection until it ends; the socket is closed and nothing of it runs
         any more when this returns."""
-        sock = self.stream.socket
+        sock = self.tcp.socket
         try:
             client = parse_socket_addr(sock.family, sock.getpeername())
             server = parse_socket_addr(sock.family, sock.getsockname())
         except OSError:
             return  # gone before its first byte
+        alpn = "http/1.1"
+        if self.ssl_context is not None:
+            peer = f"{client[0]}:{client[1]}" if client else "a client"
+            secured = await tls.accept(self.tcp, self.ssl_context, self.handshake_timeout, peer)
+            if secured is None:
+                return  # the caller closes the socket
+            self.stream = secured
+            alpn = secured.selected_alpn_protocol() or alpn
         with self._everything:
             async with TaskGroup() as tasks:
                 self.protocol = ProtocolWrapper(
@@ -136,11 +160,11 @@ class Connection:
                     self.context,
                     tasks,
                     ConnectionState(self.state.copy()),
-                    False,
+                    self.ssl_context is not None,  # the request's scheme: https
                     client,
                     server,
                     self._send,
-                    "http/1.1",
+                    alpn,  # "h2": hypercorn's H2Protocol from the first byte
                 )
                 inner = self.protocol.protocol
                 if isinstance(inner, H11Protocol):
@@ -149,6 +173,7 @@ class Connection:
                     inner._send_error_response = partial(_json_error_response, inner)  # type: ignore[method-assign]
                 self._idle_timer.deadline = trio.current_time() + self.config.keep_alive_timeout
                 tasks.spawn(self._keep_alive)
+                await self.protocol.initiate()  # h2 sends its settings first
                 with self._reading:
                     await self._read()
                 if not self._gone:
@@ -182,10 +207,11 @@ class Connection:
     async def _drain(self) -> None:
         """Read and drop what the client still sends: while a response asked to be the last
         is being sent, then for at most :data:`LINGER` seconds after the end of file, until
-        the client closes its end."""
+        the client closes its end. Under TLS the TCP stream is read: bytes that are dropped
+        need no decrypting, and the TLS stream may already be closed (``close_notify``)."""
         while True:
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.tcp.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._drop()
                 return
@@ -198,7 +224,7 @@ class Connection:
         """Close the socket, tell the request, if one is left, that its client is gone, and
         cancel whatever still runs for this connection: it can reach no one any more."""
         self._gone = True
-        await trio.aclose_forcefully(self.stream)
+        await trio.aclose_forcefully(self.tcp)  # under TLS too: its close_notify is sent, or moot
         with trio.move_on_after(DISCONNECT_GRACE):
             # ``http.disconnect`` for a request still running (and its access log line); it
             # waits only if the request's queue is full, and the request is cancelled anyway.
@@ -285,7 +311,11 @@ class Connection:
                 if self._gone:
                     return
                 try:
-                    await self.stream.send_eof()
+                    if isinstance(self.stream, trio.SSLStream):
+                        # close_notify, then the TCP end of file (tls.TlsTransport.aclose)
+                        await self.stream.aclose()
+                    else:
+                        await self.stream.send_eof()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._drop()
                     return

@@ -14,12 +14,18 @@ ends in bounded time, so its slot is given back.
 It is also the one place that knows about the listening sockets, so it bounds the number of
 open HTTP connections (``http.max_connections``): beyond the cap, new connections wait in the
 kernel's accept queue instead of costing rst memory.
+
+With ``http.certfile`` set it serves HTTPS: the SSL context is built once here
+(:func:`rst.http.tls.server_context`) and each connection does its TLS handshake inside its own
+task and guard, holding its slot — a handshake that fails or stalls frees the slot like any
+other connection that ends.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +37,7 @@ from hypercorn.typing import AppWrapper, Framework, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from rst.config import HttpConfig
+from rst.http import tls
 from rst.http.connection import Connection
 
 __all__ = ["hypercorn_config", "serve_http"]
@@ -68,7 +75,10 @@ async def serve_http(
     """Serve *app* until *shutdown_trigger* returns (or until cancelled); report the URLs bound.
 
     On shutdown, stop accepting, give open connections ``config.graceful_timeout`` seconds to
-    finish, then cancel them."""
+    finish, then cancel them. A certificate or key that cannot be used is a
+    :class:`~rst.config.ConfigError`, before anything is served."""
+    ssl_context = tls.server_context(http)
+    scheme = "http" if ssl_context is None else "https"
     config = hypercorn_config(http, fd)
     wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
     state: LifespanState = {}
@@ -78,7 +88,7 @@ async def serve_http(
 
     async def connection(stream: trio.SocketStream) -> None:
         try:
-            await _contained(wrapped, config, context, state, stream, http.send_timeout)
+            await _contained(wrapped, config, context, state, stream, http, ssl_context)
         finally:
             slots.release()
 
@@ -107,7 +117,7 @@ async def serve_http(
         for sock in config.create_sockets().insecure_sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            binds.append(f"{scheme}://{repr_socket_addr(sock.family, sock.getsockname())}")
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
@@ -132,11 +142,21 @@ async def _contained(
     context: WorkerContext,
     state: LifespanState,
     stream: trio.SocketStream,
-    send_timeout: float,
+    http: HttpConfig,
+    ssl_context: ssl.SSLContext | None,
 ) -> None:
-    """Run one HTTP connection; anything it raises ends it alone."""
+    """Run one HTTP connection, its TLS handshake included; anything it raises ends it alone."""
     try:
-        await Connection(app, config, context, state, stream, send_timeout).run()
+        await Connection(
+            app,
+            config,
+            context,
+            state,
+            stream,
+            http.send_timeout,
+            ssl_context,
+            http.tls_handshake_timeout,
+        ).run()
     except trio.Cancelled:
         raise
     except BaseExceptionGroup as group:
