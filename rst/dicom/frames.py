@@ -10,6 +10,8 @@ Sans-IO and pure: a Part 10 file in, the frames a client asked for out.
   fragments once (one fragment per frame, or JPEG end-of-image markers).
 * A frame wanted in another transfer syntax is decoded with pydicom's decoders and, for a
   compressed target, encoded again with its encoders — only the frames asked for.
+* A source may hold only some frames of its instance (:meth:`FrameSource.keep`: those read
+  from a large stored object by ranged reads); frame numbers stay the instance's.
 
 Frames of native data are always labelled Explicit VR Little Endian: that is the byte order
 they are in here (Big Endian files are converted first; Implicit VR and Deflated data hold the
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
-from pydicom.encaps import generate_frames, get_frame, parse_basic_offsets
+from pydicom.encaps import encapsulate, generate_frames, get_frame, parse_basic_offsets
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pack_bits
@@ -44,6 +46,7 @@ without bound)."""
 _MAX_DIGITS = 10
 """Frame numbers are at most 2^31 - 1 (Number of Frames is an IS): ten digits."""
 
+_EXTENDED_OFFSET_TAGS = (0x7FE00001, 0x7FE00002)
 _PIXEL_KEYWORDS = (("PixelData", None), ("FloatPixelData", 32), ("DoubleFloatPixelData", 64))
 """The elements that hold frames, and the width of their samples when it is fixed."""
 
@@ -112,6 +115,44 @@ class FrameSource:
         self.number_of_frames = _int(ds.get("NumberOfFrames"), default=1) or 1
         self.bits_allocated = sample_bits or _int(ds.get("BitsAllocated"), default=0)
         self._pixels: bytes = ds[self.keyword].value or b""
+        self._index: dict[int, int] | None = None
+        """Where only some frames are held (:meth:`keep`): each one's number among them."""
+
+    def keep(self, frames: dict[int, bytes]) -> FrameSource:
+        """Hold *frames* (by number, as stored) in place of the pixel data this source was read
+        with: what a source read from the data set before the pixel data serves from."""
+        numbers = sorted(frames)
+        self._index = {n: i for i, n in enumerate(numbers, start=1)}
+        held = [frames[n] for n in numbers]
+        self._pixels = b"".join(held) if self.native else encapsulate(held, has_bot=True)
+        ds = self.dataset
+        ds[self.keyword].value = self._pixels
+        if "NumberOfFrames" in ds:  # what pydicom's decoders go by
+            ds.NumberOfFrames = len(numbers)
+        for tag in _EXTENDED_OFFSET_TAGS:
+            if tag in ds:
+                del ds[tag]
+        return self
+
+    def _at(self, number: int) -> int:
+        """The 0-based index of frame *number* in the pixel data held."""
+        return (number if self._index is None else self._index[number]) - 1
+
+    def native_frame_size(self) -> int | None:
+        """Bytes of one frame of native pixel data; ``None`` where frames need not start on a
+        byte (1-bit data) or are not served."""
+        bits = self.bits_allocated
+        if not self.native or bits % 8 or bits == 0:
+            return None
+        return self._frame_bits() // 8
+
+    def _frame_bits(self) -> int:
+        ds = self.dataset
+        rows, columns = _int(ds.get("Rows"), default=0), _int(ds.get("Columns"), default=0)
+        samples = _int(ds.get("SamplesPerPixel"), default=1) or 1
+        if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+            samples = 2  # two Y for each Cb and Cr (PS3.3 C.7.6.3.1.2)
+        return rows * columns * samples * self.bits_allocated
 
     # -- what exists -----------------------------------------------------------------------------
 
@@ -132,24 +173,20 @@ class FrameSource:
         """The frames *numbers* in :attr:`transfer_syntax`, by number."""
         self.check(numbers)
         if self.native:  # each frame once, however often it is listed
-            return {n: self._native_frame(n - 1) for n in dict.fromkeys(numbers)}
+            return {n: self._native_frame(n) for n in dict.fromkeys(numbers)}
         return self._encapsulated_frames(numbers)
 
-    def _native_frame(self, index: int) -> bytes:
-        ds = self.dataset
-        rows, columns = _int(ds.get("Rows"), default=0), _int(ds.get("Columns"), default=0)
-        samples = _int(ds.get("SamplesPerPixel"), default=1) or 1
-        if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
-            samples = 2  # two Y for each Cb and Cr (PS3.3 C.7.6.3.1.2)
+    def _native_frame(self, number: int) -> bytes:
         bits = self.bits_allocated
         if bits != 1 and bits % 8:
             raise NotSupported(f"frames of pixel data with Bits Allocated {bits} are not served")
-        frame_bits = rows * columns * samples * bits
+        frame_bits = self._frame_bits()
+        index = self._at(number)
         start, end = index * frame_bits, (index + 1) * frame_bits
         if end > len(self._pixels) * 8 or frame_bits == 0:
             raise NotFound(
                 f"the pixel data of the instance {self.sop_instance_uid} is too short for "
-                f"frame {index + 1} ({len(self._pixels)} bytes)"
+                f"frame {number} ({len(self._pixels)} bytes)"
             )
         if bits != 1:
             return self._pixels[start // 8 : end // 8]
@@ -168,14 +205,14 @@ class FrameSource:
 
     def _encapsulated_frames(self, numbers: Sequence[int]) -> dict[int, bytes]:
         wanted = set(numbers)
-        count = self.number_of_frames
+        count = self.number_of_frames if self._index is None else len(self._index)
         extended = self._extended_offsets()
         try:
             if extended is not None or parse_basic_offsets(self._pixels):
                 # Offsets are known: read the frames asked for, nothing else.
                 return {
                     n: get_frame(
-                        self._pixels, n - 1, extended_offsets=extended, number_of_frames=count
+                        self._pixels, self._at(n), extended_offsets=extended, number_of_frames=count
                     )
                     for n in wanted
                 }
@@ -230,13 +267,13 @@ class FrameSource:
             stored = self.as_stored(numbers)
             return {n: (stored[n], self._pixel_module()) for n in stored}
         uid = UID(self.transfer_syntax)
-        indices = sorted({n - 1 for n in numbers})
+        wanted = sorted(set(numbers))
         try:
             decoder = get_decoder(uid)
-            arrays = decoder.iter_array(self.dataset, indices=indices)
+            arrays = decoder.iter_array(self.dataset, indices=[self._at(n) for n in wanted])
             out: dict[int, tuple[bytes, dict[str, int | str]]] = {}
-            for index, (array, pixel) in zip(indices, arrays, strict=True):
-                out[index + 1] = (_native_bytes(array, int(pixel["bits_allocated"])), pixel)
+            for number, (array, pixel) in zip(wanted, arrays, strict=True):
+                out[number] = (_native_bytes(array, int(pixel["bits_allocated"])), pixel)
         except Exception as err:  # no decoder plugin, or corrupt frame data
             raise NotAcceptable(
                 f"the instance {self.sop_instance_uid} is stored in transfer syntax {uid} "

@@ -1,7 +1,9 @@
 """WADO-RS frames (PS3.18 §10.4.1.1.3): one instance from the archive, the frames asked for out.
 
-The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it;
-cutting, decoding and encoding run on a worker thread. Everything that can fail — a frame beyond
+The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it
+— or, where the archive reads parts of a stored instance (a large S3 object), only the frames
+asked for are read (:mod:`rst.services.ranged`); cutting, decoding and encoding run on a worker
+thread. Everything that can fail — a frame beyond
 the last, a syntax rst cannot produce for this instance — fails before the response starts, so
 the client gets a status and a message rather than a broken body.
 """
@@ -17,6 +19,7 @@ from rst.dicom.frames import Frame, FrameSource
 from rst.dicom.multipart import MultipartWriter
 from rst.errors import NotFound
 from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.ranged import frame_source
 from rst.services.wado import whole
 
 __all__ = ["FramesAnswer", "retrieve_frames"]
@@ -61,9 +64,11 @@ async def retrieve_frames(
     # A hint for the archive: what the client likes best (None, as stored, for "*").
     prefer = choices[0].transfer_syntax if choices else None
     instance = await _retrieve_one(backend, keys, prefer)
+    held = await frame_source(instance, numbers) if instance.ranges is not None else None
+    data = b"" if held is not None else (await whole(instance)).data
 
     def cut() -> FramesAnswer:
-        source = FrameSource(instance.data)
+        source = held or FrameSource(data)
         source.check(numbers)
         fmt = choose_frame_format(choices, source.transfer_syntax, frames=len(numbers))
         return FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
@@ -72,12 +77,13 @@ async def retrieve_frames(
 
 
 async def _retrieve_one(backend: Backend, keys: RetrieveKeys, prefer: str | None) -> Instance:
-    """The instance *keys* names, whole. The retrieve runs to its end (the archive's final
-    status is checked); anything else it delivers is read and dropped."""
+    """The instance *keys* names: whole, unless the archive reads its parts (``ranges``). The
+    retrieve runs to its end (the archive's final status is checked); anything else it delivers
+    is read and dropped."""
     found: Instance | None = None
     async with backend.retrieve(keys, prefer) as instances:
         async for received in instances:
-            complete = await whole(received)
+            complete = received if received.ranges is not None else await whole(received)
             if found is None and complete.sop_instance_uid == keys.sop_uid:
                 found = complete
     if found is None:

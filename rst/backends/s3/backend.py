@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from dataclasses import replace
 from io import BytesIO
 from typing import Protocol
 
@@ -13,7 +14,7 @@ from pydicom import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from rst.backends.s3 import layout
-from rst.backends.s3.client import S3Client
+from rst.backends.s3.client import Listed, S3Client
 from rst.config import S3AeConfig
 from rst.dicom.part10 import (
     IMPLEMENTATION_CLASS_UID,
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 _RESOURCE_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "503", "EntityTooLarge", "QuotaExceeded", "TooManyBuckets"}
 )
+HEAD_BYTES = 64 << 10
+"""What a large object's first read fetches: its file meta and, mostly, the data set up to the
+pixel data (:mod:`rst.services.ranged` reads further where that is longer)."""
+REST_CHUNK = 8 << 20
+"""The rest of a large object, when a service wants it whole, comes in ranged reads this big."""
 
 
 class S3Index(Protocol):
@@ -86,17 +92,18 @@ class S3Backend:
         once the caller has taken instance *n*."""
         return self._retrieve(keys)
 
-    async def _keys(self, keys: RetrieveKeys) -> list[str]:
+    async def _keys(self, keys: RetrieveKeys) -> list[Listed]:
         prefix = layout.listing_prefix(self.config.prefix, keys)
-        found: list[str] = []
-        async for key in self.client.list_keys(prefix):
+        found: list[Listed] = []
+        async for listed in self.client.list_objects(prefix):
+            key = listed.key
             if keys.sop_uid is not None and key != prefix:
                 continue
             if layout.parse_key(self.config.prefix, key) is None:
                 log.debug("skipping %r: not in the {study}/{series}/{instance}.dcm layout", key)
                 continue
-            found.append(key)
-        return sorted(found)
+            found.append(listed)
+        return sorted(found, key=lambda listed: listed.key)
 
     @asynccontextmanager
     async def _retrieve(self, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Instance]]:
@@ -124,25 +131,37 @@ class S3Backend:
 
     async def _dispatch(
         self,
-        object_keys: list[str],
+        object_keys: list[Listed],
         slots: trio.MemorySendChannel[trio.MemoryReceiveChannel[Instance | RstError]],
         nursery: trio.Nursery,
     ) -> None:
         async with slots:
-            for key in object_keys:
+            for listed in object_keys:
                 send, receive = trio.open_memory_channel[Instance | RstError](1)
                 await slots.send(receive)  # waits while the window is full
-                nursery.start_soon(self._fetch, key, send)
+                nursery.start_soon(self._fetch, listed, send)
 
-    async def _fetch(self, key: str, send: trio.MemorySendChannel[Instance | RstError]) -> None:
+    async def _fetch(
+        self, listed: Listed, send: trio.MemorySendChannel[Instance | RstError]
+    ) -> None:
         async with send:
-            send.send_nowait(await self._get(key))
+            send.send_nowait(await self._get(listed))
 
-    async def _get(self, key: str) -> Instance | RstError:
-        """The instance under *key*, or the error fetching it met: returned from its handler,
-        so that no frame its traceback holds keeps it (a reference cycle)."""
+    async def _get(self, listed: Listed) -> Instance | RstError:
+        """The instance *listed* names, or the error fetching it met: returned from its
+        handler, so that no frame its traceback holds keeps it (a reference cycle).
+
+        An object above ``ranged_reads_above`` bytes is not fetched whole: its head is, and
+        the instance carries :class:`ObjectRanges` for the services to read what they need."""
+        key = listed.key
         try:
-            return _instance(key, await self.client.get(key))
+            if listed.size <= self.config.ranged_reads_above:
+                return _instance(key, await self.client.get(key))
+            head = await self.client.get_range(key, 0, min(listed.size, HEAD_BYTES))
+            ranges = ObjectRanges(self.client, key, listed.size, head.etag)
+            return replace(
+                _instance(key, head.data), rest=ranges.after(len(head.data)), ranges=ranges
+            )
         except NotFound:
             return IncompleteRetrieve(f"object {key!r} was listed but is gone from S3")
         except RstError as exc:
@@ -179,6 +198,42 @@ class S3Backend:
     @asynccontextmanager
     async def store(self) -> AsyncIterator[S3StoreSession]:
         yield S3StoreSession(self)
+
+
+class ObjectRanges:
+    """Ranged reads of one object (:class:`~rst.services.protocols.ByteRanges`), all of the
+    version whose head was read (its ETag): an object replaced meanwhile fails the read."""
+
+    def __init__(self, client: S3Client, key: str, size: int, etag: str) -> None:
+        self.client = client
+        self.key = key
+        self._size = size
+        self.etag = etag or None
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def read(self, start: int, length: int) -> bytes:
+        length = min(length, self._size - start)
+        if start < 0 or length <= 0:
+            return b""
+        try:
+            ranged = await self.client.get_range(self.key, start, length, etag=self.etag)
+        except NotFound:
+            raise IncompleteRetrieve(f"object {self.key!r} is gone from S3") from None
+        if len(ranged.data) != length:
+            raise IncompleteRetrieve(
+                f"object {self.key!r} sent {len(ranged.data)} bytes from {start}, not {length}"
+            )
+        return ranged.data
+
+    async def after(self, start: int) -> AsyncGenerator[bytes]:
+        """The object's bytes from *start* to its end, :data:`REST_CHUNK` at a time."""
+        while start < self._size:
+            chunk = await self.read(start, REST_CHUNK)
+            start += len(chunk)
+            yield chunk
 
 
 class S3StoreSession:

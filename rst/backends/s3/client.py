@@ -15,6 +15,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -41,7 +42,7 @@ from rst.errors import (
     StorageUnreachable,
 )
 
-__all__ = ["S3Client", "open_client"]
+__all__ = ["Listed", "Ranged", "S3Client", "open_client"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,23 @@ _CREDENTIAL_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 )
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One object of a listing: its key and its size in bytes."""
+
+    key: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ranged:
+    """The bytes of a ranged read and the ETag of the object they are from."""
+
+    data: bytes
+    etag: str
 
 
 class S3Client:
@@ -65,6 +83,8 @@ class S3Client:
         # what a client reads names the bucket and the AE; the endpoint goes to the log only
         self.where = f"bucket {config.bucket!r} of {config.aet}"
         self.endpoint = config.endpoint or "AWS S3"
+        self.bytes_read = 0
+        """Bytes of object data read so far (what a ranged read saves shows here)."""
 
     async def head_bucket(self) -> None:
         """Check that the bucket exists and the credentials may use it."""
@@ -76,13 +96,18 @@ class S3Client:
         with self._errors("CreateBucket"):
             await aio_as_trio(self._client.create_bucket)(Bucket=self.bucket)
 
-    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
-        """The keys under *prefix*, in S3's order (ascending UTF-8), page by page."""
+    async def list_objects(self, prefix: str) -> AsyncIterator[Listed]:
+        """The objects under *prefix*, in S3's order (ascending UTF-8), page by page."""
         paginator = self._client.get_paginator("list_objects_v2")
         with self._errors("ListObjectsV2", bucket_call=True):
             async for page in aio_as_trio(paginator.paginate(Bucket=self.bucket, Prefix=prefix)):
                 for item in page.get("Contents", ()):
-                    yield str(item["Key"])
+                    yield Listed(str(item["Key"]), int(item.get("Size", 0)))
+
+    async def list_keys(self, prefix: str) -> AsyncIterator[str]:
+        """The keys under *prefix*, in S3's order."""
+        async for listed in self.list_objects(prefix):
+            yield listed.key
 
     async def get(self, key: str) -> bytes:
         """The whole object at *key*."""
@@ -90,7 +115,27 @@ class S3Client:
             response = await aio_as_trio(self._client.get_object)(Bucket=self.bucket, Key=key)
             async with aio_as_trio(response["Body"]) as body:
                 data: bytes = await aio_as_trio(body.read)()
+            self.bytes_read += len(data)
             return data
+
+    async def get_range(
+        self, key: str, start: int, length: int, *, etag: str | None = None
+    ) -> Ranged:
+        """*length* bytes of the object at *key* from *start* (a ranged GetObject, RFC 9110
+        §14), fewer only where the object ends. With *etag*, only from that version of the
+        object: a read of an object replaced since fails rather than mixing two versions."""
+        if length <= 0:
+            raise ValueError(f"a ranged read needs a positive length, not {length}")
+        extra = {"IfMatch": etag} if etag is not None else {}
+        what = f"bytes {start}-{start + length - 1} of"
+        with self._errors("GetObject", key=key, detail=what):
+            response = await aio_as_trio(self._client.get_object)(
+                Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}", **extra
+            )
+            async with aio_as_trio(response["Body"]) as body:
+                data: bytes = await aio_as_trio(body.read)()
+            self.bytes_read += len(data)
+            return Ranged(data, str(response.get("ETag", "")))
 
     async def put(self, key: str, data: bytes) -> None:
         """Write *data* at *key* in one PutObject: S3 never shows a half-written object."""
@@ -105,10 +150,18 @@ class S3Client:
 
     @contextmanager
     def _errors(
-        self, operation: str, *, key: str | None = None, bucket_call: bool = False
+        self,
+        operation: str,
+        *,
+        key: str | None = None,
+        bucket_call: bool = False,
+        detail: str = "",
     ) -> Iterator[None]:
         """Translate botocore/aiohttp failures of *operation* into rst errors."""
-        what = f"{operation} of {key!r} in {self.where}" if key else f"{operation} on {self.where}"
+        of = f"{detail} " if detail else ""
+        what = (
+            f"{operation} of {of}{key!r} in {self.where}" if key else f"{operation} on {self.where}"
+        )
         try:
             yield
         except ClientError as exc:
@@ -157,6 +210,8 @@ class S3Client:
             )
         if key is not None and code in _MISSING_OBJECT_CODES:
             return NotFound(f"no object {key!r} in {self.where}")
+        if key is not None and (code in _CHANGED_CODES or http == 412):
+            return StorageError(f"{what} failed: the object was replaced while rst read it", code)
         return StorageError(f"{what} failed: {code} ({message}; HTTP {http})", code)
 
 
