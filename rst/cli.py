@@ -17,6 +17,7 @@ from rst.auth import exposure_problem, exposure_warnings
 from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
+from rst.http import tls
 from rst.server import Running, serve, wait_for_signal
 from rst.workers import WorkerSlot, read_worker_spec, supervise, until_orphaned
 
@@ -66,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rst: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("check-config", "serve", "dev"):
+        try:
+            tls.server_context(config.http)  # read once here to fail early; again by each server
+        except ConfigError as exc:
+            print(f"rst: {exc}", file=sys.stderr)
+            return 2
     problem = exposure_problem(config)
     if args.command == "check-config":
         print(config.model_dump_json(indent=2))

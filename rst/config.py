@@ -102,6 +102,22 @@ class HttpConfig(_Section):
     for gone: the connection is closed and the request's associations freed)."""
     keep_alive_timeout: Seconds = 75.0
     """How long an idle connection, or one that has not finished its request head, stays open."""
+    certfile: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with the server's certificate (and the chain after it): set, the listener speaks
+    HTTPS only (HTTP/1.1 and HTTP/2 by ALPN). Read once at start-up (:mod:`rst.http.tls`)."""
+    keyfile: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with the certificate's private key, unencrypted (default: in ``certfile``)."""
+    client_ca: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file of the authorities whose client certificates are accepted: set, every client
+    must present one (mutual TLS)."""
+    tls_handshake_timeout: Seconds = 10.0
+    """Longest a client may take to complete its TLS handshake before its connection is closed."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> HttpConfig:
+        if self.certfile is None and (self.keyfile is not None or self.client_ca is not None):
+            raise ValueError("keyfile and client_ca need certfile (TLS is on when it is set)")
+        return self
 
 
 class DimseConfig(_Section):
@@ -244,6 +260,9 @@ class S3AeConfig(_Section):
     read_timeout: Seconds = 60.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 5
     """Attempts per S3 call on throttling and 5xx, with exponential backoff."""
+    ranged_reads_above: Annotated[int, Field(ge=0)] = 8 << 20
+    """Objects larger than this many bytes are read in parts (ranged GETs): metadata from the
+    object's head, frames from their own bytes. Smaller ones are read in one GET."""
     index: str | None = None
     """Where the QIDO-RS index lives: a SQLite file path (default: ``{aet}.sqlite3`` in the
     current directory) or a ``postgresql://`` URL for deployments with several replicas."""

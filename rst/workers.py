@@ -172,7 +172,8 @@ async def _run(
             host, port = http.getsockname()[:2]
             dhost, dport = dimse.getsockname()[:2]
             log.info(
-                "rst serving DICOMweb on http://%s:%s, C-STORE receiver %s on %s:%s, %d workers",
+                "rst serving DICOMweb on %s://%s:%s, C-STORE receiver %s on %s:%s, %d workers",
+                "http" if config.http.certfile is None else "https",
                 host,
                 port,
                 config.dimse.aet,

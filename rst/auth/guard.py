@@ -2,10 +2,10 @@
 
 Each route's endpoint maps to what it needs (:data:`ENDPOINT_ACTIONS`): an action on the archive
 named by the URL's ``<aet>`` (QIDO-RS → ``search``, every WADO-RS/WADO-URI resource →
-``retrieve``, STOW-RS → ``store``), or only an authenticated caller (``GET /aets``, which then
-lists only the archives the caller may use), or nothing (the endpoints ``auth.open_endpoints``
-leaves open). A route missing from the table needs an authenticated caller, and a test fails
-until the table names it.
+``retrieve``, STOW-RS → ``store``, MWL-RS → ``worklist``), or only an authenticated caller
+(``GET /aets``, which then lists only the archives the caller may use), or nothing (the
+endpoints ``auth.open_endpoints`` leaves open). A route missing from the table needs an
+authenticated caller, and a test fails until the table names it.
 
 The order of the answers keeps the archives secret from strangers: without valid credentials
 every URL is a 401 — an unknown AE title too, and a URL that matches no route. An authenticated
@@ -48,6 +48,7 @@ ENDPOINT_ACTIONS: dict[str, Requirement] = {
     "dicomweb.thumbnail": "retrieve",
     "dicomweb.wado-uri": "retrieve",
     "dicomweb.stow": "store",
+    "dicomweb.worklist": "worklist",
 }
 """Endpoint (up to its first ``:``, e.g. ``dicomweb.qido:studies``) → what it needs."""
 RULE_ACTIONS: dict[str, Requirement] = {
@@ -114,7 +115,7 @@ def install_guard(app: Quart, auth: AuthConfig) -> None:
         g.rst_access = access
         if needs == "echo":
             needs = "search"
-        if needs in ("search", "retrieve", "store"):
+        if needs in ("search", "retrieve", "store", "worklist"):
             aet = (request.view_args or {}).get("aet", "")
             if not grants.allows(caller.roles, aet, needs):
                 raise Forbidden(f"the caller's roles do not allow {needs} on the AE {aet!r}")

@@ -39,10 +39,10 @@ __all__ = [
     "is_loopback",
 ]
 
-Action = Literal["search", "retrieve", "store"]
+Action = Literal["search", "retrieve", "store", "worklist"]
 """What a grant allows on an archive: QIDO-RS (and the C-ECHO health check), every WADO
-resource, STOW-RS."""
-ACTIONS: tuple[Action, ...] = ("search", "retrieve", "store")
+resource, STOW-RS, MWL-RS (the modality worklist: patients and orders, granted apart)."""
+ACTIONS: tuple[Action, ...] = ("search", "retrieve", "store", "worklist")
 
 OpenEndpoint = Literal["livez", "readyz", "metrics", "echo"]
 """Endpoints that may be left open to callers without credentials: ``livez`` (``GET /livez``,

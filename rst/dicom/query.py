@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydicom import Dataset, config
@@ -35,15 +35,24 @@ __all__ = [
     "SERIES_KEYS",
     "STUDY_KEYS",
     "Level",
+    "Model",
+    "Path",
     "QidoQuery",
     "default_keys",
     "parse_qido",
+    "parse_search",
+    "resolve_path",
     "to_dicom_json",
 ]
 
 log = logging.getLogger(__name__)
 
 Level = Literal["STUDY", "SERIES", "IMAGE"]
+Model = Literal["study-root", "worklist"]
+"""The C-FIND information model a search runs in: Study Root Query/Retrieve (QIDO-RS) or
+Modality Worklist (MWL-RS); the backend maps it to its SOP class."""
+Path = tuple[int, ...]
+"""An attribute: its tag, after the tags of the sequences it lies in."""
 _RANK: dict[str, int] = {"STUDY": 0, "SERIES": 1, "IMAGE": 2}
 
 # --- Attribute tables (PS3.18 Tables 10.6.3-3/-4/-5; PS3.4 C.6.1.1) ---------------------------
@@ -187,6 +196,10 @@ class QidoQuery:
     ``None`` when unlimited; ``fuzzymatching`` records that the client asked for fuzzy matching,
     which rst does not perform (the caller adds the Warning header); ``include_all`` is
     ``includefield=all``.
+
+    ``model`` is the information model; a worklist query has no query levels (its identifier
+    holds no QueryRetrieveLevel) and its ``level`` is ``STUDY``, the level its keys would have
+    in a study-root query: whatever looks at ``level`` checks ``model`` first.
     """
 
     level: Level
@@ -195,6 +208,7 @@ class QidoQuery:
     offset: int
     fuzzymatching: bool
     include_all: bool
+    model: Model = "study-root"
 
 
 def _level_of(tag: int) -> int | None:
@@ -245,7 +259,7 @@ def _resolve_component(component: str, name: str) -> int:
     return tag
 
 
-def _resolve_path(name: str) -> tuple[int, ...]:
+def resolve_path(name: str) -> Path:
     """Parse ``Keyword``, ``GGGGEEEE`` or a dotted sequence path into a tuple of tags.
 
     The depth is checked first, before any work that grows with it."""
@@ -289,12 +303,16 @@ def _empty_element(tag: int) -> DataElement:
 
 
 class _Builder:
-    """Accumulates the identifier: matching keys (each at most once) and return keys."""
+    """Accumulates the identifier: matching keys (each at most once) and return keys.
 
-    def __init__(self, level: Level) -> None:
+    ``level`` is the query level of a study-root query; ``None`` for a model without levels
+    (no QueryRetrieveLevel, no level checks)."""
+
+    def __init__(self, level: Level | None) -> None:
         self.level = level
         self.identifier = Dataset()
-        self.identifier.add(_element(_QUERY_RETRIEVE_LEVEL, "CS", level))
+        if level is not None:
+            self.identifier.add(_element(_QUERY_RETRIEVE_LEVEL, "CS", level))
         self.matched: set[tuple[int, ...]] = set()
         self.values: list[tuple[tuple[int, ...], DataElement]] = []
         """The matching keys holding a client's value, for :func:`_check_encodable`."""
@@ -316,7 +334,7 @@ class _Builder:
         if path in self.matched:
             raise BadRequest(f"the attribute {_path_name(path)} is given more than once")
         rank = _level_of(path[0])
-        if rank is not None and rank > _RANK[self.level]:
+        if self.level is not None and rank is not None and rank > _RANK[self.level]:
             raise BadRequest(
                 f"{_path_name(path)} is a {_level_name(rank)}-level attribute and cannot be a "
                 f"matching key of a {self.level.lower()}-level query"
@@ -357,7 +375,7 @@ class _Builder:
     def include(self, path: tuple[int, ...]) -> None:
         """Add a return key (empty element) unless the attribute is already there."""
         rank = _level_of(path[0])
-        if rank is not None and rank > _RANK[self.level]:
+        if self.level is not None and rank is not None and rank > _RANK[self.level]:
             return  # keys below the query level are not allowed in a C-FIND identifier
         container = self._container(path)
         if path[-1] not in container:
@@ -446,46 +464,97 @@ def parse_qido(
         check_uid("study", study_uid)
     if series_uid is not None:
         check_uid("series", series_uid)
+    builder = _Builder(level)
+    reserved = _read_params(params, builder, resolve_path)
+
+    if study_uid is not None:
+        builder.match_uid(_STUDY_UID, study_uid, "study")
+    if series_uid is not None:
+        builder.match_uid(_SERIES_UID, series_uid, "series")
+
+    defaults = default_keys(level, study_uid=study_uid, series_uid=series_uid)
+    optional = _optional_keys(level, study_uid, series_uid)
+    return _finish(
+        builder,
+        reserved,
+        level=level,
+        model="study-root",
+        defaults=[(_tag(keyword),) for keyword in defaults],
+        optional=[(_tag(keyword),) for keyword in optional],
+    )
+
+
+def parse_search(
+    params: Sequence[tuple[str, str]],
+    *,
+    model: Model,
+    resolve: Callable[[str], Path],
+    defaults: Iterable[Path],
+    optional: Iterable[Path],
+) -> QidoQuery:
+    """Build the C-FIND request of a search in an information model without query levels (the
+    Modality Worklist): the same parameters, checks and bounds as :func:`parse_qido`.
+
+    ``resolve`` maps a parameter name to an attribute path (:func:`resolve_path`, or a model's
+    own short forms around it); ``defaults`` are the return keys always asked for,
+    ``optional`` those ``includefield=all`` adds."""
+    builder = _Builder(None)
+    reserved = _read_params(params, builder, resolve)
+    return _finish(
+        builder, reserved, level="STUDY", model=model, defaults=defaults, optional=optional
+    )
+
+
+@dataclass
+class _Reserved:
+    """The reserved parameters of a search (PS3.18 §8.3.4)."""
+
+    limit: int | None = None
+    offset: int = 0
+    fuzzy: bool = False
+    include_all: bool = False
+    includes: list[Path] = field(default_factory=list)
+
+
+def _read_params(
+    params: Sequence[tuple[str, str]], builder: _Builder, resolve: Callable[[str], Path]
+) -> _Reserved:
+    """Add each matching key to *builder*; return the reserved parameters."""
     if len(params) > MAX_PARAMETERS:
         raise BadRequest(
             f"the query has {len(params)} parameters; rst takes at most {MAX_PARAMETERS} "
             "(its limit MAX_PARAMETERS)"
         )
-    builder = _Builder(level)
-    limit: int | None = None
-    offset = 0
-    fuzzy = False
-    include_all = False
-    includes: list[tuple[int, ...]] = []
+    reserved = _Reserved()
     seen: set[str] = set()
 
     for name, value in params:
         if name in _RESERVED:
             if name == "limit":
                 _single(name, seen)
-                limit = _non_negative(name, value)
-                if limit == 0:
+                reserved.limit = _non_negative(name, value)
+                if reserved.limit == 0:
                     raise BadRequest("limit must be a positive integer, not 0")
             elif name == "offset":
                 _single(name, seen)
-                offset = _non_negative(name, value)
+                reserved.offset = _non_negative(name, value)
             elif name == "fuzzymatching":
                 _single(name, seen)
                 if value not in ("true", "false"):
                     raise BadRequest(f"fuzzymatching must be 'true' or 'false', not {value!r}")
-                fuzzy = value == "true"
+                reserved.fuzzy = value == "true"
             elif name == "includefield":
                 for item in value.split(","):
                     item = item.strip()
                     if not item:
                         continue
                     if item == "all":
-                        include_all = True
+                        reserved.include_all = True
                     else:
-                        path = _resolve_path(item)
+                        path = resolve(item)
                         _check_returnable(path)
-                        includes.append(path)
-                    if len(includes) > MAX_INCLUDEFIELDS:
+                        reserved.includes.append(path)
+                    if len(reserved.includes) > MAX_INCLUDEFIELDS:
                         raise BadRequest(
                             f"more than {MAX_INCLUDEFIELDS} includefield entries "
                             "(rst's limit MAX_INCLUDEFIELDS)"
@@ -493,19 +562,26 @@ def parse_qido(
             continue  # accept / charset belong to the HTTP layer
         if not name:
             raise BadRequest("a query parameter has an empty name")
-        builder.match(_resolve_path(name), value)
+        builder.match(resolve(name), value)
+    return reserved
 
-    if study_uid is not None:
-        builder.match_uid(_STUDY_UID, study_uid, "study")
-    if series_uid is not None:
-        builder.match_uid(_SERIES_UID, series_uid, "series")
 
-    for keyword in default_keys(level, study_uid=study_uid, series_uid=series_uid):
-        builder.include((_tag(keyword),))
-    if include_all:
-        for keyword in _optional_keys(level, study_uid, series_uid):
-            builder.include((_tag(keyword),))
-    for path in includes:
+def _finish(
+    builder: _Builder,
+    reserved: _Reserved,
+    *,
+    level: Level,
+    model: Model,
+    defaults: Iterable[Path],
+    optional: Iterable[Path],
+) -> QidoQuery:
+    """Add the return keys and the character set; check that every client value encodes."""
+    for path in defaults:
+        builder.include(path)
+    if reserved.include_all:
+        for path in optional:
+            builder.include(path)
+    for path in reserved.includes:
         builder.include(path)
 
     if _needs_utf8(builder.identifier):
@@ -514,10 +590,11 @@ def parse_qido(
     return QidoQuery(
         level=level,
         identifier=builder.identifier,
-        limit=limit,
-        offset=offset,
-        fuzzymatching=fuzzy,
-        include_all=include_all,
+        limit=reserved.limit,
+        offset=reserved.offset,
+        fuzzymatching=reserved.fuzzy,
+        include_all=reserved.include_all,
+        model=model,
     )
 
 

@@ -1,4 +1,4 @@
-"""The DICOMweb routes, all under ``/aets/{aet}``: QIDO-RS, WADO-RS, STOW-RS and health."""
+"""The DICOMweb routes, all under ``/aets/{aet}``: QIDO-RS, MWL-RS, WADO-RS, STOW-RS and health."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from rst.auth import may_use
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
 from rst.dicom.multipart import MultipartWriter
-from rst.dicom.query import Level, parse_qido
+from rst.dicom.query import Level, QidoQuery, parse_qido
 from rst.dicom.uid import check_uid
-from rst.errors import PayloadTooLarge, RstError
+from rst.dicom.worklist import parse_worklist
+from rst.errors import NotSupported, PayloadTooLarge, RstError
 from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_routes
 from rst.http.context import RouteContext
 from rst.http.streaming import ByteBudget, Coalesced, start_stream
@@ -84,6 +85,10 @@ def dicomweb_blueprint(
         query = parse_qido(
             level, list(request.args.items(multi=True)), study_uid=study, series_uid=series
         )
+        return await answer(aet, backend, query, media_type)
+
+    async def answer(aet: str, backend: Backend, query: QidoQuery, media_type: str) -> Response:
+        """Stream the matches of *query* as a DICOM JSON array (QIDO-RS and MWL-RS alike)."""
         base = base_url(aet)
 
         async def produce(send: trio.MemorySendChannel[Any]) -> None:
@@ -112,6 +117,20 @@ def dicomweb_blueprint(
         bp.add_url_rule(
             f"/aets/<aet>/{rule}", f"qido:{rule}", partial(search, level=level), methods=["GET"]
         )
+
+    # -- MWL-RS: the modality worklist, by Modality Worklist C-FIND -----------------------
+
+    @bp.get("/aets/<aet>/modality-scheduled-procedure-steps")
+    async def worklist(aet: str) -> Response:
+        backend = backend_for(aet)
+        if isinstance(config.ae(aet), S3AeConfig):
+            raise NotSupported(
+                f"the AE {aet} is an S3 archive; modality worklists come from a DIMSE PACS "
+                "(Modality Worklist C-FIND)"
+            )
+        media_type = negotiate_json(request.headers.get("Accept"), accept_param())
+        query = parse_worklist(list(request.args.items(multi=True)))
+        return await answer(aet, backend, query, media_type)
 
     # -- WADO-RS ---------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 A DIMSE archive has no metadata service: the instances themselves are retrieved (as stored)
 and each is turned into one object of the JSON array as soon as it has arrived, so a viewer
-sees the first instances of a series while the PACS still sends the rest. pydicom's own DICOM
+sees the first instances of a series while the PACS still sends the rest. Where the archive
+reads parts of a stored instance (a large S3 object), only its head and tail are read
+(:func:`~rst.services.ranged.metadata_file`). pydicom's own DICOM
 JSON writer does the encoding; bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
 0002 (file meta) is never part of the answer.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 
 from pydicom.dataelem import DataElement
@@ -30,6 +33,7 @@ from rst.services.bulkdata import (
     top_string,
 )
 from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.ranged import metadata_file
 from rst.services.wado import as_requested, whole
 
 __all__ = ["METADATA", "instance_metadata", "produce_metadata", "relative_metadata", "under"]
@@ -113,7 +117,8 @@ async def produce_metadata(
     sent = 0
     async with backend.retrieve(keys) as instances:
         async for received in instances:
-            instance = await whole(received)
+            head = await metadata_file(received) if received.ranges is not None else None
+            instance = await whole(received) if head is None else replace(received, data=head)
             if instance.transfer_syntax == str(ExplicitVRBigEndian):  # InlineBinary is LE
                 instance = await as_requested(instance, RetrieveFormat(EXPLICIT_VR_LITTLE_ENDIAN))
             relative = await run_sync(partial(relative_metadata, instance, keys))

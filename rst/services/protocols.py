@@ -16,7 +16,15 @@ from pydicom import Dataset
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 
-__all__ = ["Backend", "Instance", "RetrieveKeys", "Sidecars", "StoreResult", "StoreSession"]
+__all__ = [
+    "Backend",
+    "ByteRanges",
+    "Instance",
+    "RetrieveKeys",
+    "Sidecars",
+    "StoreResult",
+    "StoreSession",
+]
 
 
 class Sidecars(Protocol):
@@ -31,6 +39,20 @@ class Sidecars(Protocol):
         """Keep *data* under *kind*; best effort (a failure is logged, never raised)."""
 
 
+class ByteRanges(Protocol):
+    """Reads of any part of one stored instance without fetching the rest (an S3 object's
+    ranged GETs): what lets metadata come from an object's head and a frame from its bytes."""
+
+    @property
+    def size(self) -> int:
+        """The instance's size in bytes (the whole Part 10 file)."""
+        ...
+
+    async def read(self, start: int, length: int) -> bytes:
+        """The *length* bytes from *start* (fewer only where the instance ends)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Instance:
     """One instance as a DICOM Part 10 file, as the archive sent it.
@@ -41,7 +63,11 @@ class Instance:
     off. A consumer must read ``rest`` to its end before it takes the next instance.
 
     ``sidecars``, where the instance has a home that can keep them (the retrieve cache), holds
-    what was derived from it before."""
+    what was derived from it before.
+
+    ``ranges``, where the archive can read any part of the stored instance (S3), gives such
+    reads; ``rest`` then fetches the remaining bytes only when it is read, and a consumer may
+    leave it unread (:mod:`rst.services.ranged` reads the head and the frames asked for)."""
 
     data: bytes
     sop_class_uid: str
@@ -49,6 +75,7 @@ class Instance:
     transfer_syntax: str
     rest: AsyncIterable[bytes] | None = field(default=None, compare=False)
     sidecars: Sidecars | None = field(default=None, compare=False)
+    ranges: ByteRanges | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

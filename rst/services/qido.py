@@ -1,4 +1,4 @@
-"""QIDO-RS: a search, streamed out as DICOM JSON while the archive still answers."""
+"""QIDO-RS and MWL-RS: a search, streamed out as DICOM JSON while the archive still answers."""
 
 from __future__ import annotations
 
@@ -63,7 +63,12 @@ async def produce_matches(
             if query.limit is not None and sent >= query.limit:
                 await send.send(MORE)
                 return
-            url = retrieve_url_for(base, identifier, query.level)
+            # A worklist item is an order, not a stored study: nothing to retrieve yet.
+            url = (
+                retrieve_url_for(base, identifier, query.level)
+                if query.model == "study-root"
+                else None
+            )
             await send.send(to_dicom_json(query, identifier, url))
             sent += 1
 

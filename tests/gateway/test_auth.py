@@ -23,6 +23,7 @@ from argon2 import PasswordHasher
 
 from rst.auth import AuthConfig
 from rst.auth.guard import requirement_of
+from rst.auth.settings import ACTIONS
 from rst.config import AeConfig, Config, HttpConfig
 from rst.http.app import create_app
 from rst.http.listener import serve_http
@@ -76,6 +77,7 @@ ROUTES: list[tuple[str, str, str]] = [
     ),
     ("POST", "/studies", "store"),
     ("POST", f"/studies/{STUDY}", "store"),
+    ("GET", "/modality-scheduled-procedure-steps", "worklist"),
 ]
 
 FAST_ARGON2 = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -99,8 +101,9 @@ def auth_config(jwks: JwksServer, **overrides: Any) -> AuthConfig:
             {"role": "search", "aets": ["A"], "allow": ["search"]},
             {"role": "retrieve", "aets": ["A"], "allow": ["retrieve"]},
             {"role": "store", "aets": ["A"], "allow": ["store"]},
+            {"role": "worklist", "aets": ["A"], "allow": ["worklist"]},
             {"role": "b-searcher", "aets": ["B"], "allow": ["search"]},
-            {"role": "admin", "aets": ["*"], "allow": ["search", "retrieve", "store"]},
+            {"role": "admin", "aets": ["*"], "allow": ["search", "retrieve", "store", "worklist"]},
         ],
     }
     settings.update(overrides)
@@ -263,7 +266,7 @@ async def test_roles_from_another_claim() -> None:
 
 async def test_each_route_needs_its_action_on_its_ae() -> None:
     async with protected(RSA) as (client, _):
-        tokens = {role: mint(RSA, claims(roles=[role])) for role in ("search", "retrieve", "store")}
+        tokens: dict[str, str] = {role: mint(RSA, claims(roles=[role])) for role in ACTIONS}
         for method, path, action in ROUTES:
             for role, token in tokens.items():
                 response = await call(client, method, f"/aets/A{path}", bearer(token))

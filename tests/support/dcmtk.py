@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +52,14 @@ __all__ = [
     "movescu",
     "open_store_destination",
     "open_storescp",
+    "open_wlmscpfs",
     "require_dcmtk",
     "run_tool",
     "storescu",
 ]
 
 DCMTK_BIN = Path("/usr/bin")
-TOOLS = ("echoscu", "findscu", "movescu", "getscu", "storescu", "storescp")
+TOOLS = ("echoscu", "findscu", "movescu", "getscu", "storescu", "storescp", "wlmscpfs")
 READY_TIMEOUT = 10.0
 # Safety net against a hung tool; wrap a call in trio.fail_after() for a tighter limit.
 TOOL_TIME_LIMIT = 600.0
@@ -322,20 +323,56 @@ async def open_storescp(
     require_dcmtk()
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
     log_path = workdir.with_name(workdir.name + ".storescp.log")
+
+    def argv(port: int) -> list[str]:
+        args = [dcmtk_tool("storescp"), "-v", "-aet", aet, "-dhl", *_pdu(max_pdu)]
+        if accept_all:
+            args.append("+xa")
+        args += ["--ignore"] if ignore else ["-od", str(workdir)]
+        return [*args, str(port)]
+
+    async with _listening("storescp", argv, log_path, ready_timeout) as port:
+        yield port
+
+
+@asynccontextmanager
+async def open_wlmscpfs(
+    folder: Path, *, ready_timeout: float = READY_TIMEOUT
+) -> AsyncIterator[int]:
+    """Run /usr/bin/wlmscpfs (a Modality Worklist SCP) on a free 127.0.0.1 port; yields it.
+
+    It answers as any AE title that is a subfolder of ``folder`` holding a ``lockfile`` and
+    serves that subfolder's ``*.wl`` files (see :mod:`tests.support.worklist`); an unknown
+    called AE title is rejected. Single process (``-s``); log in ``<folder>.wlmscpfs.log``."""
+    require_dcmtk()
+    log_path = folder.with_name(folder.name + ".wlmscpfs.log")
+
+    def argv(port: int) -> list[str]:
+        return [dcmtk_tool("wlmscpfs"), "-v", "-s", "-dhl", "-csk", "-dfp", str(folder), str(port)]
+
+    async with _listening("wlmscpfs", argv, log_path, ready_timeout) as port:
+        yield port
+
+
+@asynccontextmanager
+async def _listening(
+    name: str, argv: Callable[[int], list[str]], log_path: Path, ready_timeout: float
+) -> AsyncIterator[int]:
+    """Start ``argv(port)`` on a free port (retried if it was taken meanwhile) behind the
+    loopback shim; yield the port once the tool listens; stop it on exit (shielded)."""
     env = preload_env(loopback_preload(default_build_dir()))
     proc: trio.Process | None = None
     try:
         ready_port: int | None = None
         for _attempt in range(START_ATTEMPTS):
             port = free_port()
-            argv = [dcmtk_tool("storescp"), "-v", "-aet", aet, "-dhl", *_pdu(max_pdu)]
-            if accept_all:
-                argv.append("+xa")
-            argv += ["--ignore"] if ignore else ["-od", str(workdir)]
-            argv.append(str(port))
             with log_path.open("ab") as log:
                 proc = await trio.lowlevel.open_process(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+                    argv(port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
                 )
             deadline = trio.current_time() + ready_timeout
             while proc.poll() is None:
@@ -343,13 +380,13 @@ async def open_storescp(
                     ready_port = port
                     break
                 if trio.current_time() > deadline:
-                    raise DcmtkError(f"storescp not listening in time:\n{log_tail(log_path)}")
+                    raise DcmtkError(f"{name} not listening in time:\n{log_tail(log_path)}")
                 await trio.sleep(0.01)  # bounded readiness polling of a freshly started process
             if ready_port is not None:
                 break
             await stop_process(proc, kill=True)  # exited early (port taken?): retry
         if ready_port is None:
-            raise DcmtkError(f"storescp exited during start-up:\n{log_tail(log_path)}")
+            raise DcmtkError(f"{name} exited during start-up:\n{log_tail(log_path)}")
         yield ready_port
     finally:
         if proc is not None:

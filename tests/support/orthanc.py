@@ -36,6 +36,7 @@ from .loopback import (
 __all__ = [
     "DICOMWEB_PLUGIN",
     "ORTHANC_BIN",
+    "WORKLISTS_PLUGIN",
     "Orthanc",
     "OrthancError",
     "add_modality",
@@ -44,10 +45,12 @@ __all__ = [
     "open_orthanc",
     "require_orthanc",
     "upload",
+    "worklist_config",
 ]
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+WORKLISTS_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 READY_TIMEOUT = 20.0
 START_ATTEMPTS = 3  # when a port was taken meanwhile: free_port() is racy
 
@@ -156,6 +159,19 @@ def _config(
         else:
             config[key] = value
     return config
+
+
+def worklist_config(folder: Path) -> dict[str, Any]:
+    """``extra_config`` that loads the ModalityWorklists plugin, serving the ``*.wl`` files of
+    *folder* over Modality Worklist C-FIND (without it Orthanc refuses the worklist context),
+    from any calling AE title (else Orthanc aborts the association of one it does not list)."""
+    if not WORKLISTS_PLUGIN.exists():
+        raise OrthancError(f"missing {WORKLISTS_PLUGIN}: run scripts/install-deps")
+    return {
+        "Plugins": [str(DICOMWEB_PLUGIN), str(WORKLISTS_PLUGIN)],
+        "Worklists": {"Enable": True, "Database": str(folder)},
+        "DicomAlwaysAllowFindWorklist": True,
+    }
 
 
 def http_client(orthanc: Orthanc, *, timeout: float = 60.0) -> httpx.AsyncClient:

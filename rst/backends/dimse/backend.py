@@ -33,12 +33,13 @@ from rst.backends.dimse.ul import (
 )
 from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
-from rst.dicom.query import QidoQuery
+from rst.dicom.query import Model, QidoQuery
 from rst.errors import (
     AssociationBroken,
     BackendTimeout,
     DimseFailure,
     NotFound,
+    NotSupported,
     PeerProtocolError,
 )
 from rst.groups import collapse
@@ -50,6 +51,11 @@ __all__ = ["DimseBackend"]
 log = logging.getLogger(__name__)
 
 FIND_MODEL = uids.STUDY_ROOT_FIND
+FIND_MODELS: dict[Model, str] = {
+    "study-root": uids.STUDY_ROOT_FIND,
+    "worklist": uids.MODALITY_WORKLIST_FIND,
+}
+"""The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
@@ -121,47 +127,74 @@ class DimseBackend:
     # -- QIDO-RS -------------------------------------------------------------------------------
 
     def search(self, query: QidoQuery) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
-        """C-FIND at the query's level; matches stream out as the PACS sends them.
+        """C-FIND at the query's level, in its information model (study root or modality
+        worklist); matches stream out as the PACS sends them.
 
-        Leaving the block early (limit reached, client gone) sends C-CANCEL."""
-        return self._find(query.identifier)
+        Leaving the block early (limit reached, client gone) sends C-CANCEL. A PACS that
+        refuses the worklist's presentation context does not offer worklists:
+        :class:`~rst.errors.NotSupported`."""
+        return self._find(query.identifier, FIND_MODELS[query.model])
+
+    @staticmethod
+    def _find_syntaxes(model: str) -> list[str]:
+        """The abstract syntaxes of a C-FIND association. A worklist search also proposes
+        Verification, so that a PACS without worklists still accepts the association and its
+        refusal of the worklist context reads as what it is (see :meth:`_offers`)."""
+        return [model] if model == FIND_MODEL else [model, uids.VERIFICATION]
+
+    def _offers(self, model: str, accepted: bool) -> None:
+        """Raise NotSupported when the PACS refused the worklist model's context."""
+        if not accepted and model == uids.MODALITY_WORKLIST_FIND:
+            raise NotSupported(
+                f"the PACS {self.name} does not offer Modality Worklist queries (it refused "
+                f"the presentation context for {model})"
+            )
 
     @asynccontextmanager
-    async def _find(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
+    async def _find(
+        self, identifier: Dataset, model: str = FIND_MODEL
+    ) -> AsyncIterator[AsyncIterator[Dataset]]:
         if self.dimse.client == "trio":
-            async with self._find_trio(identifier) as matches:
+            async with self._find_trio(identifier, model) as matches:
                 yield matches
             return
         async with self.peer.associate(
-            [build_context(FIND_MODEL)], dimse_timeout=self.config.find_timeout
+            [build_context(uid) for uid in self._find_syntaxes(model)],
+            dimse_timeout=self.config.find_timeout,
         ) as assoc:
+            self._offers(model, any(cx.abstract_syntax == model for cx in assoc.accepted_contexts))
             msg_id = self.message_ids.next(self.peer.calling_aet)
 
             def send() -> Iterator[Response]:
-                return assoc.send_c_find(identifier, FIND_MODEL, msg_id=msg_id)
+                return assoc.send_c_find(identifier, model, msg_id=msg_id)
 
             async with (
-                self.peer.stream(assoc, send, msg_id=msg_id, query_model=FIND_MODEL) as responses,
+                self.peer.stream(assoc, send, msg_id=msg_id, query_model=model) as responses,
                 aclosing(self._matches(responses)) as matches,
             ):
                 yield matches
 
     @asynccontextmanager
-    async def _find_trio(self, identifier: Dataset) -> AsyncIterator[AsyncIterator[Dataset]]:
-        async with (
-            self.peer.connect([PresentationContextRQ(1, FIND_MODEL, UNCOMPRESSED)]) as connection,
-            trio_find(
+    async def _find_trio(
+        self, identifier: Dataset, model: str
+    ) -> AsyncIterator[AsyncIterator[Dataset]]:
+        contexts = [
+            PresentationContextRQ(1 + 2 * n, uid, UNCOMPRESSED)
+            for n, uid in enumerate(self._find_syntaxes(model))
+        ]
+        async with self.peer.connect(contexts) as connection:
+            self._offers(model, any(a == model for a, _ in connection.accepted.values()))
+            async with trio_find(
                 connection,
                 identifier,
-                model=FIND_MODEL,
+                model=model,
                 msg_id=self.message_ids.next(self.peer.calling_aet),
                 find_timeout=self.config.find_timeout,
                 cancel_timeout=self.config.cancel_timeout,
                 calling_aet=self.peer.calling_aet,
                 pacs=self.name,
-            ) as matches,
-        ):
-            yield matches
+            ) as matches:
+                yield matches
 
     async def _matches(self, responses: DimseStream) -> AsyncGenerator[Dataset]:
         async for status, identifier in responses:
