@@ -198,5 +198,5 @@ STORAGE_CLASSES: tuple[str, ...] = (
 )
 """The storage SOP classes the receiver accepts: the first :data:`GET_STORAGE_CLASSES` are the
 common ones (pynetdicom's ``StoragePresentationContexts``, in its order, retired ones included:
-old archives still hold them), then the rest of pynetdicom 2's
+old archives still hold them), then the rest of pynetdicom's
 ``AllStoragePresentationContexts``."""
