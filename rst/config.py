@@ -140,17 +140,29 @@ class DimseConfig(_Section):
     """Instances buffered in memory between the receiver and each HTTP response."""
     transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
     """Transfer syntaxes the receiver accepts, most preferred first."""
-    receiver: Literal["trio", "pynetdicom"] = "trio"
-    """The C-STORE receiver implementation: rst's own on trio (fast), or pynetdicom's."""
-    client: Literal["trio", "pynetdicom"] = "trio"
-    """How rst runs its DIMSE operations (C-FIND, C-MOVE, C-GET, C-STORE, C-ECHO): on its own
-    trio associations (fast, no threads), or on pynetdicom's thread-based ones."""
+    receiver: Literal["trio"] | None = None
+    """Deprecated, no effect: rst has one C-STORE receiver (``"pynetdicom"`` was removed)."""
+    client: Literal["trio"] | None = None
+    """Deprecated, no effect: rst has one DIMSE client (``"pynetdicom"`` was removed)."""
     max_connections: Annotated[int, Field(ge=1)] = 64
     """Connections the (trio) receiver serves at once, per process; further ones are turned away
     with an A-ASSOCIATE-RJ (transient, local limit exceeded)."""
     handshake_timeout: Seconds = 10.0
     """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
     it is closed."""
+
+    @field_validator("receiver", "client", mode="before")
+    @classmethod
+    def _one_implementation(cls, value: object) -> object:
+        if value == "pynetdicom":
+            raise ValueError(
+                "pynetdicom's DIMSE implementation was removed (rst has one): delete the key"
+            )
+        return value
+
+    def deprecated_keys(self) -> list[str]:
+        """The deprecated keys this section sets (rst warns about them at start-up)."""
+        return [f"dimse.{key}" for key in ("receiver", "client") if getattr(self, key) is not None]
 
 
 class CacheConfig(_Section):
@@ -324,8 +336,6 @@ class Config(_Section):
     def _workers(self) -> Config:
         if self.http.workers == 1:
             return self
-        if self.dimse.receiver != "trio":
-            raise ValueError('http.workers > 1 needs dimse.receiver = "trio"')
         for ae in self.aets:
             if isinstance(ae, AeConfig) and ae.correlation == "uid":
                 raise ValueError(

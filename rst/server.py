@@ -30,7 +30,6 @@ import trio
 
 from rst.backends.dimse.backend import DimseBackend
 from rst.backends.dimse.mediator import Mediator, MessageIds
-from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.trio_receiver import TrioStoreReceiver
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
@@ -47,8 +46,6 @@ __all__ = ["Running", "build_backends", "serve", "wait_for_signal"]
 
 log = logging.getLogger(__name__)
 
-Receiver = StoreReceiver | TrioStoreReceiver
-
 
 @dataclass(frozen=True)
 class Running:
@@ -56,7 +53,7 @@ class Running:
 
     http_url: str
     dimse_address: tuple[str, int]
-    receiver: Receiver
+    receiver: TrioStoreReceiver
     backends: dict[str, Backend]
     """The archives themselves (the routes reach the DIMSE ones through the cache)."""
     mediator: Mediator
@@ -176,15 +173,11 @@ async def _serve(
 ) -> None:
     health = HealthMonitor(backends, config.health, metrics=metrics)
     app = create_app(config, served, metrics=metrics, health=health)
-    receiver: Receiver
-    if worker is not None:
-        receiver = TrioStoreReceiver(
-            config.dimse, mediator, listener=worker.dimse, ring=worker.ring
-        )
-    elif config.dimse.receiver == "trio":
-        receiver = TrioStoreReceiver(config.dimse, mediator)
-    else:
-        receiver = StoreReceiver(config.dimse, mediator)
+    receiver = (
+        TrioStoreReceiver(config.dimse, mediator, listener=worker.dimse, ring=worker.ring)
+        if worker is not None
+        else TrioStoreReceiver(config.dimse, mediator)
+    )
 
     with collapse():
         async with trio.open_nursery() as nursery:

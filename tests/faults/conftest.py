@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from rst.devpacs import DevPacs, Faults, FolderArchive, write_sample_study
-from tests.support.gateway import RECEIVERS, receiver_kind
 
 
 @pytest.fixture(scope="session")
@@ -16,14 +15,6 @@ def sample_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("devpacs-sample")
     write_sample_study(folder, images=12, rows=64, columns=64, series=2)
     return folder
-
-
-@pytest.fixture(params=RECEIVERS, autouse=True)
-def receiver(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every fault test runs against both C-STORE receivers."""
-    token = receiver_kind.set(request.param)
-    yield request.param
-    receiver_kind.reset(token)
 
 
 @pytest.fixture

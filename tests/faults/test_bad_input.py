@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from rst.config import AeConfig
 from rst.devpacs import DevPacs
@@ -19,13 +18,6 @@ from tests.support.gateway import run_gateway
 
 DIMSE_EVENTS = ("accept", "echo", "find", "move", "get", "store")
 UNKNOWN = "1.2.3.999999"
-
-
-@pytest.fixture(autouse=True)
-def receiver() -> str:
-    """Refused input never reaches DIMSE: one receiver is enough (the package's conftest runs
-    every fault test with both)."""
-    return "trio"
 
 
 def ae(pacs: DevPacs) -> AeConfig:

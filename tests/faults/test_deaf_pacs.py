@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 import trio
 
 from rst.backends.dimse.ul import AssociateRequest, PduReader, encode_associate_ac, negotiate
@@ -16,13 +15,6 @@ from tests.support.sample import write_ct_study
 from tests.support.stow import multipart
 
 SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
-
-
-@pytest.fixture(autouse=True)
-def receiver() -> str:
-    """rst's own association code sends the data set: the trio stack only (overrides the
-    conftest's two-receiver parametrization)."""
-    return "trio"
 
 
 async def deaf_pacs(

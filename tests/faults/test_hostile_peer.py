@@ -48,7 +48,7 @@ from rst.config import AeConfig
 from rst.dicom.multipart import MultipartWriter
 from rst.groups import collapse
 from rst.server import Running
-from tests.support.gateway import rst_association_threads, run_gateway, settled
+from tests.support.gateway import run_gateway, settled
 from tests.support.hostile_pacs import (
     Action,
     HostilePacs,
@@ -74,13 +74,6 @@ HOSTILE_TIMEOUTS: dict[str, Any] = {
 """Short, so that silence costs half a second, not the defaults' 30 to 120."""
 PATIENT_TIMEOUTS: dict[str, Any] = {"connect_timeout": 10.0, "find_timeout": 10.0}
 PROCESSING_FAILURE = 0x0110
-
-
-@pytest.fixture(autouse=True)
-def receiver() -> str:
-    """Only rst's trio DIMSE stack here (overrides the conftest's two-receiver parametrization):
-    the matrix is large, and the pynetdicom client and receiver are being removed."""
-    return "trio"
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -409,7 +402,6 @@ class Gateway:
             if time.monotonic() > deadline:
                 raise AssertionError(f"left behind: {left}")
             await trio.sleep(0.02)  # tasks and descriptors offer nothing to wait on
-        assert not rst_association_threads()
         assert not list(self.spool.iterdir()), f"spool files left: {list(self.spool.iterdir())}"
 
 
@@ -446,7 +438,7 @@ async def gateway(
                 AeConfig(aet="HOSTILE", port=hostile_port, retrieve=retrieve, **HOSTILE_TIMEOUTS),
                 AeConfig(aet="GOOD", port=good_port, retrieve=retrieve, **PATIENT_TIMEOUTS),
             )
-            dimse = {"spool_dir": str(spool), "receiver": "trio", "client": "trio"}
+            dimse = {"spool_dir": str(spool)}
             async with run_gateway(*aes, dimse=dimse) as running:
                 for pacs in (hostile, good):
                     pacs.destinations["RST"] = running.dimse_address

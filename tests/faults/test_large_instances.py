@@ -1,8 +1,8 @@
 """Large multi-frame instances through rst, over HTTP, from the development PACS.
 
-The trio receiver and the trio C-GET client hand an instance over once its first MiB has
-arrived and stream the rest into the HTTP response as it arrives; pynetdicom's deliver it whole.
-Either way the client gets every instance byte for byte — and a PACS that dies in the middle of
+The receiver and the C-GET client hand an instance over once its first MiB has arrived and
+stream the rest into the HTTP response as it arrives. The client gets every instance byte for
+byte — and a PACS that dies in the middle of
 one gives a response that breaks off, never a complete-looking multipart.
 """
 
@@ -164,7 +164,6 @@ async def test_large_instances_arrive_byte_identical(
     check_instances(download, large_study, expected_syntaxes(large_study, mode, accept))
 
 
-@pytest.mark.parametrize("receiver", ["trio"], indirect=True)  # pynetdicom's deliver whole
 @pytest.mark.parametrize("mode", ["move", "get"])
 async def test_large_instance_reaches_the_client_while_the_pacs_still_sends(
     pacs: DevPacs, large_study: LargeStudy, mode: Mode
@@ -192,34 +191,26 @@ async def test_large_instance_reaches_the_client_while_the_pacs_still_sends(
 
 @pytest.mark.parametrize("mode", ["move", "get"])
 async def test_pacs_dying_mid_instance_breaks_the_response(
-    pacs: DevPacs, large_study: LargeStudy, mode: Mode, receiver: str
+    pacs: DevPacs, large_study: LargeStudy, mode: Mode
 ) -> None:
-    """The PACS's connection is cut 2 MiB into the first instance. With the trio paths the
-    response has begun (that instance is streaming): it breaks off. With pynetdicom's nothing
-    was sent yet: rst answers an error. Never a complete multipart."""
+    """The PACS's connection is cut 2 MiB into the first instance. The response has begun
+    (that instance is streaming): it breaks off, never a complete multipart."""
     async with gateway_through_relay(pacs, mode) as (running, relay):
         download = Download(study_url(running, large_study), AS_STORED)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(download.run)
             with trio.fail_after(20):
                 await relay.held.wait()
-                if receiver == "trio":
-                    await download.flowing.wait()  # the response is under way
+                await download.flowing.wait()  # the response is under way
             relay.cut()
-            # pynetdicom paths: rst answers once the PACS ends the C-MOVE/C-GET, which may take
-            # the dev PACS's own DIMSE timeout if it misses the cut (30 s)
             with trio.fail_after(60):
                 await download.done.wait()
         await settled(running, within=10)
-    if receiver == "trio":
-        assert download.status == 200
-        assert download.error is not None  # httpx: incomplete chunked read
-    else:
-        assert download.error is not None or (download.status or 0) >= 500, download.status
-    if download.status == 200:
-        assert not download.closed
-        with pytest.raises(BadRequest, match="ended before its closing boundary"):
-            download.parts()
+    assert download.status == 200
+    assert download.error is not None  # httpx: incomplete chunked read
+    assert not download.closed
+    with pytest.raises(BadRequest, match="ended before its closing boundary"):
+        download.parts()
 
 
 # -- a client that stops reading: the fragments of a streaming instance go to the spool ----------
@@ -294,7 +285,6 @@ def bodies(running: Running) -> list[Any]:
     return list(subscription.sink._bodies)
 
 
-@pytest.mark.parametrize("receiver", ["trio"], indirect=True)  # pynetdicom's: whole instances
 async def test_stalled_client_gets_large_instances_through_the_spool(bigger_folder: Path) -> None:
     """The client stops reading; the streaming instance's fragments wait ``stall_timeout`` for
     it, then spill to the spool (the PACS is not held up); once the client reads again it gets
@@ -330,7 +320,6 @@ async def test_stalled_client_gets_large_instances_through_the_spool(bigger_fold
     assert not originals
 
 
-@pytest.mark.parametrize("receiver", ["trio"], indirect=True)
 async def test_spool_full_mid_instance_breaks_the_response(bigger_folder: Path) -> None:
     """The spool limit is reached while fragments of a streaming instance spill: the PACS hears
     "out of resources", the client that reads again gets a body that breaks off."""

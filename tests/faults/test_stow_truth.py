@@ -23,7 +23,7 @@ from rst.backends.dimse.ul import encode_pdata
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive
 from rst.server import Running
-from tests.support.gateway import receiver_kind, run_gateway, settled
+from tests.support.gateway import run_gateway, settled
 from tests.support.sample import ENHANCED_CT_IMAGE_STORAGE, write_multiframe
 from tests.support.stow import (
     Instance,
@@ -234,9 +234,7 @@ async def test_size_limit_after_stored_parts_still_lists_them(
         await next_request_is_served(running, pacs, tmp_path)
 
 
-@pytest.mark.parametrize("receiver", ["trio"])  # rst's own association code sends the data set
 async def test_data_set_half_sent_aborts_the_association(
-    receiver: str,
     monkeypatch: pytest.MonkeyPatch,
     pacs: DevPacs,
     gateway: Running,
@@ -244,7 +242,6 @@ async def test_data_set_half_sent_aborts_the_association(
 ) -> None:
     """An error after part of a data set went out: the PACS is not left waiting for the rest
     (the association is aborted), that part fails, the next one associates anew."""
-    assert receiver_kind.get() == "trio"
     first, victim, last = ct_instances(tmp_path, 3, seed=6)
     send = Connection.send
 

@@ -124,7 +124,7 @@ class FuzzGateway:
             AeConfig(aet="DEV", host="127.0.0.1", port=self.pacs.port, **TIMEOUTS),
             AeConfig(aet="DOWN", host="127.0.0.1", port=self.down_port, **TIMEOUTS),
         )
-        dimse = {"spool_dir": str(self.spool), "receiver": "trio", "client": "trio"}
+        dimse = {"spool_dir": str(self.spool)}
         async with run_gateway(*aes, dimse=dimse, http=HTTP) as running:
             self.pacs.add_destination("RST", *running.dimse_address)
             self.running = running

@@ -16,7 +16,7 @@ import pytest
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse.association import Peer
+from rst.backends.dimse.peer import Peer
 from rst.config import AeConfig, Config, HttpConfig
 from rst.errors import ArchiveBusy, BadRequest
 from rst.http.app import create_app

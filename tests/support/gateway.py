@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import tempfile
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from pynetdicom.association import Association
 
 from rst.auth import AuthConfig
 from rst.config import (
@@ -23,11 +20,6 @@ from rst.config import (
     S3AeConfig,
 )
 from rst.server import Running, serve
-
-RECEIVERS = ("trio", "pynetdicom")
-receiver_kind: contextvars.ContextVar[str] = contextvars.ContextVar("receiver_kind", default="trio")
-"""Which DIMSE implementation :func:`run_gateway` uses for the C-STORE receiver and for C-MOVE /
-C-GET (``[dimse] receiver`` and ``client``): tests parametrize it."""
 
 
 @asynccontextmanager
@@ -48,11 +40,7 @@ async def run_gateway(
     with tempfile.TemporaryDirectory(prefix="rst-test-cache-") as folder:
         config = Config(
             http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
-            dimse=DimseConfig(
-                host="127.0.0.1",
-                port=0,
-                **{"receiver": receiver_kind.get(), "client": receiver_kind.get(), **(dimse or {})},
-            ),
+            dimse=DimseConfig(host="127.0.0.1", port=0, **(dimse or {})),
             cache=CacheConfig(**{"path": folder, **(cache or {})}),
             health=HealthConfig(**{"check_archives": False, **(health or {})}),
             aets=aets,
@@ -67,35 +55,20 @@ async def run_gateway(
 async def wait_until(predicate: Any, *, within: float = 5.0, what: str = "condition") -> None:
     """Poll *predicate* until true; fail after *within* seconds.
 
-    Only for states that pynetdicom's threads reach by themselves (an association thread
-    ending) and that offer nothing to wait on."""
+    Only for states that offer nothing to wait on (counters of another component, a process
+    or a thread of a test peer)."""
     with trio.move_on_after(within):
-        while not predicate():  # noqa: ASYNC110 - no event to wait for on pynetdicom's side
+        while not predicate():  # noqa: ASYNC110 - no event to wait for
             await trio.sleep(0.01)
         return
     raise AssertionError(f"timed out after {within} s waiting for {what}")
 
 
-def rst_association_threads() -> list[Association]:
-    """pynetdicom association threads on rst's side still alive (its requests, its receiver)."""
-    alive = []
-    for thread in threading.enumerate():
-        if isinstance(thread, Association) and thread.is_alive():
-            local = thread.requestor if thread.is_requestor else thread.acceptor
-            if local.ae_title == "RST":
-                alive.append(thread)
-    return alive
-
-
 async def settled(running: Running, aet: str = "FAULTY", *, within: float = 2.0) -> None:
-    """rst holds nothing any more: no association, no subscription, no association thread."""
+    """rst holds nothing any more: no association, no subscription."""
     backend: Any = running.backends[aet]
     await wait_until(
-        lambda: (
-            backend.peer.open_associations == 0
-            and len(running.mediator) == 0
-            and not rst_association_threads()
-        ),
+        lambda: backend.peer.open_associations == 0 and len(running.mediator) == 0,
         within=within,
         what="rst to release its associations and subscriptions",
     )

@@ -169,6 +169,24 @@ def test_unknown_top_level_key_is_rejected(tmp_path: Path) -> None:
         load_config(path, environ=NO_ENV)
 
 
+@pytest.mark.parametrize("key", ["receiver", "client"])
+def test_the_removed_pynetdicom_stack_is_refused_by_key(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'[dimse]\n{key} = "pynetdicom"\n')
+
+    with pytest.raises(ConfigError, match=rf"dimse\.{key}: .*pynetdicom's DIMSE implementation"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_the_deprecated_stack_keys_are_accepted_as_no_ops(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, '[http]\nworkers = 2\n[dimse]\nreceiver = "trio"\n'),
+        environ={"RST_DIMSE_CLIENT": "trio"},
+    )
+
+    assert config.dimse.deprecated_keys() == ["dimse.receiver", "dimse.client"]
+    assert load_config(None, environ=NO_ENV).dimse.deprecated_keys() == []
+
+
 def test_unknown_section_key_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "[http]\nprot = 8080\n")
 
@@ -485,10 +503,6 @@ def test_workers_from_file_and_environment(tmp_path: Path) -> None:
     ("toml", "message"),
     [
         ("[http]\nworkers = 0\n", "http.workers"),
-        (
-            '[http]\nworkers = 2\n[dimse]\nreceiver = "pynetdicom"\n',
-            'needs dimse.receiver = "trio"',
-        ),
         (
             '[http]\nworkers = 2\n[[aets]]\naet = "PACS"\ncorrelation = "uid"\n',
             'PACS: correlation = "uid" needs http.workers = 1',

@@ -8,7 +8,6 @@ from pydicom import Dataset
 from rst.backends.dimse.outcome import (
     SubOperations,
     check_find_status,
-    is_pending,
     retrieve_outcome,
 )
 from rst.errors import (
@@ -53,22 +52,7 @@ def outcome(ds: Dataset, received: int, *, cancelled: bool = False) -> Exception
     )
 
 
-# -- is_pending / SubOperations ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("code", "pending"),
-    [
-        (0xFF00, True),
-        (0xFF01, True),
-        (0x0000, False),
-        (0xFE00, False),
-        (0xB000, False),
-        (None, False),
-    ],
-)
-def test_is_pending(code: int | None, pending: bool) -> None:
-    assert is_pending(status(code)) is pending
+# -- SubOperations ---------------------------------------------------------------------------
 
 
 def test_sub_operations_read_counts_and_default_to_zero() -> None:

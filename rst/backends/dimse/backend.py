@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asynccontextmanager
-from typing import Any
 
 import trio
 from pydicom import Dataset
-from pynetdicom import build_context, build_role, evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext, StoragePresentationContexts
 
 from rst.backends.dimse import uids
-from rst.backends.dimse.association import DimseStream, Peer, Response
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
-from rst.backends.dimse.outcome import check_find_status, is_pending, retrieve_outcome
-from rst.backends.dimse.receiver import handle_store, instance_from_event
+from rst.backends.dimse.outcome import retrieve_outcome
+from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.trio_client import BROKEN, broken_association, encode_identifier
 from rst.backends.dimse.trio_find import find as trio_find
 from rst.backends.dimse.trio_retrieve import follow
@@ -31,7 +25,6 @@ from rst.backends.dimse.ul import (
     encode_c_get_rq,
     encode_c_move_rq,
 )
-from rst.bridge import Portal, run_sync
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import Model, QidoQuery
 from rst.errors import (
@@ -59,9 +52,7 @@ FIND_MODELS: dict[Model, str] = {
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
-# The requestor may propose at most 128 presentation contexts; C-GET needs one per storage
-# SOP class it can receive (with the SCP role), plus the C-GET context itself.
-GET_STORAGE_CLASSES = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:126]]
+GET_STORAGE_CLASSES = uids.STORAGE_CLASSES[: uids.GET_STORAGE_CLASSES]
 
 
 class DimseBackend:
@@ -92,20 +83,13 @@ class DimseBackend:
     # -- verification --------------------------------------------------------------------------
 
     async def echo(self) -> None:
-        if self.dimse.client == "trio":
-            code = await self._echo_trio()
-        else:
-            async with self.peer.associate(
-                [build_context(uids.VERIFICATION)], dimse_timeout=self.config.find_timeout
-            ) as assoc:
-                status = await run_sync(assoc.send_c_echo, self.peer.threads)
-            code = status.get("Status")
+        code = await self._echo()
         if code is None:
             raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
         if code != 0x0000:
             raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{code:04X}")
 
-    async def _echo_trio(self) -> int | None:
+    async def _echo(self) -> int | None:
         contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
         async with self.peer.connect(contexts) as connection:
             context_id, _ = connection.context_for(uids.VERIFICATION)
@@ -154,30 +138,6 @@ class DimseBackend:
     async def _find(
         self, identifier: Dataset, model: str = FIND_MODEL
     ) -> AsyncIterator[AsyncIterator[Dataset]]:
-        if self.dimse.client == "trio":
-            async with self._find_trio(identifier, model) as matches:
-                yield matches
-            return
-        async with self.peer.associate(
-            [build_context(uid) for uid in self._find_syntaxes(model)],
-            dimse_timeout=self.config.find_timeout,
-        ) as assoc:
-            self._offers(model, any(cx.abstract_syntax == model for cx in assoc.accepted_contexts))
-            msg_id = self.message_ids.next(self.peer.calling_aet)
-
-            def send() -> Iterator[Response]:
-                return assoc.send_c_find(identifier, model, msg_id=msg_id)
-
-            async with (
-                self.peer.stream(assoc, send, msg_id=msg_id, query_model=model) as responses,
-                aclosing(self._matches(responses)) as matches,
-            ):
-                yield matches
-
-    @asynccontextmanager
-    async def _find_trio(
-        self, identifier: Dataset, model: str
-    ) -> AsyncIterator[AsyncIterator[Dataset]]:
         contexts = [
             PresentationContextRQ(1 + 2 * n, uid, UNCOMPRESSED)
             for n, uid in enumerate(self._find_syntaxes(model))
@@ -195,14 +155,6 @@ class DimseBackend:
                 pacs=self.name,
             ) as matches:
                 yield matches
-
-    async def _matches(self, responses: DimseStream) -> AsyncGenerator[Dataset]:
-        async for status, identifier in responses:
-            if is_pending(status):
-                if identifier is not None:
-                    yield identifier
-                continue
-            check_find_status(status, self.name)
 
     # -- WADO-RS -------------------------------------------------------------------------------
 
@@ -236,13 +188,7 @@ class DimseBackend:
         of preference (``[dimse] transfer_syntaxes``) applies to every retrieve."""
         get = self.config.retrieve == "get"
         sink = self._sink()
-        if self.dimse.client == "trio":
-            retrieve = self._retrieve_trio(keys, prefer, sink, get=get)
-        elif get:
-            retrieve = self._retrieve_get(keys, prefer, sink)
-        else:
-            retrieve = self._retrieve_move(keys, sink)
-        return self._spooling(sink, retrieve)
+        return self._spooling(sink, self._retrieve(keys, prefer, sink, get=get))
 
     @asynccontextmanager
     async def _spooling(
@@ -271,10 +217,11 @@ class DimseBackend:
         )
 
     @asynccontextmanager
-    async def _retrieve_trio(
+    async def _retrieve(
         self, keys: RetrieveKeys, prefer: str | None, sink: InstanceSink, *, get: bool
     ) -> AsyncIterator[AsyncIterator[Instance]]:
-        """C-MOVE or C-GET on a trio association (no thread, no polling)."""
+        """C-MOVE or C-GET: the association's responses end the sink with the verdict, the
+        caller reads the instances."""
         msg_id = self.message_ids.next(self.peer.calling_aet)
         operation = "C-GET" if get else "C-MOVE"
         if get:
@@ -330,89 +277,6 @@ class DimseBackend:
                             sink.close()
                             nursery.cancel_scope.cancel()
 
-    @asynccontextmanager
-    async def _retrieve_move(
-        self, keys: RetrieveKeys, sink: InstanceSink
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
-        msg_id = self.message_ids.next(self.peer.calling_aet)
-        subscription = self._subscription(sink, keys, msg_id)
-        identifier = self._identifier(keys)
-        with self.mediator.subscribe(subscription):
-            async with self.peer.associate(
-                [build_context(MOVE_MODEL)], dimse_timeout=None
-            ) as assoc:
-
-                def send() -> Iterator[Response]:
-                    return assoc.send_c_move(identifier, self.dimse.aet, MOVE_MODEL, msg_id=msg_id)
-
-                async with self._run(assoc, send, msg_id, MOVE_MODEL, sink, keys, "C-MOVE") as out:
-                    yield out
-
-    @asynccontextmanager
-    async def _retrieve_get(
-        self, keys: RetrieveKeys, prefer: str | None, sink: InstanceSink
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
-        msg_id = self.message_ids.next(self.peer.calling_aet)
-        identifier = self._identifier(keys)
-        portal = Portal()
-        contexts: list[PresentationContext] = [build_context(GET_MODEL)]
-        syntaxes = get_syntaxes(self.dimse.transfer_syntaxes, prefer)
-        contexts += [build_context(uid, syntaxes) for uid in GET_STORAGE_CLASSES]
-        roles = [build_role(uid, scp_role=True) for uid in GET_STORAGE_CLASSES]
-
-        def on_store(event: Any) -> int:
-            return handle_store(portal, sink, instance_from_event(event))
-
-        try:
-            async with self.peer.associate(
-                contexts,
-                dimse_timeout=None,
-                ext_neg=roles,
-                evt_handlers=[(evt.EVT_C_STORE, on_store)],
-            ) as assoc:
-
-                def send() -> Iterator[Response]:
-                    return assoc.send_c_get(identifier, GET_MODEL, msg_id=msg_id)
-
-                async with self._run(assoc, send, msg_id, GET_MODEL, sink, keys, "C-GET") as out:
-                    yield out
-        finally:
-            sink.close()
-
-    @asynccontextmanager
-    async def _run(
-        self,
-        assoc: Association,
-        send: Any,
-        msg_id: int,
-        model: str,
-        sink: InstanceSink,
-        keys: RetrieveKeys,
-        operation: str,
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
-        """Drive one C-MOVE/C-GET: responses feed the sink's end, the caller reads instances."""
-        async with self.peer.stream(assoc, send, msg_id=msg_id, query_model=model) as responses:
-            with collapse():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch, responses, sink, keys, operation)
-                    try:
-                        async with aclosing(self._instances(sink)) as instances:
-                            yield instances
-                    finally:
-                        # Refuse C-STOREs still in flight at once: a PACS stuck waiting for a
-                        # C-STORE response cannot see the C-CANCEL that follows.
-                        sink.close()
-                        nursery.cancel_scope.cancel()
-
-    async def _watch(
-        self, responses: DimseStream, sink: InstanceSink, keys: RetrieveKeys, operation: str
-    ) -> None:
-        final: Dataset = Dataset()
-        async for status, _ in responses:
-            if not is_pending(status):
-                final = status
-        await self._conclude(final, sink, keys, operation)
-
     async def _conclude(
         self, final: Dataset, sink: InstanceSink, keys: RetrieveKeys, operation: str
     ) -> None:
@@ -459,8 +323,8 @@ class DimseBackend:
     # -- STOW-RS -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def store(self) -> AsyncIterator[DimseStoreSession | TrioStoreSession]:
-        session = TrioStoreSession(self) if self.dimse.client == "trio" else DimseStoreSession(self)
+    async def store(self) -> AsyncIterator[TrioStoreSession]:
+        session = TrioStoreSession(self)
         try:
             yield session
         finally:

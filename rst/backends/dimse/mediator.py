@@ -11,7 +11,7 @@ for, the oldest open retrieve that has not yet received that SOP instance wins. 
 retrieves of the same study each get their own copy (each C-MOVE sends every instance once),
 and retrieves of different studies never wait for each other: there is no global lock.
 
-All methods run in trio (the receiver's handler threads reach them through the portal).
+All methods run in trio.
 """
 
 from __future__ import annotations

@@ -18,17 +18,13 @@ from rst.errors import (
     RstError,
 )
 
-__all__ = ["SubOperations", "check_find_status", "is_pending", "retrieve_outcome"]
+__all__ = ["SubOperations", "check_find_status", "retrieve_outcome"]
 
 PENDING = (0xFF00, 0xFF01)
 CANCEL = 0xFE00
 SUCCESS = 0x0000
 WARNING_SUBOPS_FAILED = 0xB000
 MOVE_DESTINATION_UNKNOWN = 0xA801
-
-
-def is_pending(status: Dataset) -> bool:
-    return status.get("Status") in PENDING
 
 
 def _status_text(status: Dataset) -> str:

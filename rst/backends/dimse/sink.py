@@ -1,7 +1,7 @@
 """Where received instances wait for the HTTP response that asked for them.
 
 A sink holds at most ``capacity`` instances in memory. A producer (the receiver's task for a
-C-MOVE association, the C-GET association's task, or a pynetdicom thread) that finds it full
+C-MOVE association, or the C-GET association's task) that finds it full
 waits — that wait is the backpressure that slows the PACS down to the client's pace. But a PACS
 only waits so long for a C-STORE response (Orthanc fails the whole C-MOVE after its
 ``DicomScuTimeout``, 10 s by default), so after ``stall_timeout`` the producer writes the
@@ -53,8 +53,8 @@ class SpoolFull(Exception):
 class _Spool:
     """The anonymous file one request's overflow goes to (created on first use), capped.
 
-    Written from trio's worker threads or pynetdicom's threads: only the descriptor is kept,
-    and ``pread``/``pwrite`` are safe across threads."""
+    Written from trio's worker threads: only the descriptor is kept, and ``pread``/``pwrite``
+    are safe across threads."""
 
     def __init__(self, directory: str | None, max_bytes: int) -> None:
         self._directory = directory

@@ -1,8 +1,7 @@
-"""Associations rst requests, on trio: the fast path for C-MOVE and C-GET.
+"""Associations rst requests, on trio.
 
-pynetdicom runs an association on two polling threads and hands C-GET's C-STOREs to a handler
-thread; here an association is a socket and a :class:`~rst.backends.dimse.ul.PduReader`, owned
-by the task that opened it. :func:`open_association` is an async context manager: the
+An association is a socket and a :class:`~rst.backends.dimse.ul.PduReader`, owned by the task
+that opened it (no thread, no polling). :func:`open_association` is an async context manager: the
 association exists for the ``async with`` block, is released when it ends, and is aborted if
 the release is not confirmed within ``cancel_timeout`` or if the association is left broken
 (a peer that sent garbage, an operation that could not be cancelled).

@@ -1,4 +1,4 @@
-"""C-FIND on a trio association: QIDO-RS without pynetdicom's threads.
+"""C-FIND on a trio association: QIDO-RS.
 
 Matches are decoded as they arrive and handed on one at a time. Leaving the block before the
 final response (the ``limit`` was reached, the client went away) sends C-CANCEL and drains the

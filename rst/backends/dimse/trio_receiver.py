@@ -1,16 +1,15 @@
 """rst's C-STORE SCP, written on trio: the destination of every C-MOVE.
 
-pynetdicom's receiver (:mod:`rst.backends.dimse.receiver`) runs two polling threads per
-association, reads the socket 4 KiB at a time and decodes every PDU into Python objects; it tops
-out near 100 MB/s. This one reads with ``recv_into`` into one preallocated buffer, frames PDUs
-and PDVs on memoryviews (:mod:`rst.backends.dimse.ul`), parses the C-STORE command by hand and
-answers with a hand-encoded response. There is no thread: a connection is a trio task in the
-server's nursery, and handing an instance to the request that wants it is a plain ``await``.
+It reads with ``recv_into`` into one preallocated buffer, frames PDUs and PDVs on memoryviews
+(:mod:`rst.backends.dimse.ul`), parses the C-STORE command by hand and answers with a
+hand-encoded response (pynetdicom's Storage SCP, which earlier versions of rst ran, used two
+polling threads per association, read 4 KiB at a time and topped out near 100 MB/s). There is no
+thread: a connection is a trio task in the server's nursery, and handing an instance to the
+request that wants it is a plain ``await``.
 
-The semantics are those of the pynetdicom receiver: an instance is routed by Move Originator AE
-Title + Message ID (or by UIDs for PACS that omit them), handed to that request's sink —
-waiting for room (backpressure) up to ``stall_timeout``, then spooled — and only then answered;
-instances nobody waits for are refused.
+An instance is routed by Move Originator AE Title + Message ID (or by UIDs for PACS that omit
+them), handed to that request's sink — waiting for room (backpressure) up to ``stall_timeout``,
+then spooled — and only then answered; instances nobody waits for are refused.
 
 Whatever one peer does ends its own association at most, with bounded resources: at most
 ``max_connections`` connections are served (more are turned away, :mod:`.admission`); until
@@ -31,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from rst import __version__
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
@@ -39,7 +37,7 @@ from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
-from rst.backends.dimse.uids import VERIFICATION
+from rst.backends.dimse.uids import STORAGE_CLASSES, VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -74,7 +72,7 @@ __all__ = ["TrioStoreReceiver"]
 log = logging.getLogger(__name__)
 
 IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+ABSTRACT_SYNTAXES = frozenset((*STORAGE_CLASSES, VERIFICATION))  # what the receiver accepts
 NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
 HANDSHAKE_BUFFER = 16 * 1024
 """Read buffer of a connection until its association is accepted: a typical A-ASSOCIATE-RQ
@@ -382,7 +380,7 @@ class _Connection:
             return False
         results: list[ContextResult] = negotiate(
             request,
-            abstract_syntaxes=STORAGE_CLASSES | {VERIFICATION},
+            abstract_syntaxes=ABSTRACT_SYNTAXES,
             transfer_syntaxes=list(config.transfer_syntaxes),
         )
         self.accepted = {r.context_id: r.transfer_syntax for r in results if r.result == 0}

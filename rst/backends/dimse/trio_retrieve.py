@@ -131,7 +131,7 @@ async def cancel_operation(
 
 def status_dataset(response: OtherCommand) -> Dataset:
     """The response as the status dataset :func:`~rst.backends.dimse.outcome.retrieve_outcome`
-    reads (the same shape pynetdicom yields)."""
+    reads."""
     status = Dataset()
     status.Status = response.status
     for keyword, value in (

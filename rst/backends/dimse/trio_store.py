@@ -1,9 +1,8 @@
 """STOW-RS on trio associations: C-STORE of the uploaded bytes as they are.
 
-The pynetdicom session (:mod:`.store`) decodes every uploaded instance with pydicom and has
-pynetdicom encode it again. Here the encoded dataset after the file meta goes out unchanged when
-the PACS accepts its transfer syntax; only an uncompressed instance whose syntax the PACS did
-not accept is re-encoded (to the uncompressed syntax it did accept).
+The encoded dataset after the file meta goes out unchanged when the PACS accepts its transfer
+syntax (nothing is decoded and encoded again); only an uncompressed instance whose syntax the
+PACS did not accept is re-encoded (to the uncompressed syntax it did accept).
 """
 
 from __future__ import annotations

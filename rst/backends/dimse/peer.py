@@ -1,0 +1,151 @@
+"""One PACS as rst's DIMSE client sees it: where it is, who rst calls itself, how many
+associations at once.
+
+:meth:`Peer.connect` is an async context manager: the association (:mod:`.trio_client`) exists
+exactly for the ``async with`` block, and leaving it — normally, by an exception or by
+cancellation — releases it (or aborts it). Requests beyond ``max_associations`` wait for a free
+slot. Each association is counted in the gateway's metrics (:mod:`rst.metrics`) by operation —
+what its first presentation context asks for — with its duration, or with why it could not be
+used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from rst.backends.dimse import uids
+from rst.backends.dimse.trio_client import Connection, open_association
+from rst.backends.dimse.ul import PresentationContextRQ
+from rst.config import AeConfig
+from rst.errors import (
+    ArchiveBusy,
+    AssociationBroken,
+    AssociationRejected,
+    BackendTimeout,
+    PacsUnreachable,
+    PeerProtocolError,
+)
+from rst.metrics import Metrics
+
+__all__ = ["Peer"]
+
+
+OPERATIONS = {
+    uids.VERIFICATION: "echo",
+    uids.STUDY_ROOT_FIND: "find",
+    uids.STUDY_ROOT_MOVE: "move",
+    uids.STUDY_ROOT_GET: "get",
+    uids.MODALITY_WORKLIST_FIND: "worklist",
+}
+"""The operation an association is for, by its first abstract syntax (else a storage class:
+``store``), as a metrics label."""
+FAILURE_KINDS: tuple[tuple[type[Exception], str], ...] = (
+    (PacsUnreachable, "unreachable"),
+    (AssociationRejected, "rejected"),
+    (ArchiveBusy, "busy"),
+    (BackendTimeout, "timeout"),
+    (AssociationBroken, "broken"),
+    (PeerProtocolError, "broken"),
+)
+"""Errors that mean the association failed (others, e.g. a study not found, are answers)."""
+
+
+class Peer:
+    """A configured PACS as seen from rst: where it is, who rst calls itself, how many at once."""
+
+    def __init__(
+        self, config: AeConfig, *, calling_aet: str, max_pdu: int, metrics: Metrics | None = None
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.calling_aet = calling_aet
+        self.max_pdu = max_pdu
+        self._slots = trio.Semaphore(config.max_associations)
+        self.open_associations = 0
+        self.peak_associations = 0
+        self.established = 0
+        """Associations the PACS accepted that are still open."""
+
+    @property
+    def name(self) -> str:
+        return self.config.aet
+
+    def saturated(self) -> bool:
+        """Whether every slot holds an association the PACS accepted (see :mod:`rst.health`)."""
+        return self.established >= self.config.max_associations
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One of the ``max_associations`` slots (waiting for one at most ``queue_timeout``
+        seconds, then :class:`~rst.errors.ArchiveBusy`), counted while held."""
+        with trio.move_on_after(self.config.queue_timeout) as waiting:
+            await self._slots.acquire()
+        if waiting.cancelled_caught:
+            raise ArchiveBusy(
+                f"all {self.config.max_associations} associations to the PACS {self.name} "
+                f"stayed busy for {self.config.queue_timeout:g} s; try again later",
+                retry_after=max(1, round(self.config.queue_timeout / 2)),
+            )
+        self.open_associations += 1
+        self.peak_associations = max(self.peak_associations, self.open_associations)
+        try:
+            yield
+        finally:
+            self.open_associations -= 1
+            self._slots.release()
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        contexts: Sequence[PresentationContextRQ],
+        roles: Mapping[str, tuple[bool, bool]] | None = None,
+    ) -> AsyncIterator[Connection]:
+        """A trio association (:mod:`.trio_client`) in one of this PACS's slots."""
+        async with (
+            self._metered(contexts[0].abstract_syntax) as established,
+            self.slot(),
+            open_association(
+                self.config,
+                calling_aet=self.calling_aet,
+                contexts=contexts,
+                roles=roles,
+                max_pdu=self.max_pdu,
+            ) as connection,
+        ):
+            established()
+            yield connection
+
+    @asynccontextmanager
+    async def _metered(self, abstract_syntax: str) -> AsyncIterator[Callable[[], None]]:
+        """Count one association: call the function it yields once the PACS accepted it."""
+        operation = OPERATIONS.get(abstract_syntax, "store")
+        metrics = self.metrics
+        started = time.monotonic()
+        accepted = False
+
+        def established() -> None:
+            nonlocal accepted
+            accepted = True
+            self.established += 1
+            if metrics is not None:
+                metrics.associations_open.labels(self.name).inc()
+
+        try:
+            yield established
+        except Exception as exc:
+            kind = next((kind for cls, kind in FAILURE_KINDS if isinstance(exc, cls)), None)
+            if metrics is not None and kind is not None:
+                metrics.association_failures.labels(self.name, operation, kind).inc()
+            raise
+        finally:
+            if accepted:
+                self.established -= 1
+                if metrics is not None:
+                    metrics.associations_open.labels(self.name).dec()
+                    metrics.associations.labels(self.name, operation).observe(
+                        time.monotonic() - started
+                    )
