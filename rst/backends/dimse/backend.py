@@ -10,14 +10,14 @@ import trio
 from pydicom import Dataset
 
 from rst.backends.dimse import uids
+from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
+from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
 from rst.backends.dimse.outcome import retrieve_outcome
 from rst.backends.dimse.peer import Peer
+from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import BROKEN, broken_association, encode_identifier
-from rst.backends.dimse.trio_find import find as trio_find
-from rst.backends.dimse.trio_retrieve import follow
-from rst.backends.dimse.trio_store import TrioStoreSession
+from rst.backends.dimse.store import StoreSession
 from rst.backends.dimse.ul import (
     OtherCommand,
     PresentationContextRQ,
@@ -144,7 +144,7 @@ class DimseBackend:
         ]
         async with self.peer.connect(contexts) as connection:
             self._offers(model, any(a == model for a, _ in connection.accepted.values()))
-            async with trio_find(
+            async with find(
                 connection,
                 identifier,
                 model=model,
@@ -323,8 +323,8 @@ class DimseBackend:
     # -- STOW-RS -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def store(self) -> AsyncIterator[TrioStoreSession]:
-        session = TrioStoreSession(self)
+    async def store(self) -> AsyncIterator[StoreSession]:
+        session = StoreSession(self)
         try:
             yield session
         finally:

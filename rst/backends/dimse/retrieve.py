@@ -20,9 +20,9 @@ import logging
 import trio
 from pydicom import Dataset
 
+from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.incoming import IncomingInstance
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
 from rst.backends.dimse.ul import (
     CStoreRequest,
     OtherCommand,

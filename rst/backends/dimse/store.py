@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from rst.backends.dimse import uids
-from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
+from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
 from rst.bridge import run_sync
 from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
@@ -31,7 +31,7 @@ from rst.services.protocols import StoreResult
 if TYPE_CHECKING:
     from rst.backends.dimse.backend import DimseBackend
 
-__all__ = ["TrioStoreSession"]
+__all__ = ["StoreSession"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 MAX_CONTEXTS = 128
 
 
-class TrioStoreSession:
+class StoreSession:
     """Stores uploads one after another, re-associating when a new SOP class or transfer syntax
     needs presentation contexts the current association lacks.
 
