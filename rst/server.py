@@ -28,9 +28,7 @@ from typing import Any
 
 import trio
 
-from rst.backends.dimse.backend import DimseBackend
-from rst.backends.dimse.mediator import Mediator, MessageIds
-from rst.backends.dimse.receiver import StoreReceiver
+from rst.backends.dimse import DimseBackend, Mediator, MessageIds, StoreReceiver
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig

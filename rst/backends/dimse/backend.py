@@ -17,7 +17,7 @@ from rst.backends.dimse.outcome import retrieve_outcome
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.store import StoreSession
+from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.ul import (
     OtherCommand,
     PresentationContextRQ,
@@ -323,8 +323,10 @@ class DimseBackend:
     # -- STOW-RS -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def store(self) -> AsyncIterator[StoreSession]:
-        session = StoreSession(self)
+    async def store(self) -> AsyncIterator[DimseStoreSession]:
+        session = DimseStoreSession(
+            self.peer, pacs=self.name, store_timeout=self.config.store_timeout
+        )
         try:
             yield session
         finally:
