@@ -130,7 +130,7 @@ async def cancel_operation(
 
 
 def status_dataset(response: OtherCommand) -> Dataset:
-    """The response as the status dataset :func:`~rst.backends.dimse.outcome.retrieve_outcome`
+    """The response as the status dataset :func:`~rst.backends.dimse.verdict.reconcile`
     reads."""
     status = Dataset()
     status.Status = response.status
