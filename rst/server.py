@@ -28,9 +28,7 @@ from typing import Any
 
 import trio
 
-from rst.backends.dimse.backend import DimseBackend
-from rst.backends.dimse.mediator import Mediator, MessageIds
-from rst.backends.dimse.trio_receiver import TrioStoreReceiver
+from rst.backends.dimse import DimseBackend, Mediator, MessageIds, StoreReceiver
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig
@@ -53,7 +51,7 @@ class Running:
 
     http_url: str
     dimse_address: tuple[str, int]
-    receiver: TrioStoreReceiver
+    receiver: StoreReceiver
     backends: dict[str, Backend]
     """The archives themselves (the routes reach the DIMSE ones through the cache)."""
     mediator: Mediator
@@ -174,9 +172,9 @@ async def _serve(
     health = HealthMonitor(backends, config.health, metrics=metrics)
     app = create_app(config, served, metrics=metrics, health=health)
     receiver = (
-        TrioStoreReceiver(config.dimse, mediator, listener=worker.dimse, ring=worker.ring)
+        StoreReceiver(config.dimse, mediator, listener=worker.dimse, ring=worker.ring)
         if worker is not None
-        else TrioStoreReceiver(config.dimse, mediator)
+        else StoreReceiver(config.dimse, mediator)
     )
 
     with collapse():

@@ -48,7 +48,7 @@ import trio
 from prometheus_client import multiprocess
 
 from rst.auth.settings import REVEAL_SECRETS
-from rst.backends.dimse.handoff import WorkerRing
+from rst.backends.dimse import WorkerRing
 from rst.config import Config
 from rst.restarts import Restart, RestartSchedule
 

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from rst.backends.dimse.trio_client import Connection
+from rst.backends.dimse.client import Connection
 from rst.backends.dimse.ul import encode_pdata
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from rst.backends.dimse import handoff
 from rst.backends.dimse.handoff import Handover, WorkerRing
 from rst.backends.dimse.mediator import Mediator
-from rst.backends.dimse.trio_receiver import TrioStoreReceiver
+from rst.backends.dimse.receiver import StoreReceiver
 from rst.config import DimseConfig
 from tests.receiver.test_handoff import collect, ct, listening_socket, pixels, subscription
 
@@ -35,7 +35,7 @@ STATUS_REFUSED = 0x0124  # "not authorized": an unsolicited C-STORE
 class Ring:
     """Worker 0 running, worker 1's slot empty until :meth:`replace` fills it."""
 
-    receivers: list[TrioStoreReceiver]
+    receivers: list[StoreReceiver]
     port: int  # worker 0's, where the "PACS" connects
     inbox_1: socket.socket  # worker 1's inbox, held by the "supervisor"
     outbox_1: socket.socket  # the siblings' end to it
@@ -51,7 +51,7 @@ async def ring() -> AsyncIterator[Ring]:
     config = DimseConfig(host="127.0.0.1", port=0, stall_timeout=5.0)
     listeners = [listening_socket() for _ in range(2)]
     receivers = [
-        TrioStoreReceiver(
+        StoreReceiver(
             config,
             Mediator(),
             listener=listeners[k],

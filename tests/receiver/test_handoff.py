@@ -23,8 +23,8 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from rst.backends.dimse.handoff import WorkerRing
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
+from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_receiver import TrioStoreReceiver
 from rst.config import DimseConfig
 from rst.services.wado import whole
 
@@ -34,7 +34,7 @@ SERIES = "1.2.826.0.1.3680043.8.498.1.1"
 
 @dataclass
 class Workers:
-    receivers: list[TrioStoreReceiver]
+    receivers: list[StoreReceiver]
     port: int  # worker 0's: where the "PACS" connects
     outboxes: list[socket.socket]  # outboxes[k] sends to worker k
 
@@ -52,7 +52,7 @@ async def workers() -> AsyncIterator[Workers]:
     config = DimseConfig(host="127.0.0.1", port=0, stall_timeout=5.0)
     listeners = [listening_socket() for _ in range(2)]
     receivers = [
-        TrioStoreReceiver(
+        StoreReceiver(
             config,
             Mediator(),
             listener=listeners[k],

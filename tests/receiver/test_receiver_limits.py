@@ -1,4 +1,4 @@
-"""The trio receiver's limits: whatever one peer does, it costs bounded resources and ends its
+"""The receiver's limits: whatever one peer does, it costs bounded resources and ends its
 own connection at most.
 
 Each hostile peer is a raw trio socket speaking (or not) the Upper Layer protocol; after it, a
@@ -27,17 +27,17 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from rst.backends.dimse import trio_receiver
+from rst.backends.dimse import receiver as receiver_module
 from rst.backends.dimse.admission import MAX_TURNING_AWAY
 from rst.backends.dimse.handoff import WorkerRing
 from rst.backends.dimse.incoming import MAX_UNROUTED
 from rst.backends.dimse.mediator import Mediator, Subscription
-from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_receiver import (
+from rst.backends.dimse.receiver import (
     HANDSHAKE_BUFFER,
     MAX_ASSOCIATE_RQ,
-    TrioStoreReceiver,
+    StoreReceiver,
 )
+from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
@@ -59,7 +59,7 @@ from rst.backends.dimse.ul import (
     parse_command,
 )
 from rst.config import DimseConfig
-from tests.receiver.test_trio_receiver import ORIGINATOR, send_with_pynetdicom
+from tests.receiver.test_receiver import ORIGINATOR, send_with_pynetdicom
 from tests.support.sample import write_ct_study
 
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -83,7 +83,7 @@ class Harness:
     """A receiver running in this process, and the test's connections to it (all closed at
     the end, whatever happens)."""
 
-    receiver: TrioStoreReceiver
+    receiver: StoreReceiver
     opened: list[trio.SocketStream] = field(default_factory=list)
 
     async def connect(self) -> trio.SocketStream:
@@ -105,7 +105,7 @@ class Harness:
 async def running(
     settings: DimseConfig, *, listener: socket.socket | None = None, ring: WorkerRing | None = None
 ) -> AsyncIterator[Harness]:
-    harness = Harness(TrioStoreReceiver(settings, Mediator(), listener=listener, ring=ring))
+    harness = Harness(StoreReceiver(settings, Mediator(), listener=listener, ring=ring))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(harness.receiver.run)
@@ -183,7 +183,7 @@ def store_with_pynetdicom(port: int, folder: Path) -> tuple[list[int], list[str]
     return send_with_pynetdicom(port, study.paths), study.sop_uids
 
 
-async def assert_still_serving(receiver: TrioStoreReceiver, folder: Path) -> None:
+async def assert_still_serving(receiver: StoreReceiver, folder: Path) -> None:
     """A normal C-STORE, routed by Move Originator, arrives whole and is answered success."""
     assert receiver.address is not None
     port = receiver.address[1]
@@ -437,7 +437,7 @@ async def test_an_internal_error_ends_that_association_only(
 
         with monkeypatch.context() as patch:
             patch.setattr(receiver.mediator, "by_originator", broken)
-            patch.setattr(trio_receiver, "encode_abort", broken)
+            patch.setattr(receiver_module, "encode_abort", broken)
             await peer.send(
                 encode_pdata(
                     CT_CONTEXT,

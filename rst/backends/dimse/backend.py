@@ -10,14 +10,13 @@ import trio
 from pydicom import Dataset
 
 from rst.backends.dimse import uids
+from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
+from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
-from rst.backends.dimse.outcome import retrieve_outcome
 from rst.backends.dimse.peer import Peer
+from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import BROKEN, broken_association, encode_identifier
-from rst.backends.dimse.trio_find import find as trio_find
-from rst.backends.dimse.trio_retrieve import follow
-from rst.backends.dimse.trio_store import TrioStoreSession
+from rst.backends.dimse.store import DimseStoreSession
 from rst.backends.dimse.ul import (
     OtherCommand,
     PresentationContextRQ,
@@ -25,13 +24,13 @@ from rst.backends.dimse.ul import (
     encode_c_get_rq,
     encode_c_move_rq,
 )
+from rst.backends.dimse.verdict import arrivals, conclude
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import Model, QidoQuery
 from rst.errors import (
     AssociationBroken,
     BackendTimeout,
     DimseFailure,
-    NotFound,
     NotSupported,
     PeerProtocolError,
 )
@@ -144,7 +143,7 @@ class DimseBackend:
         ]
         async with self.peer.connect(contexts) as connection:
             self._offers(model, any(a == model for a, _ in connection.accepted.values()))
-            async with trio_find(
+            async with find(
                 connection,
                 identifier,
                 model=model,
@@ -265,56 +264,37 @@ class DimseBackend:
                         log.warning("%s (%s of %s)", error.message, operation, keys)
                         sink.finish(error)  # what arrived before still goes out, then the error
                         return
-                    await self._conclude(final, sink, keys, operation)
+                    verdict = await conclude(
+                        final,
+                        received=sink.delivered,
+                        keys=keys,
+                        pacs=self.name,
+                        operation=operation,
+                        exists=lambda: self._exists(keys),
+                    )
+                    sink.finish(verdict)
 
                 with collapse():
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(run)
                         try:
-                            async with aclosing(self._instances(sink)) as instances:
+                            async with aclosing(self._arrivals(sink)) as instances:
                                 yield instances
                         finally:
                             sink.close()
                             nursery.cancel_scope.cancel()
 
-    async def _conclude(
-        self, final: Dataset, sink: InstanceSink, keys: RetrieveKeys, operation: str
-    ) -> None:
-        """Reconcile the final response with what arrived; end the sink with the verdict."""
-        error = retrieve_outcome(
-            final, received=sink.delivered, pacs=self.name, operation=operation
+    def _arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
+        return arrivals(
+            sink,
+            pacs=self.name,
+            first_timeout=self.config.first_store_timeout,
+            idle_timeout=self.config.idle_timeout,
         )
-        if isinstance(error, DimseFailure) and sink.delivered == 0 and not await self._exists(keys):
-            # Many PACS (Orthanc among them) fail a retrieve of unknown UIDs instead of
-            # answering "0 sub-operations"; a C-FIND tells a missing study from a failure.
-            error = NotFound(f"the PACS {self.name} has no {keys.level.lower()} {keys.uid}")
-        if error is not None:
-            level = logging.INFO if isinstance(error, NotFound) else logging.WARNING
-            log.log(level, "%s (%s of %s)", error.message, operation, keys)
-        sink.finish(error)
-
-    async def _instances(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
-        timeout = self.config.first_store_timeout
-        while True:
-            try:
-                with trio.fail_after(timeout):
-                    instance = await sink.receive()
-            except trio.TooSlowError:
-                phase = (
-                    "the first instance"
-                    if timeout == self.config.first_store_timeout and sink.delivered == 0
-                    else "the next instance"
-                )
-                raise BackendTimeout(
-                    f"the PACS {self.name} sent no C-STORE for {timeout:g} s while rst waited "
-                    f"for {phase} ({sink.delivered} received)"
-                ) from None
-            if instance is None:
-                return
-            yield instance
-            timeout = self.config.idle_timeout
 
     async def _exists(self, keys: RetrieveKeys) -> bool:
+        """Whether the PACS has anything at *keys* (a C-FIND): the question the verdict asks
+        to tell "not found" from "failed"."""
         async with self._find(self._identifier(keys)) as matches:
             async for _ in matches:
                 return True
@@ -323,8 +303,10 @@ class DimseBackend:
     # -- STOW-RS -------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def store(self) -> AsyncIterator[TrioStoreSession]:
-        session = TrioStoreSession(self)
+    async def store(self) -> AsyncIterator[DimseStoreSession]:
+        session = DimseStoreSession(
+            self.peer, pacs=self.name, store_timeout=self.config.store_timeout
+        )
         try:
             yield session
         finally:

@@ -1,7 +1,7 @@
 """One PACS as rst's DIMSE client sees it: where it is, who rst calls itself, how many
 associations at once.
 
-:meth:`Peer.connect` is an async context manager: the association (:mod:`.trio_client`) exists
+:meth:`Peer.connect` is an async context manager: the association (:mod:`.client`) exists
 exactly for the ``async with`` block, and leaving it — normally, by an exception or by
 cancellation — releases it (or aborts it). Requests beyond ``max_associations`` wait for a free
 slot. Each association is counted in the gateway's metrics (:mod:`rst.metrics`) by operation —
@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from rst.backends.dimse import uids
-from rst.backends.dimse.trio_client import Connection, open_association
+from rst.backends.dimse.client import Connection, open_association
 from rst.backends.dimse.ul import PresentationContextRQ
 from rst.config import AeConfig
 from rst.errors import (
@@ -104,7 +104,7 @@ class Peer:
         contexts: Sequence[PresentationContextRQ],
         roles: Mapping[str, tuple[bool, bool]] | None = None,
     ) -> AsyncIterator[Connection]:
-        """A trio association (:mod:`.trio_client`) in one of this PACS's slots."""
+        """A trio association (:mod:`.client`) in one of this PACS's slots."""
         async with (
             self._metered(contexts[0].abstract_syntax) as established,
             self.slot(),

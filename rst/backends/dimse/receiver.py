@@ -67,7 +67,7 @@ from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
 from rst.config import DimseConfig
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
 
-__all__ = ["TrioStoreReceiver"]
+__all__ = ["StoreReceiver"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ MAX_ASSOCIATE_RQ = 64 * 1024
 accepted): what a connection that has not been accepted may make rst allocate."""
 
 
-class TrioStoreReceiver:
+class StoreReceiver:
     """The C-STORE SCP that receives C-MOVE sub-operations for every configured PACS."""
 
     def __init__(
@@ -276,7 +276,7 @@ class _PassAssociation(Exception):
 
 @dataclass(eq=False)  # one per connection, kept in a set
 class _Connection:
-    receiver: TrioStoreReceiver
+    receiver: StoreReceiver
     stream: trio.SocketStream
     accepted: dict[int, str] = field(default_factory=dict)  # context id -> transfer syntax
     command: bytearray = field(default_factory=bytearray)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import logging
 from contextlib import AsyncExitStack
-from typing import TYPE_CHECKING
 
 import trio
 
 from rst.backends.dimse import uids
-from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
+from rst.backends.dimse.client import BROKEN, Connection, broken_association
+from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
 from rst.bridge import run_sync
 from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
@@ -28,10 +28,7 @@ from rst.dicom.statuses import (
 from rst.errors import BackendTimeout, NotAcceptable
 from rst.services.protocols import StoreResult
 
-if TYPE_CHECKING:
-    from rst.backends.dimse.backend import DimseBackend
-
-__all__ = ["TrioStoreSession"]
+__all__ = ["DimseStoreSession"]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +37,7 @@ FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 MAX_CONTEXTS = 128
 
 
-class TrioStoreSession:
+class DimseStoreSession:
     """Stores uploads one after another, re-associating when a new SOP class or transfer syntax
     needs presentation contexts the current association lacks.
 
@@ -48,11 +45,16 @@ class TrioStoreSession:
     the PACS does not take, a data set rst cannot re-encode, an association that breaks during
     its C-STORE (aborted here too; the next instance associates anew). Only a PACS that cannot
     be used at all raises: it cannot be reached or rejects rst (from the association request),
-    or does not answer a C-STORE within ``store_timeout``.
+    or does not answer a C-STORE within *store_timeout*.
+
+    It holds what it uses — the PACS's :class:`~rst.backends.dimse.peer.Peer` (its association
+    slots), its name for messages, the timeout — not the backend that opens it.
     """
 
-    def __init__(self, backend: DimseBackend) -> None:
-        self.backend = backend
+    def __init__(self, peer: Peer, *, pacs: str, store_timeout: float) -> None:
+        self.peer = peer
+        self.pacs = pacs
+        self.store_timeout = store_timeout
         self._wanted: dict[tuple[str, str], None] = {}
         self._connection: Connection | None = None
         self._stack: AsyncExitStack | None = None
@@ -80,19 +82,18 @@ class TrioStoreSession:
         )
         try:
             await connection.send(context_id, command, payload)
-            with trio.fail_after(self.backend.config.store_timeout):
+            with trio.fail_after(self.store_timeout):
                 _, response = await connection.receive_command()
                 if isinstance(response, OtherCommand) and response.has_dataset:
                     await connection.receive_dataset(bytearray())
         except trio.TooSlowError:
             await self._drop(broken=True)
             raise BackendTimeout(
-                f"the PACS {self.backend.name} did not answer a C-STORE within "
-                f"{self.backend.config.store_timeout:g} s"
+                f"the PACS {self.pacs} did not answer a C-STORE within {self.store_timeout:g} s"
             ) from None
         except BROKEN as exc:
             await self._drop(broken=True)
-            error = broken_association(exc, self.backend.name, "a C-STORE")
+            error = broken_association(exc, self.pacs, "a C-STORE")
             log.info("%s; the next instance opens a new association", error.message)
             return StoreResult(PROCESSING_FAILURE, error.message)
         except BaseException:
@@ -107,7 +108,7 @@ class TrioStoreSession:
             or response.status is None
         ):
             await self._drop(broken=True)
-            message = f"the PACS {self.backend.name} answered a C-STORE with {response!r}"
+            message = f"the PACS {self.pacs} answered a C-STORE with {response!r}"
             log.info("%s; the next instance opens a new association", message)
             return StoreResult(PROCESSING_FAILURE, message)
         return StoreResult(response.status, response.error_comment or "")
@@ -144,10 +145,9 @@ class TrioStoreSession:
         await self._drop()
         self._wanted[key] = None
         stack = AsyncExitStack()
-        backend = self.backend
         try:
             self._connection = await stack.enter_async_context(
-                backend.peer.connect(_contexts(self._wanted))
+                self.peer.connect(_contexts(self._wanted))
             )
         except BaseException:
             await stack.aclose()
@@ -164,7 +164,7 @@ class TrioStoreSession:
             try:
                 await stack.aclose()
             except BROKEN as exc:  # e.g. the PACS closed an idle association: it is gone anyway
-                log.info("the association with %s ended badly: %s", self.backend.name, exc)
+                log.info("the association with %s ended badly: %s", self.pacs, exc)
 
     async def aclose(self) -> None:
         await self._drop()

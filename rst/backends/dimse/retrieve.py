@@ -20,9 +20,9 @@ import logging
 import trio
 from pydicom import Dataset
 
+from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.incoming import IncomingInstance
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import BROKEN, Connection, broken_association
 from rst.backends.dimse.ul import (
     CStoreRequest,
     OtherCommand,
@@ -130,7 +130,7 @@ async def cancel_operation(
 
 
 def status_dataset(response: OtherCommand) -> Dataset:
-    """The response as the status dataset :func:`~rst.backends.dimse.outcome.retrieve_outcome`
+    """The response as the status dataset :func:`~rst.backends.dimse.verdict.reconcile`
     reads."""
     status = Dataset()
     status.Status = response.status

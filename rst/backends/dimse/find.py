@@ -16,14 +16,14 @@ from pydicom import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from rst.backends.dimse.outcome import check_find_status
-from rst.backends.dimse.trio_client import (
+from rst.backends.dimse.client import (
     BROKEN,
     Connection,
     broken_association,
     encode_identifier,
 )
-from rst.backends.dimse.trio_retrieve import PENDING, cancel_operation, status_dataset
+from rst.backends.dimse.outcome import check_find_status
+from rst.backends.dimse.retrieve import PENDING, cancel_operation, status_dataset
 from rst.backends.dimse.ul import OtherCommand, encode_c_find_rq
 from rst.errors import BackendTimeout, PeerProtocolError
 

@@ -20,11 +20,11 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
+from rst.backends.dimse.client import Connection, open_association
 from rst.backends.dimse.incoming import STREAM_AFTER
 from rst.backends.dimse.mediator import Mediator, Subscription
+from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.trio_client import Connection, open_association
-from rst.backends.dimse.trio_receiver import TrioStoreReceiver
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     OtherCommand,
@@ -54,9 +54,9 @@ def study(tmp_path: Path) -> StudyFiles:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[TrioStoreReceiver]:
+async def receiver() -> AsyncIterator[StoreReceiver]:
     config = DimseConfig(host="127.0.0.1", port=0, stall_timeout=5.0)
-    server = TrioStoreReceiver(config, Mediator())
+    server = StoreReceiver(config, Mediator())
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         yield server
@@ -102,7 +102,7 @@ def send_with_pynetdicom(
 
 
 async def test_instances_routed_by_move_originator_arrive_byte_identical(
-    receiver: TrioStoreReceiver, study: StudyFiles
+    receiver: StoreReceiver, study: StudyFiles
 ) -> None:
     assert receiver.address is not None
     target = Subscription(sink(), study.study_uid, originator=ORIGINATOR, uid_fallback=False)
@@ -126,7 +126,7 @@ async def test_instances_routed_by_move_originator_arrive_byte_identical(
 
 
 async def test_unsolicited_instances_are_refused(
-    receiver: TrioStoreReceiver, study: StudyFiles
+    receiver: StoreReceiver, study: StudyFiles
 ) -> None:
     assert receiver.address is not None
     statuses = await trio.to_thread.run_sync(send_with_pynetdicom, receiver.address[1], study.paths)
@@ -134,9 +134,7 @@ async def test_unsolicited_instances_are_refused(
     assert receiver.refused == len(study.paths)
 
 
-async def test_uid_fallback_with_dcmtk_storescu(
-    receiver: TrioStoreReceiver, study: StudyFiles
-) -> None:
+async def test_uid_fallback_with_dcmtk_storescu(receiver: StoreReceiver, study: StudyFiles) -> None:
     """dcmtk's storescu sets no Move Originator fields: the UIDs route the instances."""
     assert receiver.address is not None
     series = study.series_uids[0]
@@ -170,7 +168,7 @@ async def test_uid_fallback_with_dcmtk_storescu(
     assert receiver.refused == len(study.paths) - len(got)
 
 
-async def test_echo_with_dcmtk(receiver: TrioStoreReceiver) -> None:
+async def test_echo_with_dcmtk(receiver: StoreReceiver) -> None:
     assert receiver.address is not None
     result = await trio.run_process(
         ["/usr/bin/echoscu", "-aec", "RST", "127.0.0.1", str(receiver.address[1])],
@@ -182,7 +180,7 @@ async def test_echo_with_dcmtk(receiver: TrioStoreReceiver) -> None:
 
 
 async def test_unsupported_abstract_syntax_is_rejected_per_context(
-    receiver: TrioStoreReceiver,
+    receiver: StoreReceiver,
 ) -> None:
     assert receiver.address is not None
 
@@ -208,7 +206,7 @@ async def test_unsupported_abstract_syntax_is_rejected_per_context(
     [b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00", b"GET / HTTP/1.1\r\n\r\n", b"\x01" * 64],
 )
 async def test_garbage_gets_an_abort_and_the_receiver_keeps_serving(
-    receiver: TrioStoreReceiver, garbage: bytes
+    receiver: StoreReceiver, garbage: bytes
 ) -> None:
     assert receiver.address is not None
     stream = await trio.open_tcp_stream(*receiver.address)
@@ -226,7 +224,7 @@ async def test_garbage_gets_an_abort_and_the_receiver_keeps_serving(
     assert result.returncode == 0, result.stderr
 
 
-async def test_fuzzed_streams_never_take_the_receiver_down(receiver: TrioStoreReceiver) -> None:
+async def test_fuzzed_streams_never_take_the_receiver_down(receiver: StoreReceiver) -> None:
     """Random bytes after a valid association request, and mutated requests: every connection
     ends (abort or close) within its timeout, and the receiver keeps serving."""
     from hypothesis import HealthCheck, given, settings
@@ -324,7 +322,7 @@ def assert_same_instance(received: bytes, path: Path, transfer_syntax: str) -> N
 
 
 async def test_large_instance_from_pynetdicom_is_handed_over_while_arriving(
-    receiver: TrioStoreReceiver, large: StudyFiles
+    receiver: StoreReceiver, large: StudyFiles
 ) -> None:
     """pynetdicom sends 4 MiB in 128 KiB PDUs over an Implicit VR context: the sink gets the
     instance with a ``rest`` still to come, and the whole is the file sent, as Implicit VR."""
@@ -365,7 +363,7 @@ async def test_large_instance_from_pynetdicom_is_handed_over_while_arriving(
     ids=["as-stored", "implicit-only"],
 )
 async def test_large_instance_from_dcmtk_storescu_is_handed_over_while_arriving(
-    receiver: TrioStoreReceiver, large: StudyFiles, propose: tuple[str, ...], syntax: str
+    receiver: StoreReceiver, large: StudyFiles, propose: tuple[str, ...], syntax: str
 ) -> None:
     """dcmtk's storescu (no Move Originator: routed by the UIDs read from the first MiB)."""
     assert receiver.address is not None
@@ -435,7 +433,7 @@ class RawStore:
 
 
 @asynccontextmanager
-async def raw_store(receiver: TrioStoreReceiver, large: StudyFiles) -> AsyncIterator[RawStore]:
+async def raw_store(receiver: StoreReceiver, large: StudyFiles) -> AsyncIterator[RawStore]:
     assert receiver.address is not None
     host, port = receiver.address
     config = AeConfig(aet="RST", host=host, port=port, connect_timeout=5.0, cancel_timeout=5.0)
@@ -453,7 +451,7 @@ async def raw_store(receiver: TrioStoreReceiver, large: StudyFiles) -> AsyncIter
 
 
 async def test_large_instance_flows_before_its_second_half_is_sent(
-    receiver: TrioStoreReceiver, large: StudyFiles
+    receiver: StoreReceiver, large: StudyFiles
 ) -> None:
     """The sender holds back the second half of the data set until the consumer has the
     instance and a fragment of its rest; then the rest follows, the PACS hears success and the
@@ -498,7 +496,7 @@ async def test_large_instance_flows_before_its_second_half_is_sent(
 
 @pytest.mark.parametrize("how", ["a-abort", "close"])
 async def test_sender_breaking_off_mid_instance_fails_its_rest(
-    receiver: TrioStoreReceiver, large: StudyFiles, how: str
+    receiver: StoreReceiver, large: StudyFiles, how: str
 ) -> None:
     """The association ends (A-ABORT, or the socket closed) after half the data set: reading
     the rest raises IncompleteRetrieve, the consumer never takes a short instance for whole."""
@@ -533,7 +531,7 @@ async def test_sender_breaking_off_mid_instance_fails_its_rest(
 
 
 async def test_request_gone_mid_instance_refuses_it_and_the_association_goes_on(
-    receiver: TrioStoreReceiver, large: StudyFiles
+    receiver: StoreReceiver, large: StudyFiles
 ) -> None:
     """The request that wanted the instance ends (its sink closed) after half the data set: the
     PACS hears 0x0124 once it has sent the rest, the association carries on — the next C-STORE
@@ -579,7 +577,7 @@ async def test_request_gone_mid_instance_refuses_it_and_the_association_goes_on(
 
 
 async def test_uid_routing_of_a_large_instance_whose_uids_lie_past_the_first_mib(
-    receiver: TrioStoreReceiver, study: StudyFiles, tmp_path: Path
+    receiver: StoreReceiver, study: StudyFiles, tmp_path: Path
 ) -> None:
     """A 1.5 MiB private element in group 0009 puts the Study/Series UIDs past the point where
     the instance is handed over; storescu sends no Move Originator, so only the UIDs route it.
