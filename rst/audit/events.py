@@ -96,10 +96,12 @@ def outcome_of(ending: Ending) -> Outcome:
 
 
 def _indicator(outcome: Outcome, ending: Ending) -> str:
+    """0 for a success; 8 for rst's or the archive's failure (5xx, no response, a response
+    broken off); 4 for the rest (a 4xx, a partial success, a client gone)."""
     if outcome == "success":
         return SUCCESS
     if outcome == "failure" and (
-        ending.status is None or ending.status >= 500 or ending.complete is False
+        ending.status is None or ending.status >= 500 or not ending.complete
     ):
         return SERIOUS_FAILURE
     return MINOR_FAILURE
