@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from rst.audit.settings import AuditConfig
 from rst.auth.settings import AuthConfig
 
 __all__ = [
@@ -308,6 +309,8 @@ class Config(_Section):
     aets: tuple[ArchiveConfig, ...] = ()
     auth: AuthConfig | None = None
     """Who may call rst (:mod:`rst.auth`); absent: nobody is asked for credentials."""
+    audit: AuditConfig | None = None
+    """Where the audit trail goes (:mod:`rst.audit`); absent: no audit trail."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
     """Deprecated: ``[log] level``. Still read when ``[log] level`` is not set."""
 
@@ -394,6 +397,7 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
         "DIMSE": DimseConfig,
         "CACHE": CacheConfig,
         "AUTH": AuthConfig,
+        "AUDIT": AuditConfig,
         "HEALTH": HealthConfig,
         "LOG": LogConfig,  # RST_LOG_LEVEL, once the top-level log_level, is [log] level
     }

@@ -10,7 +10,9 @@ When a DIMSE archive has ``cache = true`` (the default), the retrieve cache (:mo
 is opened for the server's lifetime and put in front of those archives.
 
 The server owns the gateway's metrics (:mod:`rst.metrics`, one registry per server) and runs
-the archives' health checks (:mod:`rst.health`) as one more task of its nursery.
+the archives' health checks (:mod:`rst.health`) as one more task of its nursery, and the audit
+trail's writer (:mod:`rst.audit`) in a nursery around that one, so that it outlives the HTTP
+server.
 
 With S3 archives configured, everything runs inside a trio-asyncio loop that holds one S3
 client per archive; the clients close after the nursery (DIMSE-only configurations open no
@@ -28,6 +30,7 @@ from typing import Any
 
 import trio
 
+from rst.audit import AuditTrail
 from rst.backends.dimse import DimseBackend, Mediator, MessageIds, StoreReceiver
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
@@ -170,7 +173,8 @@ async def _serve(
     worker: WorkerSlot | None,
 ) -> None:
     health = HealthMonitor(backends, config.health, metrics=metrics)
-    app = create_app(config, served, metrics=metrics, health=health)
+    audit = AuditTrail(config.audit) if config.audit is not None else None
+    app = create_app(config, served, metrics=metrics, health=health, audit=audit)
     receiver = (
         StoreReceiver(config.dimse, mediator, listener=worker.dimse, ring=worker.ring)
         if worker is not None
@@ -178,30 +182,35 @@ async def _serve(
     )
 
     with collapse():
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as lifetime:
+            if audit is not None:
+                # Outlives the HTTP server: the events of its last requests are written.
+                await lifetime.start(audit.run)
+            async with trio.open_nursery() as nursery:
 
-            async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
-                await serve_http(
-                    app,
-                    config.http,
-                    fd=worker.http.fileno() if worker is not None else None,
-                    shutdown_trigger=shutdown_trigger,
-                    task_status=task_status,
+                async def http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    await serve_http(
+                        app,
+                        config.http,
+                        fd=worker.http.fileno() if worker is not None else None,
+                        shutdown_trigger=shutdown_trigger,
+                        task_status=task_status,
+                    )
+                    # hypercorn returns after a graceful shutdown: stop the receiver too.
+                    nursery.cancel_scope.cancel()
+
+                dimse_address = await nursery.start(receiver.run)
+                health.receiver_listening(*dimse_address)
+                await nursery.start(health.run)
+                binds = await nursery.start(http)
+                running = Running(
+                    binds[0], dimse_address, receiver, backends, mediator, cache, metrics, health
                 )
-                # hypercorn returns after a graceful shutdown: stop the receiver too.
-                nursery.cancel_scope.cancel()
-
-            dimse_address = await nursery.start(receiver.run)
-            health.receiver_listening(*dimse_address)
-            await nursery.start(health.run)
-            binds = await nursery.start(http)
-            running = Running(
-                binds[0], dimse_address, receiver, backends, mediator, cache, metrics, health
-            )
-            log.info(
-                "rst serving DICOMweb on %s, C-STORE receiver %s on %s:%s",
-                running.http_url,
-                config.dimse.aet,
-                *dimse_address,
-            )
-            task_status.started(running)
+                log.info(
+                    "rst serving DICOMweb on %s, C-STORE receiver %s on %s:%s",
+                    running.http_url,
+                    config.dimse.aet,
+                    *dimse_address,
+                )
+                task_status.started(running)
+            lifetime.cancel_scope.cancel()

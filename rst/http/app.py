@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from rst.audit import AuditTrail, install_audit, note_identity
 from rst.auth import install_guard
 from rst.config import Config
 from rst.health import HealthMonitor
@@ -35,6 +36,7 @@ def create_app(
     *,
     metrics: Metrics | None = None,
     health: HealthMonitor | None = None,
+    audit: AuditTrail | None = None,
 ) -> QuartTrio:
     """Build the app. No global state: everything it serves comes from the arguments.
 
@@ -60,8 +62,12 @@ def create_app(
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
     app.config["RST_BODY_TIMEOUT"] = config.http.body_timeout  # read by RequestScopedConnection
     register_error_handlers(app, metrics)
+    if audit is not None:
+        install_audit(app, audit)  # before the guard: a refused request is audited too
     if config.auth is not None:
         install_guard(app, config.auth)  # before every route: rst.auth.guard
+    if audit is not None:
+        app.before_request(note_identity)  # the caller the guard let in
     app.register_blueprint(dicomweb_blueprint(config, backends, metrics))
     app.register_blueprint(ops_blueprint(metrics, health))
 

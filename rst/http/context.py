@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from quart import request
 from werkzeug.sansio.utils import host_is_trusted
 
+from rst.audit import audited
 from rst.config import Config
 from rst.dicom.uid import check_uid
 from rst.errors import UnknownAE
@@ -28,8 +29,10 @@ class RouteContext:
     backends: Mapping[str, Backend]
 
     def backend_for(self, aet: str) -> Backend:
+        """The archive *aet* as this request sees it: counted for the audit trail, when there
+        is one."""
         try:
-            return self.backends[aet]
+            return audited(self.backends[aet])
         except KeyError:
             raise UnknownAE(aet) from None
 
