@@ -8,6 +8,7 @@ Every scalar key has an environment variable named after its path, upper-cased a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -151,6 +152,11 @@ class DimseConfig(_Section):
     handshake_timeout: Seconds = 10.0
     """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
     it is closed."""
+    accept_unknown_callers: bool = True
+    """``false``: the receiver accepts associations only from the calling AE titles of the
+    ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ (calling AE title
+    not recognized). ``true`` (the default, for existing setups): any calling AE title is
+    accepted; an ``[[aets]]`` entry's ``store_from`` still applies to its own titles."""
 
     @field_validator("receiver", "client", mode="before")
     @classmethod
@@ -242,11 +248,36 @@ class AeConfig(_Section):
     fields are present and the second when not."""
     cache: bool = True
     """Keep retrieved instances in the retrieve cache (``[cache]``) and serve them from it."""
+    store_calling_aets: tuple[AeTitle, ...] = ()
+    """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[aet]``)."""
+    store_from: tuple[str, ...] = ()
+    """Addresses or networks (CIDR, IPv4 or IPv6) this PACS's C-STOREs may come from, e.g.
+    ``["10.0.0.5", "10.0.1.0/24"]``; empty: any address."""
 
     @field_validator("aet")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @field_validator("store_calling_aets")
+    @classmethod
+    def _strip_all(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(aet.strip() for aet in value)
+
+    @field_validator("store_from")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip())  # strict: no host bits beyond the prefix
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network: {exc}") from None
+        return tuple(str(ipaddress.ip_network(item.strip())) for item in value)
+
+    @property
+    def callers(self) -> tuple[str, ...]:
+        """The AE titles this PACS calls rst's receiver with."""
+        return self.store_calling_aets or (self.aet,)
 
 
 class S3AeConfig(_Section):

@@ -32,6 +32,7 @@ import trio
 
 from rst.audit import AuditTrail
 from rst.backends.dimse import DimseBackend, Mediator, MessageIds, StoreReceiver
+from rst.backends.dimse.callers import Callers
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig
@@ -175,10 +176,13 @@ async def _serve(
     health = HealthMonitor(backends, config.health, metrics=metrics)
     audit = AuditTrail(config.audit) if config.audit is not None else None
     app = create_app(config, served, metrics=metrics, health=health, audit=audit)
+    callers = Callers.from_config(config)
     receiver = (
-        StoreReceiver(config.dimse, mediator, listener=worker.dimse, ring=worker.ring)
+        StoreReceiver(
+            config.dimse, mediator, listener=worker.dimse, ring=worker.ring, callers=callers
+        )
         if worker is not None
-        else StoreReceiver(config.dimse, mediator)
+        else StoreReceiver(config.dimse, mediator, callers=callers)
     )
 
     with collapse():

@@ -33,16 +33,18 @@ def exposure_problem(config: Config) -> str | None:
 
 
 def exposure_warnings(config: Config) -> list[str]:
-    """What in ``[auth]`` is valid but probably not meant."""
+    """What in ``[auth]`` (and in who may call the C-STORE receiver) is valid but probably
+    not meant."""
+    warnings = _receiver_warnings(config)
     auth = config.auth
     if auth is None:
-        return []
+        return warnings
     if auth.anonymous:
         return [
+            *warnings,
             "auth.anonymous = true: every caller may search, retrieve and store on every "
-            "archive without credentials"
+            "archive without credentials",
         ]
-    warnings = []
     known = {ae.aet for ae in config.aets}
     for n, grant in enumerate(auth.grants):
         for aet in grant.aets:
@@ -58,3 +60,16 @@ def exposure_warnings(config: Config) -> list[str]:
     if not auth.grants:
         warnings.append("no [[auth.grants]]: authenticated callers may do nothing")
     return warnings
+
+
+def _receiver_warnings(config: Config) -> list[str]:
+    """The C-STORE receiver on the network, open to any calling AE title."""
+    dimse = config.dimse
+    if not dimse.accept_unknown_callers or is_loopback(dimse.host):
+        return []
+    return [
+        f"[dimse] host = {dimse.host!r} and accept_unknown_callers = true (the default): the "
+        "C-STORE receiver takes associations from any AE title; set [dimse] "
+        "accept_unknown_callers = false to take them from the [[aets]] only "
+        "(store_calling_aets, store_from)"
+    ]

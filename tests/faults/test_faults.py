@@ -234,3 +234,37 @@ async def test_limit_reached_sends_c_cancel(
     assert "additional results" in page.headers["Warning"]
     # rst stopped reading after limit + 1 matches and told the PACS to stop sending the rest.
     assert any("sending C-CANCEL" in record.message for record in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+async def test_retrieve_with_the_receiver_closed_to_unknown_callers(
+    pacs: DevPacs, mode: str
+) -> None:
+    """accept_unknown_callers = false: the PACS calls with its AE title, which is configured."""
+    dimse = {"accept_unknown_callers": False}
+    async with run_gateway(ae(pacs, retrieve=mode), dimse=dimse) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            response = await http.get(f"/studies/{study_uid(pacs)}")
+        assert response.status_code == 200
+        assert response.content.count(b"Content-Type: application/dicom") == 12
+        assert running.receiver.rejected_callers == 0
+        await settled(running)
+
+
+async def test_retrieve_from_a_pacs_calling_with_another_title_is_rejected(
+    pacs: DevPacs, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The C-STORE sub-associations of a PACS whose calling AE title is not configured are
+    rejected: the retrieve fails with a 502, it does not hang."""
+    dimse = {"accept_unknown_callers": False}
+    archive = ae(pacs, store_calling_aets=["ELSEWHERE"])
+    async with run_gateway(archive, dimse=dimse) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            response = await http.get(f"/studies/{study_uid(pacs)}")
+        assert response.status_code == 502
+        assert running.receiver.rejected_callers >= 1
+        assert running.receiver.received == 0
+        await settled(running)
+    assert "rejected the association from AE 'FAULTY'" in caplog.text

@@ -29,7 +29,7 @@ from rst.auth.jwks import Keys, KeySet, file_source
 from rst.auth.oidc import BearerTokens, TokenRefused, roles_at
 from rst.auth.passwords import BasicUsers, check_password
 from rst.auth.tokens import StaticTokens
-from rst.config import AeConfig, Config, HttpConfig, load_config
+from rst.config import AeConfig, Config, DimseConfig, HttpConfig, load_config
 from rst.errors import AuthUnavailable, Unauthenticated
 from tests.support.idp import (
     ISSUER,
@@ -544,6 +544,15 @@ def test_warnings_about_grants_nobody_can_use() -> None:
     assert exposure_warnings(Config()) == []
     anonymous = exposure_warnings(Config(auth=AuthConfig(anonymous=True)))
     assert "without credentials" in anonymous[0]
+
+
+def test_a_receiver_open_to_any_caller_on_the_network_is_warned_about() -> None:
+    exposed = Config(dimse=DimseConfig(host="0.0.0.0"))
+    [warning] = exposure_warnings(exposed)
+    assert "accept_unknown_callers = true" in warning
+    closed = Config(dimse=DimseConfig(host="0.0.0.0", accept_unknown_callers=False))
+    assert exposure_warnings(closed) == []
+    assert exposure_warnings(Config(dimse=DimseConfig(host="::1"))) == []
 
 
 def test_serve_refuses_and_check_config_reports(

@@ -526,3 +526,44 @@ def test_the_whole_configuration_reaches_a_worker_unchanged(tmp_path: Path) -> N
     config = load_config(path, environ=NO_ENV)
 
     assert Config.model_validate_json(config.model_dump_json()) == config
+
+
+def test_receiver_callers_from_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [dimse]
+        accept_unknown_callers = false
+
+        [[aets]]
+        aet = "PACS"
+        store_calling_aets = ["PACS_SCU ", "PACS2"]
+        store_from = ["10.0.0.5", "10.0.1.0/24", "fd00::/8"]
+        """,
+    )
+    config = load_config(path, environ=NO_ENV)
+    assert config.dimse.accept_unknown_callers is False
+    ae = dimse(config.ae("PACS"))
+    assert ae.callers == ("PACS_SCU", "PACS2")
+    assert ae.store_from == ("10.0.0.5/32", "10.0.1.0/24", "fd00::/8")
+
+
+def test_receiver_callers_defaults() -> None:
+    config = load_config(None, environ={"RST_AETS_PACS_PORT": "104"})
+    assert config.dimse.accept_unknown_callers is True
+    ae = dimse(config.ae("PACS"))
+    assert ae.callers == ("PACS",)
+    assert ae.store_from == ()
+
+
+def test_env_sets_store_from() -> None:
+    environ = {"RST_AETS_PACS_STORE_FROM": "10.0.0.5, 10.0.1.0/24"}
+    ae = dimse(load_config(None, environ=environ).ae("PACS"))
+    assert ae.store_from == ("10.0.0.5/32", "10.0.1.0/24")
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0/33", "10.0.1.1/24", "example.org", "10.0.0"])
+def test_bad_store_from_is_a_config_error(bad: str) -> None:
+    environ = {"RST_AETS_PACS_STORE_FROM": bad}
+    with pytest.raises(ConfigError, match=r"aets\.0\.store_from: .*not an IP address or network"):
+        load_config(None, environ=environ)

@@ -27,15 +27,23 @@ from collections.abc import Callable
 import trio
 
 from rst.backends.dimse.ul import encode_associate_rj
-from rst.backends.dimse.ul.pdu import HEADER_LENGTH, T_ASSOCIATE_RQ
+from rst.backends.dimse.ul.pdu import (
+    HEADER_LENGTH,
+    RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED,
+    RJ_SOURCE_PRESENTATION,
+    RJ_TRANSIENT,
+    T_ASSOCIATE_RQ,
+)
 
 __all__ = ["MAX_TURNING_AWAY", "REJECT_BUSY", "accept_loop", "peer_of", "turn_away"]
 
 log = logging.getLogger(__name__)
 
-REJECT_BUSY = encode_associate_rj(2, 3, 2)
-"""A-ASSOCIATE-RJ (PS3.8 Table 9-21): result 2 rejected-transient, source 3 DICOM UL
-service-provider (presentation related function), reason 2 local-limit-exceeded."""
+REJECT_BUSY = encode_associate_rj(
+    RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED
+)
+"""A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected-transient, DICOM UL service-provider
+(presentation related function), local-limit-exceeded."""
 MAX_TURNING_AWAY = 16
 """Connections turned away with an A-ASSOCIATE-RJ at the same time; more are closed at once."""
 

@@ -33,6 +33,7 @@ import trio
 
 from rst import __version__
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
+from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
@@ -92,10 +93,13 @@ class StoreReceiver:
         *,
         listener: socket.socket | None = None,
         ring: WorkerRing | None = None,
+        callers: Callers | None = None,
     ) -> None:
         """*listener*: a listening socket to serve instead of binding ``config.port`` (a worker
-        process's share of the port); *ring*: this worker's siblings, when there are several."""
+        process's share of the port); *ring*: this worker's siblings, when there are several;
+        *callers*: who may associate (:mod:`.callers`; ``None``: anyone, for tests)."""
         self.config = config
+        self.callers = callers
         self.mediator = mediator
         self.ring = ring
         self._listener = listener
@@ -106,6 +110,9 @@ class StoreReceiver:
         """Connections being served (accepted ones and those still negotiating)."""
         self.turned_away = 0
         """Connections refused since the start because ``max_connections`` were being served."""
+        self.rejected_callers = 0
+        """Associations rejected since the start because of their calling AE title or address."""
+        self._refusals_logged = _RefusalLog()
         self._turning_away = 0
         self._full_since: int | None = None  # turned_away when the cap was last reached
         self._connections: set[_Connection] = set()
@@ -172,6 +179,19 @@ class StoreReceiver:
             )
         finally:
             self._turning_away -= 1
+
+    def check_caller(
+        self, calling_aet: str, stream: trio.SocketStream, peer: str
+    ) -> tuple[int, int, int] | None:
+        """The A-ASSOCIATE-RJ for a caller :attr:`callers` does not let in, or None."""
+        if self.callers is None:
+            return None
+        why = self.callers.refusal(calling_aet, _host_of(stream))
+        if why is None:
+            return None
+        self.rejected_callers += 1
+        self._refusals_logged.refused(calling_aet, peer, why)
+        return REJECT_UNKNOWN_CALLER
 
     def _open(self, stream: trio.SocketStream) -> _Connection:
         connection = _Connection(self, stream)
@@ -258,6 +278,41 @@ class StoreReceiver:
         except Exception as exc:
             log.error("cannot pass the association from %s on: %r", connection.peer, exc)
             await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+
+
+def _host_of(stream: trio.SocketStream) -> str:
+    """The peer's IP address (``""`` once it has gone)."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+class _RefusalLog:
+    """Logs refused callers at WARNING, at most :attr:`BURST` lines per :attr:`WINDOW`
+    seconds: a peer that keeps calling must not flood the log; the lines it would have had are
+    counted in the next one."""
+
+    BURST = 10
+    WINDOW = 60.0
+
+    def __init__(self) -> None:
+        self._window_start = -self.WINDOW
+        self._logged = 0
+        self._suppressed = 0
+
+    def refused(self, calling_aet: str, peer: str, why: str) -> None:
+        now = trio.current_time()
+        if now - self._window_start >= self.WINDOW:
+            self._window_start, self._logged = now, 0
+        if self._logged >= self.BURST:
+            self._suppressed += 1
+            log.debug("rejected the association from %r at %s: %s", calling_aet, peer, why)
+            return
+        self._logged += 1
+        also = f" ({self._suppressed} more rejections not logged)" if self._suppressed else ""
+        self._suppressed = 0
+        log.warning("rejected the association from AE %r at %s: %s%s", calling_aet, peer, why, also)
 
 
 class _HandshakeTimeout(Exception):
@@ -374,7 +429,9 @@ class _Connection:
     async def _associate(self, request: AssociateRequest) -> bool:
         config = self.receiver.config
         self.calling_aet = request.calling_aet
-        rejection = check_association(request, our_aet=None)
+        rejection = check_association(request, our_aet=None) or self.receiver.check_caller(
+            request.calling_aet, self.stream, self.peer
+        )
         if rejection is not None:
             await self._send(encode_associate_rj(*rejection))
             return False

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from rst.backends.dimse.ul.pdu import APPLICATION_CONTEXT, AssociateRequest, ContextResult
+from rst.backends.dimse.ul.pdu import (
+    APPLICATION_CONTEXT,
+    RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
+    RJ_PERMANENT,
+    RJ_SOURCE_ACSE,
+    RJ_SOURCE_USER,
+    RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED,
+    RJ_USER_CALLED_AE_NOT_RECOGNIZED,
+    RJ_USER_CALLING_AE_NOT_RECOGNIZED,
+    AssociateRequest,
+    ContextResult,
+)
 
 __all__ = [
     "ABSTRACT_SYNTAX_NOT_SUPPORTED",
@@ -71,11 +82,11 @@ def check_association(
     title of 16 spaces; the codec decodes it as "" and leaves the answer to this function.
     """
     if not request.protocol_version & 1:
-        return (1, 2, 2)
+        return (RJ_PERMANENT, RJ_SOURCE_ACSE, RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED)
     if request.application_context != APPLICATION_CONTEXT:
-        return (1, 1, 2)
+        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED)
     if not request.called_aet or (our_aet is not None and request.called_aet != our_aet.strip()):
-        return (1, 1, 7)
+        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLED_AE_NOT_RECOGNIZED)
     if not request.calling_aet:
-        return (1, 1, 3)
+        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE_NOT_RECOGNIZED)
     return None

@@ -58,6 +58,24 @@ REASON_UNRECOGNIZED_PARAMETER = 4
 REASON_UNEXPECTED_PARAMETER = 5
 REASON_INVALID_PARAMETER = 6
 
+# A-ASSOCIATE-RJ result, source and reason (PS3.8 Table 9-21); a reason means something only
+# together with its source, hence the source in each reason's name.
+RJ_PERMANENT = 1
+RJ_TRANSIENT = 2
+RJ_SOURCE_USER = 1
+"""DICOM UL service-user: the acceptor itself decided."""
+RJ_SOURCE_ACSE = 2
+"""DICOM UL service-provider (ACSE related function)."""
+RJ_SOURCE_PRESENTATION = 3
+"""DICOM UL service-provider (presentation related function)."""
+RJ_USER_NO_REASON = 1
+RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED = 2
+RJ_USER_CALLING_AE_NOT_RECOGNIZED = 3
+RJ_USER_CALLED_AE_NOT_RECOGNIZED = 7
+RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED = 2
+RJ_PRESENTATION_CONGESTION = 1
+RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED = 2
+
 MAX_CONTEXTS = 128  # odd presentation context ids 1..255 (PS3.8 §9.3.2.2)
 MAX_UID_LENGTH = 64  # PS3.5 §9.1
 AE_TITLE_LENGTH = 16
