@@ -15,7 +15,9 @@ write that fails stops the recording, never the instance.
 
 Sidecars: a cached instance carries :class:`EntrySidecars` (files beside its own); one on its
 way in carries :class:`PendingSidecars`, which hold what is saved in memory until the instance
-has its entry, then write it there (or drop it if the instance is not cached).
+has its entry, then write it there (or drop it if the instance is not cached). A cached
+instance's sidecars also read parts of its file (:class:`FileRanges`): what a frame layout
+is used with.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "CHUNK",
     "EntrySidecars",
     "FileChunks",
+    "FileRanges",
     "Gone",
     "PendingSidecars",
     "Recording",
@@ -118,15 +121,34 @@ def _open(entry: Entry) -> Instance:
         entry.sop_uid,
         entry.transfer_syntax,
         rest=rest,
-        sidecars=EntrySidecars(entry.path),
+        sidecars=EntrySidecars(entry.path, FileRanges(data, rest, size)),
     )
 
 
-class EntrySidecars:
-    """The sidecars of a cached instance: files beside its file (blocking)."""
+class FileRanges:
+    """Reads of any part of a cached file (:class:`~rst.services.protocols.ByteRanges`): from
+    its first chunk where that holds them, else from its open file — open, like ``rest``,
+    until the consumer takes the next instance."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, data: bytes, rest: FileChunks | None, size: int) -> None:
+        self._data = data
+        self._rest = rest
+        self.size = size
+
+    async def read(self, start: int, length: int) -> bytes:
+        if start + length <= len(self._data) or self._rest is None:
+            return self._data[start : start + length]
+        return await run_sync(partial(self._rest.pread, start, length))
+
+
+class EntrySidecars:
+    """The sidecars of a cached instance: files beside its file (blocking). ``ranges``: reads
+    of the file itself, where it is open (what a sidecar that says where things are in the
+    file is used with)."""
+
+    def __init__(self, path: Path, ranges: FileRanges | None = None) -> None:
         self._path = path
+        self.ranges = ranges
 
     def load(self, kind: str) -> bytes | None:
         try:
@@ -155,6 +177,8 @@ class PendingSidecars:
         self._saved: dict[str, bytes] = {}
         self._home: EntrySidecars | None = None
         self._settled = False
+        self.ranges: FileRanges | None = None
+        """Never: the instance is read as it arrives (what is derived here, no layout)."""
 
     def load(self, kind: str) -> bytes | None:
         with self._lock:
@@ -221,6 +245,13 @@ class FileChunks:
             )
         self._offset += want
         return chunk
+
+    def pread(self, start: int, length: int) -> bytes:
+        """The file's *length* bytes from *start* (blocking; OSError once it is closed)."""
+        fd = self._fd
+        if fd is None:
+            raise OSError(f"the cached copy of instance {self._entry.sop_uid} is closed")
+        return os.pread(fd, length, start)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -6,7 +6,7 @@ tests call it directly. The folder::
     index.sqlite3            the index (WAL: several processes read and write it at once)
     tmp/…​.part               instances being written (never served)
     objects/ab/abcd…-x.dcm   instances, whole; named by a hash of (archive, SOP Instance UID)
-    objects/ab/abcd…-x.dcm.metadata.json
+    objects/ab/abcd…-x.dcm.metadata.json, ….dcm.frames.json
                              what rst derived from that file (its sidecars, see SIDECARS);
                              written after it, removed with it, not counted in ``max_bytes``
 
@@ -71,7 +71,7 @@ SWEEP_EVERY = 60.0
 """Seconds between two deletions of expired entries (done while writing)."""
 STALE_TEMP = 600.0
 """A temporary file untouched for this long belongs to a writer that died: removed at open."""
-SIDECARS = ("metadata.json",)
+SIDECARS = ("metadata.json", "frames.json")
 """The kinds of sidecar an instance file may have (see :class:`~rst.services.protocols.Sidecars`):
 each is removed with its file. Each file is immutable (a new version of an instance is a new
 file), so a sidecar is valid as long as its file exists."""

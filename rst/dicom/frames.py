@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames, get_frame, parse_basic_offsets
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
@@ -38,7 +39,14 @@ from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, reencode, transfer_syntax_of
 from rst.errors import BadRequest, NotAcceptable, NotFound, NotSupported
 
-__all__ = ["MAX_FRAMES", "Frame", "FrameSource", "parse_frame_list", "read_frames"]
+__all__ = [
+    "LAYOUT_ATTRIBUTES",
+    "MAX_FRAMES",
+    "Frame",
+    "FrameSource",
+    "parse_frame_list",
+    "read_frames",
+]
 
 MAX_FRAMES = 10_000
 """Most frame numbers one request may list (a URL of ``1,1,1,…`` must not cost a frame each
@@ -46,6 +54,20 @@ without bound)."""
 _MAX_DIGITS = 10
 """Frame numbers are at most 2^31 - 1 (Number of Frames is an IS): ten digits."""
 
+LAYOUT_ATTRIBUTES = (
+    "SOPInstanceUID",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+)
+"""What a :class:`FrameSource` reads of a data set besides its pixel data."""
 _EXTENDED_OFFSET_TAGS = (0x7FE00001, 0x7FE00002)
 _PIXEL_KEYWORDS = (("PixelData", None), ("FloatPixelData", 32), ("DoubleFloatPixelData", 64))
 """The elements that hold frames, and the width of their samples when it is fixed."""
@@ -95,15 +117,36 @@ class FrameSource:
     """
 
     def __init__(self, data: bytes) -> None:
-        stored = transfer_syntax_of(data)
+        stored = self.stored_syntax = transfer_syntax_of(data)
         if stored == str(ExplicitVRBigEndian):  # swap the words once, then slice as LE
             data = reencode(data, EXPLICIT_VR_LITTLE_ENDIAN)
             stored = EXPLICIT_VR_LITTLE_ENDIAN
         try:
-            self.dataset: Dataset = dcmread(BytesIO(data))
+            dataset = dcmread(BytesIO(data))
         except Exception as err:  # pydicom raises many kinds on garbage
             raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
-        ds = self.dataset
+        self._describe(dataset, stored)
+
+    @classmethod
+    def held(
+        cls, stored: str, keyword: str, vr: str, attributes: dict[str, Any], frames: int
+    ) -> FrameSource:
+        """A source described by *attributes* (:meth:`layout_attributes`), its pixel data
+        (*keyword*, *vr*) still to be given by :meth:`keep`: made without parsing a file."""
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = UID(stored)
+        for name, value in attributes.items():
+            setattr(ds, name, value)
+        ds.add_new(keyword, vr, b"")
+        source = cls.__new__(cls)
+        source.stored_syntax = stored
+        source._describe(ds, stored)
+        source.number_of_frames = frames
+        return source
+
+    def _describe(self, ds: Dataset, stored: str) -> None:
+        self.dataset: Dataset = ds
         self.sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")
         found = next(((kw, bits) for kw, bits in _PIXEL_KEYWORDS if kw in ds), None)
         if found is None:
@@ -114,9 +157,20 @@ class FrameSource:
         """The syntax the frames are stored in, as a client sees it."""
         self.number_of_frames = _int(ds.get("NumberOfFrames"), default=1) or 1
         self.bits_allocated = sample_bits or _int(ds.get("BitsAllocated"), default=0)
+        self.pixel_vr = str(ds[self.keyword].VR)
         self._pixels: bytes = ds[self.keyword].value or b""
         self._index: dict[int, int] | None = None
         """Where only some frames are held (:meth:`keep`): each one's number among them."""
+
+    def layout_attributes(self) -> dict[str, Any]:
+        """The attributes of :data:`LAYOUT_ATTRIBUTES` the data set has (JSON values): all
+        that cutting, decoding and encoding its frames read of it."""
+        ds, out = self.dataset, {}
+        for name in LAYOUT_ATTRIBUTES:
+            value = ds.get(name)
+            if value is not None and value != "":
+                out[name] = value if isinstance(value, int) else str(value)
+        return out
 
     def keep(self, frames: dict[int, bytes]) -> FrameSource:
         """Hold *frames* (by number, as stored) in place of the pixel data this source was read

@@ -2,8 +2,10 @@
 
 The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it
 — or, where the archive reads parts of a stored instance (a large S3 object), only the frames
-asked for are read (:mod:`rst.services.ranged`); cutting, decoding and encoding run on a worker
-thread. Everything that can fail — a frame beyond
+asked for are read (:mod:`rst.services.ranged`), and where the instance's frame layout is kept
+beside it (a cached file, :mod:`rst.dicom.layout`), only those frames' bytes are read and the
+file is not parsed again (the first frame request of a cached instance keeps its layout);
+cutting, decoding and encoding run on a worker thread. Everything that can fail — a frame beyond
 the last, a syntax rst cannot produce for this instance — fails before the response starts, so
 the client gets a status and a message rather than a broken body.
 """
@@ -12,13 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from rst.bridge import run_sync
 from rst.dicom.accept import FrameChoice, FrameFormat, choose_frame_format
 from rst.dicom.frames import Frame, FrameSource
+from rst.dicom.layout import FRAMES, FrameLayout, derive
 from rst.dicom.multipart import MultipartWriter
 from rst.errors import NotFound
-from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.protocols import Backend, ByteRanges, Instance, RetrieveKeys, Sidecars
 from rst.services.ranged import frame_source
 from rst.services.wado import whole
 
@@ -63,12 +67,12 @@ async def retrieve_frames(
         raise ValueError("frames belong to one instance: keys must name a SOP instance")
     # A hint for the archive: what the client likes best (None, as stored, for "*").
     prefer = choices[0].transfer_syntax if choices else None
-    instance = await _retrieve_one(backend, keys, prefer)
-    held = await frame_source(instance, numbers) if instance.ranges is not None else None
-    data = b"" if held is not None else (await whole(instance)).data
+    held, data, derive_into = await _retrieve_one(backend, keys, prefer, numbers)
 
     def cut() -> FramesAnswer:
         source = held or FrameSource(data)
+        if derive_into is not None:
+            derive_into.save(FRAMES, derive(data, source))
         source.check(numbers)
         fmt = choose_frame_format(choices, source.transfer_syntax, frames=len(numbers))
         return FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
@@ -76,16 +80,59 @@ async def retrieve_frames(
     return await run_sync(cut)
 
 
-async def _retrieve_one(backend: Backend, keys: RetrieveKeys, prefer: str | None) -> Instance:
-    """The instance *keys* names: whole, unless the archive reads its parts (``ranges``). The
-    retrieve runs to its end (the archive's final status is checked); anything else it delivers
-    is read and dropped."""
-    found: Instance | None = None
+async def _retrieve_one(
+    backend: Backend, keys: RetrieveKeys, prefer: str | None, numbers: Sequence[int]
+) -> tuple[FrameSource | None, bytes, Sidecars | None]:
+    """The frames *numbers* of the instance *keys* names, held by a source (read by ranges),
+    else the whole instance — and the sidecars its frame layout is to be derived into. The
+    retrieve runs to its end (the archive's final status is checked); anything else it
+    delivers is read and dropped."""
+    found: tuple[FrameSource | None, bytes, Sidecars | None] | None = None
     async with backend.retrieve(keys, prefer) as instances:
         async for received in instances:
-            complete = received if received.ranges is not None else await whole(received)
-            if found is None and complete.sop_instance_uid == keys.sop_uid:
-                found = complete
+            if found is None and received.sop_instance_uid == keys.sop_uid:
+                found = await _prepare(received, numbers)
+            elif received.ranges is None:
+                await whole(received)
     if found is None:
         raise NotFound(f"the archive {backend.name} sent no instance {keys.sop_uid}")
     return found
+
+
+async def _prepare(
+    instance: Instance, numbers: Sequence[int]
+) -> tuple[FrameSource | None, bytes, Sidecars | None]:
+    """Read what the frames *numbers* need, while *instance* is the retrieve's current one
+    (a cached file is open only until then): by its frame layout where one is kept, by ranges
+    where the archive reads parts, else whole."""
+    sidecars = instance.sidecars
+    ranges = sidecars.ranges if sidecars is not None else None
+    if sidecars is not None and ranges is not None:
+        kept = await run_sync(partial(sidecars.load, FRAMES))
+        if kept is None:  # derived from this whole file, kept beside it
+            return None, (await whole(instance)).data, sidecars
+        layout = FrameLayout.from_json(kept)
+        if layout is not None and layout.size == ranges.size:
+            held = await _by_layout(layout, ranges, numbers)
+            if held is not None:
+                return held, b"", None
+    if instance.ranges is not None:
+        held = await frame_source(instance, numbers)
+        if held is not None:
+            return held, b"", None
+    return None, (await whole(instance)).data, None
+
+
+async def _by_layout(
+    layout: FrameLayout, ranges: ByteRanges, numbers: Sequence[int]
+) -> FrameSource | None:
+    """A source holding the frames *numbers*, each read by its ranges in the layout; ``None``
+    where a number is beyond the last frame (the whole file's source says so)."""
+    wanted = sorted(set(numbers))
+    if wanted[-1] > layout.number_of_frames:
+        return None
+    frames = {}
+    for n in wanted:
+        parts = [await ranges.read(start, length) for start, length in layout.spans(n)]
+        frames[n] = b"".join(parts)
+    return await run_sync(partial(layout.source, frames))

@@ -38,6 +38,11 @@ class Sidecars(Protocol):
     def save(self, kind: str, data: bytes) -> None:
         """Keep *data* under *kind*; best effort (a failure is logged, never raised)."""
 
+    @property
+    def ranges(self) -> ByteRanges | None:
+        """Reads of the exact file the sidecars describe (``None``: not readable in parts):
+        what a sidecar that says where things lie in it — the frame layout — is read with."""
+
 
 class ByteRanges(Protocol):
     """Reads of any part of one stored instance without fetching the rest (an S3 object's

@@ -18,10 +18,12 @@ from pydicom.filebase import DicomBytesIO
 from rst.cache import Store, archive_key
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive, write_sample_study
+from rst.dicom.frames import FrameSource
 from rst.server import Running
 from rst.services import metadata
 from rst.services.protocols import RetrieveKeys
 from tests.support.download import Download
+from tests.support.frames import encapsulated, parts, volume
 from tests.support.gateway import run_gateway, settled
 
 Mode = str  # "move" or "get"
@@ -283,3 +285,69 @@ async def test_metadata_is_derived_once_and_then_read_beside_the_cached_files(
 
 def pixel_uris(items: list[dict[str, Any]]) -> list[str]:
     return [str(item["7FE00010"]["BulkDataURI"]) for item in items]
+
+
+@pytest.mark.parametrize("size", [512, 1024], ids=["whole", "streamed"])
+async def test_frames_of_a_cached_instance_are_cut_by_its_layout_without_parsing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The first frame request of a cached instance parses it and keeps its frame layout beside
+    it; later ones read only the frames' bytes: no parse, the same bytes, native and
+    encapsulated, one frame or a list, as stored or transcoded."""
+    parses: list[int] = []
+    dcmread = pydicom.dcmread
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        return dcmread(*args, **kwargs)
+
+    monkeypatch.setattr("rst.dicom.frames.dcmread", counting)
+    [ct] = write_sample_study(tmp_path / "pacs", images=1, rows=size, columns=size, series=1)
+    rle, _ = encapsulated(volume(5, rows=64, columns=64), fragments_per_frame=2)
+    multi = pydicom.dcmread(DicomBytesIO(rle))
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID", "StudyDate"):
+        if keyword in (original := pydicom.dcmread(ct, stop_before_pixels=True)):
+            setattr(multi, keyword, getattr(original, keyword))
+    multi.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    multi.save_as(tmp_path / "pacs" / "RLE.dcm", enforce_file_format=True)
+    files = {str(pydicom.dcmread(p).SOPInstanceUID): p for p in (ct, tmp_path / "pacs" / "RLE.dcm")}
+    octets, rle_type = "application/octet-stream", "image/dicom-rle"
+    asks = [
+        ("1", octets, "*"),
+        ("1,1", octets, "1.2.840.10008.1.2.1"),
+        ("1", rle_type, "1.2.840.10008.1.2.5"),
+        ("5", octets, "*"),
+        ("3,1,5", octets, "*"),
+        ("2", octets, "1.2.840.10008.1.2.1"),
+    ]
+    with DevPacs(FolderArchive(tmp_path / "pacs"), aet="FAULTY", port=0) as pacs:
+        async with run_gateway(ae(pacs)) as running:
+            pacs.add_destination("RST", *running.dimse_address)
+            study = str(pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID)
+            async with httpx.AsyncClient(timeout=30) as client:
+                for sop, path in files.items():
+                    ds = pydicom.dcmread(path, stop_before_pixels=True)
+                    url = (
+                        f"{running.http_url}/aets/FAULTY/studies/{study}/series/"
+                        f"{ds.SeriesInstanceUID}/instances/{sop}/frames"
+                    )
+                    count = int(ds.get("NumberOfFrames", 1) or 1)
+                    for numbers, media, syntax in asks:
+                        if max(map(int, numbers.split(","))) > count:
+                            continue
+                        accept = f"multipart/related; type={media}; transfer-syntax={syntax}"
+                        headers = {"Accept": accept}
+                        bodies, counts = [], []
+                        for _ in range(4):  # cold, warm (derives the layout), warm, warm
+                            before = len(parses)
+                            got = await client.get(f"{url}/{numbers}", headers=headers)
+                            assert got.status_code == 200, got.text
+                            bodies.append([data for _, data in parts(got)])
+                            counts.append(len(parses) - before)
+                        wanted = [int(n) for n in numbers.split(",")]
+                        want = FrameSource(path.read_bytes()).frames(
+                            wanted, None if syntax == "*" else syntax
+                        )
+                        assert all(b == [f.data for f in want] for b in bodies), (sop, numbers)
+                        assert counts[2:] == [0, 0], (sop, numbers, counts)
+        assert retrieves(pacs) == 2

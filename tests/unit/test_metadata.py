@@ -25,7 +25,7 @@ from rst.dicom.media_types import bulk_media_type, default_transfer_syntax, tran
 from rst.errors import BadRequest, NotAcceptable, NotFound, UnreadableInstance
 from rst.services.bulkdata import BULK_MIN_BYTES, BulkPart, Selection, TagPath, instance_parts
 from rst.services.metadata import METADATA, instance_metadata, relative_metadata, under
-from rst.services.protocols import Instance, RetrieveKeys
+from rst.services.protocols import ByteRanges, Instance, RetrieveKeys
 from tests.support.sample import write_ct_study, write_multiframe
 
 BASE = "http://rst.test/aets/PACS"
@@ -161,6 +161,7 @@ class Kept:
     def __init__(self) -> None:
         self.kept: dict[str, bytes] = {}
         self.loads = 0
+        self.ranges: ByteRanges | None = None
 
     def load(self, kind: str) -> bytes | None:
         self.loads += 1

@@ -1,0 +1,187 @@
+"""Where each frame of a stored instance lies in its file: what a warm frame request reads
+instead of parsing the file again.
+
+A :class:`FrameLayout` records what :class:`~rst.dicom.frames.FrameSource` needs to cut a
+frame — the transfer syntax, the pixel module, and the byte ranges of each frame (for
+encapsulated data, of each of its fragments) — so that a frame is served by reading just those
+bytes (:meth:`FrameLayout.spans`) and handing them to :meth:`FrameSource.held`. It is derived
+once from the whole file and the source parsed from it (:func:`derive`), and checked on the
+way: every frame's bytes as the ranges give them must equal the frame pydicom cut, or there is
+no layout (1-bit data, Big Endian or deflated files, fragments shared by frames) and the
+instance is read whole as before. Sans-IO: bytes in, JSON out.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from rst.dicom.frames import FrameSource
+from rst.dicom.head import UNDEFINED, locate_pixel_data
+from rst.dicom.part10 import dataset_offset
+
+__all__ = ["FRAMES", "FrameLayout", "derive"]
+
+FRAMES = "frames.json"
+"""The sidecar kind of an instance's frame layout (:class:`~rst.services.protocols.Sidecars`)."""
+VERSION = 1
+_IN_PLACE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+"""Native syntaxes whose pixel bytes in the file are the frames' bytes (Little Endian)."""
+_ITEM = b"\xfe\xff\x00\xe0"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0"
+_U32 = struct.Struct("<I")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLayout:
+    """The frames of one file: its size, syntax, pixel module and each frame's byte ranges."""
+
+    size: int
+    transfer_syntax: str
+    keyword: str
+    vr: str
+    attributes: dict[str, Any]
+    native: tuple[int, int, int] | None
+    """Native data: (first frame's offset, frame size, frames)."""
+    fragments: list[list[tuple[int, int]]]
+    """Encapsulated data: each frame's fragments as (offset, length)."""
+
+    @property
+    def number_of_frames(self) -> int:
+        return self.native[2] if self.native is not None else len(self.fragments)
+
+    def spans(self, number: int) -> list[tuple[int, int]]:
+        """The byte ranges whose contents, joined, are frame *number* (1-based) as stored."""
+        if self.native is not None:
+            start, length, _ = self.native
+            return [(start + (number - 1) * length, length)]
+        return self.fragments[number - 1]
+
+    def source(self, frames: dict[int, bytes]) -> FrameSource:
+        """A source holding *frames* (by number), made without parsing the file."""
+        return FrameSource.held(
+            self.transfer_syntax, self.keyword, self.vr, self.attributes, self.number_of_frames
+        ).keep(frames)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "version": VERSION,
+                "size": self.size,
+                "transfer_syntax": self.transfer_syntax,
+                "keyword": self.keyword,
+                "vr": self.vr,
+                "attributes": self.attributes,
+                "native": self.native,
+                "fragments": self.fragments,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> FrameLayout | None:
+        """The layout kept as *data*; ``None`` where there is none (or it cannot be read)."""
+        try:
+            kept = json.loads(data)
+            if not isinstance(kept, dict) or kept.get("version") != VERSION:
+                return None
+            native = kept["native"]
+            return cls(
+                int(kept["size"]),
+                str(kept["transfer_syntax"]),
+                str(kept["keyword"]),
+                str(kept["vr"]),
+                dict(kept["attributes"]),
+                None if native is None else (int(native[0]), int(native[1]), int(native[2])),
+                [[(int(s), int(n)) for s, n in frame] for frame in kept["fragments"]],
+            )
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None
+
+
+NO_LAYOUT = json.dumps({"version": VERSION, "none": True}).encode()
+"""What is kept for a file whose frames cannot be cut by ranges: it is read whole, and the
+layout is not derived again."""
+
+
+def derive(data: bytes, source: FrameSource) -> bytes:
+    """The layout of the Part 10 file *data* (whose source is *source*), as JSON to keep;
+    :data:`NO_LAYOUT` where its frames cannot be served by ranges."""
+    try:
+        layout = _derive(data, source)
+        if layout is None:
+            return NO_LAYOUT
+        # What is kept must serve: the frames it reads, through a source made from it, are
+        # the frames pydicom cut from the whole file.
+        kept = FrameLayout.from_json(layout.to_json())
+        every = list(range(1, source.number_of_frames + 1))
+        held = {n: b"".join(data[s : s + k] for s, k in layout.spans(n)) for n in every}
+        if kept is None or kept.source(held).as_stored(every) != source.as_stored(every):
+            return NO_LAYOUT
+    except Exception:  # pydicom and numpy raise many kinds on odd data: read it whole then
+        return NO_LAYOUT
+    return layout.to_json()
+
+
+def _derive(data: bytes, source: FrameSource) -> FrameLayout | None:
+    syntax = source.stored_syntax
+    if source.native and syntax not in _IN_PLACE:
+        return None
+    if not source.native and syntax in _IN_PLACE | {"1.2.840.10008.1.2.2"}:
+        return None
+    if source.native and (source.bits_allocated % 8 or source.bits_allocated == 0):
+        return None
+    if syntax.startswith("1.2.840.10008.1.2.1.99") or syntax.endswith(".4.95"):
+        return None  # deflated
+    implicit = syntax == "1.2.840.10008.1.2"
+    pixels = locate_pixel_data(data, dataset_offset(data), implicit=implicit, size=len(data))
+    if pixels is None:
+        return None
+    count = source.number_of_frames
+    every = list(range(1, count + 1))
+    frames = source.as_stored(every)
+    attributes = source.layout_attributes()
+    vr = source.pixel_vr
+    if source.native:
+        frame = source.native_frame_size()
+        if not frame or pixels.length is None or count * frame > pixels.length:
+            return None
+        native = (pixels.value, frame, count)
+        if any(data[pixels.value + (n - 1) * frame :][:frame] != frames[n] for n in every):
+            return None
+        return FrameLayout(len(data), syntax, source.keyword, vr, attributes, native, [])
+    if pixels.length is not None and pixels.length != UNDEFINED:
+        return None
+    items = _items(data, pixels.value)
+    layout: list[list[tuple[int, int]]] = []
+    at = 0
+    for n in every:
+        want, got, spans = len(frames[n]), 0, []
+        while got < want and at < len(items):
+            spans.append(items[at])
+            got += items[at][1]
+            at += 1
+        if got != want or b"".join(data[s : s + k] for s, k in spans) != frames[n]:
+            return None
+        layout.append(spans)
+    return FrameLayout(len(data), syntax, source.keyword, vr, attributes, None, layout)
+
+
+def _items(data: bytes, value: int) -> list[tuple[int, int]]:
+    """The fragments (offset, length) of encapsulated pixel data at *value*, after its Basic
+    Offset Table."""
+    pos, first = value, True
+    found: list[tuple[int, int]] = []
+    while True:
+        tag, length = data[pos : pos + 4], _U32.unpack_from(data, pos + 4)[0]
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return found
+        if tag != _ITEM or length == UNDEFINED or pos + length > len(data):
+            raise ValueError(f"no fragment item at byte {pos - 8}")
+        if not first:
+            found.append((pos, length))
+        first = False
+        pos += length
