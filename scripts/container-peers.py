@@ -1,9 +1,9 @@
-"""Orthanc on loopback for scripts/container: a sample CT study in it, rst known as a C-MOVE destination.
+"""Orthanc on loopback for scripts/container: a small CT study in it, rst its C-MOVE destination.
 
     python scripts/container-peers.py WORKDIR
 
-Picks free ports for Orthanc and for rst, starts Orthanc (tests/support/orthanc.py: loopback only),
-uploads a small study, writes WORKDIR/peers.json and waits for SIGTERM or SIGINT, then stops Orthanc.
+Picks free ports for Orthanc and rst, starts Orthanc (tests/support/orthanc.py: loopback only),
+uploads the study, writes WORKDIR/peers.json, waits for SIGTERM or SIGINT, then stops Orthanc.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.loopback import free_port  # noqa: E402
-from tests.support.orthanc import open_orthanc, upload  # noqa: E402
-from tests.support.sample import write_ct_study  # noqa: E402
+from tests.support.loopback import free_port
+from tests.support.orthanc import open_orthanc, upload
+from tests.support.sample import write_ct_study
 
 
 async def main(workdir: Path) -> None:
@@ -30,7 +30,9 @@ async def main(workdir: Path) -> None:
     study = write_ct_study(workdir / "study", images=10, series=2)
     modalities = {"RST": ("RST", "127.0.0.1", dimse_port)}
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_orthanc(workdir / "orthanc", modalities=modalities, fast_stop=True) as orthanc:
+        async with open_orthanc(
+            workdir / "orthanc", modalities=modalities, fast_stop=True
+        ) as orthanc:
             await upload(orthanc, study.paths)
             peers = {
                 "orthanc_dicom_port": orthanc.dicom_port,
