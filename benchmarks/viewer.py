@@ -234,19 +234,26 @@ async def run(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _spread(runs: list[dict[str, float]], key: str) -> str:
+    values = [run[key] for run in runs]
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
 def table(result: dict[str, Any]) -> str:
     m = result["medians"]
     ref = m["orthanc"]
     lines = [
-        "| server | series list ms | all metadata s | first frame s | last frame s "
-        "| frames/s | last frame / Orthanc | first frame / Orthanc |",
+        "| server | series list ms | all metadata s | first frame s (min-max) "
+        "| last frame s (min-max) | frames/s | last frame / Orthanc | first frame / Orthanc |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for way in WAYS:
         r = m[way]
+        runs = result[way]
         lines.append(
             f"| {LABELS[way]} | {r['series_s'] * 1000:.0f} | {r['metadata_s']:.2f} "
-            f"| {r['ttff_s']:.2f} | {r['ttlf_s']:.2f} | {r['frames'] / r['ttlf_s']:.0f} "
+            f"| {r['ttff_s']:.2f} ({_spread(runs, 'ttff_s')}) "
+            f"| {r['ttlf_s']:.2f} ({_spread(runs, 'ttlf_s')}) | {r['frames'] / r['ttlf_s']:.0f} "
             f"| {r['ttlf_s'] / ref['ttlf_s']:.2f} | {r['ttff_s'] / ref['ttff_s']:.2f} |"
         )
     verdicts = [
