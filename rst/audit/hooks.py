@@ -18,9 +18,7 @@ from typing import Any, cast
 
 from hypercorn.typing import (
     ASGIReceiveCallable,
-    ASGIReceiveEvent,
     ASGISendCallable,
-    ASGISendEvent,
     Scope,
 )
 from quart import Quart, Response, g, request
@@ -30,6 +28,7 @@ from rst.audit.record import AuditedBackend, AuditRecord, Service
 from rst.audit.trail import AuditTrail
 from rst.auth import identity
 from rst.auth.guard import requirement_of
+from rst.http.exchange import Exchange
 from rst.logs import request_id
 from rst.services.protocols import Backend
 
@@ -130,40 +129,17 @@ class AuditMiddleware:
             path=scope["path"],
         )
         cast(dict[str, Any], scope)[RECORD_KEY] = record
-        status: int | None = None
-        complete = gone = False
-        sent = received = 0
-
-        async def watching_receive() -> ASGIReceiveEvent:
-            nonlocal received, gone
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            elif message["type"] == "http.disconnect":
-                gone = True
-            return message
-
-        async def watching_send(message: ASGISendEvent) -> None:
-            nonlocal status, sent, complete
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                await send(message)
-                sent += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
-                return
-            await send(message)
-
+        exchange = Exchange(receive, send)
         try:
-            await self.app(scope, watching_receive, watching_send)
+            await self.app(scope, exchange.receive, exchange.send)
         finally:
             if record.service is not None:
                 ending = Ending(
-                    status=status,
-                    complete=complete and status is not None,
-                    client_gone=gone,
-                    bytes_sent=sent,
-                    bytes_received=received,
+                    status=exchange.status,
+                    complete=exchange.complete and exchange.status is not None,
+                    client_gone=exchange.client_gone,
+                    bytes_sent=exchange.sent,
+                    bytes_received=exchange.received,
                     ended=time.time(),
                     duration=time.monotonic() - clock,
                 )

@@ -13,15 +13,10 @@ import re
 import time
 from typing import Any, cast
 
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGIReceiveEvent,
-    ASGISendCallable,
-    ASGISendEvent,
-    Scope,
-)
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from quart import Request
 
+from rst.http.exchange import Exchange
 from rst.metrics import Metrics
 
 __all__ = ["ROUTE_KEY", "RequestMetrics", "note_route"]
@@ -61,43 +56,26 @@ class RequestMetrics:
             return
         metrics = self.metrics
         started = time.monotonic()
-        status = "none"
-        sent = received = 0
-        ended = True  # no body begun, or the last body message sent
-
-        async def counting_receive() -> ASGIReceiveEvent:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-            return message
-
-        async def counting_send(message: ASGISendEvent) -> None:
-            nonlocal status, sent, ended
-            if message["type"] == "http.response.start":
-                status = str(message["status"])
-                ended = False
-            elif message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-                ended = not message.get("more_body", False)
-            await send(message)
-
+        exchange = Exchange(receive, send)
+        failed = False
         metrics.http_in_progress.inc()
         try:
-            await self.app(scope, counting_receive, counting_send)
+            await self.app(scope, exchange.receive, exchange.send)
         except Exception:
-            if status == "none":
-                status = "500"  # what hypercorn answers for an app that raised
+            failed = True  # hypercorn answers 500 for an app that raised before its answer
             raise
         finally:
             metrics.http_in_progress.dec()
+            status = (
+                str(exchange.status) if exchange.status is not None else "500" if failed else "none"
+            )
             route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
             method = scope["method"] if scope["method"] in METHODS else "other"
             metrics.http_requests.labels(route, method, status).inc()
             metrics.http_duration.labels(route, method).observe(time.monotonic() - started)
-            if sent:
-                metrics.http_sent.labels(route).inc(sent)
-            if received:
-                metrics.http_received.labels(route).inc(received)
-            if status != "none" and not ended:
+            if exchange.sent:
+                metrics.http_sent.labels(route).inc(exchange.sent)
+            if exchange.received:
+                metrics.http_received.labels(route).inc(exchange.received)
+            if exchange.broken:
                 metrics.http_broken.labels(route).inc()
