@@ -143,9 +143,13 @@ def _rst_config(
     dimse_port: int,
     max_associations: int,
     workers: int = 1,
+    cache: bool = False,
 ) -> str:
+    """rst's configuration for one benchmark: *cache* turns the retrieve cache on (in a folder
+    of its own), else every retrieve goes to the PACS."""
     spool = ctx.workdir / f"spool-{name}"
     spool.mkdir(exist_ok=True)
+    cache_section = f"\n[cache]\npath = {json.dumps(str(ctx.workdir / f'cache-{name}'))}\n"
     return f"""[log]
 level = "INFO"
 
@@ -167,10 +171,8 @@ host = "127.0.0.1"
 port = {ctx.orthanc.dicom_port}
 retrieve = "{mode}"
 max_associations = {max_associations}
-# Every retrieve goes to the PACS: these benchmarks measure the DIMSE path, and repeated runs
-# must not be served from the retrieve cache.
-cache = false
-"""
+cache = {"true" if cache else "false"}
+{cache_section if cache else ""}"""
 
 
 def _rst_env() -> dict[str, str]:
@@ -206,6 +208,7 @@ async def open_rst(
     mode: str = "move",
     max_associations: int = 16,
     workers: int = 1,
+    cache: bool = False,
     config: Callable[[int, int], str] | None = None,
     env: dict[str, str] | None = None,
 ) -> AsyncIterator[Rst]:
@@ -226,7 +229,9 @@ async def open_rst(
             while dimse_port == http_port:
                 dimse_port = free_port()
             config_path.write_text(
-                _rst_config(ctx, name, mode, http_port, dimse_port, max_associations, workers)
+                _rst_config(
+                    ctx, name, mode, http_port, dimse_port, max_associations, workers, cache
+                )
                 if config is None
                 else config(http_port, dimse_port)
             )

@@ -24,7 +24,6 @@ client; its own caches are warm after the first viewing.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,10 @@ import httpx
 import trio
 
 from tests.support.frames import OHIF_LOADER, parts
-from tests.support.orthanc import add_modality
 
 from .common import (
-    MAX_PDU,
     ORTHANC_AET,
     RETRIEVE_TIMEOUT,
-    RST_AET,
     BenchmarkError,
     Context,
     median,
@@ -153,42 +149,6 @@ async def view(root: str, study_uid: str) -> dict[str, float | int]:
             return await _Viewing(client, root, study_uid).run()
 
 
-def _config(ctx: Context, name: str, cache: bool, workers: int = 1) -> Any:
-    spool = ctx.workdir / f"spool-{name}"
-    spool.mkdir(exist_ok=True)
-    cache_dir = ctx.workdir / f"cache-{name}"
-
-    def config(http_port: int, dimse_port: int) -> str:
-        return f"""[log]
-level = "INFO"
-
-[http]
-host = "127.0.0.1"
-port = {http_port}
-workers = {workers}
-
-[dimse]
-aet = "{RST_AET}"
-host = "127.0.0.1"
-port = {dimse_port}
-max_pdu = {MAX_PDU}
-spool_dir = {json.dumps(str(spool))}
-
-[cache]
-path = {json.dumps(str(cache_dir))}
-
-[[aets]]
-aet = "{ORTHANC_AET}"
-host = "127.0.0.1"
-port = {ctx.orthanc.dicom_port}
-retrieve = "move"
-max_associations = 16
-cache = {"true" if cache else "false"}
-"""
-
-    return config
-
-
 async def run(ctx: Context) -> dict[str, Any]:
     study = ctx.studies["ct"]
     uid = study.files.study_uid
@@ -203,8 +163,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         )
 
     await view(ctx.orthanc.dicomweb_url, uid)  # warm-up: Orthanc's caches, the OS page cache
-    async with open_rst(ctx, "viewer-nocache", config=_config(ctx, "nocache", False)) as rst:
-        await add_modality(ctx.orthanc, "RST", RST_AET, "127.0.0.1", rst.dimse_port)
+    async with open_rst(ctx, "viewer-nocache") as rst:
         root = f"{rst.url}/aets/{ORTHANC_AET}"
         await view(root, uid)  # warm-up
         for _ in range(ctx.runs):
@@ -215,9 +174,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     for i in range(ctx.runs):
         for workers, prefix in ((1, "rst"), (WORKERS, "rst2")):
             name = f"viewer-cache-{workers}-{i}"
-            config = _config(ctx, name, True, workers)
-            async with open_rst(ctx, name, config=config) as rst:
-                await add_modality(ctx.orthanc, "RST", RST_AET, "127.0.0.1", rst.dimse_port)
+            async with open_rst(ctx, name, workers=workers, cache=True) as rst:
                 root = f"{rst.url}/aets/{ORTHANC_AET}"
                 out[f"{prefix}_cold"].append(r := await view(root, uid))
                 show(f"{prefix}_cold", r)

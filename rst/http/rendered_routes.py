@@ -17,6 +17,7 @@ from rst.dicom.render import GIF, negotiate_rendered, parse_rendering
 from rst.errors import NotAcceptable
 from rst.http.context import RouteContext
 from rst.http.streaming import Coalesced, start_stream
+from rst.services.protocols import Backend, RetrieveKeys
 from rst.services.rendered import THUMBNAIL_VIEWPORT, produce_rendered_parts, render_one
 
 __all__ = ["register"]
@@ -35,6 +36,13 @@ _LEVELS = (
 
 
 def register(bp: Blueprint, ctx: RouteContext) -> None:
+    def target(
+        aet: str, study: str, series: str | None, sop: str | None, frames: str | None
+    ) -> tuple[Backend, RetrieveKeys, tuple[int, ...] | None]:
+        """The archive, the instance keys and the frame numbers a URL names, each checked."""
+        numbers = None if frames is None else parse_frame_list(frames)
+        return ctx.backend_for(aet), ctx.path_keys(study, series, sop), numbers
+
     async def rendered(
         aet: str,
         study: str,
@@ -42,9 +50,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         sop: str | None = None,
         frames: str | None = None,
     ) -> Response:
-        backend = ctx.backend_for(aet)
-        keys = ctx.path_keys(study, series, sop)
-        numbers = None if frames is None else parse_frame_list(frames)
+        backend, keys, numbers = target(aet, study, series, sop, frames)
         fmt = negotiate_rendered(request.headers.get("Accept"), ctx.accept_param())
         rendering = parse_rendering(list(request.args.items(multi=True)), fmt.media_type)
         if not fmt.multipart:
@@ -78,9 +84,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         sop: str | None = None,
         frames: str | None = None,
     ) -> Response:
-        backend = ctx.backend_for(aet)
-        keys = ctx.path_keys(study, series, sop)
-        numbers = None if frames is None else parse_frame_list(frames)
+        backend, keys, numbers = target(aet, study, series, sop, frames)
         fmt = negotiate_rendered(request.headers.get("Accept"), ctx.accept_param(), multipart=False)
         rendering = parse_rendering(
             list(request.args.items(multi=True)),
