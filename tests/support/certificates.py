@@ -87,9 +87,20 @@ class Pki:
         self.ca = folder / f"{name.replace(' ', '-')}.crt"
         self.ca.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = False, password: bytes | None = None) -> Issued:
+    def issue(
+        self,
+        name: str,
+        *,
+        server: bool = False,
+        client: bool | None = None,
+        password: bytes | None = None,
+    ) -> Issued:
         """A certificate for *name* signed by this CA: for ``127.0.0.1`` and ``localhost`` if
-        *server*, else for a client; its key encrypted with *password* if given."""
+        *server*, for a client if *client* (default: when not *server*; a DICOM node that
+        both listens and calls has one certificate for both); its key encrypted with
+        *password* if given."""
+        if client is None:
+            client = not server
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -108,13 +119,11 @@ class Pki:
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
                 critical=False,
-            ).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
-        else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         issued = Issued(self.folder / f"{name}.crt", self.folder / f"{name}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
