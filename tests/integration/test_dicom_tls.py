@@ -177,16 +177,17 @@ async def test_storescu_and_echoscu_associate_into_the_tls_receiver(
 # -- Orthanc, TLS only, both ways --------------------------------------------------------------
 
 
-async def test_qido_and_a_move_retrieve_through_rst_to_a_tls_only_orthanc(
-    certs: Certificates, tmp_path: Path
+@pytest.mark.parametrize("retrieve", ["move", "get"])
+async def test_qido_and_a_retrieve_through_rst_to_a_tls_only_orthanc(
+    certs: Certificates, tmp_path: Path, retrieve: str
 ) -> None:
-    """rst searches a TLS-only Orthanc and retrieves a study by C-MOVE, Orthanc sending the
-    instances into rst's receiver over TLS: mutual TLS on both associations."""
+    """rst searches a TLS-only Orthanc and retrieves a study by C-MOVE — Orthanc sending the
+    instances into rst's receiver over TLS: mutual TLS on both associations — or by C-GET."""
     study = write_ct_study(tmp_path / "study", images=3, rows=32, columns=32, series=2)
     orthanc_tls = dicom_tls_config(certs.pacs.cert, certs.pacs.key, certs.pki.ca)
     async with open_orthanc(tmp_path / "orthanc", extra_config=orthanc_tls) as orthanc:
         await upload(orthanc, study.paths)
-        pacs = pacs_config(orthanc.dicom_port, certs, aet=orthanc.aet)
+        pacs = pacs_config(orthanc.dicom_port, certs, aet=orthanc.aet, retrieve=retrieve)
         receiver_tls = {
             "tls_cert": str(certs.rst_server.cert),
             "tls_key": str(certs.rst_server.key),
@@ -202,7 +203,8 @@ async def test_qido_and_a_move_retrieve_through_rst_to_a_tls_only_orthanc(
                 assert [s["0020000D"]["Value"][0] for s in found.json()] == [study.study_uid]
                 retrieved = await http.get(f"/studies/{study.study_uid}")
             assert retrieved.status_code == 200, retrieved.text
-            assert running.receiver.received == len(study.paths)
+            moved = len(study.paths) if retrieve == "move" else 0
+            assert running.receiver.received == moved
             assert running.receiver.tls_refused == 0
     boundary = retrieved.headers["Content-Type"].split("boundary=")[1].strip('"')
     parts = retrieved.content.split(f"--{boundary}".encode())[1:-1]
