@@ -32,6 +32,7 @@ from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_echo_rq
 from rst.config import AeConfig, DimseConfig
+from rst.errors import PacsUnreachable
 from tests.support.certificates import Issued, Pki
 from tests.support.dcmtk import open_storescp, run_tool, tls_options
 from tests.support.gateway import run_gateway
@@ -343,3 +344,21 @@ async def test_a_pacs_that_stalls_the_handshake_is_a_504(certs: Certificates) ->
         assert response.status_code == 504, response.text
         assert "TLS handshake" in response.json()["error"]
         nursery.cancel_scope.cancel()
+
+
+async def test_beyond_max_connections_a_tls_caller_is_closed_before_its_handshake(
+    certs: Certificates,
+) -> None:
+    async with (
+        tls_receiver(certs, max_connections=1) as receiver,
+        good_association(receiver, certs) as good,
+    ):
+        contexts = [PresentationContextRQ(1, VERIFICATION, (ImplicitVRLittleEndian,))]
+        with pytest.raises(PacsUnreachable, match=r"TLS handshake .* failed"):
+            async with open_association(
+                loopback_pacs(receiver, certs), calling_aet="PACS", contexts=contexts, max_pdu=0
+            ):
+                pytest.fail("associated beyond max_connections")
+        assert receiver.turned_away == 1
+        assert receiver.tls_refused == 0  # no handshake was even started
+        assert await echo_on(good, 2) == 0x0000

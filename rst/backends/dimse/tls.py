@@ -115,12 +115,20 @@ async def connect(stream: trio.SocketStream, ae: AeConfig) -> trio.abc.Stream:
     if context is None:
         return stream
     tls = trio.SSLStream(stream, context, server_hostname=ae.host, https_compatible=True)
+    try:
+        await _handshake(tls, ae)
+    except BaseException:  # cancelled too: the socket is ours until the handshake is done
+        await trio.aclose_forcefully(stream)
+        raise
+    return tls
+
+
+async def _handshake(tls: trio.SSLStream[trio.SocketStream], ae: AeConfig) -> None:
     with trio.move_on_after(ae.connect_timeout) as waiting:
         try:
             await tls.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
             reason = _reason(error)
-            await trio.aclose_forcefully(stream)
             log.warning(
                 "the TLS handshake with the PACS %s at %s:%s failed: %s",
                 ae.aet,
@@ -133,7 +141,6 @@ async def connect(stream: trio.SocketStream, ae: AeConfig) -> trio.abc.Stream:
                 "(the log has its address)"
             ) from None
     if waiting.cancelled_caught:
-        await trio.aclose_forcefully(stream)
         log.warning(
             "the PACS %s at %s:%s did not complete its TLS handshake within %g s",
             ae.aet,
@@ -145,7 +152,6 @@ async def connect(stream: trio.SocketStream, ae: AeConfig) -> trio.abc.Stream:
             f"the PACS {ae.aet} did not complete the TLS handshake within "
             f"{ae.connect_timeout:g} s (connect_timeout)"
         )
-    return tls
 
 
 async def accept(
