@@ -151,7 +151,7 @@ class DimseConfig(_Section):
     with an A-ASSOCIATE-RJ (transient, local limit exceeded)."""
     handshake_timeout: Seconds = 10.0
     """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
-    it is closed."""
+    it is closed; with ``tls_cert``, also how long it may take for its TLS handshake first."""
     tls_cert: Annotated[str, Field(min_length=1)] | None = None
     """PEM file with the receiver's certificate (and the chain after it): set, the receiver
     speaks DICOM TLS only, on the same port (:mod:`rst.backends.dimse.tls`)."""

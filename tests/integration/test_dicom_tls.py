@@ -88,8 +88,12 @@ async def test_stow_and_echo_to_a_tls_storescp(certs: Certificates, tmp_path: Pa
         open_storescp(folder, PACS, extra=options) as port,
         run_gateway(pacs_config(port, certs)) as running,
     ):
-        await running.backends[PACS].echo()  # what the health check does
+        assert running.health is not None
+        await running.health.check_all()  # the readiness check's C-ECHO, over TLS
+        assert running.health.last[PACS].ok, running.health.last[PACS].detail
         async with httpx.AsyncClient(base_url=running.http_url, timeout=30) as http:
+            echo = await http.get(f"/aets/{PACS}")
+            assert echo.json()["status"] == "ok", echo.text
             response = await http.post(f"/aets/{PACS}/studies", content=body, headers=headers)
         result = fates(response)
         assert result.status == 200, response.text
@@ -362,3 +366,22 @@ async def test_beyond_max_connections_a_tls_caller_is_closed_before_its_handshak
         assert receiver.turned_away == 1
         assert receiver.tls_refused == 0  # no handshake was even started
         assert await echo_on(good, 2) == 0x0000
+
+
+async def test_a_pacs_that_requires_rst_certificate_refuses_rst_without_one(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    """Under TLS 1.3 the refusal comes after rst's side of the handshake, on the association
+    request: the 502 says the TLS connection broke, and the likely reason."""
+    options = tls_options(certs.pacs.key, certs.pacs.cert, certs.pki.ca)  # requires one
+    async with open_storescp(tmp_path / "received", PACS, extra=options) as port:
+        config = pacs_config(port, certs, tls_cert=None, tls_key=None)
+        async with (
+            run_gateway(config) as running,
+            httpx.AsyncClient(base_url=running.http_url, timeout=30) as http,
+        ):
+            response = await http.get(f"/aets/{PACS}/studies")
+    assert response.status_code == 502, response.text
+    message = response.json()["error"]
+    assert "the TLS connection broke" in message, message
+    assert "wants a certificate" in message, message

@@ -41,6 +41,7 @@ from rst.errors import BackendTimeout, PacsUnreachable
 from rst.tls import check_readable, harden, load_identity, load_trust
 
 __all__ = [
+    "TlsStream",
     "accept",
     "check",
     "client_context",
@@ -120,7 +121,7 @@ async def connect(stream: trio.SocketStream, ae: AeConfig) -> trio.abc.Stream:
     except BaseException:  # cancelled too: the socket is ours until the handshake is done
         await trio.aclose_forcefully(stream)
         raise
-    return tls
+    return TlsStream(tls)
 
 
 async def _handshake(tls: trio.SSLStream[trio.SocketStream], ae: AeConfig) -> None:
@@ -156,7 +157,7 @@ async def _handshake(tls: trio.SSLStream[trio.SocketStream], ae: AeConfig) -> No
 
 async def accept(
     stream: trio.SocketStream, context: ssl.SSLContext, handshake_timeout: float, peer: str
-) -> trio.SSLStream[trio.SocketStream] | None:
+) -> TlsStream | None:
     """The TLS stream of a connection to the receiver once its handshake is done within
     *handshake_timeout* seconds, or ``None`` (logged once, with *peer*): the caller hung up,
     does not speak TLS, presented no certificate or one rst does not trust, or stalled. The
@@ -173,7 +174,7 @@ async def accept(
                 _reason(error),
             )
             return None
-        return tls
+        return TlsStream(tls)
     log.warning(
         "refused the DICOM connection from %s: no TLS handshake within %g s "
         "(dimse.handshake_timeout)",
@@ -181,6 +182,43 @@ async def accept(
         handshake_timeout,
     )
     return None
+
+
+class TlsStream(trio.abc.Stream):
+    """An established TLS stream whose breakage says it was TLS, and what that can mean.
+
+    Under TLS 1.3 a server checks the client's certificate after the client's side of the
+    handshake is over: a PACS that wants rst's certificate, or does not trust it, breaks the
+    connection at rst's first write or read (the A-ASSOCIATE-RQ), which would otherwise read
+    as a bare "connection reset by peer"."""
+
+    def __init__(self, tls: trio.SSLStream[trio.SocketStream]) -> None:
+        self.tls = tls
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.tls.send_all(data)
+        except trio.BrokenResourceError as error:
+            raise _broken(error) from error
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tls.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            return await self.tls.receive_some(max_bytes)
+        except trio.BrokenResourceError as error:
+            raise _broken(error) from error
+
+    async def aclose(self) -> None:
+        await self.tls.aclose()
+
+
+def _broken(error: trio.BrokenResourceError) -> trio.BrokenResourceError:
+    return trio.BrokenResourceError(
+        f"the TLS connection broke ({_reason(error)}; a TLS 1.3 peer that wants a certificate, "
+        "or does not trust the one it was shown, ends the connection so)"
+    )
 
 
 async def receive_into(stream: trio.abc.Stream, buffer: memoryview) -> int:
@@ -201,5 +239,5 @@ def _reason(error: BaseException) -> str:
     if isinstance(cause, ssl.SSLError):
         return (cause.reason or str(cause)).replace("_", " ").lower()
     if cause is None:
-        return "the peer closed the connection"
+        return str(error) or "the peer closed the connection"
     return str(cause) or type(cause).__name__
