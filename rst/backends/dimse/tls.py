@@ -3,8 +3,9 @@ receiver as a TLS server.
 
 TLS sits between TCP and the DICOM upper layer and changes nothing above it: the association
 code reads and writes a :class:`trio.abc.Stream` — a :class:`trio.SocketStream`, or the
-:class:`trio.SSLStream` made here — through :func:`receive_into`. Both directions get the
-profile of :mod:`rst.tls`.
+:class:`TlsStream` made here — and reads through :func:`receive_into` (straight into the PDU
+reader's buffer from a socket, through a copy from TLS). Both directions get the profile of
+:mod:`rst.tls`.
 
 - **Client** (``[[aets]] tls = true``): every association to that PACS — C-ECHO (health
   checks too), C-FIND, C-MOVE, C-GET, C-STORE — is TLS. The PACS's certificate must chain to
@@ -23,9 +24,10 @@ profile of :mod:`rst.tls`.
   A-ASSOCIATE-RJ that plain DICOM callers get there would need one).
 
 The streams are ``https_compatible``: a peer that closes without a TLS ``close_notify`` is an
-end of file, not an error, and rst closes without waiting for the peer's. The DICOM upper
-layer ends an association itself (A-RELEASE, A-ABORT), so a truncated stream cannot pass for a
-complete one; and peers (dcmtk among them) often close bluntly after the release.
+end of file, not an error, and rst closes its connections without sending one (nor waiting, in
+a shielded cleanup, on a peer that does not read). The DICOM upper layer ends an association
+itself (A-RELEASE, A-ABORT), so a truncated stream cannot pass for a complete one; and peers
+(dcmtk among them) often close bluntly after the release.
 """
 
 from __future__ import annotations
