@@ -385,3 +385,19 @@ async def test_a_pacs_that_requires_rst_certificate_refuses_rst_without_one(
     message = response.json()["error"]
     assert "the TLS connection broke" in message, message
     assert "wants a certificate" in message, message
+
+
+async def test_a_pacs_certificate_for_another_host_is_refused(
+    certs: Certificates, tmp_path: Path
+) -> None:
+    """Signed by the right authority, but not for the address rst calls (``host``)."""
+    elsewhere = certs.pki.issue("elsewhere", server=True, client=True, hosts=("pacs.invalid",))
+    options = tls_options(elsewhere.key, elsewhere.cert, certs.pki.ca, peer_cert="ignore")
+    async with (
+        open_storescp(tmp_path / "received", PACS, extra=options) as port,
+        run_gateway(pacs_config(port, certs)) as running,
+        httpx.AsyncClient(base_url=running.http_url, timeout=30) as http,
+    ):
+        response = await http.get(f"/aets/{PACS}/studies")
+    assert response.status_code == 502, response.text
+    assert "IP address mismatch" in response.json()["error"]

@@ -50,6 +50,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> 
     )
 
 
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 class Pki:
     """A certificate authority whose files live in *folder*."""
 
@@ -94,8 +101,9 @@ class Pki:
         server: bool = False,
         client: bool | None = None,
         password: bytes | None = None,
+        hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
     ) -> Issued:
-        """A certificate for *name* signed by this CA: for ``127.0.0.1`` and ``localhost`` if
+        """A certificate for *name* signed by this CA: for *hosts* (names or IP addresses) if
         *server*, for a client if *client* (default: when not *server*; a DICOM node that
         both listens and calls has one certificate for both); its key encrypted with
         *password* if given."""
@@ -115,9 +123,7 @@ class Pki:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName([_general_name(host) for host in hosts]),
                 critical=False,
             )
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
