@@ -14,6 +14,7 @@ import trio
 
 from rst import __version__, logs
 from rst.auth import exposure_problem, exposure_warnings
+from rst.backends.dimse import tls as dicom_tls
 from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
@@ -73,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("check-config", "serve", "dev"):
         try:
             tls.server_context(config.http)  # read once here to fail early; again by each server
+            dicom_tls.check(config)  # the receiver's and each PACS's certificates and keys
         except ConfigError as exc:
             print(f"rst: {exc}", file=sys.stderr)
             return 2

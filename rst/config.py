@@ -151,12 +151,28 @@ class DimseConfig(_Section):
     with an A-ASSOCIATE-RJ (transient, local limit exceeded)."""
     handshake_timeout: Seconds = 10.0
     """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
-    it is closed."""
+    it is closed; with ``tls_cert``, also how long it may take for its TLS handshake first."""
+    tls_cert: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with the receiver's certificate (and the chain after it): set, the receiver
+    speaks DICOM TLS only, on the same port (:mod:`rst.backends.dimse.tls`)."""
+    tls_key: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with that certificate's private key, unencrypted (default: in ``tls_cert``)."""
+    tls_ca: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file of the authorities whose certificates the receiver accepts: set, every caller
+    must present one (mutual TLS)."""
     accept_unknown_callers: bool = True
     """``false``: the receiver accepts associations only from the calling AE titles of the
     ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ (calling AE title
     not recognized). ``true`` (the default, for existing setups): any calling AE title is
     accepted; an ``[[aets]]`` entry's ``store_from`` still applies to its own titles."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> DimseConfig:
+        if self.tls_cert is None and (self.tls_key is not None or self.tls_ca is not None):
+            raise ValueError(
+                "tls_key and tls_ca need tls_cert (the receiver's TLS is on when it is set)"
+            )
+        return self
 
     @field_validator("receiver", "client", mode="before")
     @classmethod
@@ -253,11 +269,30 @@ class AeConfig(_Section):
     store_from: tuple[str, ...] = ()
     """Addresses or networks (CIDR, IPv4 or IPv6) this PACS's C-STOREs may come from, e.g.
     ``["10.0.0.5", "10.0.1.0/24"]``; empty: any address."""
+    tls: bool = False
+    """Every association rst opens to this PACS (C-ECHO, C-FIND, C-MOVE, C-GET, C-STORE) speaks
+    DICOM TLS, BCP 195 profile (:mod:`rst.backends.dimse.tls`); the PACS's certificate must be
+    valid for ``host``."""
+    tls_ca: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file of the authorities that may sign the PACS's certificate (default: the system's)."""
+    tls_cert: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with rst's client certificate for this PACS (and the chain after it), for a
+    PACS that asks for one; none is sent when not set."""
+    tls_key: Annotated[str, Field(min_length=1)] | None = None
+    """PEM file with that certificate's private key, unencrypted (default: in ``tls_cert``)."""
 
     @field_validator("aet")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
+
+    @model_validator(mode="after")
+    def _tls(self) -> AeConfig:
+        if not self.tls and (self.tls_ca or self.tls_cert or self.tls_key):
+            raise ValueError("tls_ca, tls_cert and tls_key need tls = true")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ValueError("tls_key needs tls_cert (the certificate it belongs to)")
+        return self
 
     @field_validator("store_calling_aets")
     @classmethod
@@ -376,6 +411,15 @@ class Config(_Section):
                     f'aets: {ae.aet}: correlation = "uid" needs http.workers = 1 (with '
                     "several workers the Move Originator Message ID names the worker)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _receiver_tls(self) -> Config:
+        if self.dimse.tls_cert is not None and self.http.workers > 1:
+            raise ValueError(
+                "dimse.tls_cert needs http.workers = 1 (a worker cannot pass a TLS association "
+                "on to the worker whose C-MOVE it serves)"
+            )
         return self
 
     def ae(self, aet: str) -> AeConfig | S3AeConfig | None:

@@ -5,12 +5,12 @@ missing or unreadable file, a file that holds no PEM certificate or key, a key t
 match its certificate or an encrypted key is a :class:`~rst.config.ConfigError` naming the
 key and the file, raised before rst serves anything (and by ``rst check-config``).
 
-The context is Python's server default (``ssl.create_default_context(Purpose.CLIENT_AUTH)``:
-its cipher list, no compression), TLS 1.2 at least (HTTP/2 requires it, RFC 9113 §9.2), no
-renegotiation (a client could otherwise make rst read while it writes, and spend its CPU), and
-ALPN offering ``h2`` then ``http/1.1`` — the connection shell picks hypercorn's protocol from
-what the client chose. With ``client_ca``, a client must present a certificate signed by one of
-those authorities (mutual TLS) or its handshake fails.
+The context is Python's server default (``ssl.create_default_context(Purpose.CLIENT_AUTH)``)
+with the BCP 195 profile every TLS context of rst has (:mod:`rst.tls`: TLS 1.2 at least, which
+HTTP/2 requires too, RFC 9113 §9.2; forward-secret AEAD suites; no compression, no
+renegotiation), and ALPN offering ``h2`` then ``http/1.1`` — the connection shell picks
+hypercorn's protocol from what the client chose. With ``client_ca``, a client must present a
+certificate signed by one of those authorities (mutual TLS) or its handshake fails.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import json
 import logging
 import re
 import ssl
-from typing import NoReturn
 
 import trio
 
-from rst.config import ConfigError, HttpConfig
+from rst.config import HttpConfig
+from rst.tls import check_readable, harden, load_identity, load_trust
 
 __all__ = ["ALPN_PROTOCOLS", "TlsTransport", "accept", "server_context"]
 
@@ -38,62 +38,20 @@ def server_context(http: HttpConfig) -> ssl.SSLContext | None:
     """The SSL context for ``[http]``, or ``None`` when ``certfile`` is not set (plain HTTP)."""
     if http.certfile is None:
         return None
-    for key in ("certfile", "keyfile", "client_ca"):
-        path = getattr(http, key)
-        try:
-            with open(path, "rb"):
-                pass
-        except TypeError:
-            pass  # not set
-        except OSError as error:
-            raise ConfigError(
-                f"[http] {key} = {path!r}: cannot read it: {error.strerror}"
-            ) from None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    check_readable(
+        "[http]",
+        {"certfile": http.certfile, "keyfile": http.keyfile, "client_ca": http.client_ca},
+    )
+    context = harden(ssl.create_default_context(ssl.Purpose.CLIENT_AUTH))
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
     where = f"[http] certfile = {http.certfile!r}"
     if http.keyfile is not None:
         where += f", keyfile = {http.keyfile!r}"
-    try:
-        context.load_cert_chain(http.certfile, http.keyfile, password=_no_password)
-    except _EncryptedKey:
-        raise ConfigError(
-            f"{where}: the private key is encrypted; rst reads unencrypted PEM keys only "
-            "(protect the file with its permissions)"
-        ) from None
-    except OSError as error:  # ssl.SSLError is an OSError too
-        raise ConfigError(f"{where}: {_reason(error)}") from None
+    load_identity(context, http.certfile, http.keyfile, where)
     if http.client_ca is not None:
-        try:
-            context.load_verify_locations(cafile=http.client_ca)
-        except OSError as error:
-            raise ConfigError(f"[http] client_ca = {http.client_ca!r}: {_reason(error)}") from None
+        load_trust(context, http.client_ca, f"[http] client_ca = {http.client_ca!r}")
         context.verify_mode = ssl.CERT_REQUIRED
     return context
-
-
-class _EncryptedKey(Exception):
-    pass
-
-
-def _no_password() -> NoReturn:
-    """Called by OpenSSL only for an encrypted key: refuse at once instead of prompting on the
-    terminal."""
-    raise _EncryptedKey
-
-
-def _reason(error: OSError) -> str:
-    if isinstance(error, ssl.SSLError):
-        reason = error.reason or error.strerror or str(error)
-        if reason == "KEY_VALUES_MISMATCH":
-            return "the private key does not belong to the certificate"
-        if "PEM lib" in reason or reason in ("NO_START_LINE", "NO_CERTIFICATE_OR_CRL_FOUND"):
-            # OpenSSL says no more (PEM lib): a file that is not PEM, or no key where expected
-            return "no PEM certificate or private key where one was expected"
-        return f"not a usable certificate or key ({reason})"
-    return error.strerror or str(error)
 
 
 _HANDSHAKE_RECORD = 0x16

@@ -50,6 +50,13 @@ def _key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> 
     )
 
 
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
 class Pki:
     """A certificate authority whose files live in *folder*."""
 
@@ -87,9 +94,21 @@ class Pki:
         self.ca = folder / f"{name.replace(' ', '-')}.crt"
         self.ca.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = False, password: bytes | None = None) -> Issued:
-        """A certificate for *name* signed by this CA: for ``127.0.0.1`` and ``localhost`` if
-        *server*, else for a client; its key encrypted with *password* if given."""
+    def issue(
+        self,
+        name: str,
+        *,
+        server: bool = False,
+        client: bool | None = None,
+        password: bytes | None = None,
+        hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    ) -> Issued:
+        """A certificate for *name* signed by this CA: for *hosts* (names or IP addresses) if
+        *server*, for a client if *client* (default: when not *server*; a DICOM node that
+        both listens and calls has one certificate for both); its key encrypted with
+        *password* if given."""
+        if client is None:
+            client = not server
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -104,17 +123,13 @@ class Pki:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
+                x509.SubjectAlternativeName([_general_name(host) for host in hosts]),
                 critical=False,
-            ).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
             )
-        else:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
-            )
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
         issued = Issued(self.folder / f"{name}.crt", self.folder / f"{name}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -304,6 +304,18 @@ async def storescu(
     return await run_tool("storescu", *args, host, str(port), *paths)
 
 
+def tls_options(
+    key: Path | None, cert: Path | None, ca: Path | None, *, peer_cert: str = "require"
+) -> list[str]:
+    """dcmtk's DICOM TLS options (BCP 195 profile, the tools' default): with *key* and *cert*
+    (PEM) as its own identity, else anonymous (``+tla``, clients only); trusting *ca*; the
+    peer's certificate ``require``-d, ``verify``-ed if present or ``ignore``-d."""
+    args = ["+tls", str(key), str(cert)] if key and cert else ["+tla"]
+    if ca is not None:
+        args += ["+cf", str(ca)]
+    return [*args, {"require": "-rc", "verify": "-vc", "ignore": "-ic"}[peer_cert]]
+
+
 @asynccontextmanager
 async def open_storescp(
     workdir: Path,
@@ -313,12 +325,14 @@ async def open_storescp(
     max_pdu: int | None = None,
     accept_all: bool = True,
     ready_timeout: float = READY_TIMEOUT,
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[int]:
     """Run /usr/bin/storescp as AE ``aet`` on a free 127.0.0.1 port; yields the port.
 
     Received files land in ``workdir`` (created; only received files, named ``CT.<SOPInstanceUID>``
     etc.), unless ``ignore``. The log goes next to it: ``<workdir>.storescp.log``. ``accept_all``
-    accepts every transfer syntax storescp knows (``+xa``). Stopped on exit (shielded cleanup).
+    accepts every transfer syntax storescp knows (``+xa``); *extra* are more options (e.g. TLS:
+    :func:`tls_options`). Stopped on exit (shielded cleanup).
     """
     require_dcmtk()
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -329,7 +343,7 @@ async def open_storescp(
         if accept_all:
             args.append("+xa")
         args += ["--ignore"] if ignore else ["-od", str(workdir)]
-        return [*args, str(port)]
+        return [*args, *extra, str(port)]
 
     async with _listening("storescp", argv, log_path, ready_timeout) as port:
         yield port

@@ -41,6 +41,7 @@ __all__ = [
     "OrthancError",
     "add_modality",
     "delete_all",
+    "dicom_tls_config",
     "http_client",
     "open_orthanc",
     "require_orthanc",
@@ -88,8 +89,10 @@ class Orthanc:
         return f"{self.http_url}/dicom-web"
 
 
-def _modality(aet: str, host: str, port: int, *, allow_get: bool = True) -> dict[str, Any]:
-    return {
+def _modality(
+    aet: str, host: str, port: int, *, allow_get: bool = True, tls: bool = False
+) -> dict[str, Any]:
+    modality: dict[str, Any] = {
         "AET": aet,
         "Host": host,
         "Port": port,
@@ -99,6 +102,9 @@ def _modality(aet: str, host: str, port: int, *, allow_get: bool = True) -> dict
         "AllowMove": True,
         "AllowStore": True,
     }
+    if tls:
+        modality["UseDicomTls"] = True
+    return modality
 
 
 def _config(
@@ -171,6 +177,22 @@ def worklist_config(folder: Path) -> dict[str, Any]:
         "Plugins": [str(DICOMWEB_PLUGIN), str(WORKLISTS_PLUGIN)],
         "Worklists": {"Enable": True, "Database": str(folder)},
         "DicomAlwaysAllowFindWorklist": True,
+    }
+
+
+def dicom_tls_config(
+    cert: Path, key: Path, trusted: Path, *, remote_certificate_required: bool = True
+) -> dict[str, Any]:
+    """``extra_config`` for DICOM TLS (Orthanc 1.9+): its DICOM port speaks TLS only, with
+    *cert* and *key* (PEM) for its server and for its calls to modalities with
+    ``UseDicomTls``; peers must present a certificate chaining to *trusted* (unless not
+    *remote_certificate_required*)."""
+    return {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(cert),
+        "DicomTlsPrivateKey": str(key),
+        "DicomTlsTrustedCertificates": str(trusted),
+        "DicomTlsRemoteCertificateRequired": remote_certificate_required,
     }
 
 
@@ -321,12 +343,20 @@ async def delete_all(orthanc: Orthanc) -> None:
 
 
 async def add_modality(
-    orthanc: Orthanc, name: str, aet: str, host: str, port: int, *, allow_get: bool = True
+    orthanc: Orthanc,
+    name: str,
+    aet: str,
+    host: str,
+    port: int,
+    *,
+    allow_get: bool = True,
+    tls: bool = False,
 ) -> None:
-    """Declare (or replace) a DICOM modality at run time (PUT /modalities/{name})."""
+    """Declare (or replace) a DICOM modality at run time (PUT /modalities/{name}); *tls*:
+    Orthanc calls it over DICOM TLS (``UseDicomTls``, see :func:`dicom_tls_config`)."""
     async with http_client(orthanc) as client:
         response = await client.put(
-            f"/modalities/{name}", json=_modality(aet, host, port, allow_get=allow_get)
+            f"/modalities/{name}", json=_modality(aet, host, port, allow_get=allow_get, tls=tls)
         )
         if response.status_code != 200:
             raise OrthancError(

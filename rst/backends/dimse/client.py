@@ -22,6 +22,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
+from rst.backends.dimse.tls import connect, receive_into
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -107,7 +108,7 @@ def broken_association(error: BaseException, pacs: str, during: str) -> RstError
 class Connection:
     """An established association: send DIMSE messages, receive them one PDV at a time."""
 
-    stream: trio.SocketStream
+    stream: trio.abc.Stream  # TCP, or TLS over it (.tls)
     reader: PduReader
     accept: AssociateAccept
     requested: dict[int, str]  # context id -> abstract syntax
@@ -204,7 +205,7 @@ class Connection:
         while not self._pdvs:
             pdu = self.reader.next_pdu()
             if pdu is None:
-                count = await self.stream.socket.recv_into(self.reader.writable())
+                count = await receive_into(self.stream, self.reader.writable())
                 if count == 0:
                     raise PeerAborted("the PACS closed the connection")
                 self.reader.advance(count)
@@ -231,7 +232,7 @@ class Connection:
                 log.info("the PACS answered the release with bytes that are not DICOM: %s", exc)
                 return False
             if pdu is None:
-                count = await self.stream.socket.recv_into(self.reader.writable())
+                count = await receive_into(self.stream, self.reader.writable())
                 if count == 0:
                     return False
                 self.reader.advance(count)
@@ -260,7 +261,7 @@ async def open_association(
     where = config.aet  # a client learns the AE title; the PACS's address goes to the log only
     try:
         with trio.fail_after(config.connect_timeout):
-            stream = await trio.open_tcp_stream(config.host, config.port)
+            tcp = await trio.open_tcp_stream(config.host, config.port)
     except (OSError, trio.TooSlowError) as exc:
         reason = str(exc) or f"no connection within {config.connect_timeout} s"
         log.warning(
@@ -269,6 +270,7 @@ async def open_association(
         raise PacsUnreachable(
             f"cannot connect to the PACS {where} (the log has its address and why)"
         ) from None
+    stream = await connect(tcp, config)  # DICOM TLS when the PACS has tls = true
     async with stream:
         reader = PduReader(max_pdu_length=max_pdu or UNLIMITED_CHUNK)
         request = encode_associate_rq(
@@ -331,12 +333,12 @@ async def open_association(
                     await connection.abort()
 
 
-async def _read_pdu(stream: trio.SocketStream, reader: PduReader) -> object:
+async def _read_pdu(stream: trio.abc.Stream, reader: PduReader) -> object:
     while True:
         pdu = reader.next_pdu()
         if pdu is not None:
             return pdu
-        count = await stream.socket.recv_into(reader.writable())
+        count = await receive_into(stream, reader.writable())
         if count == 0:
             raise PeerAborted("connection closed")
         reader.advance(count)

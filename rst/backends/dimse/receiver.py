@@ -38,6 +38,7 @@ from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
+from rst.backends.dimse.tls import accept, receive_into, server_context
 from rst.backends.dimse.uids import STORAGE_CLASSES, VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
@@ -116,6 +117,10 @@ class StoreReceiver:
         self._turning_away = 0
         self._full_since: int | None = None  # turned_away when the cap was last reached
         self._connections: set[_Connection] = set()
+        self.tls = server_context(config)
+        """DICOM TLS (:mod:`.tls`): set, every connection must complete a TLS handshake."""
+        self.tls_refused = 0
+        """Connections refused since the start because their TLS handshake failed or stalled."""
 
     @property
     def connections(self) -> tuple[_Connection, ...]:
@@ -273,7 +278,7 @@ class StoreReceiver:
         state = Handover(connection.calling_aet, connection.accepted, connection.peer, passing.hops)
         try:
             await self.ring.pass_on(
-                passing.target, connection.stream.socket.fileno(), state, passing.replay
+                passing.target, connection.tcp.socket.fileno(), state, passing.replay
             )
         except Exception as exc:
             log.error("cannot pass the association from %s on: %r", connection.peer, exc)
@@ -332,7 +337,8 @@ class _PassAssociation(Exception):
 @dataclass(eq=False)  # one per connection, kept in a set
 class _Connection:
     receiver: StoreReceiver
-    stream: trio.SocketStream
+    stream: trio.abc.Stream  # TCP, or TLS over it once run() has done the handshake
+    tcp: trio.SocketStream = field(init=False)
     accepted: dict[int, str] = field(default_factory=dict)  # context id -> transfer syntax
     command: bytearray = field(default_factory=bytearray)
     pending: IncomingInstance | None = None
@@ -343,7 +349,9 @@ class _Connection:
     hops: int = 0  # how many workers passed the pending C-STORE on
 
     def __post_init__(self) -> None:
-        self.peer = peer_of(self.stream)
+        assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
+        self.tcp = self.stream
+        self.peer = peer_of(self.tcp)
         config = self.receiver.config
         self.max_pdu = config.max_pdu or 1 << 20
         # Until the association is accepted no PDU may be larger than an A-ASSOCIATE-RQ: a
@@ -379,7 +387,7 @@ class _Connection:
                 return pdu
             # a timeout only around a read that waits (most PDUs are already buffered)
             with trio.fail_after(NETWORK_TIMEOUT):
-                count = await self.stream.socket.recv_into(self.reader.writable())
+                count = await receive_into(self.stream, self.reader.writable())
             if count == 0:
                 raise trio.BrokenResourceError("the peer closed the connection")
             self.reader.advance(count)
@@ -396,6 +404,12 @@ class _Connection:
 
     async def run(self) -> None:
         timeout = self.receiver.config.handshake_timeout
+        if self.receiver.tls is not None:
+            tls = await accept(self.tcp, self.receiver.tls, timeout, self.peer)
+            if tls is None:
+                self.receiver.tls_refused += 1
+                return
+            self.stream = tls
         accepted = False
         with trio.move_on_after(timeout) as handshake:  # ARTIM, PS3.8 §9.1.4 b
             request = await self._next_pdu()
@@ -430,7 +444,7 @@ class _Connection:
         config = self.receiver.config
         self.calling_aet = request.calling_aet
         rejection = check_association(request, our_aet=None) or self.receiver.check_caller(
-            request.calling_aet, self.stream, self.peer
+            request.calling_aet, self.tcp, self.peer
         )
         if rejection is not None:
             await self._send(encode_associate_rj(*rejection))
