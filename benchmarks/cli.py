@@ -25,7 +25,7 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, memory, pull, qido, s3, stow, throughput, viewer
+from . import concurrency, data, leaks, memory, pull, qido, s3, stow, throughput, viewer
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
@@ -40,8 +40,10 @@ from .common import (
 from .report import DOCS, IMAGES, machine, machine_line, update_docs
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
+    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer, leaks)
 }
+# Run by default; the others (long, with a verdict of their own) only when named in --only.
+DEFAULT = ("throughput", "pull", "memory", "concurrency", "qido", "stow", "s3", "viewer")
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {
     "DicomThreadsCount": 16,  # serve 16 concurrent associations (default 4)
@@ -103,12 +105,19 @@ async def run(args: argparse.Namespace) -> int:
                 storescp_log=workdir / "storescp.storescp.log",
                 fork_storescp_port=fork_port,
                 logs=logs,
+                options=args,
             )
             for module in selected:
                 print(f"== {module.NAME}: {module.TITLE}", flush=True)
                 begun = time.perf_counter()
                 try:
                     results[module.NAME] = await module.run(ctx)
+                    # a benchmark with a verdict (leaks) fails the run when it is not met
+                    verdict = getattr(module, "verdict", None)
+                    problems = verdict(results[module.NAME]) if verdict is not None else []
+                    if problems:
+                        failures[module.NAME] = "; ".join(problems)
+                        print(f"benchmark {module.NAME} failed: {failures[module.NAME]}")
                 except (BenchmarkError, DcmtkError, OrthancError, trio.TooSlowError) as exc:
                     failures[module.NAME] = "".join(traceback.format_exception(exc))
                     print(f"benchmark {module.NAME} failed: {exc}", file=sys.stderr, flush=True)
@@ -157,7 +166,7 @@ async def run(args: argparse.Namespace) -> int:
             "",
             table,
         ]
-        if args.plots:
+        if args.plots and hasattr(module, "plot"):
             IMAGES.mkdir(parents=True, exist_ok=True)
             image = IMAGES / f"{module.NAME}.png"
             module.plot(result, image)
@@ -198,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
-        help=f"comma-separated benchmarks to run, in this order (default all: "
-        f"{','.join(BENCHMARKS)})",
+        default=",".join(DEFAULT),
+        help=f"comma-separated benchmarks to run, in this order (default: {','.join(DEFAULT)}; "
+        f"also: {','.join(n for n in BENCHMARKS if n not in DEFAULT)})",
     )
     parser.add_argument(
         "--quick",
@@ -218,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         help="do not rewrite the generated sections of docs/benchmarks.md",
     )
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG plots")
+    for module in BENCHMARKS.values():
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser.add_argument_group(f"{module.NAME} benchmark"))
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in BENCHMARKS]

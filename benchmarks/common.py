@@ -6,6 +6,7 @@ from cancellation); every wait is bounded.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -44,8 +45,9 @@ from tests.support.loopback import (  # noqa: E402
     stop_process,
 )
 from tests.support.orthanc import Orthanc, add_modality, http_client  # noqa: E402
-from tests.support.rst_process import child_pids  # noqa: E402
 from tests.support.sample import StudyFiles  # noqa: E402
+
+from .procfs import peak_rss_kib, tree  # noqa: E402
 
 MAX_PDU = 131072
 ORTHANC_AET = "ORTHANC"
@@ -108,6 +110,8 @@ class Context:
     storescp_log: Path
     fork_storescp_port: int  # DCMTK_FORK_AET
     logs: list[str] = field(default_factory=list)  # rst logs written, relative to ROOT
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    """The command line, for the options a benchmark adds (its ``add_arguments``)."""
 
 
 # -- rst as a subprocess ---------------------------------------------------------------------
@@ -122,17 +126,10 @@ class Rst:
 
     def peak_rss_kib(self) -> int:
         """VmHWM of rst, summed over its worker processes if it has some."""
-        return peak_rss_kib(self.pid) + sum(peak_rss_kib(c) for c in child_pids(self.pid))
+        return sum(peak_rss_kib(p) for p in tree(self.pid))
 
     def ae_url(self, path: str) -> str:
         return f"{self.url}/aets/{ORTHANC_AET}/{path}"
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise BenchmarkError(f"no VmHWM in /proc/{pid}/status")
 
 
 def _rst_config(
