@@ -25,7 +25,7 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, leaks, memory, pull, qido, s3, stow, throughput, viewer
+from . import concurrency, data, leaks, load, memory, pull, qido, s3, stow, throughput, viewer
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
@@ -40,13 +40,15 @@ from .common import (
 from .report import DOCS, IMAGES, machine, machine_line, update_docs
 
 BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer, leaks)
+    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer, load, leaks)
 }
 # Run by default; the others (long, with a verdict of their own) only when named in --only.
 DEFAULT = ("throughput", "pull", "memory", "concurrency", "qido", "stow", "s3", "viewer")
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {
-    "DicomThreadsCount": 16,  # serve 16 concurrent associations (default 4)
+    # serve 32 concurrent associations (default 4): the load benchmark's 16 retrieves hold 16
+    # for seconds, its C-FINDs need more beside them
+    "DicomThreadsCount": 32,
     "MaximumPduLength": MAX_PDU,  # what it receives (STOW, storescu); default 16 KiB
 }
 

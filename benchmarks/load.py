@@ -20,6 +20,7 @@ summed), its VmRSS each second (summed) and its VmHWM at the end (summed).
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import time
 from collections.abc import Sequence
@@ -237,6 +238,10 @@ async def run(ctx: Context) -> dict[str, Any]:
     }
 
 
+def _ms(seconds: float) -> str:
+    return "none" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| rst | kind | in flight | req/s | p50 | p95 | p99 | errors | rst CPU s (per s) "
@@ -252,8 +257,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['workers']} worker{'s' if r['workers'] > 1 else ''} | "
                 f"{'QIDO-RS' if kind == 'qido' else 'WADO-RS study'} | {k['clients']} "
-                f"| {k['rps']:.1f} | {lat['p50'] * 1000:.0f} ms | {lat['p95'] * 1000:.0f} ms "
-                f"| {lat['p99'] * 1000:.0f} ms | {k['errors']} of {k['ok'] + k['errors']} "
+                f"| {k['rps']:.1f} | {_ms(lat['p50'])} | {_ms(lat['p95'])} "
+                f"| {_ms(lat['p99'])} | {k['errors']} of {k['ok'] + k['errors']} "
                 f"| {r['rst_cpu_s']:.0f} ({r['rst_cpu_s'] / r['wall_s']:.2f}) "
                 f"| {r['rst_peak_rss_kib'] / 1024:.0f} / {r['rst_hwm_kib'] / 1024:.0f} MiB |"
             )
@@ -261,7 +266,9 @@ def table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"{result['seconds']:.0f} s per setting; the WADO-RS retrieves fetch the "
-        f"{study['label']} ({study['bytes'] / 1e6:.0f} MB). Goal 0 errors: "
+        f"{study['label']} ({study['bytes'] / 1e6:.0f} MB); latencies are curl's total time of "
+        "the checked answers (requests still in flight at the end are not counted); rst CPU is "
+        "user + system seconds of all its processes. Goal 0 errors: "
         + ("met." if errors == 0 else f"**not met** ({errors})."),
     ]
     return "\n".join(lines)
