@@ -25,7 +25,20 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, leaks, load, memory, pull, qido, s3, stow, throughput, viewer
+from . import (
+    concurrency,
+    data,
+    leaks,
+    load,
+    memory,
+    pull,
+    qido,
+    s3,
+    soak,
+    stow,
+    throughput,
+    viewer,
+)
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
@@ -39,11 +52,11 @@ from .common import (
 )
 from .report import DOCS, IMAGES, machine, machine_line, update_docs
 
-BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer, load, leaks)
-}
-# Run by default; the others (long, with a verdict of their own) only when named in --only.
-DEFAULT = ("throughput", "pull", "memory", "concurrency", "qido", "stow", "s3", "viewer")
+_SPEED = (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
+BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (*_SPEED, load, leaks, soak)}
+# Run by default; the others (minutes long, or with a verdict of their own: load, leaks, soak)
+# only when named in --only.
+DEFAULT = tuple(m.NAME for m in _SPEED)
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {
     # serve 32 concurrent associations (default 4): the load benchmark's 16 retrieves hold 16

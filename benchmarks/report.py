@@ -223,3 +223,28 @@ def update_docs(sections: dict[str, str]) -> list[str]:
         text = text[:start] + section(name, body) + text[stop + len(end) :]
     DOCS.write_text(text)
     return missing
+
+
+def timeline_plot(
+    path: Path,
+    xs: Sequence[float],
+    series: dict[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> None:
+    """Values over (linear) time, one line per series, the y axis from 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    for (name, values), color in zip(series.items(), _colors(len(series)), strict=True):
+        ax.plot(xs, values, marker=".", label=name, color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
