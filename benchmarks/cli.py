@@ -42,6 +42,7 @@ from . import (
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
+    DCMTK_TIMED_AET,
     MAX_PDU,
     ORTHANC_AET,
     ROOT,
@@ -85,13 +86,19 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="rst-bench-") as tmp:
         workdir = Path(tmp)
         async with (
-            open_storescp(workdir / "storescp", DCMTK_AET, ignore=True, max_pdu=MAX_PDU) as port,
+            open_storescp(
+                workdir / "storescp", DCMTK_AET, ignore=True, max_pdu=MAX_PDU, verbose=False
+            ) as port,
+            open_storescp(
+                workdir / "timed", DCMTK_TIMED_AET, ignore=True, max_pdu=MAX_PDU
+            ) as timed_port,
             open_forking_storescp(workdir, DCMTK_FORK_AET) as fork_port,
             open_orthanc(
                 workdir / "orthanc",
                 aet=ORTHANC_AET,
                 modalities={
                     "DCMTK": (DCMTK_AET, "127.0.0.1", port),
+                    "DCMTKV": (DCMTK_TIMED_AET, "127.0.0.1", timed_port),
                     "DCMTKFORK": (DCMTK_FORK_AET, "127.0.0.1", fork_port),
                 },
                 extra_config=PACS_CONFIG,
@@ -117,7 +124,8 @@ async def run(args: argparse.Namespace) -> int:
                 runs=args.runs,
                 quick=args.quick,
                 storescp_port=port,
-                storescp_log=workdir / "storescp.storescp.log",
+                timed_storescp_port=timed_port,
+                timed_storescp_log=workdir / "timed.storescp.log",
                 fork_storescp_port=fork_port,
                 logs=logs,
                 options=args,
