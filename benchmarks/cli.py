@@ -51,7 +51,7 @@ from .common import (
     open_forking_storescp,
     rel,
 )
-from .report import DOCS, IMAGES, machine, machine_line, update_docs
+from .report import DOCS, machine, machine_line, render_section, update_docs
 
 _SPEED = (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (*_SPEED, load, leaks, soak)}
@@ -179,22 +179,17 @@ async def run(args: argparse.Namespace) -> int:
     for module in selected:
         if module.NAME not in results:
             continue
-        result = results[module.NAME]
-        table = module.table(result)
+        table, sections[module.NAME] = render_section(
+            module,
+            results[module.NAME],
+            started=report["started"],
+            runs=args.runs,
+            quick=args.quick,
+            took_s=durations[module.NAME],
+            raw=rel(json_path),
+            plots=args.plots,
+        )
         print(f"\n## {module.TITLE}\n\n{table}")
-        body = [
-            f"Run {report['started']}, {args.runs} run(s) per measurement (medians)"
-            f"{', --quick' if args.quick else ''}; took {durations[module.NAME]:.0f} s. "
-            f"Raw data: `{rel(json_path)}` (not committed).",
-            "",
-            table,
-        ]
-        if args.plots and hasattr(module, "plot"):
-            IMAGES.mkdir(parents=True, exist_ok=True)
-            image = IMAGES / f"{module.NAME}.png"
-            module.plot(result, image)
-            body += ["", f"![{module.TITLE}](img/benchmarks/{image.name})"]
-        sections[module.NAME] = "\n".join(body)
     sections["machine"] = "\n".join(
         [
             f"Last run: {report['started']} ({', '.join(report['benchmarks'])}"

@@ -365,8 +365,9 @@ def _retrieve_argv(
 
 
 async def _plain(argv: list[str], ctx: Context, size: int) -> DcmtkRun:
-    """Run a tool without -v: exit 0 and nothing logged (no warning, no error), or it failed.
-    (movescu exits 68/69 when the C-MOVE ends with a warning or failure; getscu logs one.)"""
+    """Run a tool without -v: exit 0 and nothing logged at its default level (warnings and
+    errors), or it failed. (movescu also exits 68/69 when its C-MOVE ends with a warning or
+    a failure; the verbose runs check every sub-operation of the same retrieve.)"""
     argv = [*argv, "127.0.0.1", str(ctx.orthanc.dicom_port)]
     started = time.perf_counter()
     with trio.fail_after(RETRIEVE_TIMEOUT):

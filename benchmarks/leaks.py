@@ -32,6 +32,7 @@ from .idle import wait_idle
 from .procfs import descriptors, snapshot
 
 NAME = "leaks"
+REPEATED = False  # one long measurement: --runs does not apply
 TITLE = "Leaks: WADO-RS retrieves abandoned mid-stream"
 MODES = ("move", "get")
 MODE_NAMES = {"move": "C-MOVE", "get": "C-GET"}
@@ -77,6 +78,13 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 async def abandon(rst: Rst, target: bytes, read: int, reset: bool) -> None:
     """One retrieve, given up after the status line and *read* body bytes (or at its end)."""
+    try:
+        await _abandon(rst, target, read, reset)
+    except (OSError, trio.BrokenResourceError) as exc:
+        raise BenchmarkError(f"abandoned retrieve {target!r}: {exc!r}") from exc
+
+
+async def _abandon(rst: Rst, target: bytes, read: int, reset: bool) -> None:
     request = http_request("GET", target, [(b"Accept", ACCEPT.encode())])
     with trio.fail_after(REQUEST_DEADLINE):
         stream = await trio.open_tcp_stream("127.0.0.1", int(rst.url.rsplit(":", 1)[1]))

@@ -38,6 +38,7 @@ from .procfs import cpu_s, cpu_tree_s, snapshot_tree
 from .stats import latencies
 
 NAME = "load"
+REPEATED = False  # one long measurement: --runs does not apply
 TITLE = "Load: QIDO-RS clients and WADO-RS study retrieves at once"
 ASSOCIATIONS = 32
 """rst's ``max_associations`` for the PACS: room for every retrieve and as many C-FINDs."""

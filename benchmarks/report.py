@@ -9,6 +9,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tests.support.dcmtk import dcmtk_tool
@@ -203,6 +204,40 @@ def stacked_bars(
 
 
 # -- the docs page ---------------------------------------------------------------------------
+
+
+def render_section(
+    module: ModuleType,
+    result: dict[str, Any],
+    *,
+    started: str,
+    runs: int,
+    quick: bool,
+    took_s: float,
+    raw: str,
+    plots: bool,
+) -> tuple[str, str]:
+    """A benchmark's table, and its generated section of the docs page: when and how it ran,
+    the table, its plot (drawn into IMAGES if *plots* and the module has a ``plot``).
+
+    A module with ``REPEATED = False`` (load, leaks, soak: one long measurement, its own options)
+    is not described by ``--runs``."""
+    table: str = module.table(result)
+    if getattr(module, "REPEATED", True):
+        how = f"{runs} run(s) per measurement (medians){', --quick' if quick else ''}"
+    else:
+        how = "one measurement (see the method above for its options)"
+    body = [
+        f"Run {started}, {how}; took {took_s:.0f} s. Raw data: `{raw}` (not committed).",
+        "",
+        table,
+    ]
+    if plots and hasattr(module, "plot"):
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        image = IMAGES / f"{module.NAME}.png"
+        module.plot(result, image)
+        body += ["", f"![{module.TITLE}](img/benchmarks/{image.name})"]
+    return table, "\n".join(body)
 
 
 def section(name: str, body: str) -> str:

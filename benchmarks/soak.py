@@ -36,6 +36,7 @@ from .procfs import snapshot_tree
 from .stats import latencies, slope
 
 NAME = "soak"
+REPEATED = False  # one long measurement: --runs does not apply
 TITLE = "Soak: mixed traffic at a steady rate, memory over time"
 DICOM_JSON = "application/dicom+json"
 IN_FLIGHT = 32  # requests at once, at most
@@ -181,7 +182,10 @@ async def run(ctx: Context) -> dict[str, Any]:
     ):
         traffic = Traffic(rst, study, client)
         for kind in MIX:  # one of each, checked: fails the benchmark at once if rst cannot
-            await traffic.one(kind)
+            try:
+                await traffic.one(kind)
+            except (httpx.HTTPError, ValueError) as exc:
+                raise BenchmarkError(f"soak: the first {kind} request: {exc!r}") from exc
         print(f"[soak] {seconds / 60:.1f} min at {rate:g} requests/s", flush=True)
         limiter = trio.CapacityLimiter(IN_FLIGHT)
         kinds, weights = list(MIX), list(MIX.values())

@@ -1,15 +1,18 @@
-"""The arithmetic behind the load, leak and soak benchmarks' tables and verdicts."""
+"""The arithmetic behind the load, leak and soak benchmarks' tables and verdicts, and the
+sections they write into docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import math
 import random
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from benchmarks.idle import gauges, is_idle
 from benchmarks.leaks import COUNTS, verdict
+from benchmarks.report import render_section
 from benchmarks.stats import latencies, percentile, slope, spread
 
 
@@ -116,3 +119,42 @@ class TestIdle:
         assert not is_idle(gauges(self.TEXT))
         assert is_idle(gauges(self.TEXT.replace(" 2.0", " 0.0")))
         assert not is_idle(gauges(self.TEXT.replace(" 2.0", " 0.0").replace(" 1.0", " 2.0")))
+
+
+class TestSection:
+    @staticmethod
+    def module(repeated: bool) -> ModuleType:
+        module = ModuleType("fake")
+        module.NAME = "fake"  # type: ignore[attr-defined]
+        module.TITLE = "A fake"  # type: ignore[attr-defined]
+        module.table = lambda result: f"| n |\n|---|\n| {result['n']} |"  # type: ignore[attr-defined]
+        if not repeated:
+            module.REPEATED = False  # type: ignore[attr-defined]
+        return module
+
+    def render(self, repeated: bool) -> tuple[str, str]:
+        return render_section(
+            self.module(repeated),
+            {"n": 7},
+            started="2026-12-04 23:00:00 +0000",
+            runs=3,
+            quick=False,
+            took_s=61.4,
+            raw="benchmarks/results/bench-x.json",
+            plots=True,  # the fake has no plot: none is drawn
+        )
+
+    def test_a_repeated_benchmark_says_how_many_runs(self) -> None:
+        table, body = self.render(repeated=True)
+        assert table == "| n |\n|---|\n| 7 |"
+        assert body.splitlines()[0] == (
+            "Run 2026-12-04 23:00:00 +0000, 3 run(s) per measurement (medians); took 61 s. "
+            "Raw data: `benchmarks/results/bench-x.json` (not committed)."
+        )
+        assert body.endswith(table)
+
+    def test_a_single_long_measurement_does_not(self) -> None:
+        _, body = self.render(repeated=False)
+        assert "run(s)" not in body
+        assert "one measurement" in body.splitlines()[0]
+        assert "![" not in body
