@@ -20,7 +20,6 @@ summed), its VmRSS each second (summed) and its VmHWM at the end (summed).
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import time
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from tests.support.orthanc import Orthanc
 
 from .common import ACCEPT, CURL, BenchmarkError, Context, Rst, curl_get, open_rst
 from .procfs import cpu_s, cpu_tree_s, snapshot_tree
-from .stats import latencies
+from .stats import latencies, ms
 
 NAME = "load"
 REPEATED = False  # one long measurement: --runs does not apply
@@ -43,7 +42,7 @@ TITLE = "Load: QIDO-RS clients and WADO-RS study retrieves at once"
 ASSOCIATIONS = 32
 """rst's ``max_associations`` for the PACS: room for every retrieve and as many C-FINDs."""
 QIDO_ACCEPT = "application/dicom+json"
-MARK = "@"  # starts curl's line per finished request
+MARK = "@rst"  # starts curl's line per finished request
 WRITE_OUT = (
     f"%{{stderr}}{MARK} %{{http_code}} %{{size_download}} %{{time_starttransfer}} "
     "%{time_total}\\n"
@@ -88,11 +87,12 @@ class Finished:
     messages: list[str] = field(default_factory=list)  # curl's own error lines
 
     def take(self, line: str) -> None:
-        if not line.startswith(MARK):
+        at = line.find(MARK)
+        if at < 0:
             if len(self.messages) < 10:
                 self.messages.append(line[:300])
             return
-        _, code, size, ttfb, total = line.split()
+        _, code, size, ttfb, total = line[at:].split()
         if code == "200" and int(size) == self.expected_bytes:
             self.ok_s.append(float(total))
             self.ttfb_s.append(float(ttfb))
@@ -103,12 +103,20 @@ class Finished:
 
 
 async def curl_load(
-    config: Path, url: str, accept: str, count: int, parallel: int, finished: Finished
+    config: Path,
+    url: str,
+    accept: str,
+    count: int,
+    parallel: int,
+    finished: Finished,
+    stop: trio.Event,
 ) -> None:
-    """One curl making *count* requests of *url*, *parallel* at a time, until cancelled."""
+    """One curl making *count* requests of *url*, *parallel* at a time, until it is done or
+    *stop* is set; then it is killed and what it wrote before is read to the end."""
     await trio.Path(config).write_text(f'url = "{url}"\noutput = "/dev/null"\n' * count)
     argv = [
         *CURL,
+        "--no-progress-meter",  # in parallel mode curl draws one on stderr even with -s
         "--parallel",
         "--parallel-immediate",
         "--parallel-max",
@@ -123,14 +131,22 @@ async def curl_load(
     proc = await trio.lowlevel.open_process(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+
+    async def kill_on_stop() -> None:
+        await stop.wait()
+        proc.kill()  # the lines it wrote stay in the pipe, read below until its end
+
     try:
         assert proc.stderr is not None
-        pending = b""
-        async with proc.stderr:
-            while chunk := await proc.stderr.receive_some(65536):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    finished.take(line.decode(errors="replace"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_on_stop)
+            pending = b""
+            async with proc.stderr:
+                while chunk := await proc.stderr.receive_some(65536):
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        finished.take(line.decode(errors="replace"))
+            nursery.cancel_scope.cancel()  # curl ended by itself: every request made
     finally:
         with trio.CancelScope(shield=True):
             await stop_process(proc, kill=True)
@@ -161,6 +177,7 @@ async def measure(ctx: Context, rst: Rst, orthanc: Orthanc, workers: int) -> dic
     cpu_before, orthanc_before = cpu_tree_s(rst.pid), cpu_s(orthanc.pid)
     seconds = float(options.load_seconds)
     started = time.monotonic()
+    stop = trio.Event()
     with trio.fail_after(seconds + STOP_SLACK):
         async with trio.open_nursery() as nursery:
             for kind in KINDS:
@@ -172,6 +189,7 @@ async def measure(ctx: Context, rst: Rst, orthanc: Orthanc, workers: int) -> dic
                     options.load_max_requests,
                     parallel[kind],
                     finished[kind],
+                    stop,
                 )
             while time.monotonic() - started < seconds:
                 rss.append(
@@ -180,9 +198,10 @@ async def measure(ctx: Context, rst: Rst, orthanc: Orthanc, workers: int) -> dic
                 done = [len(f.ok_s) + f.errors for f in finished.values()]
                 if min(done) >= options.load_max_requests:
                     break
-                await trio.sleep(SAMPLE_EVERY)  # the sampling period
-            nursery.cancel_scope.cancel()
-    wall = time.monotonic() - started
+                left = seconds - (time.monotonic() - started)
+                await trio.sleep(max(0.0, min(SAMPLE_EVERY, left)))  # the sampling period
+            wall = time.monotonic() - started
+            stop.set()
     out: dict[str, Any] = {
         "workers": workers,
         "wall_s": wall,
@@ -239,10 +258,6 @@ async def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-def _ms(seconds: float) -> str:
-    return "none" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
-
-
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| rst | kind | in flight | req/s | p50 | p95 | p99 | errors | rst CPU s (per s) "
@@ -258,8 +273,8 @@ def table(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['workers']} worker{'s' if r['workers'] > 1 else ''} | "
                 f"{'QIDO-RS' if kind == 'qido' else 'WADO-RS study'} | {k['clients']} "
-                f"| {k['rps']:.1f} | {_ms(lat['p50'])} | {_ms(lat['p95'])} "
-                f"| {_ms(lat['p99'])} | {k['errors']} of {k['ok'] + k['errors']} "
+                f"| {k['rps']:.1f} | {ms(lat['p50'])} | {ms(lat['p95'])} "
+                f"| {ms(lat['p99'])} | {k['errors']} of {k['ok'] + k['errors']} "
                 f"| {r['rst_cpu_s']:.0f} ({r['rst_cpu_s'] / r['wall_s']:.2f}) "
                 f"| {r['rst_peak_rss_kib'] / 1024:.0f} / {r['rst_hwm_kib'] / 1024:.0f} MiB |"
             )

@@ -33,7 +33,7 @@ from tests.support.hostile_dicom import small_instance
 
 from .common import ACCEPT, BenchmarkError, Context, Rst, Study, open_rst
 from .procfs import snapshot_tree
-from .stats import latencies, slope
+from .stats import latencies, ms, slope
 
 NAME = "soak"
 REPEATED = False  # one long measurement: --runs does not apply
@@ -269,7 +269,7 @@ def table(result: dict[str, Any]) -> str:
         errors += k["errors"]
         lines.append(
             f"| {kind} | {result['mix'][kind] / total_weight:.0%} | {k['ok']} | {k['errors']} "
-            f"| {k['p50'] * 1000:.0f} ms | {k['p95'] * 1000:.0f} ms | {k['p99'] * 1000:.0f} ms |"
+            f"| {ms(k['p50'])} | {ms(k['p95'])} | {ms(k['p99'])} |"
         )
     samples = result["samples"]
     lines += [

@@ -55,3 +55,8 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     if var == 0:
         return math.nan
     return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def ms(seconds: float) -> str:
+    """A duration for a table: whole milliseconds, ``none`` for NaN (nothing measured)."""
+    return "none" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"

@@ -12,8 +12,9 @@ import pytest
 
 from benchmarks.idle import gauges, is_idle
 from benchmarks.leaks import COUNTS, verdict
+from benchmarks.load import Finished
 from benchmarks.report import render_section
-from benchmarks.stats import latencies, percentile, slope, spread
+from benchmarks.stats import latencies, ms, percentile, slope, spread
 
 
 class TestPercentile:
@@ -51,6 +52,10 @@ class TestPercentile:
         assert got["p99"] == pytest.approx(99.01)
         assert got["max"] == 100.0
         assert spread([3.0, 1.0, 2.0]) == {"min": 1.0, "median": 2.0, "max": 3.0}
+
+    def test_nothing_measured_shows_as_none(self) -> None:
+        assert ms(latencies([])["p99"]) == "none"
+        assert ms(0.1234) == "123 ms"
 
 
 class TestSlope:
@@ -158,3 +163,24 @@ class TestSection:
         assert "run(s)" not in body
         assert "one measurement" in body.splitlines()[0]
         assert "![" not in body
+
+
+class TestCurlLines:
+    def test_each_answer_is_checked_by_status_and_exact_size(self) -> None:
+        finished = Finished(expected_bytes=1234)
+        finished.take("@rst 200 1234 0.010 0.050")
+        finished.take("@rst 200 1233 0.010 0.060")  # one byte short
+        finished.take("@rst 503 80 0.001 0.002")
+        finished.take("@rst 000 0 0.000 0.100")  # no answer at all
+        finished.take("curl: (56) Recv failure: Connection reset by peer")
+        assert finished.ok_s == [0.05]
+        assert finished.ttfb_s == [0.01]
+        assert finished.errors == 3
+        assert finished.first_errors[0] == "HTTP 200, 1233 bytes (expected 1234)"
+        assert finished.messages == ["curl: (56) Recv failure: Connection reset by peer"]
+
+    def test_a_line_behind_other_output_still_counts(self) -> None:
+        finished = Finished(expected_bytes=3)
+        finished.take("--  --  0  0  6  5 --:--:--      @rst 200 3 0.001 0.002")
+        assert finished.ok_s == [0.002]
+        assert finished.messages == []
