@@ -34,7 +34,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import random
 import socket
 import sys
@@ -50,6 +49,7 @@ import pydicom
 import trio
 
 from benchmarks.common import ROOT, rel
+from benchmarks.procfs import descriptors, snapshot
 from tests.support.hostile_dicom import small_instance
 from tests.support.hostile_http import (
     Answer,
@@ -139,57 +139,6 @@ class Tally:
     def note(self, where: list[str], text: str) -> None:
         if len(where) < 50:
             where.append(text[:1500])
-
-
-def snapshot(pid: int) -> dict[str, int]:
-    """rst's memory, threads and open descriptors from /proc."""
-    status = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM", "Threads"):
-            status[name] = int(value.split()[0])
-    return {
-        "rss_kib": status["VmRSS"],
-        "hwm_kib": status["VmHWM"],
-        "threads": status["Threads"],
-        "fds": len(os.listdir(f"/proc/{pid}/fd")),
-    }
-
-
-_TCP_STATES = {
-    "01": "ESTABLISHED",
-    "06": "TIME_WAIT",
-    "07": "CLOSE",
-    "08": "CLOSE_WAIT",
-    "0A": "LISTEN",
-    "04": "FIN_WAIT1",
-    "05": "FIN_WAIT2",
-    "09": "LAST_ACK",
-}
-
-
-def descriptors(pid: int, names: dict[int, str]) -> list[str]:
-    """What each of rst's descriptors is: a file, or a TCP socket with its ports (named after
-    *names*: port -> peer) and state."""
-    sockets: dict[str, str] = {}
-    for table in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-                fields = line.split()
-                local, remote = (int(a.rsplit(":", 1)[1], 16) for a in fields[1:3])
-                state = _TCP_STATES.get(fields[3], fields[3])
-                sockets[fields[9]] = (
-                    f"tcp {names.get(local, local)} -> {names.get(remote, remote)} {state}"
-                )
-    out = []
-    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        inode = link.removeprefix("socket:[").removesuffix("]")
-        out.append(f"{fd}: {sockets.get(inode, link)}")
-    return out
 
 
 # --- the set-up ---------------------------------------------------------------------------------

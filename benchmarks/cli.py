@@ -25,10 +25,24 @@ import trio
 from tests.support.dcmtk import DcmtkError, open_storescp, require_dcmtk
 from tests.support.orthanc import OrthancError, open_orthanc, require_orthanc
 
-from . import concurrency, data, memory, pull, qido, s3, stow, throughput, viewer
+from . import (
+    concurrency,
+    data,
+    leaks,
+    load,
+    memory,
+    pull,
+    qido,
+    s3,
+    soak,
+    stow,
+    throughput,
+    viewer,
+)
 from .common import (
     DCMTK_AET,
     DCMTK_FORK_AET,
+    DCMTK_TIMED_AET,
     MAX_PDU,
     ORTHANC_AET,
     ROOT,
@@ -37,14 +51,18 @@ from .common import (
     open_forking_storescp,
     rel,
 )
-from .report import DOCS, IMAGES, machine, machine_line, update_docs
+from .report import DOCS, machine, machine_line, render_section, update_docs
 
-BENCHMARKS: dict[str, ModuleType] = {
-    m.NAME: m for m in (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
-}
+_SPEED = (throughput, pull, memory, concurrency, qido, stow, s3, viewer)
+BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (*_SPEED, load, leaks, soak)}
+# Run by default; the others (minutes long, or with a verdict of their own: load, leaks, soak)
+# only when named in --only.
+DEFAULT = tuple(m.NAME for m in _SPEED)
 # The PACS: C-MOVE/C-GET/C-FIND/C-STORE SCP for every benchmark.
 PACS_CONFIG = {
-    "DicomThreadsCount": 16,  # serve 16 concurrent associations (default 4)
+    # serve 32 concurrent associations (default 4): the load benchmark's 16 retrieves hold 16
+    # for seconds, its C-FINDs need more beside them
+    "DicomThreadsCount": 32,
     "MaximumPduLength": MAX_PDU,  # what it receives (STOW, storescu); default 16 KiB
 }
 
@@ -68,13 +86,19 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="rst-bench-") as tmp:
         workdir = Path(tmp)
         async with (
-            open_storescp(workdir / "storescp", DCMTK_AET, ignore=True, max_pdu=MAX_PDU) as port,
+            open_storescp(
+                workdir / "storescp", DCMTK_AET, ignore=True, max_pdu=MAX_PDU, verbose=False
+            ) as port,
+            open_storescp(
+                workdir / "timed", DCMTK_TIMED_AET, ignore=True, max_pdu=MAX_PDU
+            ) as timed_port,
             open_forking_storescp(workdir, DCMTK_FORK_AET) as fork_port,
             open_orthanc(
                 workdir / "orthanc",
                 aet=ORTHANC_AET,
                 modalities={
                     "DCMTK": (DCMTK_AET, "127.0.0.1", port),
+                    "DCMTKV": (DCMTK_TIMED_AET, "127.0.0.1", timed_port),
                     "DCMTKFORK": (DCMTK_FORK_AET, "127.0.0.1", fork_port),
                 },
                 extra_config=PACS_CONFIG,
@@ -100,15 +124,23 @@ async def run(args: argparse.Namespace) -> int:
                 runs=args.runs,
                 quick=args.quick,
                 storescp_port=port,
-                storescp_log=workdir / "storescp.storescp.log",
+                timed_storescp_port=timed_port,
+                timed_storescp_log=workdir / "timed.storescp.log",
                 fork_storescp_port=fork_port,
                 logs=logs,
+                options=args,
             )
             for module in selected:
                 print(f"== {module.NAME}: {module.TITLE}", flush=True)
                 begun = time.perf_counter()
                 try:
                     results[module.NAME] = await module.run(ctx)
+                    # a benchmark with a verdict (leaks) fails the run when it is not met
+                    verdict = getattr(module, "verdict", None)
+                    problems = verdict(results[module.NAME]) if verdict is not None else []
+                    if problems:
+                        failures[module.NAME] = "; ".join(problems)
+                        print(f"benchmark {module.NAME} failed: {failures[module.NAME]}")
                 except (BenchmarkError, DcmtkError, OrthancError, trio.TooSlowError) as exc:
                     failures[module.NAME] = "".join(traceback.format_exception(exc))
                     print(f"benchmark {module.NAME} failed: {exc}", file=sys.stderr, flush=True)
@@ -147,22 +179,17 @@ async def run(args: argparse.Namespace) -> int:
     for module in selected:
         if module.NAME not in results:
             continue
-        result = results[module.NAME]
-        table = module.table(result)
+        table, sections[module.NAME] = render_section(
+            module,
+            results[module.NAME],
+            started=report["started"],
+            runs=args.runs,
+            quick=args.quick,
+            took_s=durations[module.NAME],
+            raw=rel(json_path),
+            plots=args.plots,
+        )
         print(f"\n## {module.TITLE}\n\n{table}")
-        body = [
-            f"Run {report['started']}, {args.runs} run(s) per measurement (medians)"
-            f"{', --quick' if args.quick else ''}; took {durations[module.NAME]:.0f} s. "
-            f"Raw data: `{rel(json_path)}` (not committed).",
-            "",
-            table,
-        ]
-        if args.plots:
-            IMAGES.mkdir(parents=True, exist_ok=True)
-            image = IMAGES / f"{module.NAME}.png"
-            module.plot(result, image)
-            body += ["", f"![{module.TITLE}](img/benchmarks/{image.name})"]
-        sections[module.NAME] = "\n".join(body)
     sections["machine"] = "\n".join(
         [
             f"Last run: {report['started']} ({', '.join(report['benchmarks'])}"
@@ -198,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default=",".join(BENCHMARKS),
-        help=f"comma-separated benchmarks to run, in this order (default all: "
-        f"{','.join(BENCHMARKS)})",
+        default=",".join(DEFAULT),
+        help=f"comma-separated benchmarks to run, in this order (default: {','.join(DEFAULT)}; "
+        f"also: {','.join(n for n in BENCHMARKS if n not in DEFAULT)})",
     )
     parser.add_argument(
         "--quick",
@@ -218,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         help="do not rewrite the generated sections of docs/benchmarks.md",
     )
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="no PNG plots")
+    for module in BENCHMARKS.values():
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(parser.add_argument_group(f"{module.NAME} benchmark"))
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in BENCHMARKS]

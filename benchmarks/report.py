@@ -9,6 +9,7 @@ import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from tests.support.dcmtk import dcmtk_tool
@@ -205,6 +206,40 @@ def stacked_bars(
 # -- the docs page ---------------------------------------------------------------------------
 
 
+def render_section(
+    module: ModuleType,
+    result: dict[str, Any],
+    *,
+    started: str,
+    runs: int,
+    quick: bool,
+    took_s: float,
+    raw: str,
+    plots: bool,
+) -> tuple[str, str]:
+    """A benchmark's table, and its generated section of the docs page: when and how it ran,
+    the table, its plot (drawn into IMAGES if *plots* and the module has a ``plot``).
+
+    A module with ``REPEATED = False`` (load, leaks, soak: one long measurement, its own options)
+    is not described by ``--runs``."""
+    table: str = module.table(result)
+    if getattr(module, "REPEATED", True):
+        how = f"{runs} run(s) per measurement (medians){', --quick' if quick else ''}"
+    else:
+        how = "one measurement (see the method above for its options)"
+    body = [
+        f"Run {started}, {how}; took {took_s:.0f} s. Raw data: `{raw}` (not committed).",
+        "",
+        table,
+    ]
+    if plots and hasattr(module, "plot"):
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        image = IMAGES / f"{module.NAME}.png"
+        module.plot(result, image)
+        body += ["", f"![{module.TITLE}](img/benchmarks/{image.name})"]
+    return table, "\n".join(body)
+
+
 def section(name: str, body: str) -> str:
     begin, end = markers(name)
     return f"{begin}\n{body}\n{end}"
@@ -223,3 +258,28 @@ def update_docs(sections: dict[str, str]) -> list[str]:
         text = text[:start] + section(name, body) + text[stop + len(end) :]
     DOCS.write_text(text)
     return missing
+
+
+def timeline_plot(
+    path: Path,
+    xs: Sequence[float],
+    series: dict[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> None:
+    """Values over (linear) time, one line per series, the y axis from 0."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    for (name, values), color in zip(series.items(), _colors(len(series)), strict=True):
+        ax.plot(xs, values, marker=".", label=name, color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -45,6 +45,7 @@ from .common import (
     median,
     open_rst,
 )
+from .procfs import cpu_s
 from .stow import curl_stow, write_body
 
 NAME = "s3"
@@ -56,7 +57,6 @@ CONCURRENCY = 16  # rst's max_concurrency (its default) and the reference's
 KEY_ENV, SECRET_ENV = "BENCH_S3_KEY", "BENCH_S3_SECRET"  # not RST_*: those overlay the config
 CREDENTIALS = {KEY_ENV: "bench", SECRET_ENV: "bench"}  # moto accepts any
 DIRECT = Path(__file__).with_name("s3_direct.py")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def studies(quick: bool) -> list[str]:
@@ -81,12 +81,6 @@ def _keys(study: Study) -> list[tuple[str, Path]]:
             files.instance_series, files.sop_uids, files.paths, strict=True
         )
     ]
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
 def _moto_pid(endpoint: str) -> int | None:
@@ -201,7 +195,7 @@ def _verify(endpoint: str, study: Study) -> None:
 
 
 def _cpu(pids: dict[str, int | None]) -> dict[str, float]:
-    return {name: _cpu_s(pid) for name, pid in pids.items() if pid is not None}
+    return {name: cpu_s(pid) for name, pid in pids.items() if pid is not None}
 
 
 def _spent(before: dict[str, float], pids: dict[str, int | None]) -> dict[str, float]:

@@ -225,6 +225,18 @@ async def test_storescu_to_storescp_on_loopback(ct_study: StudyFiles, tmp_path: 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("verbose", [False, True])
+async def test_storescp_logs_each_store_only_when_verbose(
+    ct_study: StudyFiles, tmp_path: Path, verbose: bool
+) -> None:
+    folder = tmp_path / "ignored"
+    async with open_storescp(folder, "STORE-DEST", ignore=True, verbose=verbose) as port:
+        (await storescu(LOCALHOST, port, "STORE-DEST", ct_study.paths)).check()
+    log = folder.with_name(folder.name + ".storescp.log").read_text()
+    assert log.count("Received Store Request") == (len(ct_study.paths) if verbose else 0)
+
+
+@pytest.mark.integration
 async def test_storescp_ignore_stores_nothing(ct_study: StudyFiles, tmp_path: Path) -> None:
     async with open_store_destination(tmp_path / "ignored", "SINK", ignore=True) as sink:
         (await storescu(sink.host, sink.port, sink.aet, ct_study.paths)).check()

@@ -324,6 +324,7 @@ async def open_storescp(
     ignore: bool = False,
     max_pdu: int | None = None,
     accept_all: bool = True,
+    verbose: bool = True,
     ready_timeout: float = READY_TIMEOUT,
     extra: Sequence[str] = (),
 ) -> AsyncIterator[int]:
@@ -331,15 +332,17 @@ async def open_storescp(
 
     Received files land in ``workdir`` (created; only received files, named ``CT.<SOPInstanceUID>``
     etc.), unless ``ignore``. The log goes next to it: ``<workdir>.storescp.log``. ``accept_all``
-    accepts every transfer syntax storescp knows (``+xa``); *extra* are more options (e.g. TLS:
-    :func:`tls_options`). Stopped on exit (shielded cleanup).
+    accepts every transfer syntax storescp knows (``+xa``). ``verbose`` (``-v``) logs every
+    association and C-STORE; without it only warnings and errors. *extra* are more options (e.g.
+    TLS: :func:`tls_options`). Stopped on exit (shielded cleanup).
     """
     require_dcmtk()
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
     log_path = workdir.with_name(workdir.name + ".storescp.log")
 
     def argv(port: int) -> list[str]:
-        args = [dcmtk_tool("storescp"), "-v", "-aet", aet, "-dhl", *_pdu(max_pdu)]
+        args = [dcmtk_tool("storescp"), *(["-v"] if verbose else []), "-aet", aet, "-dhl"]
+        args += _pdu(max_pdu)
         if accept_all:
             args.append("+xa")
         args += ["--ignore"] if ignore else ["-od", str(workdir)]
