@@ -13,6 +13,7 @@ from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
 from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
+from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
@@ -27,6 +28,7 @@ from rst.backends.dimse.ul import (
 from rst.backends.dimse.verdict import arrivals, conclude
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.query import Model, QidoQuery
+from rst.dicom.statuses import Status, is_success
 from rst.errors import (
     AssociationBroken,
     BackendTimeout,
@@ -82,13 +84,18 @@ class DimseBackend:
     # -- verification --------------------------------------------------------------------------
 
     async def echo(self) -> None:
-        code = await self._echo()
-        if code is None:
-            raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
-        if code != 0x0000:
-            raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{code:04X}")
+        status = await self._echo()
+        if status is None:
+            raise BackendTimeout(
+                f"the PACS {self.name} did not answer C-ECHO within {self.config.find_timeout:g} s"
+            )
+        if not is_success(status.code):
+            raise DimseFailure(
+                f"the PACS {self.name} answered C-ECHO with status {status}", status.code
+            )
 
-    async def _echo(self) -> int | None:
+    async def _echo(self) -> Status | None:
+        """The C-ECHO's status, or ``None`` if none came within ``find_timeout``."""
         contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
         async with self.peer.connect(contexts) as connection:
             context_id, _ = connection.context_for(uids.VERIFICATION)
@@ -100,8 +107,9 @@ class DimseBackend:
                 except BROKEN as exc:
                     connection.broken = True
                     raise broken_association(exc, self.name, "a C-ECHO") from None
-                if isinstance(response, OtherCommand):
-                    return response.status
+                status = status_of(response) if isinstance(response, OtherCommand) else None
+                if status is not None:
+                    return status
                 connection.broken = True
                 raise PeerProtocolError(f"the PACS {self.name} answered C-ECHO with {response!r}")
             connection.broken = True

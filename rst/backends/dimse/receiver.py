@@ -37,7 +37,7 @@ from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
-from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
+from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.uids import STORAGE_CLASSES, VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
@@ -67,6 +67,7 @@ from rst.backends.dimse.ul import (
 from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
 from rst.config import DimseConfig
 from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from rst.dicom.statuses import SUCCESS
 
 __all__ = ["StoreReceiver"]
 
@@ -521,7 +522,7 @@ class _Connection:
                 if owner != ring.index:  # a C-MOVE of another worker's
                     raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
-            response = encode_c_echo_rsp(command, STATUS_SUCCESS)
+            response = encode_c_echo_rsp(command, SUCCESS)
             await self._send(encode_pdata(context_id, True, True, response))
         else:
             raise UpperLayerError(
@@ -550,7 +551,7 @@ class _Connection:
                 request.move_originator_aet,
                 request.move_originator_message_id,
             )
-        elif status == STATUS_SUCCESS:
+        elif status == SUCCESS:
             receiver.received += 1
         return status
 

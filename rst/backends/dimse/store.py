@@ -17,6 +17,7 @@ from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
+from rst.backends.dimse.ul.commands import C_STORE_RSP
 from rst.bridge import run_sync
 from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
 from rst.dicom.statuses import (
@@ -32,7 +33,6 @@ __all__ = ["DimseStoreSession"]
 
 log = logging.getLogger(__name__)
 
-C_STORE_RSP = 0x8001
 FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 MAX_CONTEXTS = 128
 

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
-from pydicom import Dataset
 
-from rst.backends.dimse.outcome import CANCEL, SUCCESS, status_text
 from rst.backends.dimse.sink import InstanceSink
+from rst.dicom.statuses import (
+    MOVE_DESTINATION_UNKNOWN,
+    SUBOPERATIONS_FAILED,
+    SUCCESS,
+    Status,
+    is_cancel,
+)
 from rst.errors import (
     BackendTimeout,
     DimseFailure,
@@ -39,73 +43,49 @@ from rst.errors import (
 )
 from rst.services.protocols import Instance, RetrieveKeys
 
-__all__ = ["SubOperations", "arrivals", "conclude", "may_be_missing", "reconcile", "silence"]
+__all__ = ["arrivals", "conclude", "may_be_missing", "reconcile", "silence"]
 
 log = logging.getLogger(__name__)
 
-WARNING_SUBOPS_FAILED = 0xB000
-MOVE_DESTINATION_UNKNOWN = 0xA801
-
-
-@dataclass(frozen=True)
-class SubOperations:
-    """The sub-operation counts of a C-MOVE/C-GET response (absent counts are 0)."""
-
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    remaining: int = 0
-
-    @classmethod
-    def of(cls, status: Dataset) -> SubOperations:
-        def count(keyword: str) -> int:
-            value = status.get(f"NumberOf{keyword}Suboperations")
-            return int(value) if value is not None else 0
-
-        return cls(count("Completed"), count("Failed"), count("Warning"), count("Remaining"))
+COMPLETE = (SUCCESS, SUBOPERATIONS_FAILED)
+"""The final statuses after which the counts decide whether the retrieve is complete."""
 
 
 def reconcile(
-    status: Dataset, *, received: int, pacs: str, operation: str, cancelled: bool = False
+    status: Status, *, received: int, pacs: str, operation: str, cancelled: bool = False
 ) -> RstError | None:
     """Reconcile the final C-MOVE/C-GET response with what arrived.
 
     Returns ``None`` if every instance the PACS sent arrived, else the error to report. A
     partial retrieve is an error: the client must never take it for a complete one.
     """
-    code = status.get("Status")
-    counts = SubOperations.of(status)
-    if code is None:
-        return IncompleteRetrieve(
-            f"the {operation} from {pacs} broke off after {received} instance(s): "
-            "the PACS stopped answering or aborted the association"
-        )
+    code = status.code
     if code == MOVE_DESTINATION_UNKNOWN:
         return MoveDestinationUnknown(
-            f"the PACS {pacs} does not know rst as a C-MOVE destination (status 0xA801): "
+            f"the PACS {pacs} does not know rst as a C-MOVE destination (status {status}): "
             "add rst's AE title, host and port ([dimse] aet/host/port) to the PACS's list of "
             "DICOM modalities"
         )
-    if code == CANCEL:
+    if is_cancel(code):
         if cancelled:
             return None
         return IncompleteRetrieve(
             f"the PACS {pacs} cancelled the {operation} after {received} instance(s)"
         )
-    sent = counts.completed + counts.warning
-    if code in (SUCCESS, WARNING_SUBOPS_FAILED) and counts.failed == 0 and received >= sent:
+    sent = status.completed + status.warning
+    if code in COMPLETE and status.failed == 0 and received >= sent:
         if received == 0:
             return NotFound(f"the PACS {pacs} has no instances matching the request")
         return None
-    if code in (SUCCESS, WARNING_SUBOPS_FAILED):
+    if code in COMPLETE:
         return IncompleteRetrieve(
-            f"incomplete {operation} from {pacs}: the PACS reports {counts.completed} completed, "
-            f"{counts.warning} with warnings and {counts.failed} failed sub-operations, "
+            f"incomplete {operation} from {pacs}: the PACS reports {status.completed} completed, "
+            f"{status.warning} with warnings and {status.failed} failed sub-operations, "
             f"rst received {received} instance(s)"
         )
     return DimseFailure(
-        f"the PACS {pacs} failed the {operation} with status {status_text(status)} after "
-        f"{received} instance(s) ({counts.completed} completed, {counts.failed} failed)",
+        f"the PACS {pacs} failed the {operation} with status {status} after "
+        f"{received} instance(s) ({status.completed} completed, {status.failed} failed)",
         code,
     )
 
@@ -117,7 +97,7 @@ def may_be_missing(error: RstError | None, received: int) -> bool:
 
 
 async def conclude(
-    final: Dataset,
+    final: Status,
     *,
     received: int,
     keys: RetrieveKeys,
