@@ -16,7 +16,7 @@ from rst.dicom.statuses import (
     is_success,
     is_warning,
 )
-from rst.errors import DimseFailure
+from rst.errors import DimseFailure, IncompleteRetrieve
 
 PACS = "ORTHANC"
 
@@ -89,9 +89,17 @@ def test_a_response_without_status_has_none() -> None:
 # -- check_find_status ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [0x0000, 0xFE00, 0xB000])
-def test_find_success_cancel_and_warning_pass(code: int) -> None:
+@pytest.mark.parametrize("code", [0x0000, 0xB000])
+def test_find_success_and_warning_pass(code: int) -> None:
     check_find_status(Status(code), PACS)
+
+
+def test_find_cancelled_by_the_pacs_is_incomplete_not_success() -> None:
+    """rst's own C-CANCEL is answered elsewhere: a cancel here cut the matches short."""
+    with pytest.raises(IncompleteRetrieve, match="cancelled the C-FIND itself") as info:
+        check_find_status(Status(0xFE00), PACS)
+
+    assert info.value.status == 502
 
 
 def test_find_failure_is_dimse_failure_with_status_and_comment() -> None:

@@ -8,8 +8,8 @@ Pure functions. The verdict on a C-MOVE/C-GET (its counts reconciled with what a
 from __future__ import annotations
 
 from rst.backends.dimse.ul import OtherCommand
-from rst.dicom.statuses import Status, is_failure
-from rst.errors import DimseFailure
+from rst.dicom.statuses import Status, is_cancel, is_failure
+from rst.errors import DimseFailure, IncompleteRetrieve
 
 __all__ = ["check_find_status", "status_of"]
 
@@ -30,7 +30,15 @@ def status_of(response: OtherCommand) -> Status | None:
 
 
 def check_find_status(status: Status, pacs: str) -> None:
-    """Raise :class:`~rst.errors.DimseFailure` for a final C-FIND status that is a failure
-    (PS3.7 Annex C). Success, a warning and cancel (which rst itself sent) pass."""
+    """Raise for a final C-FIND status that does not close a complete list of matches:
+    :class:`~rst.errors.DimseFailure` for a failure (PS3.7 Annex C),
+    :class:`~rst.errors.IncompleteRetrieve` for a cancel — rst reads its own C-CANCEL's answer
+    elsewhere (:func:`~rst.backends.dimse.retrieve.cancel_operation`), so a cancel here is the
+    PACS's own, and the matches so far are not all there are. Success and a warning pass."""
+    if is_cancel(status.code):
+        raise IncompleteRetrieve(
+            f"the PACS {pacs} cancelled the C-FIND itself (status {status}): the matches are "
+            "incomplete"
+        )
     if is_failure(status.code):
         raise DimseFailure(f"the PACS {pacs} failed the C-FIND with status {status}", status.code)

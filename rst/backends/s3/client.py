@@ -179,7 +179,10 @@ class S3Client:
         except BotoCoreError as exc:  # its message may hold the endpoint URL
             self._log(what, exc)
             raise StorageError(f"{what} failed: {type(exc).__name__}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiohttp's read timeout (a ClientError too): a timeout
+            self._log(what, exc)
+            raise BackendTimeout(f"S3 did not answer in time: {what}") from exc
+        except aiohttp.ClientError as exc:
             self._log(what, exc)
             raise StorageError(f"{what} broke off: {type(exc).__name__}") from exc
 
