@@ -28,6 +28,7 @@ from pynetdicom import (
     evt,
 )
 
+from rst.dicom import uids
 from rst.dicom.statuses import (
     CANCEL,
     CANNOT_UNDERSTAND,
@@ -46,14 +47,24 @@ LOG = logging.getLogger(__name__)
 
 _POLL = 0.02  # seconds between checks while hanging (cancel / abort / stop)
 _MAX_CONTEXTS = 128
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_UNCOMPRESSED = {
+    uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    uids.EXPLICIT_VR_LITTLE_ENDIAN,
+    uids.EXPLICIT_VR_BIG_ENDIAN,
+}
 _NO_DESTINATIONS: Mapping[str, tuple[str, int]] = MappingProxyType({})
 _NOBODY = "\\"  # never a valid AE title: requiring it rejects every calling AE
-_VERIFICATION = UID("1.2.840.10008.1.1")
+_VERIFICATION = UID(uids.VERIFICATION)
 _QR_CLASSES = tuple(
-    UID(f"1.2.840.10008.5.1.4.1.2.{root}.{op}")  # Patient (1) / Study (2) Root FIND, MOVE, GET
-    for root in (2, 1)
-    for op in (1, 2, 3)
+    UID(uid)
+    for uid in (
+        uids.STUDY_ROOT_FIND,
+        uids.STUDY_ROOT_MOVE,
+        uids.STUDY_ROOT_GET,
+        uids.PATIENT_ROOT_FIND,
+        uids.PATIENT_ROOT_MOVE,
+        uids.PATIENT_ROOT_GET,
+    )
 )
 
 

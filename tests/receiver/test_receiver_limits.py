@@ -38,7 +38,6 @@ from rst.backends.dimse.receiver import (
     StoreReceiver,
 )
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -60,6 +59,7 @@ from rst.backends.dimse.ul import (
 )
 from rst.config import DimseConfig
 from rst.dicom.statuses import OUT_OF_RESOURCES
+from rst.dicom.uids import VERIFICATION
 from tests.receiver.test_receiver import ORIGINATOR, send_with_pynetdicom
 from tests.support.sample import write_ct_study
 

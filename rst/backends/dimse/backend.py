@@ -9,7 +9,6 @@ from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asyncco
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
 from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
@@ -27,6 +26,7 @@ from rst.backends.dimse.ul import (
 )
 from rst.backends.dimse.verdict import arrivals, conclude
 from rst.config import AeConfig, DimseConfig
+from rst.dicom import uids
 from rst.dicom.query import Model, QidoQuery
 from rst.dicom.statuses import Status, is_success
 from rst.errors import (
@@ -52,7 +52,7 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
+UNCOMPRESSED = uids.UNCOMPRESSED
 GET_STORAGE_CLASSES = uids.STORAGE_CLASSES[: uids.GET_STORAGE_CLASSES]
 
 

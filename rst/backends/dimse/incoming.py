@@ -32,8 +32,9 @@ from pydicom.uid import UID
 
 from rst.backends.dimse.sink import Fragments, InstanceSink, SinkClosed, SpoolFull, hand_off
 from rst.backends.dimse.ul import CStoreRequest
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
+from rst.dicom.part10 import part10_header
 from rst.dicom.statuses import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 

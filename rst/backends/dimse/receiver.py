@@ -31,14 +31,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from rst import __version__
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
 from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.uids import STORAGE_CLASSES, VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -66,14 +64,18 @@ from rst.backends.dimse.ul import (
 )
 from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
 from rst.config import DimseConfig
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
 from rst.dicom.statuses import SUCCESS
+from rst.dicom.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION,
+    STORAGE_CLASSES,
+    VERIFICATION,
+)
 
 __all__ = ["StoreReceiver"]
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 ABSTRACT_SYNTAXES = frozenset((*STORAGE_CLASSES, VERIFICATION))  # what the receiver accepts
 NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
 HANDSHAKE_BUFFER = 16 * 1024

@@ -13,13 +13,13 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
 from rst.backends.dimse.ul.commands import C_STORE_RSP
 from rst.bridge import run_sync
-from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
+from rst.dicom import uids
+from rst.dicom.part10 import Upload, dataset_offset, reencode
 from rst.dicom.statuses import (
     CANNOT_UNDERSTAND,
     PROCESSING_FAILURE,
@@ -33,7 +33,7 @@ __all__ = ["DimseStoreSession"]
 
 log = logging.getLogger(__name__)
 
-FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+FALLBACK = uids.UNCOMPRESSED
 MAX_CONTEXTS = 128
 
 
@@ -129,7 +129,7 @@ class DimseStoreSession:
         for context_id, accepted in offered:
             if accepted == syntax:
                 return context_id, accepted
-        if syntax in UNCOMPRESSED_SYNTAXES:
+        if syntax in uids.NATIVE_SYNTAXES:
             for context_id, accepted in offered:
                 if accepted in FALLBACK:
                     return context_id, accepted
