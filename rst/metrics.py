@@ -148,6 +148,12 @@ class Metrics:
             ["aet"],
         )
         self.spooled_bytes = counter("rst_spool_bytes", "Bytes written to spool files", ["aet"])
+        self.s3_read_bytes = counter(
+            "rst_s3_read_bytes",
+            "Bytes of object data read from S3, whole objects and ranges (what ranged reads "
+            "save shows here; S3 bills it as data transfer)",
+            ["aet"],
+        )
         self.stow_instances = counter(
             "rst_stow_instances", "STOW-RS instances by AE and outcome", ["aet", "outcome"]
         )
