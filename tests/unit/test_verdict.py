@@ -198,7 +198,9 @@ async def test_zero_matched_is_not_found_without_a_c_find() -> None:
     assert find.asked == 0
 
 
-@pytest.mark.parametrize(("code", "failed", "received"), [(0xB000, 0, 3), (0xB000, 1, 3)])
+@pytest.mark.parametrize(
+    ("code", "failed", "received"), [(0xB000, 0, 3), (0xB000, 1, 3), (0xB007, 0, 3), (0xB007, 1, 3)]
+)
 async def test_warning_status(code: int, failed: int, received: int) -> None:
     find = FakeFind(found=True)
 

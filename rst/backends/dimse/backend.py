@@ -52,7 +52,6 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-UNCOMPRESSED = uids.UNCOMPRESSED
 GET_STORAGE_CLASSES = uids.STORAGE_CLASSES[: uids.GET_STORAGE_CLASSES]
 
 
@@ -96,7 +95,7 @@ class DimseBackend:
 
     async def _echo(self) -> Status | None:
         """The C-ECHO's status, or ``None`` if none came within ``find_timeout``."""
-        contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
+        contexts = [PresentationContextRQ(1, uids.VERIFICATION, uids.UNCOMPRESSED)]
         async with self.peer.connect(contexts) as connection:
             context_id, _ = connection.context_for(uids.VERIFICATION)
             msg_id = self.message_ids.next(self.peer.calling_aet)
@@ -146,7 +145,7 @@ class DimseBackend:
         self, identifier: Dataset, model: str = FIND_MODEL
     ) -> AsyncIterator[AsyncIterator[Dataset]]:
         contexts = [
-            PresentationContextRQ(1 + 2 * n, uid, UNCOMPRESSED)
+            PresentationContextRQ(1 + 2 * n, uid, uids.UNCOMPRESSED)
             for n, uid in enumerate(self._find_syntaxes(model))
         ]
         async with self.peer.connect(contexts) as connection:
@@ -233,13 +232,13 @@ class DimseBackend:
         operation = "C-GET" if get else "C-MOVE"
         if get:
             syntaxes = tuple(get_syntaxes(self.dimse.transfer_syntaxes, prefer))
-            contexts = [PresentationContextRQ(1, GET_MODEL, UNCOMPRESSED)] + [
+            contexts = [PresentationContextRQ(1, GET_MODEL, uids.UNCOMPRESSED)] + [
                 PresentationContextRQ(3 + 2 * n, uid, syntaxes)
                 for n, uid in enumerate(GET_STORAGE_CLASSES)
             ]
             roles = {uid: (False, True) for uid in GET_STORAGE_CLASSES}
         else:
-            contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, UNCOMPRESSED)], {}
+            contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, uids.UNCOMPRESSED)], {}
         with ExitStack() as stack:
             if not get:
                 stack.enter_context(self.mediator.subscribe(self._subscription(sink, keys, msg_id)))
@@ -328,7 +327,7 @@ def get_syntaxes(configured: tuple[str, ...], prefer: str | None) -> list[str]:
     Fewer syntaxes also make the association request smaller: 120 contexts x 13 syntaxes cost
     tens of milliseconds to build and negotiate."""
     if prefer is None:  # as stored: compressed first (many PACS take the first they support)
-        return [ts for ts in configured if ts not in UNCOMPRESSED] + [
-            ts for ts in configured if ts in UNCOMPRESSED
+        return [ts for ts in configured if ts not in uids.UNCOMPRESSED] + [
+            ts for ts in configured if ts in uids.UNCOMPRESSED
         ]
-    return [prefer] + [ts for ts in UNCOMPRESSED if ts != prefer and ts in configured]
+    return [prefer] + [ts for ts in uids.UNCOMPRESSED if ts != prefer and ts in configured]

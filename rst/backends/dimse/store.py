@@ -33,7 +33,6 @@ __all__ = ["DimseStoreSession"]
 
 log = logging.getLogger(__name__)
 
-FALLBACK = uids.UNCOMPRESSED
 MAX_CONTEXTS = 128
 
 
@@ -131,7 +130,7 @@ class DimseStoreSession:
                 return context_id, accepted
         if syntax in uids.NATIVE_SYNTAXES:
             for context_id, accepted in offered:
-                if accepted in FALLBACK:
+                if accepted in uids.UNCOMPRESSED:
                     return context_id, accepted
         return StoreResult(
             TRANSFER_SYNTAX_NOT_SUPPORTED, f"the PACS does not accept transfer syntax {syntax}"
@@ -177,9 +176,9 @@ def _contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContextRQ
     Verification comes too: every PACS takes it, so a PACS that takes none of the SOP classes
     still accepts the association, and the instance fails alone with 0x0122 instead of the
     association request failing for everything."""
-    proposals: list[tuple[str, tuple[str, ...]]] = [(uids.VERIFICATION, FALLBACK)]
+    proposals: list[tuple[str, tuple[str, ...]]] = [(uids.VERIFICATION, uids.UNCOMPRESSED)]
     for sop_class, syntax in wanted:
-        for syntaxes in ((syntax,), FALLBACK):
+        for syntaxes in ((syntax,), uids.UNCOMPRESSED):
             if (sop_class, syntaxes) not in proposals:
                 proposals.append((sop_class, syntaxes))
     proposals = proposals[:1] + proposals[1:][-(MAX_CONTEXTS - 1) :]

@@ -4,10 +4,11 @@ A C-MOVE or C-GET ends with one final response, whose counts of completed, warni
 sub-operations are the PACS's word; rst counts what actually reached the sink. Three rules, each
 here and nowhere else:
 
-- :func:`reconcile` (pure): the final status and counts against what arrived. Success or
-  Warning (0xB000) with no failed sub-operation and every reported instance received is complete;
-  anything less is :class:`~rst.errors.IncompleteRetrieve` (a partial retrieve must never pass
-  for a whole one); 0xA801 names the fix; nothing to send and nothing received is a 404.
+- :func:`reconcile` (pure): the final status and counts against what arrived. Success or a
+  warning (0xB000: sub-operations failed) with no failed sub-operation and every reported
+  instance received is complete; anything less is :class:`~rst.errors.IncompleteRetrieve` (a
+  partial retrieve must never pass for a whole one); 0xA801 names the fix; nothing to send and
+  nothing received is a 404.
 - :func:`conclude`: "not found" told from "failed". Many PACS (Orthanc among them) fail a
   retrieve of unknown UIDs instead of answering "0 sub-operations", so a failure with nothing
   received asks *exists* (the backend's C-FIND for the same keys) before it is reported.
@@ -26,13 +27,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import trio
 
 from rst.backends.dimse.sink import InstanceSink
-from rst.dicom.statuses import (
-    MOVE_DESTINATION_UNKNOWN,
-    SUBOPERATIONS_FAILED,
-    SUCCESS,
-    Status,
-    is_cancel,
-)
+from rst.dicom.statuses import MOVE_DESTINATION_UNKNOWN, Status, is_cancel, is_success, is_warning
 from rst.errors import (
     BackendTimeout,
     DimseFailure,
@@ -46,9 +41,6 @@ from rst.services.protocols import Instance, RetrieveKeys
 __all__ = ["arrivals", "conclude", "may_be_missing", "reconcile", "silence"]
 
 log = logging.getLogger(__name__)
-
-COMPLETE = (SUCCESS, SUBOPERATIONS_FAILED)
-"""The final statuses after which the counts decide whether the retrieve is complete."""
 
 
 def reconcile(
@@ -73,11 +65,12 @@ def reconcile(
             f"the PACS {pacs} cancelled the {operation} after {received} instance(s)"
         )
     sent = status.completed + status.warning
-    if code in COMPLETE and status.failed == 0 and received >= sent:
+    counted = is_success(code) or is_warning(code)  # the counts decide (0xB000: some failed)
+    if counted and status.failed == 0 and received >= sent:
         if received == 0:
             return NotFound(f"the PACS {pacs} has no instances matching the request")
         return None
-    if code in COMPLETE:
+    if counted:
         return IncompleteRetrieve(
             f"incomplete {operation} from {pacs}: the PACS reports {status.completed} completed, "
             f"{status.warning} with warnings and {status.failed} failed sub-operations, "
