@@ -28,6 +28,7 @@ from pydantic import (
 
 from rst.audit.settings import AuditConfig
 from rst.auth.settings import AuthConfig
+from rst.dicom import uids
 
 __all__ = [
     "AeConfig",
@@ -54,19 +55,19 @@ Seconds = Annotated[float, Field(gt=0)]
 # unchanged; rst decompresses for the others); Explicit VR Little Endian comes before Implicit
 # so that uncompressed data arrives in the syntax DICOMweb prefers.
 DEFAULT_TRANSFER_SYNTAXES = (
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG Extended
-    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
-    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE Lossless
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    uids.JPEG_BASELINE,
+    uids.JPEG_EXTENDED,
+    uids.JPEG_LOSSLESS,
+    uids.JPEG_LOSSLESS_SV1,
+    uids.JPEG_LS_LOSSLESS,
+    uids.JPEG_LS_NEAR_LOSSLESS,
+    uids.JPEG_2000_LOSSLESS,
+    uids.JPEG_2000,
+    uids.RLE_LOSSLESS,
+    uids.EXPLICIT_VR_LITTLE_ENDIAN,
+    uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    uids.EXPLICIT_VR_BIG_ENDIAN,
 )
 
 

@@ -154,7 +154,8 @@ class AssociationBroken(RstError):
 
 class PeerProtocolError(RstError):
     """The PACS sent bytes that break the DICOM upper layer or DIMSE protocol (not DICOM at all,
-    a PDU or command set that cannot be decoded, a message out of turn)."""
+    a PDU or command set that cannot be decoded, a message out of turn, a response without a
+    Status)."""
 
     status = 502
 
@@ -183,13 +184,15 @@ class DimseFailure(RstError):
 
 
 class IncompleteRetrieve(RstError):
-    """Fewer instances arrived than the PACS reported (or the transfer broke off)."""
+    """Fewer instances arrived than the PACS reported (or the transfer broke off), or the PACS
+    cancelled a retrieve or search on its own: what the client got is not all there is."""
 
     status = 502
 
 
 class BackendTimeout(RstError):
-    """The PACS did not answer within the configured timeout."""
+    """The archive (a PACS, S3) did not answer within the configured timeout. Only silence is a
+    timeout: an archive that answered wrongly or went away is a 502 error above."""
 
     status = 504
 

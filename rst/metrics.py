@@ -37,12 +37,10 @@ from prometheus_client.registry import Collector
 
 from rst import __version__
 
-__all__ = ["RETRIEVE_OUTCOMES", "Metrics", "multiprocess_enabled"]
+__all__ = ["Metrics", "multiprocess_enabled"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 """Seconds; long enough for a whole study streamed to a slow client."""
-
-RETRIEVE_OUTCOMES = ("complete", "partial", "failed", "not_found", "cancelled")
 
 
 def multiprocess_enabled() -> bool:
@@ -148,6 +146,12 @@ class Metrics:
             ["aet"],
         )
         self.spooled_bytes = counter("rst_spool_bytes", "Bytes written to spool files", ["aet"])
+        self.s3_read_bytes = counter(
+            "rst_s3_read_bytes",
+            "Bytes of object data read from S3, whole objects and ranges (what ranged reads "
+            "save shows here; S3 bills it as data transfer)",
+            ["aet"],
+        )
         self.stow_instances = counter(
             "rst_stow_instances", "STOW-RS instances by AE and outcome", ["aet", "outcome"]
         )

@@ -109,7 +109,7 @@ async def serve(
     ids = MessageIds() if worker is None else MessageIds(worker.index, worker.count)
     metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker is not None else None)
     backends = build_backends(config, mediator, ids, metrics)
-    async with _s3_backends(config, backends), _cache(config, metrics) as cache:
+    async with _s3_backends(config, backends, metrics), _cache(config, metrics) as cache:
         served = with_cache(config, metered(backends, metrics), cache, metrics)
         await _serve(
             config,
@@ -135,8 +135,11 @@ async def _cache(config: Config, metrics: Metrics) -> AsyncIterator[Cache | None
 
 
 @asynccontextmanager
-async def _s3_backends(config: Config, backends: dict[str, Backend]) -> AsyncIterator[None]:
-    """Open one S3 client per S3 archive (inside a trio-asyncio loop), closed on exit.
+async def _s3_backends(
+    config: Config, backends: dict[str, Backend], metrics: Metrics
+) -> AsyncIterator[None]:
+    """Open one S3 client per S3 archive (inside a trio-asyncio loop, counting into
+    *metrics*), closed on exit.
 
     Only configurations with S3 archives pay for the asyncio loop (and for importing
     aiobotocore)."""
@@ -151,7 +154,7 @@ async def _s3_backends(config: Config, backends: dict[str, Backend]) -> AsyncIte
 
     async with trio_asyncio.open_loop(), AsyncExitStack() as stack:
         for ae in archives:
-            client = await stack.enter_async_context(open_client(ae))
+            client = await stack.enter_async_context(open_client(ae, metrics))
             index = await Index.open(index_location(ae))
             stack.push_async_callback(index.close)
             backends[ae.aet] = S3Backend(ae, client, index)

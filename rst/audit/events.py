@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rst.audit.record import AuditRecord
+from rst.dicom.uids import MODALITY_WORKLIST_FIND, STUDY_ROOT_FIND
 
 __all__ = ["MAX_LISTED", "Ending", "Outcome", "event", "outcome_of"]
 
@@ -64,9 +65,6 @@ APPLICATION_SERVER = "4"
 """AuditSourceTypeCode."""
 SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = "0", "4", "8"
 """EventOutcomeIndicator."""
-
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
-MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,6 @@ class KeySet:
         self._fetched_at = -math.inf
         self._attempted_at = -math.inf
         self._lock = trio.Lock()
-        self.fetches = 0
-        """Fetches attempted so far (tests read it)."""
 
     async def find(self, kid: str | None) -> tuple[Key, str] | None:
         """The key with id *kid* and its algorithm, or None when the provider has no such key.
@@ -141,7 +139,6 @@ class KeySet:
             if now - self._attempted_at < self._refresh_interval:
                 return
             self._attempted_at = now
-            self.fetches += 1
             try:
                 keys = Keys.parse(await self._source())
             except (OSError, ValueError, httpx.HTTPError) as exc:

@@ -28,27 +28,43 @@ from pynetdicom import (
     evt,
 )
 
+from rst.dicom import uids
+from rst.dicom.statuses import (
+    CANCEL,
+    CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    is_stored,
+)
+
 from .archive import FolderArchive, StoredInstance
 
 __all__ = ["DevPacs", "Faults"]
 
 LOG = logging.getLogger(__name__)
 
-_PENDING = 0xFF00
-_CANCEL = 0xFE00
-_IDENTIFIER_MISMATCH = 0xA900
-_OUT_OF_RESOURCES = 0xA700
-_CANNOT_UNDERSTAND = 0xC000
 _POLL = 0.02  # seconds between checks while hanging (cancel / abort / stop)
 _MAX_CONTEXTS = 128
-_UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_UNCOMPRESSED = {
+    uids.IMPLICIT_VR_LITTLE_ENDIAN,
+    uids.EXPLICIT_VR_LITTLE_ENDIAN,
+    uids.EXPLICIT_VR_BIG_ENDIAN,
+}
 _NO_DESTINATIONS: Mapping[str, tuple[str, int]] = MappingProxyType({})
 _NOBODY = "\\"  # never a valid AE title: requiring it rejects every calling AE
-_VERIFICATION = UID("1.2.840.10008.1.1")
+_VERIFICATION = UID(uids.VERIFICATION)
 _QR_CLASSES = tuple(
-    UID(f"1.2.840.10008.5.1.4.1.2.{root}.{op}")  # Patient (1) / Study (2) Root FIND, MOVE, GET
-    for root in (2, 1)
-    for op in (1, 2, 3)
+    UID(uid)
+    for uid in (
+        uids.STUDY_ROOT_FIND,
+        uids.STUDY_ROOT_MOVE,
+        uids.STUDY_ROOT_GET,
+        uids.PATIENT_ROOT_FIND,
+        uids.PATIENT_ROOT_MOVE,
+        uids.PATIENT_ROOT_GET,
+    )
 )
 
 
@@ -66,7 +82,7 @@ class Faults:
     """After a C-MOVE/C-GET request: answer nothing until set (or C-CANCEL / abort / stop)."""
     die_after: int | None = None
     """After N C-STORE sub-operations abort the sub-association and the requesting one."""
-    store_status: int = 0x0000
+    store_status: int = SUCCESS
     """Status answered to incoming C-STOREs (failure statuses store nothing)."""
     store_status_for: Mapping[str, int] = field(default_factory=dict)
     """Per SOP Instance UID: the status its C-STORE is answered with, instead of store_status."""
@@ -141,7 +157,7 @@ class _SubOperations:
         self.attempted += 1
         if self.attempted > self.sendable:
             status = Dataset()  # drop_instances: pretend the peer stored it
-            status.Status = 0x0000
+            status.Status = SUCCESS
             return status
         if self.omit_originator:
             originator_aet = originator_id = None
@@ -294,7 +310,7 @@ class DevPacs:
 
     def _on_echo(self, event: Any) -> int:
         self._log("echo")
-        return 0x0000
+        return SUCCESS
 
     def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
         self._log("find")
@@ -303,16 +319,16 @@ class DevPacs:
             results = self.archive.match(identifier)
         except ValueError as exc:
             LOG.warning("C-FIND: %s", exc)
-            yield _IDENTIFIER_MISMATCH, None
+            yield DOES_NOT_MATCH_SOP_CLASS, None
             return
         for rsp in results:
             if event.is_cancelled:
                 self._log("cancel")
-                yield _CANCEL, None
+                yield CANCEL, None
                 return
             if "RetrieveAETitle" in identifier:
                 rsp.RetrieveAETitle = self.aet
-            yield _PENDING, rsp
+            yield PENDING, rsp
 
     def _on_move(self, event: Any) -> Iterator[Any]:
         self._log("move")
@@ -375,25 +391,25 @@ class DevPacs:
         if sop_instance in self.faults.abort_on_store:
             self._log("abort-store")
             event.assoc.abort()
-            return _CANNOT_UNDERSTAND  # never sent: the association is gone
+            return CANNOT_UNDERSTAND  # never sent: the association is gone
         if sop_instance in self.faults.hang_on_store:
             self._log("hang-store")
             assoc = event.assoc
             while assoc.is_established and not assoc.acse.is_aborted():
                 if self._stopping.wait(_POLL):
                     break
-            return _CANNOT_UNDERSTAND  # too late for anyone to read it
+            return CANNOT_UNDERSTAND  # too late for anyone to read it
         status = self.faults.store_status_for.get(sop_instance, self.faults.store_status)
-        if status != 0x0000 and status & 0xF000 != 0xB000:
+        if not is_stored(status):
             return status  # a failure: store nothing
         try:
             self.archive.store_bytes(event.encoded_dataset())
         except OSError:
             LOG.exception("C-STORE: cannot write")
-            return _OUT_OF_RESOURCES
+            return OUT_OF_RESOURCES
         except Exception:
             LOG.exception("C-STORE: cannot store")
-            return _CANNOT_UNDERSTAND
+            return CANNOT_UNDERSTAND
         return status
 
     # ------------------------------------------------------------------ retrieve helpers
@@ -423,18 +439,18 @@ class DevPacs:
     ) -> Iterator[tuple[int, Dataset | None]]:
         """Yield the C-MOVE/C-GET (status, dataset) pairs, honouring C-CANCEL and die_after."""
         if cancelled:
-            yield _CANCEL, None
+            yield CANCEL, None
             return
         for index, inst in enumerate(instances):
             if event.is_cancelled:
                 self._log("cancel")
-                yield _CANCEL, None
+                yield CANCEL, None
                 return
             die_after = self.faults.die_after
             if die_after is not None and index >= die_after:
                 self._die(event.assoc, sub)
                 return
-            yield _PENDING, dcmread(inst.path)
+            yield PENDING, dcmread(inst.path)
 
     def _die(self, assoc: Any, sub: _SubOperations) -> None:
         """die_after: abort the C-MOVE sub-association and the requesting association."""

@@ -16,12 +16,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rst.dicom.media_types import BULK_MEDIA_TYPES, OCTET_STREAM, bulk_media_type, is_video
+from rst.dicom.media_types import (
+    BULK_MEDIA_TYPES,
+    OCTET_STREAM,
+    bulk_media_type,
+    default_transfer_syntax,
+    is_video,
+)
 from rst.dicom.part10 import encodable_syntaxes
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import NotAcceptable
 
 __all__ = [
-    "EXPLICIT_VR_LITTLE_ENDIAN",
     "BulkChoice",
     "BulkdataFormat",
     "FrameChoice",
@@ -38,29 +44,12 @@ __all__ = [
     "split_quoted",
 ]
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-"""The default transfer syntax of uncompressed data in web services (PS3.18 §8.7.3.3.2)."""
-
 _SUPPORTED_SYNTAXES = frozenset({EXPLICIT_VR_LITTLE_ENDIAN})
 """The uncompressed transfer syntax rst serves instances and frames in (Implicit VR and Big
 Endian shall not be used in web services); compressed ones come from :func:`encodable_syntaxes`."""
 
 _MEDIA_TYPE_ALIASES = {"image/x-jls": "image/jls", "image/x-dicom-rle": "image/dicom-rle"}
 """Names some clients (dicomweb-client among them) still send for the registered types."""
-
-_FRAME_DEFAULTS = {
-    OCTET_STREAM: EXPLICIT_VR_LITTLE_ENDIAN,
-    "image/jpeg": "1.2.840.10008.1.2.4.70",
-    "image/jls": "1.2.840.10008.1.2.4.80",
-    "image/jp2": "1.2.840.10008.1.2.4.90",
-    "image/jpx": "1.2.840.10008.1.2.4.92",
-    "image/jphc": "1.2.840.10008.1.2.4.201",
-    "image/jxl": "1.2.840.10008.1.2.4.110",
-    "image/dicom-rle": "1.2.840.10008.1.2.5",
-}
-"""The bulk media types frames are served as, each with the transfer syntax a client asking
-for it without ``transfer-syntax`` gets (PS3.18 Table 8.7.3-5, "default"). Video is not cut
-into frames."""
 
 _DICOM_JSON = "application/dicom+json"
 _JSON = "application/json"
@@ -344,7 +333,7 @@ class FrameFormat:
 def _frame_choice(media_type: str, syntax: str | None, *, multipart: bool) -> FrameChoice | None:
     """The choice a media type and its ``transfer-syntax`` parameter name, if rst knows it."""
     media_type = _MEDIA_TYPE_ALIASES.get(media_type, media_type)
-    default = _FRAME_DEFAULTS.get(media_type)
+    default = default_transfer_syntax(media_type)
     if default is None:  # not a bulk image media type (video frames are not served)
         return None
     if syntax is None:

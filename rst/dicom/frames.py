@@ -35,8 +35,8 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRBigEndian
 
-from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN
-from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, reencode, transfer_syntax_of
+from rst.dicom.part10 import reencode, transfer_syntax_of
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
 from rst.errors import BadRequest, NotAcceptable, NotFound, NotSupported
 
 __all__ = [
@@ -152,7 +152,7 @@ class FrameSource:
         if found is None:
             raise NotFound(f"the instance {self.sop_instance_uid} has no pixel data, so no frames")
         self.keyword, sample_bits = found
-        self.native = stored in UNCOMPRESSED_SYNTAXES or self.keyword != "PixelData"
+        self.native = stored in NATIVE_SYNTAXES or self.keyword != "PixelData"
         self.transfer_syntax = EXPLICIT_VR_LITTLE_ENDIAN if self.native else stored
         """The syntax the frames are stored in, as a client sees it."""
         self.number_of_frames = _int(ds.get("NumberOfFrames"), default=1) or 1

@@ -21,13 +21,20 @@ from typing import Any
 from rst.dicom.frames import FrameSource
 from rst.dicom.head import UNDEFINED, locate_pixel_data
 from rst.dicom.part10 import dataset_offset
+from rst.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPIP_REFERENCED_DEFLATE,
+    NATIVE_SYNTAXES,
+)
 
 __all__ = ["FRAMES", "FrameLayout", "derive"]
 
 FRAMES = "frames.json"
 """The sidecar kind of an instance's frame layout (:class:`~rst.services.protocols.Sidecars`)."""
 VERSION = 1
-_IN_PLACE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_IN_PLACE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 """Native syntaxes whose pixel bytes in the file are the frames' bytes (Little Endian)."""
 _ITEM = b"\xfe\xff\x00\xe0"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0"
@@ -129,13 +136,13 @@ def _derive(data: bytes, source: FrameSource) -> FrameLayout | None:
     syntax = source.stored_syntax
     if source.native and syntax not in _IN_PLACE:
         return None
-    if not source.native and syntax in _IN_PLACE | {"1.2.840.10008.1.2.2"}:
+    if not source.native and syntax in NATIVE_SYNTAXES:
         return None
     if source.native and (source.bits_allocated % 8 or source.bits_allocated == 0):
         return None
-    if syntax.startswith("1.2.840.10008.1.2.1.99") or syntax.endswith(".4.95"):
+    if syntax.startswith(DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN) or syntax == JPIP_REFERENCED_DEFLATE:
         return None  # deflated
-    implicit = syntax == "1.2.840.10008.1.2"
+    implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
     pixels = locate_pixel_data(data, dataset_offset(data), implicit=implicit, size=len(data))
     if pixels is None:
         return None

@@ -13,15 +13,29 @@ from types import MappingProxyType
 
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
     MPEGTransferSyntaxes,
-    RLELossless,
+)
+
+from rst.dicom.uids import (
+    ENCAPSULATED_UNCOMPRESSED,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    HEVC,
+    HTJ2K,
+    HTJ2K_LOSSLESS,
+    JPEG_2000,
+    JPEG_2000_LOSSLESS,
+    JPEG_2000_MULTI_COMPONENT,
+    JPEG_2000_MULTI_COMPONENT_LOSSLESS,
+    JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
+    JPEG_XL,
+    JPEG_XL_LOSSLESS,
+    MPEG2_PREFIXES,
+    NATIVE_SYNTAXES,
+    RLE_LOSSLESS,
 )
 
 __all__ = [
@@ -36,39 +50,27 @@ __all__ = [
 
 OCTET_STREAM = "application/octet-stream"
 
-_HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
-"""High-Throughput JPEG 2000 (image/jphc); pydicom lists them with JPEG 2000."""
-_JPEG_XL = ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
-_HEVC = ("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108")
-_MPEG2 = tuple(
-    uid
-    for uid in MPEGTransferSyntaxes
-    if uid.startswith(("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101"))
-)
-_ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+_MPEG2 = tuple(uid for uid in MPEGTransferSyntaxes if uid.startswith(MPEG2_PREFIXES))
 
 
 def _table() -> dict[str, str]:
     table = dict.fromkeys(
         (
-            str(ImplicitVRLittleEndian),
-            str(ExplicitVRLittleEndian),
-            str(DeflatedExplicitVRLittleEndian),
-            str(ExplicitVRBigEndian),
-            _ENCAPSULATED_UNCOMPRESSED,
+            *NATIVE_SYNTAXES,
+            ENCAPSULATED_UNCOMPRESSED,
         ),
         OCTET_STREAM,
     )
     table.update(dict.fromkeys(map(str, JPEGTransferSyntaxes), "image/jpeg"))
-    table[str(RLELossless)] = "image/dicom-rle"
+    table[RLE_LOSSLESS] = "image/dicom-rle"
     table.update(dict.fromkeys(map(str, JPEGLSTransferSyntaxes), "image/jls"))
-    table["1.2.840.10008.1.2.4.90"] = table["1.2.840.10008.1.2.4.91"] = "image/jp2"
-    table["1.2.840.10008.1.2.4.92"] = table["1.2.840.10008.1.2.4.93"] = "image/jpx"
-    table.update(dict.fromkeys(_HTJ2K, "image/jphc"))
-    table.update(dict.fromkeys(_JPEG_XL, "image/jxl"))
+    table[JPEG_2000_LOSSLESS] = table[JPEG_2000] = "image/jp2"
+    table[JPEG_2000_MULTI_COMPONENT_LOSSLESS] = table[JPEG_2000_MULTI_COMPONENT] = "image/jpx"
+    table.update(dict.fromkeys(HTJ2K, "image/jphc"))  # pydicom lists them with JPEG 2000
+    table.update(dict.fromkeys(JPEG_XL, "image/jxl"))
     table.update(dict.fromkeys(map(str, MPEGTransferSyntaxes), "video/mp4"))
     table.update(dict.fromkeys(_MPEG2, "video/mpeg2"))
-    table.update(dict.fromkeys(_HEVC, "video/H265"))
+    table.update(dict.fromkeys(HEVC, "video/H265"))
     assert set(map(str, JPEG2000TransferSyntaxes)) <= table.keys()
     return table
 
@@ -99,17 +101,19 @@ def is_video(transfer_syntax: str) -> bool:
 
 _DEFAULTS: Mapping[str, str] = MappingProxyType(
     {
-        OCTET_STREAM: str(ExplicitVRLittleEndian),
-        "image/jpeg": "1.2.840.10008.1.2.4.70",
-        "image/dicom-rle": str(RLELossless),
-        "image/jls": "1.2.840.10008.1.2.4.80",
-        "image/jp2": "1.2.840.10008.1.2.4.90",
-        "image/jpx": "1.2.840.10008.1.2.4.92",
-        "image/jphc": "1.2.840.10008.1.2.4.201",
-        "image/jxl": "1.2.840.10008.1.2.4.110",
+        OCTET_STREAM: EXPLICIT_VR_LITTLE_ENDIAN,
+        "image/jpeg": JPEG_LOSSLESS_SV1,
+        "image/dicom-rle": RLE_LOSSLESS,
+        "image/jls": JPEG_LS_LOSSLESS,
+        "image/jp2": JPEG_2000_LOSSLESS,
+        "image/jpx": JPEG_2000_MULTI_COMPONENT_LOSSLESS,
+        "image/jphc": HTJ2K_LOSSLESS,
+        "image/jxl": JPEG_XL_LOSSLESS,
     }
 )
-"""The default ("D") transfer syntax of each image bulk media type in Table 8.7.3-5."""
+"""The default ("D") transfer syntax of each image bulk media type in Table 8.7.3-5: what
+a client asking for frames as that type without ``transfer-syntax`` gets. Video is not cut
+into frames."""
 
 
 def default_transfer_syntax(media_type: str) -> str | None:

@@ -25,18 +25,24 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLSLossless,
-    RLELossless,
 )
 
 from rst.dicom.completeness import check_complete
 from rst.dicom.uid import is_valid_uid
+from rst.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLEMENTATION_VERSION,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    JPEG_2000_LOSSLESS,
+    JPEG_LS_LOSSLESS,
+    NATIVE_SYNTAXES,
+    RLE_LOSSLESS,
+)
 from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
     "LOSSLESS_ENCODINGS",
-    "UNCOMPRESSED_SYNTAXES",
     "BadUpload",
     "Upload",
     "encodable_syntaxes",
@@ -47,27 +53,13 @@ __all__ = [
     "transfer_syntax_of",
 ]
 
-UNCOMPRESSED_SYNTAXES = frozenset(
-    {
-        str(ImplicitVRLittleEndian),
-        str(ExplicitVRLittleEndian),
-        str(ExplicitVRBigEndian),
-        str(DeflatedExplicitVRLittleEndian),
-    }
-)
-"""Transfer syntaxes whose pixel data is native: they can be re-encoded without a codec."""
-
 _TARGET_SYNTAXES = frozenset(
-    {
-        str(ExplicitVRLittleEndian),
-        str(ImplicitVRLittleEndian),
-        str(DeflatedExplicitVRLittleEndian),
-    }
+    {EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN}
 )
 """Uncompressed syntaxes :func:`reencode` writes (Big Endian is retired and not used in web
 services)."""
 
-LOSSLESS_ENCODINGS = (str(RLELossless), str(JPEGLSLossless), str(JPEG2000Lossless))
+LOSSLESS_ENCODINGS = (RLE_LOSSLESS, JPEG_LS_LOSSLESS, JPEG_2000_LOSSLESS)
 """Compressed syntaxes rst encodes into when pydicom has a plugin for them (RLE: pydicom itself
 or pylibjpeg-rle; JPEG-LS: pyjpegls; JPEG 2000: pylibjpeg-openjpeg). Lossy encodings are not
 offered: rst does not choose a quality on a client's behalf."""
@@ -139,11 +131,6 @@ def part10_header(
     body = b"".join(elements)
     group_length = b"\x02\x00\x00\x00UL\x04\x00" + struct.pack("<I", len(body))
     return b"".join((_PREAMBLE, b"DICM", group_length, body))
-
-
-IMPLEMENTATION_CLASS_UID = "2.25.218059430470374432734286406437512018779"
-"""rst's Implementation Class UID (a UUID-derived UID, PS3.5 B.2)."""
-IMPLEMENTATION_VERSION = "RST_0"
 
 
 def _uid(value: str) -> bytes:
@@ -432,7 +419,7 @@ def reencode(data: bytes, transfer_syntax: str) -> bytes:
         raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
     if source == str(ExplicitVRBigEndian):
         _swap_binary(dataset)
-    elif source not in UNCOMPRESSED_SYNTAXES:
+    elif source not in NATIVE_SYNTAXES:
         try:
             # Decompression changes the encoding, not the image: the instance keeps its UID.
             dataset.decompress(generate_instance_uid=False)

@@ -26,7 +26,7 @@ from functools import cache
 
 from pydicom.uid import UID
 
-from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN, MediaRange, parse_accept
+from rst.dicom.accept import MediaRange, parse_accept
 from rst.dicom.part10 import encodable_syntaxes
 from rst.dicom.render import (
     DEFAULT_QUALITY,
@@ -40,6 +40,7 @@ from rst.dicom.render import (
     Window,
 )
 from rst.dicom.uid import check_uid
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BadRequest, NotAcceptable, NotSupported
 
 __all__ = [

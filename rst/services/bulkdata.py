@@ -41,8 +41,9 @@ from pydicom.uid import ExplicitVRBigEndian
 from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
 
 from rst.bridge import run_sync
-from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN, BulkdataFormat, RetrieveFormat
+from rst.dicom.accept import BulkdataFormat, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated, is_video
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.wado import as_requested, whole

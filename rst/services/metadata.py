@@ -21,7 +21,8 @@ from pydicom.dataelem import DataElement
 from pydicom.uid import ExplicitVRBigEndian
 
 from rst.bridge import run_sync
-from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN, RetrieveFormat
+from rst.dicom.accept import RetrieveFormat
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import NotFound
 from rst.services.bulkdata import (
     BULK_MIN_BYTES,

@@ -46,13 +46,13 @@ from rst.dicom.head import (
     locate_pixel_data,
 )
 from rst.dicom.part10 import dataset_offset
+from rst.dicom.uids import JPIP_REFERENCED_DEFLATE
 from rst.errors import RstError
 from rst.groups import collapse
 from rst.services.protocols import ByteRanges, Instance
 
 __all__ = ["frame_source", "metadata_file"]
 
-JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
 _NOT_IN_PLACE = frozenset(
     {
         str(ExplicitVRBigEndian),

@@ -45,9 +45,9 @@ from rst.dicom.multipart import MultipartReader, Part, stow_boundary
 from rst.dicom.part10 import BadUpload, Upload, read_upload
 from rst.dicom.statuses import (
     CANNOT_UNDERSTAND,
+    DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
-    STUDY_MISMATCH,
     SUCCESS,
     is_stored,
 )
@@ -243,7 +243,7 @@ class _Parts:
             return
         self._names = (upload.sop_class_uid, upload.sop_instance_uid)
         if self.study_uid is not None and upload.study_uid != self.study_uid:
-            self._fail(STUDY_MISMATCH, f"it belongs to study {upload.study_uid}")
+            self._fail(DOES_NOT_MATCH_SOP_CLASS, f"it belongs to study {upload.study_uid}")
             return
         if self.unusable is not None:
             self._fail(PROCESSING_FAILURE, f"not sent: {self.unusable.message}")

@@ -13,16 +13,9 @@ from rst.services.protocols import Backend, Instance, RetrieveKeys
 
 __all__ = ["as_requested", "produce_parts", "whole"]
 
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 JOIN_BELOW = 16 << 20
 """Instances up to this size go out in one HTTP chunk with their part head (each chunk costs
 quart, hypercorn and h11 more than copying a few hundred kilobytes)."""
-UNCOMPRESSED = {
-    "1.2.840.10008.1.2",
-    "1.2.840.10008.1.2.1",
-    "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.2",
-}
 
 
 async def whole(instance: Instance) -> Instance:

@@ -114,6 +114,21 @@ async def test_incomplete_retrieve_breaks_the_stream(
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])
+async def test_pacs_aborting_before_any_instance_is_502_not_a_timeout(
+    pacs: DevPacs, faults: Faults, mode: str
+) -> None:
+    """An abort is not a timeout: 502 (never 504), with a message saying the PACS aborted."""
+    faults.die_after = 0
+    async with run_gateway(ae(pacs, retrieve=mode)) as running:
+        pacs.add_destination("RST", *running.dimse_address)
+        async with client(running) as http:
+            response = await http.get(f"/studies/{study_uid(pacs)}")
+        await settled(running)
+    assert response.status_code == 502, response.text
+    assert "the PACS aborted the association" in response.json()["error"]
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
 async def test_hanging_pacs_times_out_with_cancel(pacs: DevPacs, faults: Faults, mode: str) -> None:
     gate = threading.Event()
     faults.hang_after_move = gate

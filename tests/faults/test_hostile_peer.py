@@ -46,6 +46,7 @@ import trio
 
 from rst.config import AeConfig
 from rst.dicom.multipart import MultipartWriter
+from rst.dicom.statuses import PROCESSING_FAILURE
 from rst.groups import collapse
 from rst.server import Running
 from tests.support.gateway import run_gateway, settled
@@ -73,7 +74,6 @@ HOSTILE_TIMEOUTS: dict[str, Any] = {
 }
 """Short, so that silence costs half a second, not the defaults' 30 to 120."""
 PATIENT_TIMEOUTS: dict[str, Any] = {"connect_timeout": 10.0, "find_timeout": 10.0}
-PROCESSING_FAILURE = 0x0110
 
 
 # --- routes -----------------------------------------------------------------------------------

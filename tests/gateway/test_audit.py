@@ -27,8 +27,7 @@ from pydicom import Dataset
 from rst.audit import AuditConfig, AuditTrail
 from rst.auth import AuthConfig
 from rst.config import Config, HttpConfig
-from rst.dicom.part10 import Upload
-from rst.dicom.statuses import OUT_OF_RESOURCES, SUCCESS
+from rst.dicom.statuses import OUT_OF_RESOURCES
 from rst.http.app import create_app
 from rst.http.listener import serve_http
 from rst.services.protocols import Backend, Instance, RetrieveKeys, StoreResult
@@ -306,7 +305,7 @@ async def test_not_found_is_a_failure_that_names_the_study() -> None:
 class Hanging(ScriptedBackend):
     """Sends its instances, then waits for one that never comes."""
 
-    sent: trio.Event = field(default_factory=trio.Event)
+    all_sent: trio.Event = field(default_factory=trio.Event)
 
     @asynccontextmanager
     async def retrieve(
@@ -315,7 +314,7 @@ class Hanging(ScriptedBackend):
         async def parts() -> AsyncGenerator[Instance]:
             for instance in self.instances:
                 yield instance
-            self.sent.set()
+            self.all_sent.set()
             await trio.sleep_forever()  # the archive stalls: only the client ends this
             yield self.instances[0]  # pragma: no cover
 
@@ -337,7 +336,7 @@ async def test_client_gone_mid_retrieve() -> None:
                 received = b""
                 while SOPS[0].encode() not in received:  # the first instance is here
                     received += await stream.receive_some(65536)
-                await backend.sent.wait()
+                await backend.all_sent.wait()
             # hung up, in the middle of the response
         event = await trail.next()
     flat = event["rst"]
@@ -355,24 +354,6 @@ async def test_client_gone_mid_retrieve() -> None:
 # -- stores ---------------------------------------------------------------------------------------
 
 
-class _Session:
-    def __init__(self, refuse: frozenset[str]) -> None:
-        self.refuse = refuse
-
-    async def store(self, upload: Upload) -> StoreResult:
-        return StoreResult(OUT_OF_RESOURCES if upload.sop_instance_uid in self.refuse else SUCCESS)
-
-
-class RefusingArchive(ScriptedBackend):
-    def __init__(self, refuse: frozenset[str]) -> None:
-        super().__init__()
-        self.refuse = refuse
-
-    @asynccontextmanager
-    async def store(self) -> AsyncIterator[_Session]:  # type: ignore[override]
-        yield _Session(self.refuse)
-
-
 def stow_body(*instances: bytes) -> tuple[bytes, str]:
     parts = b"".join(
         b"--b\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n" for data in instances
@@ -382,7 +363,8 @@ def stow_body(*instances: bytes) -> tuple[bytes, str]:
 
 async def test_stow_partial_success_names_what_was_stored() -> None:
     body, content_type = stow_body(part10(SOPS[0]).data, part10(SOPS[1]).data)
-    async with gateway({"X": RefusingArchive(frozenset({SOPS[1]}))}) as (client, trail):
+    refusing = ScriptedBackend(answers={SOPS[1]: StoreResult(OUT_OF_RESOURCES)})
+    async with gateway({"X": refusing}) as (client, trail):
         response = await client.post(
             "/aets/X/studies", content=body, headers={"Content-Type": content_type}
         )

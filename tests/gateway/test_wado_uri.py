@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
@@ -91,21 +90,6 @@ def part10(ds: Dataset, syntax: UID = ExplicitVRLittleEndian) -> Instance:
     return Instance(buffer.getvalue(), ds.SOPClassUID, ds.SOPInstanceUID, str(syntax))
 
 
-@dataclass
-class Recording(ScriptedBackend):
-    """A :class:`ScriptedBackend` that records each retrieve's keys and transfer syntax hint."""
-
-    asked: list[tuple[RetrieveKeys, str | None]] = field(default_factory=list)
-
-    @asynccontextmanager
-    async def retrieve(
-        self, keys: RetrieveKeys, prefer: str | None = None
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
-        self.asked.append((keys, prefer))
-        async with super().retrieve(keys, prefer) as instances:
-            yield instances
-
-
 @asynccontextmanager
 async def serving(backend: Backend) -> AsyncIterator[httpx.AsyncClient]:
     config = Config(http=HttpConfig(host="127.0.0.1", port=0))
@@ -148,7 +132,7 @@ async def test_ohif_loader_gets_the_instance_byte_for_byte() -> None:
     """OHIF's wadouri loader: contentType=application/dicom&transferSyntax=*, with the Accept
     it sends for frames; the body is the file as the archive sent it, in one part."""
     stored = part10(image(), JPEGBaseline8Bit)  # rst must not decompress it
-    backend = Recording(instances=[stored])
+    backend = ScriptedBackend(instances=[stored])
     response = await wado(
         backend,
         {"contentType": "application/dicom", "transferSyntax": "*"},
@@ -157,25 +141,25 @@ async def test_ohif_loader_gets_the_instance_byte_for_byte() -> None:
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/dicom"
     assert response.content == stored.data
-    assert backend.asked == [(KEYS, None)]  # one instance, at IMAGE level, as stored
+    assert backend.retrieves == [(KEYS, None)]  # one instance, at IMAGE level, as stored
     assert backend.opened == backend.closed == 1
 
 
 async def test_default_transfer_syntax_is_explicit_vr_little_endian() -> None:
     original = image()
-    backend = Recording(instances=[part10(original, ImplicitVRLittleEndian)])
+    backend = ScriptedBackend(instances=[part10(original, ImplicitVRLittleEndian)])
     response = await wado(backend, {"contentType": "application/dicom"})
     assert response.status_code == 200, response.text
     got = pydicom.dcmread(io.BytesIO(response.content))
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert got.PixelData == original.PixelData
     assert got.SOPInstanceUID == SOP
-    assert backend.asked == [(KEYS, str(ExplicitVRLittleEndian))]
+    assert backend.retrieves == [(KEYS, str(ExplicitVRLittleEndian))]
 
 
 async def test_transcoded_into_a_lossless_syntax() -> None:
     original = image(frames=2)
-    backend = Recording(instances=[part10(original)])
+    backend = ScriptedBackend(instances=[part10(original)])
     response = await wado(
         backend, {"contentType": "application/dicom", "transferSyntax": str(RLELossless)}
     )
@@ -186,7 +170,7 @@ async def test_transcoded_into_a_lossless_syntax() -> None:
 
 
 async def test_a_syntax_rst_cannot_encode_into_is_406_unless_stored_so() -> None:
-    plain = Recording(instances=[part10(image())])
+    plain = ScriptedBackend(instances=[part10(image())])
     refused = await wado(
         plain, {"contentType": "application/dicom", "transferSyntax": str(JPEGBaseline8Bit)}
     )
@@ -194,7 +178,7 @@ async def test_a_syntax_rst_cannot_encode_into_is_406_unless_stored_so() -> None
     assert f"transferSyntax={ExplicitVRLittleEndian}" in refused.json()["error"]
     stored = part10(image(), JPEGBaseline8Bit)
     as_stored = await wado(
-        Recording(instances=[stored]),
+        ScriptedBackend(instances=[stored]),
         {"contentType": "application/dicom", "transferSyntax": str(JPEGBaseline8Bit)},
     )
     assert as_stored.status_code == 200
@@ -210,7 +194,9 @@ async def test_a_large_instance_streams_as_it_arrives() -> None:
             yield chunk
 
     arriving = Instance(cut[0], SECONDARY_CAPTURE, SOP, str(ExplicitVRLittleEndian), rest())
-    response = await wado(Recording(instances=[arriving]), {"contentType": "application/dicom"})
+    response = await wado(
+        ScriptedBackend(instances=[arriving]), {"contentType": "application/dicom"}
+    )
     assert response.status_code == 200
     assert response.content == whole
 
@@ -223,7 +209,7 @@ async def test_a_transfer_that_breaks_off_breaks_the_body_off() -> None:
         raise ValueError("the PACS went away")
 
     arriving = Instance(whole[:100], SECONDARY_CAPTURE, SOP, str(ExplicitVRLittleEndian), rest())
-    async with serving(Recording(instances=[arriving])) as client:
+    async with serving(ScriptedBackend(instances=[arriving])) as client:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get("/wado", params={**UIDS, "contentType": "application/dicom"})
 
@@ -231,7 +217,9 @@ async def test_a_transfer_that_breaks_off_breaks_the_body_off() -> None:
 async def test_no_such_instance_is_404() -> None:
     other = part10(image(sop=f"{SERIES}.2"))
     for instances in ([], [other]):
-        response = await wado(Recording(instances=instances), {"contentType": "application/dicom"})
+        response = await wado(
+            ScriptedBackend(instances=instances), {"contentType": "application/dicom"}
+        )
         assert response.status_code == 404
         assert SOP in response.json()["error"]
 
@@ -240,17 +228,17 @@ async def test_no_such_instance_is_404() -> None:
 
 
 async def test_jpeg_is_the_default() -> None:
-    backend = Recording(instances=[part10(image())])
+    backend = ScriptedBackend(instances=[part10(image())])
     response = await wado(backend, {})
     picture = decoded(response)
     assert response.headers["Content-Type"] == "image/jpeg"
     assert picture.format == "JPEG"
     assert picture.size == (60, 40)
-    assert backend.asked == [(KEYS, None)]
+    assert backend.retrieves == [(KEYS, None)]
 
 
 async def test_rows_and_columns_are_maxima_keeping_the_aspect_ratio() -> None:
-    backend = Recording(instances=[part10(image())])
+    backend = ScriptedBackend(instances=[part10(image())])
     async with serving(backend) as client:
         both = await client.get("/wado", params={**UIDS, "rows": "120", "columns": "120"})
         rows = await client.get("/wado", params={**UIDS, "rows": "20", "contentType": PNG})
@@ -260,7 +248,7 @@ async def test_rows_and_columns_are_maxima_keeping_the_aspect_ratio() -> None:
 
 async def test_window_and_region_as_the_rendered_pipeline_does_them() -> None:
     ds = image()
-    backend = Recording(instances=[part10(ds)])
+    backend = ScriptedBackend(instances=[part10(ds)])
     async with serving(backend) as client:
         windowed = await client.get(
             "/wado",
@@ -279,7 +267,7 @@ async def test_window_and_region_as_the_rendered_pipeline_does_them() -> None:
 
 async def test_frames_of_a_multiframe_instance() -> None:
     ds = image(frames=3)
-    backend = Recording(instances=[part10(ds)])
+    backend = ScriptedBackend(instances=[part10(ds)])
     async with serving(backend) as client:
         second = await client.get("/wado", params={**UIDS, "contentType": PNG, "frameNumber": "2"})
         first = await client.get("/wado", params={**UIDS, "contentType": PNG})
@@ -293,7 +281,7 @@ async def test_frames_of_a_multiframe_instance() -> None:
 
 
 async def test_an_instance_without_pixel_data_is_406_as_an_image() -> None:
-    response = await wado(Recording(instances=[part10(report())]), {})
+    response = await wado(ScriptedBackend(instances=[part10(report())]), {})
     assert response.status_code == 406
     assert BASIC_TEXT_SR in response.json()["error"]
 
@@ -324,7 +312,7 @@ async def test_an_instance_without_pixel_data_is_406_as_an_image() -> None:
 async def test_refused_before_any_dimse_traffic(
     params: dict[str, str], status: int, message: str
 ) -> None:
-    backend = Recording(instances=[part10(image())])
+    backend = ScriptedBackend(instances=[part10(image())])
     response = await wado(backend, params)
     assert response.status_code == status
     assert response.headers["Content-Type"] == "application/json"
@@ -333,7 +321,7 @@ async def test_refused_before_any_dimse_traffic(
 
 
 async def test_missing_uids_and_unknown_archive() -> None:
-    backend = Recording(instances=[part10(image())])
+    backend = ScriptedBackend(instances=[part10(image())])
     async with serving(backend) as client:
         missing = await client.get("/wado", params={"requestType": "WADO", "studyUID": STUDY})
         unknown = await client.get(client.base_url.copy_with(path="/aets/B/wado"), params=UIDS)

@@ -29,9 +29,9 @@ from rst.backends.dimse.client import Connection, open_association
 from rst.backends.dimse.mediator import Mediator, Subscription
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_echo_rq
 from rst.config import AeConfig, DimseConfig
+from rst.dicom.uids import VERIFICATION
 from rst.errors import PacsUnreachable
 from tests.support.certificates import Issued, Pki
 from tests.support.dcmtk import open_storescp, run_tool, tls_options

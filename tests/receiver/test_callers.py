@@ -18,7 +18,6 @@ import trio
 from rst.backends.dimse.callers import Callers
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.receiver import StoreReceiver
-from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     AssociateAccept,
     PduReader,
@@ -26,6 +25,7 @@ from rst.backends.dimse.ul import (
     encode_associate_rq,
 )
 from rst.config import AeConfig, DimseConfig
+from rst.dicom.uids import VERIFICATION
 
 REJECT_CALLER = b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x03"
 """A-ASSOCIATE-RJ PDU: type 3, length 4; reserved, result 1 rejected-permanent, source 1 DICOM

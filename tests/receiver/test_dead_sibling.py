@@ -26,9 +26,8 @@ from rst.backends.dimse.handoff import Handover, WorkerRing
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.config import DimseConfig
+from rst.dicom.statuses import NOT_AUTHORIZED
 from tests.receiver.test_handoff import collect, ct, listening_socket, pixels, subscription
-
-STATUS_REFUSED = 0x0124  # "not authorized": an unsolicited C-STORE
 
 
 @dataclass
@@ -120,7 +119,7 @@ async def test_an_association_for_a_dead_worker_waits_for_its_replacement(
             at_0.sink.finish()
 
     # the replacement has no retrieve with the dead worker's message id: refused, not hung
-    assert statuses == [STATUS_REFUSED, 0]
+    assert statuses == [NOT_AUTHORIZED, 0]
     assert [pixels(d) for d in got] == [bytes(pydicom.dcmread(paths[1]).PixelData)]
     assert ring.receivers[1].refused == 1
 

@@ -25,7 +25,6 @@ from rst.backends.dimse.incoming import STREAM_AFTER
 from rst.backends.dimse.mediator import Mediator, Subscription
 from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     OtherCommand,
     PresentationContextRQ,
@@ -35,6 +34,7 @@ from rst.backends.dimse.ul import (
 )
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.part10 import dataset_offset
+from rst.dicom.uids import VERIFICATION
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 from tests.support.dcmtk import run_tool

@@ -38,7 +38,6 @@ from rst.backends.dimse.receiver import (
     StoreReceiver,
 )
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.uids import VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -59,10 +58,11 @@ from rst.backends.dimse.ul import (
     parse_command,
 )
 from rst.config import DimseConfig
+from rst.dicom.statuses import OUT_OF_RESOURCES
+from rst.dicom.uids import VERIFICATION
 from tests.receiver.test_receiver import ORIGINATOR, send_with_pynetdicom
 from tests.support.sample import write_ct_study
 
-STATUS_OUT_OF_RESOURCES = 0xA700
 BUSY = b"\x03\x00\x00\x00\x00\x04\x00\x02\x03\x02"
 """A-ASSOCIATE-RJ: rejected-transient (2), service-provider presentation related (3),
 local-limit-exceeded (2) (PS3.8 Table 9-21)."""
@@ -374,7 +374,7 @@ async def test_an_unsolicited_store_while_a_retrieve_is_open_is_refused_with_bou
                 _, peak = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
-            assert status == STATUS_OUT_OF_RESOURCES
+            assert status == OUT_OF_RESOURCES
             assert peak < 3 * MAX_UNROUTED < total  # the whole would be 8 times that
             assert sink.delivered == 0
             assert await peer.echo(3) == 0x0000  # the same association goes on

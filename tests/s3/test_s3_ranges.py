@@ -29,6 +29,7 @@ from rst.backends.s3 import S3Backend
 from rst.backends.s3.backend import HEAD_BYTES
 from rst.backends.s3.client import open_client
 from rst.errors import StorageError
+from rst.metrics import Metrics
 from rst.server import Running
 from tests.support.frames import JLS, RLE, decode, parts, rle_frames
 from tests.support.gateway import run_gateway
@@ -146,18 +147,24 @@ LAST_READ: dict[str, int] = {}
 """Bytes the S3 client read for the last answer :func:`both` got in parts (by path)."""
 
 
+def bytes_read(metrics: Metrics | None) -> int:
+    """What the S3 client read so far (``rst_s3_read_bytes``)."""
+    assert metrics is not None
+    value = metrics.registry.get_sample_value("rst_s3_read_bytes_total", {"aet": AET})
+    return int(value or 0)
+
+
 async def both(running: Running, path: str, accept: str) -> tuple[httpx.Response, httpx.Response]:
     """The answer to *path* read whole, then read in parts."""
     answers = []
-    client = backend_of(running).client
     async with httpx.AsyncClient(
         base_url=f"{running.http_url}/aets/{AET}", timeout=60, trust_env=False
     ) as http:
         for above in (WHOLE, 0):
             ranged(running, above)
-            before = client.bytes_read
+            before = bytes_read(running.metrics)
             answers.append(await http.get(path, headers={"Accept": accept}))
-            LAST_READ[path] = client.bytes_read - before
+            LAST_READ[path] = bytes_read(running.metrics) - before
     return answers[0], answers[1]
 
 
@@ -299,7 +306,6 @@ async def test_a_frame_of_a_large_object_reads_that_frame(moto: str, tmp_path: P
     await put_object(moto, BUCKET, key, data)
     frame_bytes = rows * rows * 2
     async with run_gateway(s3_config(moto, ranged_reads_above=1 << 20)) as running:
-        client = backend_of(running).client
         path = (
             f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
             f"/instances/{ds.SOPInstanceUID}"
@@ -307,9 +313,9 @@ async def test_a_frame_of_a_large_object_reads_that_frame(moto: str, tmp_path: P
         async with httpx.AsyncClient(
             base_url=f"{running.http_url}/aets/{AET}", timeout=60, trust_env=False
         ) as http:
-            before = client.bytes_read
+            before = bytes_read(running.metrics)
             response = await http.get(f"{path}/frames/20", headers={"Accept": AS_STORED})
-            read = client.bytes_read - before
+            read = bytes_read(running.metrics) - before
             assert response.status_code == 200
             assert parts(response)[0][1] == ds.pixel_array[19].astype("<i2").tobytes()
             assert read <= (64 << 10) + frame_bytes, (read, len(data))
@@ -324,7 +330,8 @@ async def test_a_frame_of_a_large_object_reads_that_frame(moto: str, tmp_path: P
 
 
 async def test_a_replaced_object_is_not_mixed(moto: str) -> None:
-    async with trio_asyncio.open_loop(), open_client(s3_config(moto)) as client:
+    metrics = Metrics()
+    async with trio_asyncio.open_loop(), open_client(s3_config(moto), metrics) as client:
         await client.put("a/b/c.dcm", bytes(range(256)) * 4)
         first = await client.get_range("a/b/c.dcm", 1000, 100)  # fewer: the object ends
         assert first.data == (bytes(range(256)) * 4)[1000:]
@@ -334,4 +341,4 @@ async def test_a_replaced_object_is_not_mixed(moto: str) -> None:
         await client.put("a/b/c.dcm", b"another version")
         with pytest.raises(StorageError, match="replaced"):
             await client.get_range("a/b/c.dcm", 0, 10, etag=first.etag)
-        assert client.bytes_read == 24 + 10
+        assert bytes_read(metrics) == 24 + 10

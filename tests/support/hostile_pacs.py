@@ -71,6 +71,13 @@ from rst.backends.dimse.ul import (
     negotiate,
     parse_command,
 )
+from rst.dicom.statuses import (
+    CANCEL,
+    MOVE_DESTINATION_UNKNOWN,
+    PENDING,
+    SUBOPERATIONS_FAILED,
+    SUCCESS,
+)
 
 __all__ = [
     "Action",
@@ -96,11 +103,6 @@ C_MOVE_RQ = 0x0021
 C_MOVE_RSP = 0x8021
 C_CANCEL_RQ = 0x0FFF
 C_STORE_RSP = 0x8001
-PENDING = 0xFF00
-SUCCESS = 0x0000
-CANCELLED = 0xFE00
-SUBOPERATIONS_FAILED = 0xB000
-MOVE_DESTINATION_UNKNOWN = 0xA801
 DATASET_PRESENT = 0x0001
 NO_DATASET = 0x0101
 
@@ -678,7 +680,7 @@ class HostilePacs:
                 isinstance(answer.command, OtherCommand)
                 and answer.command.command_field == C_CANCEL_RQ
             ):
-                await link.send_command(context_id, response(CANCELLED, number))
+                await link.send_command(context_id, response(CANCEL, number))
                 return
             if number + 1 < total:
                 await self._respond(link, Phase.PENDING, context_id, response(PENDING, number + 1))

@@ -14,7 +14,8 @@ import httpx
 from pydicom import dcmread
 
 from rst.dicom.multipart import MultipartWriter
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, dataset_offset, part10_header
+from rst.dicom.part10 import dataset_offset, part10_header
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 from tests.support.sample import write_ct_study
 
 __all__ = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from rst.dicom.accept import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
     FrameChoice,
     FrameFormat,
     MediaRange,
@@ -18,6 +17,7 @@ from rst.dicom.accept import (
     parse_media_type,
     split_quoted,
 )
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import NotAcceptable
 
 EVLE = EXPLICIT_VR_LITTLE_ENDIAN

@@ -16,12 +16,12 @@ from pydicom.data import get_testdata_file
 
 from rst.dicom.completeness import check_complete
 from rst.dicom.part10 import (
-    IMPLEMENTATION_CLASS_UID,
     BadUpload,
     dataset_offset,
     part10_header,
     read_upload,
 )
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 from rst.errors import BadRequest
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"

@@ -16,12 +16,12 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from rst.dicom.accept import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
     BulkChoice,
     BulkdataFormat,
     negotiate_bulkdata,
 )
 from rst.dicom.media_types import bulk_media_type, default_transfer_syntax, transfer_syntaxes_of
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BadRequest, NotAcceptable, NotFound, UnreadableInstance
 from rst.services.bulkdata import BULK_MIN_BYTES, BulkPart, Selection, TagPath, instance_parts
 from rst.services.metadata import METADATA, instance_metadata, relative_metadata, under

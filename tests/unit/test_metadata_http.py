@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -42,29 +41,9 @@ def study(tmp_path: Path) -> StudyFiles:
     return write_ct_study(tmp_path / "ct", images=3)
 
 
-class Archive(ScriptedBackend):
-    """Retrieves what the keys name (:class:`ScriptedBackend` sends every instance)."""
-
-    @asynccontextmanager
-    async def retrieve(
-        self, keys: RetrieveKeys, prefer: str | None = None
-    ) -> AsyncIterator[AsyncIterator[Instance]]:
-        self.opened += 1
-        named = [i for i in self.instances if named_by(keys, i)]
-        async with ScriptedBackend(instances=named).retrieve(keys, prefer) as found:
-            yield found
-
-
-def named_by(keys: RetrieveKeys, instance: Instance) -> bool:
-    ds = pydicom.dcmread(BytesIO(instance.data), stop_before_pixels=True)
-    uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    wanted = (keys.study_uid, keys.series_uid, keys.sop_uid)
-    return all(want is None or want == uid for want, uid in zip(wanted, uids, strict=True))
-
-
 @pytest.fixture
-def backend(study: StudyFiles) -> Archive:
-    return Archive(instances=[instance(p) for p in study.paths])
+def backend(study: StudyFiles) -> ScriptedBackend:
+    return ScriptedBackend(instances=[instance(p) for p in study.paths], by_keys=True)
 
 
 def instance_url(study: StudyFiles, index: int) -> str:
@@ -72,7 +51,9 @@ def instance_url(study: StudyFiles, index: int) -> str:
     return f"/aets/X/studies/{study.study_uid}/series/{series}/instances/{sop}"
 
 
-async def test_metadata_for_ohifs_accept_header(backend: Archive, study: StudyFiles) -> None:
+async def test_metadata_for_ohifs_accept_header(
+    backend: ScriptedBackend, study: StudyFiles
+) -> None:
     url = f"/aets/X/studies/{study.study_uid}/metadata"
     async with serving({"X": backend}) as client:
         ohif = await client.get(url, headers={"Accept": OHIF})
@@ -90,7 +71,7 @@ async def test_metadata_for_ohifs_accept_header(backend: Archive, study: StudyFi
     assert "application/dicom+json" in refused.json()["error"]
 
 
-async def test_every_bulkdata_uri_resolves(backend: Archive, study: StudyFiles) -> None:
+async def test_every_bulkdata_uri_resolves(backend: ScriptedBackend, study: StudyFiles) -> None:
     source = pydicom.dcmread(study.paths[1])
     async with serving({"X": backend}) as client:
         [row] = (await client.get(f"{instance_url(study, 1)}/metadata")).json()
@@ -111,7 +92,9 @@ async def test_every_bulkdata_uri_resolves(backend: Archive, study: StudyFiles) 
     assert [p.data for p in parts_of(by_tag)] == [source.PixelData]
 
 
-async def test_pixeldata_and_bulkdata_of_a_study(backend: Archive, study: StudyFiles) -> None:
+async def test_pixeldata_and_bulkdata_of_a_study(
+    backend: ScriptedBackend, study: StudyFiles
+) -> None:
     async with serving({"X": backend}) as client:
         pixels = await client.get(f"/aets/X/studies/{study.study_uid}/pixeldata")
         bulk = await client.get(f"/aets/X/studies/{study.study_uid}/bulkdata")
@@ -148,7 +131,7 @@ async def test_compressed_pixel_data_as_stored_or_decompressed(tmp_path: Path) -
     assert decompressed.data == source.pixel_array.tobytes()
 
 
-async def test_request_errors(backend: Archive, study: StudyFiles) -> None:
+async def test_request_errors(backend: ScriptedBackend, study: StudyFiles) -> None:
     base = instance_url(study, 0)
     async with serving({"X": backend}) as client:
         bad_path = await client.get(f"{base}/bulkdata/7FE0001")

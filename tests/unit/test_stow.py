@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from io import BytesIO
 from typing import TypeVar, cast
 
@@ -20,7 +19,7 @@ from rst.dicom.multipart import MultipartWriter
 from rst.dicom.part10 import Upload
 from rst.errors import BackendTimeout, BadRequest, PacsUnreachable, PayloadTooLarge
 from rst.services import stow as stow_module
-from rst.services.protocols import Backend, StoreResult
+from rst.services.protocols import StoreResult
 from rst.services.stow import INLINE_PART_BYTES, MAX_STOW_PARTS, StowOutcome, store_instances
 from tests.gateway.test_containment import serving
 from tests.support.scripted_backend import ScriptedBackend
@@ -46,32 +45,6 @@ def instance(number: int, study: str = STUDY, *, pixels: int = 64) -> tuple[str,
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return uid, out.getvalue()
-
-
-class FakeSession:
-    """Answers each C-STORE from *answers* (by SOP Instance UID): a result, or an error raised."""
-
-    def __init__(self, answers: dict[str, StoreResult | Exception] | None = None) -> None:
-        self.answers = answers or {}
-        self.sent: list[str] = []
-
-    async def store(self, upload: Upload) -> StoreResult:
-        self.sent.append(upload.sop_instance_uid)
-        answer = self.answers.get(upload.sop_instance_uid, StoreResult(0x0000))
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-
-class FakeArchive:
-    name = "FAKE"
-
-    def __init__(self, session: FakeSession) -> None:
-        self.session = session
-
-    @asynccontextmanager
-    async def store(self) -> AsyncIterator[FakeSession]:
-        yield self.session
 
 
 def multipart(*parts: bytes, close: bool = True) -> tuple[str, bytes]:
@@ -100,7 +73,7 @@ class Chunks:
 
 
 async def stow(
-    session: FakeSession,
+    backend: ScriptedBackend,
     content_type: str,
     body: Chunks,
     *,
@@ -109,7 +82,7 @@ async def stow(
     max_parts: int = MAX_STOW_PARTS,
 ) -> StowOutcome:
     return await store_instances(
-        cast(Backend, FakeArchive(session)),
+        backend,
         body,
         content_type,
         study_uid=study,
@@ -156,7 +129,7 @@ class TestEachPartAlone:
     async def test_all_stored(self) -> None:
         (a, da), (b, db) = instance(1), instance(2)
         content_type, body = multipart(da, db)
-        outcome = await stow(FakeSession(), content_type, Chunks(body))
+        outcome = await stow(ScriptedBackend(), content_type, Chunks(body))
         assert outcome.http_status == 200
         assert referenced(outcome) == [a, b]
         url = outcome.referenced[0].RetrieveURL
@@ -165,18 +138,18 @@ class TestEachPartAlone:
 
     async def test_unexpected_error_fails_that_part_only(self) -> None:
         (a, da), (b, db), (c, dc) = instance(1), instance(2), instance(3)
-        session = FakeSession({b: RuntimeError("a bug")})
+        archive = ScriptedBackend(answers={b: RuntimeError("a bug")})
         content_type, body = multipart(da, db, dc)
-        outcome = await stow(session, content_type, Chunks(body))
+        outcome = await stow(archive, content_type, Chunks(body))
         assert outcome.http_status == 202
         assert referenced(outcome) == [a, c]
         assert failed(outcome) == [(b, 0x0110)]
 
     async def test_failure_and_warning_statuses(self) -> None:
         (a, da), (b, db), (c, dc) = instance(1), instance(2), instance(3)
-        session = FakeSession({a: StoreResult(0xB000), b: StoreResult(0x0122, "no")})
+        archive = ScriptedBackend(answers={a: StoreResult(0xB000), b: StoreResult(0x0122, "no")})
         content_type, body = multipart(da, db, dc)
-        outcome = await stow(session, content_type, Chunks(body))
+        outcome = await stow(archive, content_type, Chunks(body))
         assert outcome.http_status == 202
         assert referenced(outcome) == [a, c]
         assert outcome.referenced[0].WarningReason == 0xB000
@@ -184,40 +157,40 @@ class TestEachPartAlone:
 
     async def test_study_mismatch_is_never_sent(self) -> None:
         (a, da), (b, db) = instance(1), instance(2, study="1.2.3")
-        session = FakeSession()
+        archive = ScriptedBackend()
         content_type, body = multipart(da, db)
-        outcome = await stow(session, content_type, Chunks(body), study=STUDY)
+        outcome = await stow(archive, content_type, Chunks(body), study=STUDY)
         assert referenced(outcome) == [a]
         assert failed(outcome) == [(b, 0xA900)]
-        assert session.sent == [a]
+        assert archive.sent == [a]
 
     async def test_unreadable_parts_are_never_sent(self) -> None:
         (a, da), (b, db) = instance(1), instance(2)
-        session = FakeSession()
+        archive = ScriptedBackend()
         content_type, body = multipart(da[:-10], b"junk" * 100, db)
-        outcome = await stow(session, content_type, Chunks(body))
+        outcome = await stow(archive, content_type, Chunks(body))
         assert referenced(outcome) == [b]
         assert failed(outcome) == [(a, 0xC000), (None, 0xC000)]
-        assert session.sent == [b]
+        assert archive.sent == [b]
 
 
 class TestUnusableArchive:
     async def test_before_anything_was_stored_is_the_request_error(self) -> None:
         (a, da), (_, db) = instance(1), instance(2)
-        session = FakeSession({a: PacsUnreachable("cannot connect")})
+        archive = ScriptedBackend(answers={a: PacsUnreachable("cannot connect")})
         content_type, body = multipart(da, db)
         with pytest.raises(PacsUnreachable):
-            await stow(session, content_type, Chunks(body))
+            await stow(archive, content_type, Chunks(body))
 
     async def test_after_a_stored_part_fails_the_rest_unsent(self) -> None:
         (a, da), (b, db), (c, dc) = instance(1), instance(2), instance(3)
-        session = FakeSession({b: BackendTimeout("no answer")})
+        archive = ScriptedBackend(answers={b: BackendTimeout("no answer")})
         content_type, body = multipart(da, db, dc, b"junk")
-        outcome = await stow(session, content_type, Chunks(body))
+        outcome = await stow(archive, content_type, Chunks(body))
         assert outcome.http_status == 202
         assert referenced(outcome) == [a]
         assert failed(outcome) == [(b, 0x0110), (c, 0x0110), (None, 0xC000)]
-        assert session.sent == [a, b]
+        assert archive.sent == [a, b]
 
 
 class TestBrokenBody:
@@ -225,15 +198,15 @@ class TestBrokenBody:
         _, da = instance(1)
         content_type, body = multipart(da, close=False)
         with pytest.raises(BadRequest, match="closing boundary"):
-            await stow(FakeSession(), content_type, Chunks(body))
+            await stow(ScriptedBackend(), content_type, Chunks(body))
         empty_type, empty = multipart()
         with pytest.raises(BadRequest, match="no instances"):
-            await stow(FakeSession(), empty_type, Chunks(empty))
+            await stow(ScriptedBackend(), empty_type, Chunks(empty))
 
     async def test_after_a_stored_part_lists_it(self) -> None:
         (a, da), (_, db) = instance(1), instance(2)
         content_type, body = multipart(da, db[:200], close=False)
-        outcome = await stow(FakeSession(), content_type, Chunks(body))
+        outcome = await stow(ScriptedBackend(), content_type, Chunks(body))
         assert outcome.http_status == 202
         assert referenced(outcome) == [a]
         assert others(outcome) == [0xC000]
@@ -243,10 +216,10 @@ class TestBrokenBody:
         (a, da), (b, db), (_, dc) = instance(1), instance(2), instance(3)
         content_type, body = multipart(da, db, dc)
         if limit == "part-count":
-            outcome = await stow(FakeSession(), content_type, Chunks(body), max_parts=2)
+            outcome = await stow(ScriptedBackend(), content_type, Chunks(body), max_parts=2)
         else:  # reached in the third part
             outcome = await stow(
-                FakeSession(), content_type, Chunks(body), max_bytes=len(body) - 99
+                ScriptedBackend(), content_type, Chunks(body), max_bytes=len(body) - 99
             )
         assert referenced(outcome) == [a, b]
         assert others(outcome) == [0xA700]
@@ -255,20 +228,20 @@ class TestBrokenBody:
         _, da = instance(1)
         content_type, body = multipart(b"junk", da)  # the first part fails, nothing is stored
         with pytest.raises(PayloadTooLarge, match="more than 1 parts"):
-            await stow(FakeSession({}), content_type, Chunks(body), max_parts=1)
+            await stow(ScriptedBackend(), content_type, Chunks(body), max_parts=1)
         with pytest.raises(PayloadTooLarge):
-            await stow(FakeSession(), content_type, Chunks(body), max_bytes=100)
+            await stow(ScriptedBackend(), content_type, Chunks(body), max_bytes=100)
 
     async def test_upload_breaking_off(self) -> None:
         (a, da), (_, db) = instance(1), instance(2)
         content_type, body = multipart(da, db)
         gone = ConnectionError("the client went away")
         cut = body.index(db) + 10
-        outcome = await stow(FakeSession(), content_type, Chunks(body[:cut], then=gone))
+        outcome = await stow(ScriptedBackend(), content_type, Chunks(body[:cut], then=gone))
         assert referenced(outcome) == [a]
         assert others(outcome) == [0x0110]
         with pytest.raises(ConnectionError):
-            await stow(FakeSession(), content_type, Chunks(body[:100], then=gone))
+            await stow(ScriptedBackend(), content_type, Chunks(body[:100], then=gone))
 
 
 R = TypeVar("R")
@@ -299,7 +272,7 @@ class TestManySmallParts:
         content_type, body = multipart(da, db, *[b""] * 12_000)
         started = time.perf_counter()
         with caplog.at_level(logging.INFO, logger="rst.services.stow"):
-            outcome = await stow(FakeSession(), content_type, Chunks(body))
+            outcome = await stow(ScriptedBackend(), content_type, Chunks(body))
         took = time.perf_counter() - started
         assert referenced(outcome) == [a, b]
         assert failed(outcome) == [(None, 0xC000)] * (MAX_STOW_PARTS - 2)

@@ -9,10 +9,10 @@ from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asyncco
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
 from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
+from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
@@ -26,7 +26,9 @@ from rst.backends.dimse.ul import (
 )
 from rst.backends.dimse.verdict import arrivals, conclude
 from rst.config import AeConfig, DimseConfig
+from rst.dicom import uids
 from rst.dicom.query import Model, QidoQuery
+from rst.dicom.statuses import Status, is_success
 from rst.errors import (
     AssociationBroken,
     BackendTimeout,
@@ -50,7 +52,6 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # rst re-encodes Implicit VR LE
 GET_STORAGE_CLASSES = uids.STORAGE_CLASSES[: uids.GET_STORAGE_CLASSES]
 
 
@@ -82,14 +83,19 @@ class DimseBackend:
     # -- verification --------------------------------------------------------------------------
 
     async def echo(self) -> None:
-        code = await self._echo()
-        if code is None:
-            raise BackendTimeout(f"the PACS {self.name} did not answer C-ECHO")
-        if code != 0x0000:
-            raise DimseFailure(f"the PACS {self.name} answered C-ECHO with 0x{code:04X}")
+        status = await self._echo()
+        if status is None:
+            raise BackendTimeout(
+                f"the PACS {self.name} did not answer C-ECHO within {self.config.find_timeout:g} s"
+            )
+        if not is_success(status.code):
+            raise DimseFailure(
+                f"the PACS {self.name} answered C-ECHO with status {status}", status.code
+            )
 
-    async def _echo(self) -> int | None:
-        contexts = [PresentationContextRQ(1, uids.VERIFICATION, UNCOMPRESSED)]
+    async def _echo(self) -> Status | None:
+        """The C-ECHO's status, or ``None`` if none came within ``find_timeout``."""
+        contexts = [PresentationContextRQ(1, uids.VERIFICATION, uids.UNCOMPRESSED)]
         async with self.peer.connect(contexts) as connection:
             context_id, _ = connection.context_for(uids.VERIFICATION)
             msg_id = self.message_ids.next(self.peer.calling_aet)
@@ -100,8 +106,9 @@ class DimseBackend:
                 except BROKEN as exc:
                     connection.broken = True
                     raise broken_association(exc, self.name, "a C-ECHO") from None
-                if isinstance(response, OtherCommand):
-                    return response.status
+                status = status_of(response) if isinstance(response, OtherCommand) else None
+                if status is not None:
+                    return status
                 connection.broken = True
                 raise PeerProtocolError(f"the PACS {self.name} answered C-ECHO with {response!r}")
             connection.broken = True
@@ -138,7 +145,7 @@ class DimseBackend:
         self, identifier: Dataset, model: str = FIND_MODEL
     ) -> AsyncIterator[AsyncIterator[Dataset]]:
         contexts = [
-            PresentationContextRQ(1 + 2 * n, uid, UNCOMPRESSED)
+            PresentationContextRQ(1 + 2 * n, uid, uids.UNCOMPRESSED)
             for n, uid in enumerate(self._find_syntaxes(model))
         ]
         async with self.peer.connect(contexts) as connection:
@@ -225,13 +232,13 @@ class DimseBackend:
         operation = "C-GET" if get else "C-MOVE"
         if get:
             syntaxes = tuple(get_syntaxes(self.dimse.transfer_syntaxes, prefer))
-            contexts = [PresentationContextRQ(1, GET_MODEL, UNCOMPRESSED)] + [
+            contexts = [PresentationContextRQ(1, GET_MODEL, uids.UNCOMPRESSED)] + [
                 PresentationContextRQ(3 + 2 * n, uid, syntaxes)
                 for n, uid in enumerate(GET_STORAGE_CLASSES)
             ]
             roles = {uid: (False, True) for uid in GET_STORAGE_CLASSES}
         else:
-            contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, UNCOMPRESSED)], {}
+            contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, uids.UNCOMPRESSED)], {}
         with ExitStack() as stack:
             if not get:
                 stack.enter_context(self.mediator.subscribe(self._subscription(sink, keys, msg_id)))
@@ -320,7 +327,7 @@ def get_syntaxes(configured: tuple[str, ...], prefer: str | None) -> list[str]:
     Fewer syntaxes also make the association request smaller: 120 contexts x 13 syntaxes cost
     tens of milliseconds to build and negotiate."""
     if prefer is None:  # as stored: compressed first (many PACS take the first they support)
-        return [ts for ts in configured if ts not in UNCOMPRESSED] + [
-            ts for ts in configured if ts in UNCOMPRESSED
+        return [ts for ts in configured if ts not in uids.UNCOMPRESSED] + [
+            ts for ts in configured if ts in uids.UNCOMPRESSED
         ]
-    return [prefer] + [ts for ts in UNCOMPRESSED if ts != prefer and ts in configured]
+    return [prefer] + [ts for ts in uids.UNCOMPRESSED if ts != prefer and ts in configured]

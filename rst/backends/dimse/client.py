@@ -47,7 +47,7 @@ from rst.backends.dimse.ul import (
     parse_command,
 )
 from rst.config import AeConfig
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from rst.errors import (
     AssociationBroken,
     AssociationRejected,
@@ -69,7 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Command = CStoreRequest | CEchoRequest | OtherCommand
-IMPLEMENTATION_VERSION = "RST_0"
 UNLIMITED_CHUNK = 1 << 20
 
 _REJECT_REASONS = {

@@ -22,9 +22,10 @@ from rst.backends.dimse.client import (
     broken_association,
     encode_identifier,
 )
-from rst.backends.dimse.outcome import check_find_status
-from rst.backends.dimse.retrieve import PENDING, cancel_operation, status_dataset
+from rst.backends.dimse.outcome import check_find_status, status_of
+from rst.backends.dimse.retrieve import cancel_operation
 from rst.backends.dimse.ul import OtherCommand, encode_c_find_rq
+from rst.dicom.statuses import is_pending
 from rst.errors import BackendTimeout, PeerProtocolError
 
 __all__ = ["find"]
@@ -72,12 +73,19 @@ async def find(
             ):
                 connection.broken = True
                 raise PeerProtocolError(f"the PACS {pacs} answered the C-FIND with {response!r}")
-            if response.status in PENDING:
+            status = status_of(response)
+            if status is None:
+                connection.broken = True
+                raise PeerProtocolError(
+                    f"the PACS {pacs} broke the DICOM protocol during a C-FIND: "
+                    "a response without a Status"
+                )
+            if is_pending(status.code):
                 if data:
                     yield _match(data, uid, pacs)
                 continue
             finished = True
-            check_find_status(status_dataset(response), pacs)
+            check_find_status(status, pacs)
             return
 
     try:

@@ -30,18 +30,11 @@ from io import BytesIO
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
-from rst.backends.dimse.sink import (
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_REFUSED,
-    STATUS_SUCCESS,
-    Fragments,
-    InstanceSink,
-    SinkClosed,
-    SpoolFull,
-    hand_off,
-)
+from rst.backends.dimse.sink import Fragments, InstanceSink, SinkClosed, SpoolFull, hand_off
 from rst.backends.dimse.ul import CStoreRequest
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID, part10_header
+from rst.dicom.part10 import part10_header
+from rst.dicom.statuses import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 
@@ -110,11 +103,11 @@ class IncomingInstance:
             try:
                 await self._body.put(bytes(fragment))
             except SinkClosed:
-                self._status = STATUS_REFUSED
+                self._status = NOT_AUTHORIZED
             except SpoolFull as exc:
                 log.warning("refusing %s: %s", self.request.sop_instance_uid, exc)
                 self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {exc}"))
-                self._status = STATUS_OUT_OF_RESOURCES
+                self._status = OUT_OF_RESOURCES
             return
         # The last fragment is joined before the caller reads again: no copy of it needed.
         self._parts.append(fragment if last else bytes(fragment))
@@ -130,10 +123,10 @@ class IncomingInstance:
             return self._status
         if self._body is not None:
             self._body.finish()
-            return STATUS_SUCCESS
+            return SUCCESS
         sink = self._sink()
         if sink is None:
-            return STATUS_REFUSED
+            return NOT_AUTHORIZED
         return await hand_off(sink, self._instance())
 
     def abandon(self, reason: str) -> None:
@@ -141,7 +134,7 @@ class IncomingInstance:
         cancelled): a consumer reading the handed-over part gets an error, not a short file."""
         if self._body is not None and self._status is None:
             self._body.finish(IncompleteRetrieve(f"instance {self._uid} was cut short: {reason}"))
-        self._status = STATUS_REFUSED
+        self._status = NOT_AUTHORIZED
 
     def received_dataset(self) -> bytes:
         """The part of the data set that has arrived (before it was handed over)."""
@@ -216,13 +209,13 @@ class IncomingInstance:
                     self._uid,
                     self._unrouted_at - len(self._parts[0]),
                 )
-                self._status = STATUS_OUT_OF_RESOURCES
+                self._status = OUT_OF_RESOURCES
                 self._parts = []
             else:  # look again once twice as much has arrived; located at the end at the latest
                 self._stream_at = min(2 * self._size, self._unrouted_at)
             return
         if sink is None:
-            self._status = STATUS_REFUSED
+            self._status = NOT_AUTHORIZED
             self._parts = []
             return
         try:
@@ -230,7 +223,7 @@ class IncomingInstance:
             head = self._instance(body)
             accepted = await sink.offer(head)
         except SinkClosed:
-            self._status = STATUS_REFUSED
+            self._status = NOT_AUTHORIZED
             return
         if not accepted:
             # The client is behind and the sink is spilling: keep reassembling; the whole

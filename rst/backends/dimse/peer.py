@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from rst.backends.dimse import uids
 from rst.backends.dimse.client import Connection, open_association
 from rst.backends.dimse.ul import PresentationContextRQ
 from rst.config import AeConfig
+from rst.dicom import uids
 from rst.errors import (
     ArchiveBusy,
     AssociationBroken,

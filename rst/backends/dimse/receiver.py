@@ -31,15 +31,13 @@ from dataclasses import dataclass, field
 
 import trio
 
-from rst import __version__
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
 from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
-from rst.backends.dimse.sink import STATUS_SUCCESS, InstanceSink
+from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.tls import accept, receive_into, server_context
-from rst.backends.dimse.uids import STORAGE_CLASSES, VERIFICATION
 from rst.backends.dimse.ul import (
     MAX_COMMAND_SET,
     Abort,
@@ -67,13 +65,18 @@ from rst.backends.dimse.ul import (
 )
 from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
 from rst.config import DimseConfig
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from rst.dicom.statuses import SUCCESS
+from rst.dicom.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION,
+    STORAGE_CLASSES,
+    VERIFICATION,
+)
 
 __all__ = ["StoreReceiver"]
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]  # in A-ASSOCIATE-AC
 ABSTRACT_SYNTAXES = frozenset((*STORAGE_CLASSES, VERIFICATION))  # what the receiver accepts
 NETWORK_TIMEOUT = 120.0  # silence on an established association before rst aborts it
 HANDSHAKE_BUFFER = 16 * 1024
@@ -535,7 +538,7 @@ class _Connection:
                 if owner != ring.index:  # a C-MOVE of another worker's
                     raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
-            response = encode_c_echo_rsp(command, STATUS_SUCCESS)
+            response = encode_c_echo_rsp(command, SUCCESS)
             await self._send(encode_pdata(context_id, True, True, response))
         else:
             raise UpperLayerError(
@@ -564,7 +567,7 @@ class _Connection:
                 request.move_originator_aet,
                 request.move_originator_message_id,
             )
-        elif status == STATUS_SUCCESS:
+        elif status == SUCCESS:
             receiver.received += 1
         return status
 

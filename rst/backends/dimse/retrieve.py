@@ -18,24 +18,24 @@ from __future__ import annotations
 import logging
 
 import trio
-from pydicom import Dataset
 
 from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.incoming import IncomingInstance
+from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.ul import (
+    CommandError,
     CStoreRequest,
     OtherCommand,
     UpperLayerError,
     encode_c_cancel_rq,
     encode_c_store_rsp,
 )
+from rst.dicom.statuses import Status, is_pending
 
-__all__ = ["PENDING", "cancel_operation", "follow", "status_dataset"]
+__all__ = ["cancel_operation", "follow"]
 
 log = logging.getLogger(__name__)
-
-PENDING = (0xFF00, 0xFF01)
 
 
 async def follow(
@@ -49,8 +49,8 @@ async def follow(
     cancel_timeout: float,
     calling_aet: str,
     pacs: str,
-) -> Dataset:
-    """Send the C-MOVE/C-GET *request* and return its final status as a status dataset.
+) -> Status:
+    """Send the C-MOVE/C-GET *request* and return its final status.
     C-STOREs on the association go to *sink*. Raises :class:`~rst.errors.AssociationBroken` or
     :class:`~rst.errors.PeerProtocolError` if the association breaks off."""
     try:
@@ -67,7 +67,7 @@ async def follow(
 
 async def _responses(
     connection: Connection, msg_id: int, sink: InstanceSink | None, calling_aet: str
-) -> Dataset:
+) -> Status:
     while True:
         context_id, command = await connection.receive_command()
         if isinstance(command, CStoreRequest):
@@ -78,9 +78,12 @@ async def _responses(
             raise UpperLayerError(f"unexpected DIMSE message {command!r}", reason=2)
         if command.has_dataset:  # e.g. a failed SOP instance list: read and drop it
             await connection.receive_dataset(bytearray())
-        if command.status in PENDING:
+        final = status_of(command)
+        if final is None:
+            raise CommandError("a C-MOVE/C-GET response without a Status")
+        if is_pending(final.code):
             continue
-        return status_dataset(command)
+        return final
 
 
 async def _store(
@@ -127,20 +130,3 @@ async def cancel_operation(
     if scope.cancelled_caught:
         log.warning("the PACS did not end the operation within %g s of C-CANCEL", grace)
     connection.broken = True
-
-
-def status_dataset(response: OtherCommand) -> Dataset:
-    """The response as the status dataset :func:`~rst.backends.dimse.verdict.reconcile`
-    reads."""
-    status = Dataset()
-    status.Status = response.status
-    for keyword, value in (
-        ("NumberOfRemainingSuboperations", response.remaining),
-        ("NumberOfCompletedSuboperations", response.completed),
-        ("NumberOfFailedSuboperations", response.failed),
-        ("NumberOfWarningSuboperations", response.warning),
-        ("ErrorComment", response.error_comment),
-    ):
-        if value is not None:
-            setattr(status, keyword, value)
-    return status

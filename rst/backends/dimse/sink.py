@@ -28,6 +28,7 @@ from typing import Generic, TypeVar
 import trio
 
 from rst.bridge import run_sync
+from rst.dicom.statuses import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
 from rst.errors import BackendTimeout, IncompleteRetrieve
 from rst.groups import copy_of
 from rst.services.protocols import Instance
@@ -368,11 +369,6 @@ class InstanceSink(_SpillingFifo[Instance]):
         self._spool.close()
 
 
-STATUS_SUCCESS = 0x0000
-STATUS_REFUSED = 0x0124  # "not authorised": nobody (any more) waits for this instance
-STATUS_OUT_OF_RESOURCES = 0xA700
-
-
 async def hand_off(sink: InstanceSink, instance: Instance) -> int:
     """Hand *instance* to *sink*; the C-STORE status to answer the PACS with.
 
@@ -381,8 +377,8 @@ async def hand_off(sink: InstanceSink, instance: Instance) -> int:
     try:
         await sink.put(instance)
     except SinkClosed:
-        return STATUS_REFUSED
+        return NOT_AUTHORIZED
     except SpoolFull as exc:
         log.warning("refusing %s: %s", instance.sop_instance_uid, exc)
-        return STATUS_OUT_OF_RESOURCES
-    return STATUS_SUCCESS
+        return OUT_OF_RESOURCES
+    return SUCCESS

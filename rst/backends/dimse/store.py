@@ -13,12 +13,13 @@ from contextlib import AsyncExitStack
 
 import trio
 
-from rst.backends.dimse import uids
 from rst.backends.dimse.client import BROKEN, Connection, broken_association
 from rst.backends.dimse.peer import Peer
 from rst.backends.dimse.ul import OtherCommand, PresentationContextRQ, encode_c_store_rq
+from rst.backends.dimse.ul.commands import C_STORE_RSP
 from rst.bridge import run_sync
-from rst.dicom.part10 import UNCOMPRESSED_SYNTAXES, Upload, dataset_offset, reencode
+from rst.dicom import uids
+from rst.dicom.part10 import Upload, dataset_offset, reencode
 from rst.dicom.statuses import (
     CANNOT_UNDERSTAND,
     PROCESSING_FAILURE,
@@ -32,8 +33,6 @@ __all__ = ["DimseStoreSession"]
 
 log = logging.getLogger(__name__)
 
-C_STORE_RSP = 0x8001
-FALLBACK = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
 MAX_CONTEXTS = 128
 
 
@@ -129,9 +128,9 @@ class DimseStoreSession:
         for context_id, accepted in offered:
             if accepted == syntax:
                 return context_id, accepted
-        if syntax in UNCOMPRESSED_SYNTAXES:
+        if syntax in uids.NATIVE_SYNTAXES:
             for context_id, accepted in offered:
-                if accepted in FALLBACK:
+                if accepted in uids.UNCOMPRESSED:
                     return context_id, accepted
         return StoreResult(
             TRANSFER_SYNTAX_NOT_SUPPORTED, f"the PACS does not accept transfer syntax {syntax}"
@@ -177,9 +176,9 @@ def _contexts(wanted: dict[tuple[str, str], None]) -> list[PresentationContextRQ
     Verification comes too: every PACS takes it, so a PACS that takes none of the SOP classes
     still accepts the association, and the instance fails alone with 0x0122 instead of the
     association request failing for everything."""
-    proposals: list[tuple[str, tuple[str, ...]]] = [(uids.VERIFICATION, FALLBACK)]
+    proposals: list[tuple[str, tuple[str, ...]]] = [(uids.VERIFICATION, uids.UNCOMPRESSED)]
     for sop_class, syntax in wanted:
-        for syntaxes in ((syntax,), FALLBACK):
+        for syntaxes in ((syntax,), uids.UNCOMPRESSED):
             if (sop_class, syntaxes) not in proposals:
                 proposals.append((sop_class, syntaxes))
     proposals = proposals[:1] + proposals[1:][-(MAX_CONTEXTS - 1) :]

@@ -4,10 +4,11 @@ A C-MOVE or C-GET ends with one final response, whose counts of completed, warni
 sub-operations are the PACS's word; rst counts what actually reached the sink. Three rules, each
 here and nowhere else:
 
-- :func:`reconcile` (pure): the final status and counts against what arrived. Success or
-  Warning (0xB000) with no failed sub-operation and every reported instance received is complete;
-  anything less is :class:`~rst.errors.IncompleteRetrieve` (a partial retrieve must never pass
-  for a whole one); 0xA801 names the fix; nothing to send and nothing received is a 404.
+- :func:`reconcile` (pure): the final status and counts against what arrived. Success or a
+  warning (0xB000: sub-operations failed) with no failed sub-operation and every reported
+  instance received is complete; anything less is :class:`~rst.errors.IncompleteRetrieve` (a
+  partial retrieve must never pass for a whole one); 0xA801 names the fix; nothing to send and
+  nothing received is a 404.
 - :func:`conclude`: "not found" told from "failed". Many PACS (Orthanc among them) fail a
   retrieve of unknown UIDs instead of answering "0 sub-operations", so a failure with nothing
   received asks *exists* (the backend's C-FIND for the same keys) before it is reported.
@@ -22,13 +23,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
-from pydicom import Dataset
 
-from rst.backends.dimse.outcome import CANCEL, SUCCESS, status_text
 from rst.backends.dimse.sink import InstanceSink
+from rst.dicom.statuses import MOVE_DESTINATION_UNKNOWN, Status, is_cancel, is_success, is_warning
 from rst.errors import (
     BackendTimeout,
     DimseFailure,
@@ -39,73 +38,47 @@ from rst.errors import (
 )
 from rst.services.protocols import Instance, RetrieveKeys
 
-__all__ = ["SubOperations", "arrivals", "conclude", "may_be_missing", "reconcile", "silence"]
+__all__ = ["arrivals", "conclude", "may_be_missing", "reconcile", "silence"]
 
 log = logging.getLogger(__name__)
 
-WARNING_SUBOPS_FAILED = 0xB000
-MOVE_DESTINATION_UNKNOWN = 0xA801
-
-
-@dataclass(frozen=True)
-class SubOperations:
-    """The sub-operation counts of a C-MOVE/C-GET response (absent counts are 0)."""
-
-    completed: int = 0
-    failed: int = 0
-    warning: int = 0
-    remaining: int = 0
-
-    @classmethod
-    def of(cls, status: Dataset) -> SubOperations:
-        def count(keyword: str) -> int:
-            value = status.get(f"NumberOf{keyword}Suboperations")
-            return int(value) if value is not None else 0
-
-        return cls(count("Completed"), count("Failed"), count("Warning"), count("Remaining"))
-
 
 def reconcile(
-    status: Dataset, *, received: int, pacs: str, operation: str, cancelled: bool = False
+    status: Status, *, received: int, pacs: str, operation: str, cancelled: bool = False
 ) -> RstError | None:
     """Reconcile the final C-MOVE/C-GET response with what arrived.
 
     Returns ``None`` if every instance the PACS sent arrived, else the error to report. A
     partial retrieve is an error: the client must never take it for a complete one.
     """
-    code = status.get("Status")
-    counts = SubOperations.of(status)
-    if code is None:
-        return IncompleteRetrieve(
-            f"the {operation} from {pacs} broke off after {received} instance(s): "
-            "the PACS stopped answering or aborted the association"
-        )
+    code = status.code
     if code == MOVE_DESTINATION_UNKNOWN:
         return MoveDestinationUnknown(
-            f"the PACS {pacs} does not know rst as a C-MOVE destination (status 0xA801): "
+            f"the PACS {pacs} does not know rst as a C-MOVE destination (status {status}): "
             "add rst's AE title, host and port ([dimse] aet/host/port) to the PACS's list of "
             "DICOM modalities"
         )
-    if code == CANCEL:
+    if is_cancel(code):
         if cancelled:
             return None
         return IncompleteRetrieve(
             f"the PACS {pacs} cancelled the {operation} after {received} instance(s)"
         )
-    sent = counts.completed + counts.warning
-    if code in (SUCCESS, WARNING_SUBOPS_FAILED) and counts.failed == 0 and received >= sent:
+    sent = status.completed + status.warning
+    counted = is_success(code) or is_warning(code)  # the counts decide (0xB000: some failed)
+    if counted and status.failed == 0 and received >= sent:
         if received == 0:
             return NotFound(f"the PACS {pacs} has no instances matching the request")
         return None
-    if code in (SUCCESS, WARNING_SUBOPS_FAILED):
+    if counted:
         return IncompleteRetrieve(
-            f"incomplete {operation} from {pacs}: the PACS reports {counts.completed} completed, "
-            f"{counts.warning} with warnings and {counts.failed} failed sub-operations, "
+            f"incomplete {operation} from {pacs}: the PACS reports {status.completed} completed, "
+            f"{status.warning} with warnings and {status.failed} failed sub-operations, "
             f"rst received {received} instance(s)"
         )
     return DimseFailure(
-        f"the PACS {pacs} failed the {operation} with status {status_text(status)} after "
-        f"{received} instance(s) ({counts.completed} completed, {counts.failed} failed)",
+        f"the PACS {pacs} failed the {operation} with status {status} after "
+        f"{received} instance(s) ({status.completed} completed, {status.failed} failed)",
         code,
     )
 
@@ -117,7 +90,7 @@ def may_be_missing(error: RstError | None, received: int) -> bool:
 
 
 async def conclude(
-    final: Dataset,
+    final: Status,
     *,
     received: int,
     keys: RetrieveKeys,

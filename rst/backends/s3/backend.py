@@ -16,14 +16,10 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from rst.backends.s3 import layout
 from rst.backends.s3.client import Listed, S3Client
 from rst.config import S3AeConfig
-from rst.dicom.part10 import (
-    IMPLEMENTATION_CLASS_UID,
-    Upload,
-    part10_header,
-    transfer_syntax_of,
-)
+from rst.dicom.part10 import Upload, part10_header, transfer_syntax_of
 from rst.dicom.query import QidoQuery
-from rst.dicom.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE
+from rst.dicom.statuses import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, PROCESSING_FAILURE, SUCCESS
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 from rst.errors import (
     BadRequest,
     IncompleteRetrieve,
@@ -276,7 +272,7 @@ class S3StoreSession:
                 return StoreResult(
                     PROCESSING_FAILURE, f"stored at {key}, but the index update failed"
                 )
-        return StoreResult(0x0000)
+        return StoreResult(SUCCESS)
 
 
 def _instance(key: str, data: bytes) -> Instance:

@@ -41,6 +41,7 @@ from rst.errors import (
     StorageError,
     StorageUnreachable,
 )
+from rst.metrics import Metrics
 
 __all__ = ["Listed", "Ranged", "S3Client", "open_client"]
 
@@ -76,15 +77,18 @@ class S3Client:
     """One bucket of one S3 AE. Methods raise :class:`~rst.errors.StorageError` subclasses,
     :class:`~rst.errors.NotFound` (missing object) or :class:`~rst.errors.BackendTimeout`."""
 
-    def __init__(self, client: Any, config: S3AeConfig) -> None:
+    def __init__(self, client: Any, config: S3AeConfig, metrics: Metrics | None = None) -> None:
         self._client = client
         self.config = config
+        self._read_bytes = metrics.s3_read_bytes.labels(config.aet) if metrics else None
         self.bucket = config.bucket
         # what a client reads names the bucket and the AE; the endpoint goes to the log only
         self.where = f"bucket {config.bucket!r} of {config.aet}"
         self.endpoint = config.endpoint or "AWS S3"
-        self.bytes_read = 0
-        """Bytes of object data read so far (what a ranged read saves shows here)."""
+
+    def _count_read(self, data: bytes) -> None:
+        if self._read_bytes is not None:
+            self._read_bytes.inc(len(data))
 
     async def head_bucket(self) -> None:
         """Check that the bucket exists and the credentials may use it."""
@@ -115,7 +119,7 @@ class S3Client:
             response = await aio_as_trio(self._client.get_object)(Bucket=self.bucket, Key=key)
             async with aio_as_trio(response["Body"]) as body:
                 data: bytes = await aio_as_trio(body.read)()
-            self.bytes_read += len(data)
+            self._count_read(data)
             return data
 
     async def get_range(
@@ -134,7 +138,7 @@ class S3Client:
             )
             async with aio_as_trio(response["Body"]) as body:
                 data: bytes = await aio_as_trio(body.read)()
-            self.bytes_read += len(data)
+            self._count_read(data)
             return Ranged(data, str(response.get("ETag", "")))
 
     async def put(self, key: str, data: bytes) -> None:
@@ -179,7 +183,10 @@ class S3Client:
         except BotoCoreError as exc:  # its message may hold the endpoint URL
             self._log(what, exc)
             raise StorageError(f"{what} failed: {type(exc).__name__}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:  # aiohttp's read timeout (a ClientError too): a timeout
+            self._log(what, exc)
+            raise BackendTimeout(f"S3 did not answer in time: {what}") from exc
+        except aiohttp.ClientError as exc:
             self._log(what, exc)
             raise StorageError(f"{what} broke off: {type(exc).__name__}") from exc
 
@@ -237,8 +244,11 @@ def _credentials(config: S3AeConfig) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def open_client(config: S3AeConfig) -> AsyncIterator[S3Client]:
-    """An S3 client for *config*; enter it inside ``trio_asyncio.open_loop()``."""
+async def open_client(
+    config: S3AeConfig, metrics: Metrics | None = None
+) -> AsyncIterator[S3Client]:
+    """An S3 client for *config*, counting what it reads into *metrics*; enter it inside
+    ``trio_asyncio.open_loop()``."""
     boto_config = BotoConfig(
         region_name=config.region,
         s3={"addressing_style": config.addressing},
@@ -257,7 +267,7 @@ async def open_client(config: S3AeConfig) -> AsyncIterator[S3Client]:
     )
     client = await aio_as_trio(manager.__aenter__)()
     try:
-        yield S3Client(client, config)
+        yield S3Client(client, config, metrics)
     finally:
         # Closing must happen even when the server is being cancelled: shielded, time-boxed.
         with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):

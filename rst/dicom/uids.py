@@ -1,11 +1,84 @@
-"""SOP class UIDs rst uses, as plain constants (pynetdicom generates its names at run time,
-invisible to type checkers; and rst's DIMSE code does not import pynetdicom)."""
+"""The UIDs rst names (PS3.6 Annex A): transfer syntaxes, SOP classes, and rst's own
+implementation class UID and version name. One home for each; everything else imports them.
+
+Plain strings: pydicom's ``UID`` names are fine where pydicom needs them (its groups of
+transfer syntaxes such as ``JPEGTransferSyntaxes`` stay its own), but the values rst compares,
+proposes and writes are named here, and pynetdicom's SOP class names exist only at run time
+(invisible to type checkers; rst's DIMSE code does not import pynetdicom).
+"""
+
+from __future__ import annotations
+
+from rst import __version__
+
+# -- transfer syntaxes ---------------------------------------------------------------------------
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+"""The default transfer syntax of uncompressed data in web services (PS3.18 §8.7.3.3.2)."""
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+"""Retired, still sent by old modalities."""
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_NEAR_LOSSLESS = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+JPEG_2000_MULTI_COMPONENT_LOSSLESS = "1.2.840.10008.1.2.4.92"
+JPEG_2000_MULTI_COMPONENT = "1.2.840.10008.1.2.4.93"
+JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
+MPEG2_PREFIXES = ("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101")
+"""MPEG-2 Main Profile / High Level and their fragmentable variants (.100.1, .101.1)."""
+HEVC = ("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108")
+"""H.265 Main and Main 10 profiles."""
+JPEG_XL = ("1.2.840.10008.1.2.4.110", "1.2.840.10008.1.2.4.111", "1.2.840.10008.1.2.4.112")
+"""JPEG XL Lossless, JPEG XL JPEG Recompression, JPEG XL."""
+JPEG_XL_LOSSLESS = JPEG_XL[0]
+HTJ2K = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+"""High-Throughput JPEG 2000: lossless, lossless RPCL, lossy."""
+HTJ2K_LOSSLESS = HTJ2K[0]
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+NATIVE_SYNTAXES = frozenset(
+    {
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    }
+)
+"""Transfer syntaxes whose pixel data is native (not encapsulated): they can be re-encoded
+without a codec."""
+UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+"""What rst proposes for a query/retrieve or verification context, and the fallback it offers
+for an uncompressed instance whose own syntax the PACS does not take (rst re-encodes into
+either)."""
+
+# -- SOP classes ---------------------------------------------------------------------------------
 
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
+PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+
+# -- rst itself ----------------------------------------------------------------------------------
+
+IMPLEMENTATION_CLASS_UID = "2.25.218059430470374432734286406437512018779"
+"""rst's Implementation Class UID (a UUID-derived UID, PS3.5 B.2): in the association
+requests and answers it sends, and in the File Meta Information of the files it writes."""
+IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]
+"""rst's Implementation Version Name, next to :data:`IMPLEMENTATION_CLASS_UID` (an SH: at most
+16 characters)."""
+
+# -- the storage SOP classes ---------------------------------------------------------------------
 
 GET_STORAGE_CLASSES = 120
 """How many of :data:`STORAGE_CLASSES` a C-GET proposes (with the SCP role): an association
