@@ -15,18 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from rst.auth.exposure import exposure_problem, exposure_warnings
 from rst.config import Config, S3AeConfig, load_config
+from tests.support.deploy import ROOT, image_environment, yaml_documents
 
-ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 NAMESPACE = "rst"
 
 
 def documents(name: str) -> list[dict[str, Any]]:
-    with (KUBERNETES / name).open(encoding="utf-8") as f:
-        return [doc for doc in yaml.safe_load_all(f) if doc is not None]
+    return yaml_documents(KUBERNETES / name)
 
 
 def resources() -> list[dict[str, Any]]:
@@ -60,8 +59,9 @@ def secret() -> dict[str, str]:
 
 
 def pod_environment(pod: str) -> dict[str, str]:
-    """The rst container's environment in pod *pod* (e.g. ``rst-0``)."""
-    environ = {}
+    """The rst container's environment in pod *pod* (e.g. ``rst-0``): the image's, then the
+    manifest's."""
+    environ = image_environment()
     for var in container(statefulset(), "rst")["env"]:
         if "value" in var:
             environ[var["name"]] = var["value"]
@@ -116,6 +116,9 @@ def test_every_pod_gets_a_valid_configuration_with_its_own_ae_title_and_the_secr
     config = pod_config(tmp_path, ordinal)
 
     assert config.dimse.aet == f"rst-{ordinal}"
+    assert (config.http.host, config.dimse.host) == ("0.0.0.0", "0.0.0.0")  # the image's
+    assert exposure_problem(config) is None
+    assert exposure_warnings(config) == []
     s3 = [ae for ae in config.aets if isinstance(ae, S3AeConfig)]
     assert [ae.index for ae in s3] == [secret()["index-dsn"]]
     assert str(s3[0].index).startswith("postgresql://")
