@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
 
 from rst.dicom.multipart import MultipartWriter
+from tests.support.deploy import ROOT, yaml_documents
 from tests.support.download import AS_STORED, DEFAULT, Download
 from tests.support.frames import parts
+from tests.support.nginx import local_config, open_nginx
 from tests.support.orthanc import upload
 from tests.support.replicas import BASE_URL, DIMSE_AET, S3_AET, Deployment, Replica
 from tests.support.sample import StudyFiles, write_ct_study
@@ -212,3 +214,66 @@ async def test_metadata_and_frames_are_the_same_from_every_replica(
                         assert response.status_code == 200, (replica.aet, response.text)
                         frames.append([data for _, data in parts(response)])
                     assert frames[0] == frames[1] == [pixels[sop]]
+
+
+def deployed_nginx_conf() -> str:
+    """nginx.conf as ``deploy/kubernetes/nginx.yaml`` deploys it."""
+    (config_map,) = [
+        doc
+        for doc in yaml_documents(ROOT / "deploy" / "kubernetes" / "nginx.yaml")
+        if doc["kind"] == "ConfigMap"
+    ]
+    conf: str = config_map["data"]["nginx.conf"]
+    return conf
+
+
+async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The deployed nginx configuration in front of both replicas: every request a viewer makes
+    for a study (metadata, each frame, the study itself, WADO-URI) reaches one replica, so the
+    study is moved from the PACS once in all, whichever replica it hashes to. Round robin would
+    have both replicas move it."""
+    replicas = deployment.replicas
+    workdir = tmp_path / "nginx"
+    upstreams = [replica.url.removeprefix("http://") for replica in replicas]
+    conf = local_config(deployed_nginx_conf(), upstreams, workdir)
+    studies = [study_for(tmp_path / f"s{n}", f"affinity-{n}") for n in range(4)]
+    for study in studies:
+        await upload(deployment.orthanc, study.paths)
+    before = [await retrieved_instances(replica) for replica in replicas]
+    async with open_nginx(workdir, conf) as url, http() as client:
+        with trio.fail_after(TIMEOUT):
+            for study in studies:
+                base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
+                response = await client.get(f"{base}/metadata")
+                assert response.status_code == 200, response.text
+                for series, sop in zip(study.instance_series, study.sop_uids, strict=True):
+                    frame = f"{base}/series/{series}/instances/{sop}/frames/1"
+                    response = await client.get(frame, headers={"Accept": FRAMES})
+                    assert response.status_code == 200, response.text
+                    wado_uri = await client.get(
+                        f"{url}/aets/{DIMSE_AET}/wado",
+                        params={
+                            "requestType": "WADO",
+                            "studyUID": study.study_uid,
+                            "seriesUID": series,
+                            "objectUID": sop,
+                            "contentType": "application/dicom",
+                        },
+                    )
+                    assert wado_uri.status_code == 200, wado_uri.text
+                response = await client.get(base, headers={"Accept": DEFAULT})
+                assert response.status_code == 200
+                assert by_sop([data for _, data in parts(response)]) == by_sop(study.paths)
+            # no study UID in the path: any replica answers
+            found = await client.get(f"{url}/aets/{DIMSE_AET}/studies")
+            assert found.status_code == 200
+            assert {s.study_uid for s in studies} <= {
+                item["0020000D"]["Value"][0] for item in found.json()
+            }
+            assert (await client.get(f"{url}/readyz")).status_code == 404  # cluster only
+    after = [await retrieved_instances(replica) for replica in replicas]
+    moved = [a - b for a, b in zip(after, before, strict=True)]
+    assert sum(moved) == len(studies) * IMAGES, moved
+    assert all(count % IMAGES == 0 for count in moved), moved  # whole studies, per replica
