@@ -152,6 +152,26 @@ async def test_stores_spread_over_both_replicas_at_once_make_one_study(
         assert by_sop(instances) == expected
 
 
+@pytest.mark.parametrize("aet", ARCHIVES)
+async def test_the_same_study_stored_through_both_replicas_at_once_is_stored_once(
+    deployment: Deployment, tmp_path: Path, aet: str
+) -> None:
+    # Both replicas write the same objects and the same index rows (S3: PutObject twice, an
+    # upsert racing an upsert in PostgreSQL; the PACS: the same C-STOREs twice).
+    study = study_for(tmp_path, f"twice-{aet}")
+    with trio.fail_after(TIMEOUT):
+        async with http() as client, trio.open_nursery() as nursery:
+            for replica in deployment.replicas:
+                nursery.start_soon(stow, client, replica, aet, *study.paths)
+        async with http() as client:
+            for replica in deployment.replicas:
+                found = await instances_found(client, replica, aet, study.study_uid)
+                assert found == sorted(study.sop_uids), replica.aet  # each instance once
+        served = await retrieved(deployment.replicas[0], aet, study.study_uid)
+    assert len(served) == len(study.paths)
+    assert by_sop(served) == by_sop(study.paths)
+
+
 async def test_c_moves_through_both_replicas_at_once_each_reach_their_own_receiver(
     deployment: Deployment, tmp_path: Path
 ) -> None:
