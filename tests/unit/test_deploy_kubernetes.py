@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from rst.auth.exposure import exposure_problem, exposure_warnings
@@ -22,6 +23,8 @@ from tests.support.deploy import ROOT, image_environment, yaml_documents
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 NAMESPACE = "rst"
+OLDEST_KUBERNETES = "1.28.0"
+"""The oldest Kubernetes the manifests are checked against (docs/how-to/scale-out.md says it)."""
 
 
 def documents(name: str) -> list[dict[str, Any]]:
@@ -99,6 +102,22 @@ def pod_config(tmp_path: Path, ordinal: int) -> Config:
 
 def ports(spec: dict[str, Any]) -> dict[str, int]:
     return {port["name"]: port["containerPort"] for port in spec["ports"]}
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, kubernetes_validate.latest_version()])
+def test_every_manifest_is_valid_kubernetes(version: str) -> None:
+    # strict: a field the API does not have (a typo) is an error, not ignored as kubectl would
+    objects = [*resources(), *documents("secret.example.yaml")]
+    for doc in objects:
+        kubernetes_validate.validate(doc, version, strict=True)
+    assert {doc["kind"] for doc in objects} >= {
+        "StatefulSet",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "PodDisruptionBudget",
+    }
 
 
 def test_the_kustomization_names_every_manifest_but_the_example_secret() -> None:
