@@ -10,6 +10,7 @@ comes back is compared element by element with what was stored and between the r
 from __future__ import annotations
 
 import zlib
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +248,12 @@ def deployed_nginx_conf() -> str:
     return conf
 
 
+def nginx(deployment: Deployment, workdir: Path) -> AbstractAsyncContextManager[str]:
+    """The deployed nginx configuration in front of the replicas; its URL."""
+    upstreams = [replica.url.removeprefix("http://") for replica in deployment.replicas]
+    return open_nginx(workdir, local_config(deployed_nginx_conf(), upstreams, workdir))
+
+
 async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
     deployment: Deployment, tmp_path: Path
 ) -> None:
@@ -255,14 +262,11 @@ async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
     study is moved from the PACS once in all, whichever replica it hashes to. Round robin would
     have both replicas move it."""
     replicas = deployment.replicas
-    workdir = tmp_path / "nginx"
-    upstreams = [replica.url.removeprefix("http://") for replica in replicas]
-    conf = local_config(deployed_nginx_conf(), upstreams, workdir)
     studies = [study_for(tmp_path / f"s{n}", f"affinity-{n}") for n in range(4)]
     for study in studies:
         await upload(deployment.orthanc, study.paths)
     before = [await retrieved_instances(replica) for replica in replicas]
-    async with open_nginx(workdir, conf) as url, http() as client:
+    async with nginx(deployment, tmp_path / "nginx") as url, http() as client:
         with trio.fail_after(TIMEOUT):
             for study in studies:
                 base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
@@ -297,3 +301,38 @@ async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
     moved = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(moved) == len(studies) * IMAGES, moved
     assert all(count % IMAGES == 0 for count in moved), moved  # whole studies, per replica
+
+
+async def test_through_nginx_a_store_into_a_cached_study_is_seen_by_the_next_retrieve(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """Each replica caches for itself, and a store makes only its own cache forget the study.
+    Through nginx, a store into a study (``POST …/studies/{study}``) reaches the replica whose
+    cache holds it: the next retrieve of the study has the new instance."""
+    study = study_for(tmp_path, "store-into-cached")
+    await upload(deployment.orthanc, study.paths)
+    seed = zlib.crc32(b"store-into-cached")
+    added = write_ct_study(
+        tmp_path / "added",
+        images=1,
+        study_uid=study.study_uid,
+        seed=seed + 1,
+        patient_id=f"SCALE-{seed}",
+    )
+    async with nginx(deployment, tmp_path / "nginx") as url, http() as client:
+        base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
+        with trio.fail_after(TIMEOUT):
+            first = await client.get(base, headers={"Accept": DEFAULT})  # now in one cache
+            assert first.status_code == 200
+            assert len(parts(first)) == IMAGES
+            writer = MultipartWriter()
+            body = writer.part_head("application/dicom") + added.paths[0].read_bytes()
+            stored = await client.post(
+                base,
+                content=body + writer.close(),
+                headers={"Content-Type": writer.content_type("application/dicom")},
+            )
+            assert stored.status_code == 200, stored.text
+            second = await client.get(base, headers={"Accept": DEFAULT})
+            assert second.status_code == 200
+    assert by_sop([data for _, data in parts(second)]) == by_sop([*study.paths, *added.paths])
