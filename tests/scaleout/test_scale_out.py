@@ -9,106 +9,31 @@ comes back is compared element by element with what was stored and between the r
 
 from __future__ import annotations
 
-import zlib
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
-import httpx
-import pydicom
 import pytest
 import trio
-from prometheus_client.parser import text_string_to_metric_families
-from pydicom.filebase import DicomBytesIO
 
-from rst.dicom.multipart import MultipartWriter
-from tests.support.deploy import ROOT, yaml_documents
-from tests.support.download import AS_STORED, DEFAULT, Download
+from tests.support.download import AS_STORED, Download
 from tests.support.frames import parts
-from tests.support.nginx import local_config, open_nginx
 from tests.support.orthanc import upload
-from tests.support.replicas import BASE_URL, DIMSE_AET, S3_AET, Deployment, Replica
-from tests.support.sample import StudyFiles, write_ct_study
+from tests.support.replicas import DIMSE_AET, S3_AET, Deployment
+
+from .dicomweb import (
+    ARCHIVES,
+    FRAMES,
+    IMAGES,
+    TIMEOUT,
+    by_sop,
+    http,
+    instances_found,
+    retrieved,
+    retrieved_instances,
+    stow,
+    study_for,
+)
 
 pytestmark = pytest.mark.integration
-
-ARCHIVES = (S3_AET, DIMSE_AET)
-IMAGES = 6
-FRAMES = 'multipart/related; type="application/octet-stream"'
-TIMEOUT = 120.0  # every test's requests: bounded, generous for a loaded 2-CPU machine
-
-
-def study_for(tmp_path: Path, name: str) -> StudyFiles:
-    """A study of its own for *name* (UIDs no other test in the module uses)."""
-    seed = zlib.crc32(name.encode())
-    return write_ct_study(
-        tmp_path / "study", images=IMAGES, series=2, seed=seed, patient_id=f"SCALE-{seed}"
-    )
-
-
-def http() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=60.0, trust_env=False)
-
-
-async def stow(client: httpx.AsyncClient, replica: Replica, aet: str, *files: Path) -> None:
-    """STOW-RS *files* in one request to archive *aet* through *replica*; all must be stored."""
-    writer = MultipartWriter()
-    body = b"".join(writer.part_head("application/dicom") + f.read_bytes() for f in files)
-    response = await client.post(
-        f"{replica.archive(aet)}/studies",
-        content=body + writer.close(),
-        headers={"Content-Type": writer.content_type("application/dicom")},
-    )
-    assert response.status_code == 200, (replica.aet, response.text)
-    stored = response.json()["00081199"]["Value"]
-    assert len(stored) == len(files)
-    for item in stored:  # the public URL, whichever replica answered
-        assert item["00081190"]["Value"][0].startswith(f"{BASE_URL}/aets/{aet}/studies/")
-
-
-async def instances_found(
-    client: httpx.AsyncClient, replica: Replica, aet: str, study: str
-) -> list[str]:
-    """The SOP Instance UIDs QIDO-RS finds in *study* through *replica*, sorted."""
-    response = await client.get(f"{replica.archive(aet)}/studies/{study}/instances")
-    assert response.status_code == 200, (replica.aet, response.text)
-    return sorted(item["00080018"]["Value"][0] for item in response.json())
-
-
-async def retrieved(replica: Replica, aet: str, study: str, accept: str = DEFAULT) -> list[bytes]:
-    """The instances of a WADO-RS retrieve of *study* through *replica*: each part's bytes."""
-    download = Download(f"{replica.archive(aet)}/studies/{study}", accept=accept)
-    await download.run()
-    assert download.status == 200, (replica.aet, bytes(download.body[:500]))
-    return [data for _, data in download.parts()]
-
-
-def elements(data: bytes | Path) -> dict[str, Any]:
-    """A Part 10 instance's data set as {tag: (VR, value)}: what "the same instance" means
-    whatever its file meta or the order it came in."""
-    ds = pydicom.dcmread(DicomBytesIO(data) if isinstance(data, bytes) else data)
-    return {str(elem.tag): (elem.VR, elem.value) for elem in ds}
-
-
-def by_sop(instances: list[bytes] | list[Path]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for data in instances:
-        found = elements(data)
-        out[found["(0008,0018)"][1]] = found
-    return out
-
-
-async def retrieved_instances(replica: Replica) -> float:
-    """Instances the replica's receiver took from Orthanc for retrieves so far (/metrics)."""
-    async with http() as client:
-        response = await client.get(f"{replica.url}/metrics")
-    assert response.status_code == 200
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-        if sample.name == "rst_retrieved_instances_total" and sample.labels["aet"] == DIMSE_AET
-    )
 
 
 @pytest.mark.parametrize("aet", ARCHIVES)
@@ -235,104 +160,3 @@ async def test_metadata_and_frames_are_the_same_from_every_replica(
                         assert response.status_code == 200, (replica.aet, response.text)
                         frames.append([data for _, data in parts(response)])
                     assert frames[0] == frames[1] == [pixels[sop]]
-
-
-def deployed_nginx_conf() -> str:
-    """nginx.conf as ``deploy/kubernetes/nginx.yaml`` deploys it."""
-    (config_map,) = [
-        doc
-        for doc in yaml_documents(ROOT / "deploy" / "kubernetes" / "nginx.yaml")
-        if doc["kind"] == "ConfigMap"
-    ]
-    conf: str = config_map["data"]["nginx.conf"]
-    return conf
-
-
-def nginx(deployment: Deployment, workdir: Path) -> AbstractAsyncContextManager[str]:
-    """The deployed nginx configuration in front of the replicas; its URL."""
-    upstreams = [replica.url.removeprefix("http://") for replica in deployment.replicas]
-    return open_nginx(workdir, local_config(deployed_nginx_conf(), upstreams, workdir))
-
-
-async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
-    deployment: Deployment, tmp_path: Path
-) -> None:
-    """The deployed nginx configuration in front of both replicas: every request a viewer makes
-    for a study (metadata, each frame, the study itself, WADO-URI) reaches one replica, so the
-    study is moved from the PACS once in all, whichever replica it hashes to. Round robin would
-    have both replicas move it."""
-    replicas = deployment.replicas
-    studies = [study_for(tmp_path / f"s{n}", f"affinity-{n}") for n in range(4)]
-    for study in studies:
-        await upload(deployment.orthanc, study.paths)
-    before = [await retrieved_instances(replica) for replica in replicas]
-    async with nginx(deployment, tmp_path / "nginx") as url, http() as client:
-        with trio.fail_after(TIMEOUT):
-            for study in studies:
-                base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
-                response = await client.get(f"{base}/metadata")
-                assert response.status_code == 200, response.text
-                for series, sop in zip(study.instance_series, study.sop_uids, strict=True):
-                    frame = f"{base}/series/{series}/instances/{sop}/frames/1"
-                    response = await client.get(frame, headers={"Accept": FRAMES})
-                    assert response.status_code == 200, response.text
-                    wado_uri = await client.get(
-                        f"{url}/aets/{DIMSE_AET}/wado",
-                        params={
-                            "requestType": "WADO",
-                            "studyUID": study.study_uid,
-                            "seriesUID": series,
-                            "objectUID": sop,
-                            "contentType": "application/dicom",
-                        },
-                    )
-                    assert wado_uri.status_code == 200, wado_uri.text
-                response = await client.get(base, headers={"Accept": DEFAULT})
-                assert response.status_code == 200
-                assert by_sop([data for _, data in parts(response)]) == by_sop(study.paths)
-            # no study UID in the path: any replica answers
-            found = await client.get(f"{url}/aets/{DIMSE_AET}/studies")
-            assert found.status_code == 200
-            assert {s.study_uid for s in studies} <= {
-                item["0020000D"]["Value"][0] for item in found.json()
-            }
-            assert (await client.get(f"{url}/readyz")).status_code == 404  # cluster only
-    after = [await retrieved_instances(replica) for replica in replicas]
-    moved = [a - b for a, b in zip(after, before, strict=True)]
-    assert sum(moved) == len(studies) * IMAGES, moved
-    assert all(count % IMAGES == 0 for count in moved), moved  # whole studies, per replica
-
-
-async def test_through_nginx_a_store_into_a_cached_study_is_seen_by_the_next_retrieve(
-    deployment: Deployment, tmp_path: Path
-) -> None:
-    """Each replica caches for itself, and a store makes only its own cache forget the study.
-    Through nginx, a store into a study (``POST …/studies/{study}``) reaches the replica whose
-    cache holds it: the next retrieve of the study has the new instance."""
-    study = study_for(tmp_path, "store-into-cached")
-    await upload(deployment.orthanc, study.paths)
-    seed = zlib.crc32(b"store-into-cached")
-    added = write_ct_study(
-        tmp_path / "added",
-        images=1,
-        study_uid=study.study_uid,
-        seed=seed + 1,
-        patient_id=f"SCALE-{seed}",
-    )
-    async with nginx(deployment, tmp_path / "nginx") as url, http() as client:
-        base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
-        with trio.fail_after(TIMEOUT):
-            first = await client.get(base, headers={"Accept": DEFAULT})  # now in one cache
-            assert first.status_code == 200
-            assert len(parts(first)) == IMAGES
-            writer = MultipartWriter()
-            body = writer.part_head("application/dicom") + added.paths[0].read_bytes()
-            stored = await client.post(
-                base,
-                content=body + writer.close(),
-                headers={"Content-Type": writer.content_type("application/dicom")},
-            )
-            assert stored.status_code == 200, stored.text
-            second = await client.get(base, headers={"Accept": DEFAULT})
-            assert second.status_code == 200
-    assert by_sop([data for _, data in parts(second)]) == by_sop([*study.paths, *added.paths])
