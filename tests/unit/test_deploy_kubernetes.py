@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 
 from rst.auth.exposure import exposure_problem, exposure_warnings
-from rst.config import Config, S3AeConfig, load_config
+from rst.config import AeConfig, Config, S3AeConfig, load_config
 from tests.support.deploy import ROOT, image_environment, yaml_documents
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
@@ -117,6 +117,7 @@ def test_every_manifest_is_valid_kubernetes(version: str) -> None:
         "Secret",
         "Deployment",
         "PodDisruptionBudget",
+        "NetworkPolicy",
     }
 
 
@@ -224,6 +225,22 @@ def test_services_select_the_pods_and_name_their_ports() -> None:
         assert service["spec"]["selector"].items() <= labels.items()
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports(container(statefulset(), "rst"))
+
+
+def test_only_nginx_and_the_pacs_may_connect_to_rst(tmp_path: Path) -> None:
+    policy = one("NetworkPolicy", "rst")
+    labels = statefulset()["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(rules) == set(ports(container(statefulset(), "rst")))
+    nginx_labels = one("Deployment", "rst-nginx")["spec"]["template"]["metadata"]["labels"]
+    assert [peer["podSelector"]["matchLabels"] for peer in rules["http"]] == [nginx_labels]
+    # the PACS: the addresses its C-STOREs may come from, in rst's configuration too
+    (pacs,) = [ae for ae in pod_config(tmp_path, 0).aets if isinstance(ae, AeConfig)]
+    assert [peer["ipBlock"]["cidr"] for peer in rules["dicom"]] == [
+        f"{address}/32" if "/" not in address else address for address in pacs.store_from
+    ]
 
 
 # -- nginx -----------------------------------------------------------------------------------
