@@ -4,11 +4,14 @@ Loaded once at start-up into frozen pydantic models; nothing reads the environme
 Every scalar key has an environment variable named after its path, upper-cased and joined by
 ``_``: ``[http] port`` is ``RST_HTTP_PORT``, ``[dimse] aet`` is ``RST_DIMSE_AET`` and the key
 ``port`` of the ``[[aets]]`` entry whose ``aet`` is ``ORTHANC`` is ``RST_AETS_ORTHANC_PORT``.
+A list is comma-separated or a JSON array; an array of tables (``[[auth.tokens]]``) only the
+latter: ``RST_AUTH_TOKENS='[{"name": "ai", "sha256": "…", "roles": ["ai"]}]'``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -489,7 +492,7 @@ def _overlay_environment(data: dict[str, Any], environ: Mapping[str, str]) -> No
             section = data.setdefault(head.lower(), {})
             if not isinstance(section, dict):
                 raise ConfigError(f"{head.lower()}: must be a table ([{head.lower()}])")
-            section[key.lower()] = _env_value(model, key.lower(), value)
+            section[key.lower()] = _env_value(model, key.lower(), name, value)
         elif head == "AETS":
             _overlay_ae(data, name, key, value)
 
@@ -512,7 +515,7 @@ def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
                 aets.append(entry)
             model = S3AeConfig if str(entry.get("backend")) == "s3" else AeConfig
             entry[field] = _env_value(
-                model if field in model.model_fields else S3AeConfig, field, value
+                model if field in model.model_fields else S3AeConfig, field, name, value
             )
             return
     raise ConfigError(
@@ -520,10 +523,18 @@ def _overlay_ae(data: dict[str, Any], name: str, rest: str, value: str) -> None:
     )
 
 
-def _env_value(model: type[BaseModel], field: str, value: str) -> Any:
-    """Lists (tuple-typed keys) are comma-separated in the environment; pydantic coerces the
-    scalars from their string form."""
+def _env_value(model: type[BaseModel], field: str, name: str, value: str) -> Any:
+    """Lists (tuple-typed keys) are comma-separated in the environment, or a JSON array — the
+    only way to give an array of tables such as ``[[auth.tokens]]`` (``RST_AUTH_TOKENS='[{"name":
+    …}]'``, e.g. from a Kubernetes Secret); pydantic coerces the scalars from their string form."""
     annotation = model.model_fields[field].annotation
     if getattr(annotation, "__origin__", None) is tuple:
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:  # its message quotes no part of the value
+                raise ConfigError(
+                    f"environment variable {name}: not a JSON array ({exc.msg})"
+                ) from None
         return [item.strip() for item in value.split(",") if item.strip()]
     return value

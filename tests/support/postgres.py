@@ -28,6 +28,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import trio
@@ -49,6 +50,8 @@ READY_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 START_ATTEMPTS = 3  # free_port() is racy: retry with a fresh port when the bind failed
 _SYSTEM_USER = "postgres"  # created by the Debian package
+
+T = TypeVar("T")
 
 
 class PostgresError(RuntimeError):
@@ -213,10 +216,11 @@ def create_schema(url: str) -> str:
 
 
 @contextmanager
-def serve_in_thread(server: AbstractAsyncContextManager[str]) -> Iterator[str]:
+def serve_in_thread(server: AbstractAsyncContextManager[T]) -> Iterator[T]:
     """Enter the async context manager ``server`` in its own trio run on a thread; yield what
-    it yields, exit it (in that thread) when the ``with`` block ends. For session fixtures."""
-    started: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event] | BaseException]
+    it yields, exit it (in that thread) when the ``with`` block ends. For session and module
+    fixtures (a PostgreSQL server; the replicas of :mod:`tests.support.replicas`)."""
+    started: queue.Queue[tuple[T, trio.lowlevel.TrioToken, trio.Event] | BaseException]
     started = queue.Queue()
     failure: list[BaseException] = []
 
@@ -230,7 +234,7 @@ def serve_in_thread(server: AbstractAsyncContextManager[str]) -> Iterator[str]:
             started.put(exc)  # read by the caller unless it already has the value
             failure.append(exc)
 
-    thread = threading.Thread(target=trio.run, args=(run,), name="postgres-server", daemon=True)
+    thread = threading.Thread(target=trio.run, args=(run,), name="served-in-thread", daemon=True)
     thread.start()
     first = started.get()
     if isinstance(first, BaseException):

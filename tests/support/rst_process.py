@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,13 +29,16 @@ STOP_GRACE = 20.0
 
 
 @asynccontextmanager
-async def rst_process(*args: str, cwd: Path | None = None) -> AsyncIterator[trio.Process]:
-    """``python -m rst ARGS`` with the environment at the time of the call and :data:`ENV`."""
+async def rst_process(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[trio.Process]:
+    """``python -m rst ARGS`` with the environment at the time of the call, :data:`ENV` and
+    *env* (which wins: e.g. ``RST_*`` settings of one replica among several)."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "rst", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **ENV},
+        env={**os.environ, **ENV, **(env or {})},
         cwd=None if cwd is None else str(cwd),
     )
     try:

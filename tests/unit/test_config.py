@@ -312,6 +312,46 @@ def test_env_single_item_list_needs_no_comma() -> None:
     assert config.http.cors_origins == ("*",)
 
 
+def test_env_list_may_be_a_json_array() -> None:
+    config = load_config(environ={"RST_HTTP_CORS_ORIGINS": ' ["https://a.example,b"]'})
+
+    assert config.http.cors_origins == ("https://a.example,b",)
+
+
+def test_env_array_of_tables_is_a_json_array_and_joins_the_file(tmp_path: Path) -> None:
+    # [[auth.tokens]] from a secret (a Kubernetes Secret as an environment variable), the rest
+    # of [auth] from the file
+    path = write(
+        tmp_path,
+        '[auth]\nopen_endpoints = ["livez", "readyz"]\n'
+        '[[auth.grants]]\nrole = "ai"\naets = ["*"]\nallow = ["search"]\n',
+    )
+    digest = "ab" * 32
+    tokens = f'[{{"name": "pipeline", "sha256": "{digest.upper()}", "roles": ["ai"]}}]'
+
+    config = load_config(path, environ={"RST_AUTH_TOKENS": tokens})
+
+    assert config.auth is not None
+    assert [(t.name, t.sha256, t.roles) for t in config.auth.tokens] == [
+        ("pipeline", digest, ("ai",))
+    ]
+    assert config.auth.open_endpoints == ("livez", "readyz")
+    assert [g.role for g in config.auth.grants] == ["ai"]
+
+
+def test_env_json_array_that_does_not_parse_names_the_variable_not_the_value() -> None:
+    secret = "s3cr3t-token-value"
+    with pytest.raises(ConfigError, match=r"RST_AUTH_TOKENS: not a JSON array") as caught:
+        load_config(environ={"RST_AUTH_TOKENS": f'[{{"name": "{secret}"'})
+
+    assert secret not in str(caught.value)
+
+
+def test_env_array_of_tables_that_is_not_json_is_invalid() -> None:
+    with pytest.raises(ConfigError, match=r"auth\.tokens\.0: "):
+        load_config(environ={"RST_AUTH_TOKENS": "pipeline"})
+
+
 def test_env_scalar_value_may_contain_commas() -> None:
     config = load_config(environ={"RST_HTTP_BASE_URL": "https://gw.example/a,b"})
 
