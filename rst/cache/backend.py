@@ -332,9 +332,10 @@ def _close(instance: Instance) -> None:
 
 
 def archive_key(ae: AeConfig) -> str:
-    """What names a PACS in the cache: its AE title and address (an AE title moved to another
-    PACS does not inherit the old one's instances)."""
-    return f"{ae.aet}@{ae.host}:{ae.port}"
+    """What names a PACS in the cache: the AE title rst calls it by and its address (an AE title
+    moved to another PACS does not inherit the old one's instances; two routes to one PACS, one
+    by C-MOVE and one by C-GET, share them)."""
+    return f"{ae.called_aet}@{ae.host}:{ae.port}"
 
 
 def with_cache(

@@ -272,7 +272,7 @@ async def open_association(
     async with stream:
         reader = PduReader(max_pdu_length=max_pdu or UNLIMITED_CHUNK)
         request = encode_associate_rq(
-            called_aet=config.aet,
+            called_aet=config.called_aet,
             calling_aet=calling_aet,
             contexts=contexts,
             max_pdu_length=max_pdu or UNLIMITED_CHUNK,  # what the reader takes
@@ -300,7 +300,7 @@ async def open_association(
             kind = "permanently" if answer.result == 1 else "transiently"
             raise AssociationRejected(
                 f"the PACS {where} {kind} rejected the association: {reason} "
-                f"(rst called it as {calling_aet!r}, called AE title {config.aet!r})"
+                f"(rst called it as {calling_aet!r}, called AE title {config.called_aet!r})"
             )
         if not isinstance(answer, AssociateAccept):
             raise AssociationRejected(
