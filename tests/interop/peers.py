@@ -58,9 +58,15 @@ class Archive:
 
 @asynccontextmanager
 async def open_archive(
-    kind: Kind, workdir: Path, files: Sequence[Path], *, max_pdu: int | None = None
+    kind: Kind,
+    workdir: Path,
+    files: Sequence[Path],
+    *,
+    max_pdu: int | None = None,
+    options: Sequence[str] = (),
 ) -> AsyncIterator[Archive]:
-    """Start a PACS of *kind* holding *files*; *max_pdu*: the largest PDU it receives."""
+    """Start a PACS of *kind* holding *files*; *max_pdu*: the largest PDU it receives;
+    *options*: dcmqrscp's command-line options."""
     receiver_port = free_port()
     destination = ("127.0.0.1", receiver_port)
     if kind == "orthanc":
@@ -87,9 +93,13 @@ async def open_archive(
 
             yield Archive(kind, orthanc.aet, orthanc.dicom_port, orthanc_stored, receiver_port)
     elif kind == "dcmqrscp":
-        options: dict[str, Any] = {"max_pdu": max_pdu} if max_pdu else {}
+        pdu: dict[str, Any] = {"max_pdu": max_pdu} if max_pdu else {}
         async with open_dcmqrscp(
-            workdir / "dcmqrscp", files=files, destinations={RST_AET: destination}, **options
+            workdir / "dcmqrscp",
+            files=files,
+            destinations={RST_AET: destination},
+            options=options,
+            **pdu,
         ) as qr:
 
             async def dcmqrscp_stored() -> dict[str, Dataset]:
