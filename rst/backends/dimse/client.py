@@ -237,6 +237,13 @@ class Connection:
                 self.reader.advance(count)
             elif isinstance(pdu, ReleaseResponse):
                 return True
+            elif isinstance(pdu, ReleaseRequest):
+                # a release collision: the requestor answers first, then awaits the
+                # PACS's A-RELEASE-RP (PS3.8 Table 9-10: AR-8, AR-9, Sta11)
+                try:
+                    await self.stream.send_all(encode_release_rp())
+                except (trio.BrokenResourceError, OSError):
+                    return False
             elif not isinstance(pdu, PData):
                 return False  # an abort, or a PDU out of turn: the release will not come
             # late P-DATA (e.g. responses after a C-CANCEL) are dropped
