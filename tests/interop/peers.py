@@ -137,8 +137,11 @@ async def open_archive(
 
 
 @asynccontextmanager
-async def open_gateway(archive: Archive, **route: Any) -> AsyncIterator[Running]:
-    """rst with the routes ``MOVE`` and ``GET`` to *archive* (*route*: more ``[[aets]]`` keys)."""
+async def open_gateway(
+    archive: Archive, *, health: dict[str, Any] | None = None, **route: Any
+) -> AsyncIterator[Running]:
+    """rst with the routes ``MOVE`` and ``GET`` to *archive* (*route*: more ``[[aets]]`` keys;
+    *health*: ``[health]`` keys)."""
 
     def to(name: str, retrieve: Literal["move", "get"]) -> AeConfig:
         return AeConfig.model_validate(
@@ -156,5 +159,6 @@ async def open_gateway(archive: Archive, **route: Any) -> AsyncIterator[Running]
         to("MOVE", "move"),
         to("GET", "get"),
         dimse={"aet": RST_AET, "port": archive.receiver_port, "accept_unknown_callers": False},
+        health=health,
     ) as running:
         yield running
