@@ -332,10 +332,12 @@ def _close(instance: Instance) -> None:
 
 
 def archive_key(ae: AeConfig) -> str:
-    """What names a PACS in the cache: the AE title rst calls it by and its address (an AE title
-    moved to another PACS does not inherit the old one's instances; two routes to one PACS, one
-    by C-MOVE and one by C-GET, share them)."""
-    return f"{ae.called_aet}@{ae.host}:{ae.port}"
+    """What names a PACS in the cache: the route, the AE title rst calls and the address. An AE
+    title moved to another PACS does not inherit the old one's instances, and two routes never
+    share any, even to one PACS: each may call it with its own calling AE title, to which the
+    PACS may show other studies."""
+    called = "" if ae.called_aet == ae.aet else f"/{ae.called_aet}"
+    return f"{ae.aet}{called}@{ae.host}:{ae.port}"
 
 
 def with_cache(
