@@ -8,6 +8,7 @@ back as it was stored.
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pydicom.sequence import Sequence
 
 from rst.dicom.multipart import MultipartReader, parse_content_type
 
-__all__ = ["differences", "originals", "retrieved"]
+__all__ = ["decompressed", "differences", "originals", "retrieved"]
 
 
 def retrieved(response: httpx.Response) -> dict[str, Dataset]:
@@ -71,3 +72,11 @@ def _value(value: object) -> object:
     if isinstance(value, MultiValue):
         return list(value)
     return value
+
+
+def decompressed(ds: Dataset) -> Dataset:
+    """A copy of *ds* with its pixel data decoded (what a PACS or rst that decompresses an
+    instance should send), the original untouched."""
+    copied = copy.deepcopy(ds)
+    copied.decompress(generate_instance_uid=False)
+    return copied
