@@ -10,9 +10,9 @@ What each PACS can do differs, and each outcome is pinned down here:
 - C-GET: rst proposes, in one presentation context per storage class, the syntaxes the client
   allows (compressed first for ``*``, only uncompressed otherwise) and the PACS picks one per
   class. Orthanc picks Explicit VR Little Endian and decompresses; dcmqrscp picks by its own
-  preference (``+xr``: RLE) and does not decompress; pynetdicom takes the first syntax rst
-  proposes (JPEG Baseline) and can then send an RLE instance on no context. A PACS that cannot
-  send is a 502 with the PACS's status and counts.
+  preference (``+xr``: RLE) and does not decompress; pynetdicom takes the first syntax of its
+  own list that rst proposes (Implicit VR Little Endian) and does not decompress either. A
+  PACS that cannot send is a 502 with the PACS's status and counts.
 
 Whatever arrives is compared with the stored file: element by element when it came as stored,
 after decoding the stored pixel data when it came decompressed.
