@@ -22,6 +22,7 @@ from pydicom.uid import CTImageStorage
 from rst.backends.dimse import uids
 from tests.interop.peers import Kind, open_archive, open_gateway
 from tests.support.compare import differences, originals, retrieved
+from tests.support.dcmtk import run_tool
 from tests.support.sample import StudyFiles, write_ct_study
 from tests.support.stow import fates, multipart
 
@@ -43,12 +44,16 @@ async def test_every_operation_with_the_pacs_max_pdu(
         open_gateway(archive) as gateway,
         httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as http,
     ):
+        # the PACS really offers that length (the last line: the A-ASSOCIATE-AC's)
+        echo = await run_tool("echoscu", "-d", "-aec", archive.aet, archive.host, str(archive.port))
+        offered = [line for line in echo.output.splitlines() if "Their Max PDU" in line]
         found = await http.get(f"/aets/MOVE/studies/{study}/instances")
         moved = await http.get(f"/aets/MOVE/studies/{study}")
         got = await http.get(f"/aets/GET/studies/{study}")
         stored = await http.post("/aets/MOVE/studies", content=body, headers=headers)
         held = await archive.stored()
 
+    assert offered[-1].split(":")[-1].strip() == str(max_pdu), echo.output
     assert found.status_code == 200, found.text
     assert sorted(row["00080018"]["Value"][0] for row in found.json()) == sorted(ct_study.sop_uids)
     expected = originals(ct_study.paths)
