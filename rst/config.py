@@ -253,7 +253,7 @@ class AeConfig(_Section):
     cache: bool = True
     """Keep retrieved instances in the retrieve cache (``[cache]``) and serve them from it."""
     store_calling_aets: tuple[AeTitle, ...] = ()
-    """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[aet]``)."""
+    """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[called_aet]``)."""
     store_from: tuple[str, ...] = ()
     """Addresses or networks (CIDR, IPv4 or IPv6) this PACS's C-STOREs may come from, e.g.
     ``["10.0.0.5", "10.0.1.0/24"]``; empty: any address."""
