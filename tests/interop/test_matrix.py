@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset
 from rst.server import Running
 from tests.interop.peers import KINDS, Archive, Kind, open_archive, open_gateway
 from tests.support.compare import differences, originals, retrieved
+from tests.support.gateway import settled
 from tests.support.sample import StudyFiles, write_ct_study
 from tests.support.stow import fates, multipart
 
@@ -100,6 +101,8 @@ async def test_operation(
             response = await http.post("/aets/MOVE/studies", content=body, headers=headers)
 
     assert response.status_code == 200, response.text
+    for route in ("MOVE", "GET"):  # every association released, every subscription gone
+        await settled(gateway, route)
     if kind == "echo":
         assert response.json()["status"] == "ok"
     elif kind == "readyz":
