@@ -237,7 +237,11 @@ class AeConfig(_Section):
     """One remote archive, served under ``/aets/{aet}/``."""
 
     aet: AeTitle
+    """The route name (``/aets/{aet}/``) and, unless ``called_aet`` says otherwise, the PACS's
+    AE title."""
     backend: Literal["dimse"] = "dimse"
+    called_aet: AeTitle = ""
+    """The AE title rst calls this PACS by (default: ``aet``; always set once validated)."""
     host: str = "127.0.0.1"
     port: Port = 104
     retrieve: Literal["move", "get"] = "move"
@@ -269,7 +273,7 @@ class AeConfig(_Section):
     cache: bool = True
     """Keep retrieved instances in the retrieve cache (``[cache]``) and serve them from it."""
     store_calling_aets: tuple[AeTitle, ...] = ()
-    """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[aet]``)."""
+    """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[called_aet]``)."""
     store_from: tuple[str, ...] = ()
     """Addresses or networks (CIDR, IPv4 or IPv6) this PACS's C-STOREs may come from, e.g.
     ``["10.0.0.5", "10.0.1.0/24"]``; empty: any address."""
@@ -285,7 +289,14 @@ class AeConfig(_Section):
     tls_key: Annotated[str, Field(min_length=1)] | None = None
     """PEM file with that certificate's private key, unencrypted (default: in ``tls_cert``)."""
 
-    @field_validator("aet")
+    @model_validator(mode="before")
+    @classmethod
+    def _called_defaults_to_aet(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("called_aet") is None and "aet" in data:
+            return {**data, "called_aet": data["aet"]}
+        return data
+
+    @field_validator("aet", "called_aet")
     @classmethod
     def _strip(cls, value: str) -> str:
         return value.strip()
@@ -315,8 +326,9 @@ class AeConfig(_Section):
 
     @property
     def callers(self) -> tuple[str, ...]:
-        """The AE titles this PACS calls rst's receiver with."""
-        return self.store_calling_aets or (self.aet,)
+        """The AE titles this PACS calls rst's receiver with (by default the title rst calls
+        it by: a PACS calls with its own)."""
+        return self.store_calling_aets or (self.called_aet,)
 
 
 class S3AeConfig(_Section):

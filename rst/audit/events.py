@@ -142,7 +142,11 @@ def event(record: AuditRecord, ending: Ending, *, source_id: str) -> dict[str, A
     participants = [client, gateway]
     if record.aet is not None:
         participants.append(
-            {"UserID": record.aet, "UserIDTypeCode": STATION_AE, "UserIsRequestor": False}
+            {
+                "UserID": record.station or record.aet,
+                "UserIDTypeCode": STATION_AE,
+                "UserIsRequestor": False,
+            }
         )
     objects = _studies(record)
     if searching:

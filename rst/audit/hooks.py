@@ -14,6 +14,7 @@ names its caller). The routes themselves do nothing: the record is on ``g`` and
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 
 from hypercorn.typing import (
@@ -60,10 +61,12 @@ def note_identity() -> None:
         record.identity = identity()
 
 
-def install_audit(app: Quart, trail: AuditTrail) -> None:
+def install_audit(app: Quart, trail: AuditTrail, stations: Mapping[str, str] | None = None) -> None:
     """Audit the requests of *app* into *trail*: call before :func:`rst.auth.install_guard`
     (so that a request the guard refuses is recorded too), then register :func:`note_identity`
-    after it."""
+    after it. *stations*: the AE title of each route's archive where it is not the route's
+    name (``[[aets]] called_aet``), for the Station AE Title participant."""
+    stations = dict(stations or {})
     app.asgi_app = AuditMiddleware(app.asgi_app, trail)  # type: ignore[method-assign]
     limit = trail.config.max_query_chars
 
@@ -82,6 +85,7 @@ def install_audit(app: Quart, trail: AuditTrail) -> None:
         record.resource = (request.endpoint or "").split(".", 1)[-1]
         args = request.view_args or {}
         record.aet = args.get("aet")
+        record.station = stations.get(record.aet or "")
         record.study_uid = args.get("study")
         record.series_uid = args.get("series")
         record.sop_uid = args.get("sop")

@@ -43,6 +43,8 @@ class AuditRecord:
     resource: str = ""
     """The route's endpoint (``qido:studies``, ``metadata:series``, ``wado-uri``…)."""
     aet: str | None = None
+    station: str | None = None
+    """The archive's own AE title (a DIMSE entry's ``called_aet``), when it is not ``aet``."""
     level: str | None = None
     study_uid: str | None = None
     series_uid: str | None = None

@@ -332,9 +332,12 @@ def _close(instance: Instance) -> None:
 
 
 def archive_key(ae: AeConfig) -> str:
-    """What names a PACS in the cache: its AE title and address (an AE title moved to another
-    PACS does not inherit the old one's instances)."""
-    return f"{ae.aet}@{ae.host}:{ae.port}"
+    """What names a PACS in the cache: the route, the AE title rst calls and the address. An AE
+    title moved to another PACS does not inherit the old one's instances, and two routes never
+    share any, even to one PACS: each may call it with its own calling AE title, to which the
+    PACS may show other studies."""
+    called = "" if ae.called_aet == ae.aet else f"/{ae.called_aet}"
+    return f"{ae.aet}{called}@{ae.host}:{ae.port}"
 
 
 def with_cache(

@@ -9,7 +9,7 @@ from quart_trio import QuartTrio
 
 from rst.audit import AuditTrail, install_audit, note_identity
 from rst.auth import install_guard
-from rst.config import Config
+from rst.config import AeConfig, Config
 from rst.health import HealthMonitor
 from rst.http.compression import gzip_response
 from rst.http.errors import register_error_handlers
@@ -63,7 +63,12 @@ def create_app(
     app.config["RST_BODY_TIMEOUT"] = config.http.body_timeout  # read by RequestScopedConnection
     register_error_handlers(app, metrics)
     if audit is not None:
-        install_audit(app, audit)  # before the guard: a refused request is audited too
+        stations = {
+            ae.aet: ae.called_aet
+            for ae in config.aets
+            if isinstance(ae, AeConfig) and ae.called_aet != ae.aet
+        }
+        install_audit(app, audit, stations)  # before the guard: a refused one is audited too
     if config.auth is not None:
         install_guard(app, config.auth)  # before every route: rst.auth.guard
     if audit is not None:

@@ -58,7 +58,12 @@ def dicomweb_blueprint(
 
     def describe(ae: AeConfig | S3AeConfig) -> dict[str, Any]:
         where: dict[str, Any] = (
-            {"host": ae.host, "port": ae.port, "retrieve": ae.retrieve}
+            {
+                "called_aet": ae.called_aet,
+                "host": ae.host,
+                "port": ae.port,
+                "retrieve": ae.retrieve,
+            }
             if isinstance(ae, AeConfig)
             else {"endpoint": ae.endpoint, "bucket": ae.bucket, "prefix": ae.prefix}
         )

@@ -26,7 +26,7 @@ from pydicom import Dataset
 
 from rst.audit import AuditConfig, AuditTrail
 from rst.auth import AuthConfig
-from rst.config import Config, HttpConfig
+from rst.config import AeConfig, Config, HttpConfig
 from rst.dicom.statuses import OUT_OF_RESOURCES
 from rst.http.app import create_app
 from rst.http.listener import serve_http
@@ -76,9 +76,12 @@ class CapturedTrail(AuditTrail):
 
 @asynccontextmanager
 async def gateway(
-    backends: Mapping[str, Backend], auth: AuthConfig | None = None, max_query_chars: int = 2048
+    backends: Mapping[str, Backend],
+    auth: AuthConfig | None = None,
+    max_query_chars: int = 2048,
+    aets: tuple[AeConfig, ...] = (),
 ) -> AsyncIterator[tuple[httpx.AsyncClient, CapturedTrail]]:
-    config = Config(http=HttpConfig(host="127.0.0.1", port=0), auth=auth)
+    config = Config(http=HttpConfig(host="127.0.0.1", port=0), auth=auth, aets=aets)
     trail = CapturedTrail(max_query_chars)
     async with trio.open_nursery() as nursery:
         app = create_app(config, backends, audit=trail)
@@ -187,6 +190,18 @@ async def test_qido_is_a_query_with_its_parameters() -> None:
     assert flat["matches"] == 3
     assert flat["outcome"] == "success"
     assert flat["bytes_sent"] == response.num_bytes_downloaded
+
+
+async def test_the_station_is_the_ae_title_rst_calls_not_the_route() -> None:
+    # [[aets]] called_aet: the route X reaches the PACS whose AE title is PACS
+    aets = (AeConfig(aet="X", called_aet="PACS"),)
+    async with gateway({"X": ScriptedBackend(matches=[])}, aets=aets) as (client, trail):
+        assert (await client.get("/aets/X/studies")).status_code == 200
+        event = await trail.next()
+
+    assert event["rst"]["aet"] == "X"
+    station = event["ActiveParticipant"][2]
+    assert (station["UserID"], station["UserIDTypeCode"]["csd-code"]) == ("PACS", "110119")
 
 
 async def test_series_search_in_a_study_names_the_study_and_bounds_the_query() -> None:

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from tests.support import orthanc as orthanc_module
+from tests.support.dcmqrscp import open_dcmqrscp
 from tests.support.dcmtk import (
     DcmtkError,
     StoreDestination,
@@ -413,3 +414,29 @@ async def test_orthanc_accepts_multiframe(orthanc: Orthanc, tmp_path: Path) -> N
     async with http_client(orthanc) as client:
         frames = (await client.get(f"/instances/{instance_id}/frames")).json()
     assert frames == [0, 1, 2]
+
+
+# --- dcmqrscp ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_dcmqrscp_serves_its_files_and_stores_on_loopback(
+    ct_study: StudyFiles, tmp_path: Path
+) -> None:
+    loaded, sent = ct_study.paths[:3], ct_study.paths[3:]
+    async with open_dcmqrscp(tmp_path / "qr", files=loaded) as qr:
+        assert _ss_listeners(qr.port) == [f"{LOCALHOST}:{qr.port}"]
+        keys = {
+            "StudyInstanceUID": ct_study.study_uid,
+            "SeriesInstanceUID": ct_study.series_uids[0],
+            "SOPInstanceUID": "",
+        }
+        found = await findscu(LOCALHOST, qr.port, qr.aet, keys, level="IMAGE")
+        stored = await storescu(LOCALHOST, qr.port, qr.aet, sent)
+        assert stored.check().store_statuses == ["Success"] * len(sent)
+        held = qr.stored()
+    assert {str(ds.SOPInstanceUID) for ds in found.check().matches} == set(ct_study.sop_uids[:3])
+    assert set(held) == set(ct_study.sop_uids)
+    assert _ss_listeners(qr.port) == []  # stopped
+    with pytest.raises(ProcessLookupError):  # and so are the children that served associations
+        os.killpg(qr.pid, 0)

@@ -40,7 +40,7 @@ async def run_gateway(
     with tempfile.TemporaryDirectory(prefix="rst-test-cache-") as folder:
         config = Config(
             http=HttpConfig(host="127.0.0.1", port=0, **(http or {})),
-            dimse=DimseConfig(host="127.0.0.1", port=0, **(dimse or {})),
+            dimse=DimseConfig(**{"host": "127.0.0.1", "port": 0, **(dimse or {})}),
             cache=CacheConfig(**{"path": folder, **(cache or {})}),
             health=HealthConfig(**{"check_archives": False, **(health or {})}),
             aets=aets,

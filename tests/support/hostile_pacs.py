@@ -482,6 +482,12 @@ class HostilePacs:
     instances: tuple[SampleInstance, ...] = field(default_factory=sample_instances)
     destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Move destinations it knows: AE title -> (host, port)."""
+    empty_pendings: int = 0
+    """Pending C-FIND responses without an identifier sent before the matches (a PACS that
+    reports progress so; PS3.4 C.4.1.1.4 wants an identifier in each)."""
+    collide_on_release: bool = False
+    """Answer rst's A-RELEASE-RQ with one of its own (a release collision, PS3.8 Sta10), then
+    wait for rst's A-RELEASE-RP before sending its own (AR-10, AR-4)."""
 
     def __post_init__(self) -> None:
         self.struck: Phase | None = None
@@ -596,11 +602,26 @@ class HostilePacs:
             if isinstance(message, ReleaseRequest):
                 if (script := self._strike(Phase.RELEASE)) is not None:
                     await self._fault(link, script)
+                if self.collide_on_release:
+                    await self._collide(link)
+                    return
                 await link.send(encode_release_rp())
                 return
             if not isinstance(message, _Message):
                 return  # closed, aborted, or a PDU out of turn: hang up
             await self._dispatch(link, message, request.calling_aet)
+
+    async def _collide(self, link: _Link) -> None:
+        """The acceptor's side of a release collision: its own A-RELEASE-RQ, then the
+        requestor's A-RELEASE-RP, then its own A-RELEASE-RP; anything else is noted."""
+        await link.send(encode_release_rq())
+        answer = await link.pdu()
+        if not isinstance(answer, ReleaseResponse):
+            self.events.append(f"collision: {type(answer).__name__} instead of A-RELEASE-RP")
+            return
+        self.events.append("collision: A-RELEASE-RP")
+        await link.send(encode_release_rp())
+        await link.drain()
 
     async def _dispatch(self, link: _Link, message: _Message, calling_aet: str) -> None:
         command = message.command
@@ -626,6 +647,8 @@ class HostilePacs:
         context_id, syntax = message.context_id, link.contexts[message.context_id][1]
         query = _decode_dataset(message.dataset or b"", syntax)
         pending = _response(message, C_FIND_RSP, PENDING, dataset=True)
+        for _ in range(self.empty_pendings):
+            await link.send_command(context_id, _response(message, C_FIND_RSP, PENDING))
         for number, instance in enumerate(self.instances):
             match = encode_dataset(_match(query, instance.dataset), syntax)
             phase = Phase.FIRST_RESPONSE if number == 0 else Phase.PENDING

@@ -18,10 +18,11 @@ import trio
 import trio.testing
 from pydicom import Dataset
 
-from rst.cache import Cache, CachedBackend, Store
+from rst.cache import Cache, CachedBackend, Store, archive_key
 from rst.cache.files import CHUNK, FileChunks
 from rst.cache.flight import Flight, State
 from rst.cache.store import Pending
+from rst.config import AeConfig
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 from rst.errors import ArchiveBusy, IncompleteRetrieve, NotFound, RstError
@@ -502,3 +503,15 @@ async def test_a_store_makes_the_cache_forget_the_series(
 
     assert archive.stored == ["1.2.3.4.99"]
     assert archive.calls == [SERIES_KEYS, SERIES_KEYS]
+
+
+def test_the_cache_knows_a_pacs_by_route_called_title_and_address() -> None:
+    def key(**fields: str) -> str:
+        return archive_key(AeConfig.model_validate({"host": "10.0.0.5", "port": 104, **fields}))
+
+    assert key(aet="PACS") == "PACS@10.0.0.5:104"  # as before called_aet existed
+    assert key(aet="PACS", called_aet="PACS") == key(aet="PACS")
+    # two routes to one PACS never share (their calling AE titles may see other studies) ...
+    assert key(aet="VIA_MOVE", called_aet="PACS") != key(aet="VIA_GET", called_aet="PACS")
+    # ... and one route pointed at another AE on the same port starts afresh
+    assert key(aet="ROUTE", called_aet="A") != key(aet="ROUTE", called_aet="B")

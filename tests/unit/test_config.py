@@ -63,6 +63,7 @@ def test_ae_defaults() -> None:
 
     assert (ae.backend, ae.host, ae.port, ae.retrieve) == ("dimse", "127.0.0.1", 104, "move")
     assert ae.calling_aet is None
+    assert ae.called_aet == "PACS"
     assert ae.max_associations == 8
     assert ae.correlation == "auto"
     assert (ae.connect_timeout, ae.find_timeout, ae.first_store_timeout) == (10.0, 30.0, 120.0)
@@ -213,6 +214,77 @@ def test_ae_titles_that_differ_only_by_padding_are_duplicates(tmp_path: Path) ->
 
     with pytest.raises(ConfigError, match="configured twice"):
         load_config(path, environ=NO_ENV)
+
+
+# -- called_aet: the route name and the AE title rst calls ----------------------------------
+
+
+def test_called_aet_defaults_to_the_route_name_padding_removed(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[[aets]]\naet = " PACS "\n'), environ=NO_ENV)
+
+    ae = dimse(config.ae("PACS"))
+    assert (ae.aet, ae.called_aet) == ("PACS", "PACS")
+
+
+def test_two_routes_may_call_the_same_ae_title(tmp_path: Path) -> None:
+    # One PACS served by C-MOVE and by C-GET; two archives that both call themselves PACS.
+    path = write(
+        tmp_path,
+        """
+        [[aets]]
+        aet = "PACS_MOVE"
+        called_aet = "PACS"
+
+        [[aets]]
+        aet = "PACS_GET"
+        called_aet = "PACS "
+        retrieve = "get"
+
+        [[aets]]
+        aet = "OTHER"
+        called_aet = "PACS"
+        host = "10.0.0.9"
+        """,
+    )
+    config = load_config(path, environ=NO_ENV)
+
+    move, get, other = (dimse(config.ae(name)) for name in ("PACS_MOVE", "PACS_GET", "OTHER"))
+    assert [ae.called_aet for ae in (move, get, other)] == ["PACS", "PACS", "PACS"]
+    assert (move.retrieve, get.retrieve, other.host) == ("move", "get", "10.0.0.9")
+    # the PACS calls rst's receiver with its own title, not with a route name
+    assert move.callers == get.callers == ("PACS",)
+
+
+def test_route_names_stay_unique_whatever_they_call(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[aets]]\naet = "PACS"\ncalled_aet = "A"\n\n[[aets]]\naet = "PACS"\ncalled_aet = "B"\n',
+    )
+    with pytest.raises(ConfigError, match=r"aets: AE title 'PACS' is configured twice"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_env_sets_called_aet_not_mistaken_for_aet() -> None:
+    config = load_config(None, environ={"RST_AETS_ROUTE_CALLED_AET": "REMOTE"})
+
+    ae = dimse(config.ae("ROUTE"))
+    assert (ae.aet, ae.called_aet, ae.calling_aet) == ("ROUTE", "REMOTE", None)
+
+
+@pytest.mark.parametrize("bad", ["", "    ", "SEVENTEEN_CHARS_X", "BACK\\\\SLASH"])
+def test_bad_called_aet_names_the_key(tmp_path: Path, bad: str) -> None:
+    path = write(tmp_path, f'[[aets]]\naet = "PACS"\ncalled_aet = "{bad}"\n')
+    with pytest.raises(ConfigError, match=r"aets\.0\.called_aet"):
+        load_config(path, environ=NO_ENV)
+
+
+def test_a_worker_gets_the_called_aet(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[aets]]\naet = "ROUTE"\ncalled_aet = "REMOTE"\n')
+    config = load_config(path, environ=NO_ENV)
+
+    again = Config.model_validate_json(config.model_dump_json())
+    assert again == config
+    assert dimse(again.ae("ROUTE")).called_aet == "REMOTE"
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asyncco
 import trio
 from pydicom import Dataset
 
-from rst.backends.dimse.client import BROKEN, broken_association, encode_identifier
+from rst.backends.dimse.client import BROKEN, Connection, broken_association, encode_identifier
 from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
 from rst.backends.dimse.outcome import status_of
@@ -31,6 +31,7 @@ from rst.dicom.query import Model, QidoQuery
 from rst.dicom.statuses import Status, is_success
 from rst.errors import (
     AssociationBroken,
+    AssociationRejected,
     BackendTimeout,
     DimseFailure,
     NotSupported,
@@ -245,6 +246,8 @@ class DimseBackend:
             async with self.peer.connect(contexts, roles) as connection:
                 model = GET_MODEL if get else MOVE_MODEL
                 context_id, syntax = connection.context_for(model)
+                if get:
+                    self._can_receive(connection)
                 request = (
                     encode_c_get_rq(message_id=msg_id, sop_class_uid=model)
                     if get
@@ -290,6 +293,22 @@ class DimseBackend:
                         finally:
                             sink.close()
                             nursery.cancel_scope.cancel()
+
+    def _can_receive(self, connection: Connection) -> None:
+        """Raise unless the PACS lets rst take C-STOREs on this C-GET association: a storage
+        context accepted with the SCP role rst proposed for it. Without a role selection item
+        in the answer, the roles are the default ones (PS3.7 D.3.3.4): rst is only SCU, and the
+        PACS could send nothing; rst says so instead of sending the C-GET."""
+        accepted = {abstract for abstract, _ in connection.accepted.values()}
+        storage = accepted & set(GET_STORAGE_CLASSES)
+        roles = connection.accept.roles
+        if not any(roles.get(uid, (True, False))[1] for uid in storage):
+            raise AssociationRejected(
+                f"the PACS {self.name} cannot send instances on a C-GET association: of the "
+                f"{len(GET_STORAGE_CLASSES)} storage classes rst proposed it accepted "
+                f"{len(storage)}, and rst as their SCP for none (SCP/SCU role selection); "
+                'retrieve by C-MOVE (retrieve = "move") from this PACS'
+            )
 
     def _arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
         return arrivals(

@@ -237,6 +237,13 @@ class Connection:
                 self.reader.advance(count)
             elif isinstance(pdu, ReleaseResponse):
                 return True
+            elif isinstance(pdu, ReleaseRequest):
+                # a release collision: the requestor answers first, then awaits the
+                # PACS's A-RELEASE-RP (PS3.8 Table 9-10: AR-8, AR-9, Sta11)
+                try:
+                    await self.stream.send_all(encode_release_rp())
+                except (trio.BrokenResourceError, OSError):
+                    return False
             elif not isinstance(pdu, PData):
                 return False  # an abort, or a PDU out of turn: the release will not come
             # late P-DATA (e.g. responses after a C-CANCEL) are dropped
@@ -273,7 +280,7 @@ async def open_association(
     async with stream:
         reader = PduReader(max_pdu_length=max_pdu or UNLIMITED_CHUNK)
         request = encode_associate_rq(
-            called_aet=config.aet,
+            called_aet=config.called_aet,
             calling_aet=calling_aet,
             contexts=contexts,
             max_pdu_length=max_pdu or UNLIMITED_CHUNK,  # what the reader takes
@@ -301,7 +308,7 @@ async def open_association(
             kind = "permanently" if answer.result == 1 else "transiently"
             raise AssociationRejected(
                 f"the PACS {where} {kind} rejected the association: {reason} "
-                f"(rst called it as {calling_aet!r}, called AE title {config.aet!r})"
+                f"(rst called it as {calling_aet!r}, called AE title {config.called_aet!r})"
             )
         if not isinstance(answer, AssociateAccept):
             raise AssociationRejected(
