@@ -152,11 +152,12 @@ class DimseConfig(_Section):
     handshake_timeout: Seconds = 10.0
     """How long a connection to the (trio) receiver may take to send its A-ASSOCIATE-RQ before
     it is closed."""
-    accept_unknown_callers: bool = True
-    """``false``: the receiver accepts associations only from the calling AE titles of the
-    ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ (calling AE title
-    not recognized). ``true`` (the default, for existing setups): any calling AE title is
-    accepted; an ``[[aets]]`` entry's ``store_from`` still applies to its own titles."""
+    accept_unknown_callers: bool = False
+    """``false`` (the default): the receiver accepts associations only from the calling AE
+    titles of the ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ
+    (calling AE title not recognized). ``true``: any calling AE title is accepted (``rst
+    check-config`` warns); an ``[[aets]]`` entry's ``store_from`` still applies to its own
+    titles."""
 
     @field_validator("receiver", "client", mode="before")
     @classmethod
