@@ -18,10 +18,11 @@ from typing import Literal
 
 from rst.dicom.media_types import BULK_MEDIA_TYPES, OCTET_STREAM, bulk_media_type, is_video
 from rst.dicom.part10 import encodable_syntaxes
-from rst.errors import NotAcceptable
+from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",
+    "MAX_MEDIA_RANGES",
     "BulkChoice",
     "BulkdataFormat",
     "FrameChoice",
@@ -40,6 +41,10 @@ __all__ = [
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 """The default transfer syntax of uncompressed data in web services (PS3.18 §8.7.3.3.2)."""
+
+MAX_MEDIA_RANGES = 64
+"""Media ranges one ``Accept`` header (or ``accept`` parameter) may list; more is a 400. Real
+clients send a handful; each range is tried against every representation rst offers."""
 
 _SUPPORTED_SYNTAXES = frozenset({EXPLICIT_VR_LITTLE_ENDIAN})
 """The uncompressed transfer syntax rst serves instances and frames in (Implicit VR and Big
@@ -181,9 +186,17 @@ def parse_accept(header: str) -> list[MediaRange]:
 
     Malformed elements (no ``/``, an invalid q-value) are skipped rather than failing the whole
     request, the way browsers and most servers treat them.
+
+    :raises BadRequest: more than :data:`MAX_MEDIA_RANGES` elements.
     """
+    elements = split_quoted(header, ",")
+    if len(elements) > MAX_MEDIA_RANGES:
+        raise BadRequest(
+            f"the Accept header lists {len(elements)} media ranges, more than "
+            f"{MAX_MEDIA_RANGES} (rst's limit MAX_MEDIA_RANGES)"
+        )
     ranges: list[MediaRange] = []
-    for element in split_quoted(header, ","):
+    for element in elements:
         pieces = split_quoted(element, ";")
         media_type = pieces[0].strip().lower()
         main, slash, sub = media_type.partition("/")

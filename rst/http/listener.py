@@ -61,6 +61,8 @@ def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig
     hc.accesslog = logging.getLogger("rst.access")
     hc.errorlog = logging.getLogger("rst.http")
     hc.keep_alive_timeout = http.keep_alive_timeout
+    hc.h11_max_incomplete_size = http.max_header_bytes  # beyond it: 431 (rst.http.connection)
+    hc.h2_max_header_list_size = http.max_header_bytes
     return hc
 
 
