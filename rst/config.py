@@ -92,8 +92,8 @@ class HttpConfig(_Section):
     max_url_bytes: Annotated[int, Field(ge=1024, le=1024**2)] = 16 * 1024
     """Longest request target (path and query string, as sent) served; longer is 414."""
     max_header_bytes: Annotated[int, Field(ge=4096, le=1024**2)] = 32 * 1024
-    """Largest request head (request line and headers; for HTTP/2 the header list) accepted;
-    larger is 431 (HTTP/1.1; HTTP/2 resets the connection). At least ``max_url_bytes``."""
+    """Largest request head (request line and headers, counted as HTTP/1.1 sends them, for
+    HTTP/2 too) accepted; larger is 431 (:mod:`rst.http.limits`). At least ``max_url_bytes``."""
     graceful_timeout: Seconds = 10.0
     """On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."""
     cors_origins: tuple[str, ...] = ()

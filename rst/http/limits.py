@@ -1,9 +1,10 @@
 """The size of a request's head: its URL and its headers, checked before anything reads them.
 
-The HTTP parsers bound what they buffer (``http.max_header_bytes`` is handed to h11 and h2
-through :func:`rst.http.listener.hypercorn_config`), but h11 only counts what is still
-incomplete: a head that arrives whole in one read passes whatever its size. So the app measures
-every request once more, exactly, as the first thing it does (:func:`check_head`), and answers
+The HTTP parsers bound what they buffer (``http.max_header_bytes`` is handed to h11, twice it
+to h2, which counts 32 bytes more a header: :func:`rst.http.listener.hypercorn_config`), but
+h11 only counts what is still incomplete: a head that arrives whole in one read passes whatever
+its size. So the app measures every request once more, exactly and the same way for both (as
+HTTP/1.1 sends the head), as the first thing it does (:func:`check_head`), and answers
 414 for a URL over ``http.max_url_bytes`` and 431 for a head over ``http.max_header_bytes``,
 each a JSON error naming the limit, for HTTP/1.1 and HTTP/2 alike.
 """

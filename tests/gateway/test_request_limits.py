@@ -147,4 +147,23 @@ def test_the_head_limit_holds_the_url_limit() -> None:
         HttpConfig(max_url_bytes=64 * 1024, max_header_bytes=32 * 1024)
     assert HttpConfig().max_header_bytes >= HttpConfig().max_url_bytes
     parsers = hypercorn_config(HttpConfig(max_header_bytes=50_000))
-    assert parsers.h11_max_incomplete_size == parsers.h2_max_header_list_size == 50_000
+    assert parsers.h11_max_incomplete_size == 50_000
+    assert parsers.h2_max_header_list_size == 100_000  # room for h2's 32 bytes a header
+
+
+async def test_the_limits_hold_over_http2() -> None:
+    """h2c with prior knowledge: the same 414 and 431, each a JSON body, on a stream of a
+    connection that goes on serving."""
+    async with serving() as plain:
+        base = str(plain.base_url)
+        async with httpx.AsyncClient(base_url=base, http1=False, http2=True, timeout=10) as client:
+            served = await client.get("/aets")
+            assert served.http_version == "HTTP/2"
+            assert_refused(await client.get("/" + "a" * MAX_URL), 414, "http.max_url_bytes")
+            # just over the limit: rst's answer, not a reset from h2's own count
+            padding = {f"x-pad-{n}": "p" * 1000 for n in range((MAX_HEAD - 1024) // 1010)}
+            padding["x-last"] = "p" * 1500
+            refused = await client.get("/aets", headers=padding)
+            assert_refused(refused, 431, "http.max_header_bytes")
+            assert refused.http_version == "HTTP/2"
+            assert (await client.get("/aets")).status_code == 200
