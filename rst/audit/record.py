@@ -23,7 +23,7 @@ from pydicom import Dataset
 
 from rst.auth.identity import Identity
 from rst.dicom.part10 import Upload
-from rst.dicom.patient import Patient, patient_in_dataset, patient_in_part10
+from rst.dicom.patient import Patient, PatientReader, patient_in_dataset
 from rst.dicom.query import QidoQuery
 from rst.dicom.statuses import is_stored
 from rst.services.protocols import Backend, Instance, RetrieveKeys, StoreResult, StoreSession
@@ -122,13 +122,14 @@ class AuditedBackend:
         self, keys: RetrieveKeys, prefer: str | None = None
     ) -> AsyncIterator[AsyncIterator[Instance]]:
         record = self.record
+        patient_of = PatientReader()
 
         async def counted(instances: AsyncIterator[Instance]) -> AsyncGenerator[Instance]:
             async for instance in instances:
                 record.transferred(
                     keys.study_uid, instance.sop_instance_uid, instance.sop_class_uid
                 )
-                record.saw(patient_in_part10(instance.data, instance.transfer_syntax))
+                record.saw(patient_of(instance.data, instance.transfer_syntax))
                 yield instance
 
         async with (

@@ -12,7 +12,6 @@ headers that do not fit) gives ``None``: the trail then names no patient for tha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from pydicom import Dataset
 from pydicom.charset import convert_encodings, decode_bytes
@@ -20,7 +19,7 @@ from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
 from rst.dicom.head import NOT_IN_PLACE, NeedMore, dataset_start, top_level_values
 
-__all__ = ["Patient", "patient_in_dataset", "patient_in_part10"]
+__all__ = ["Patient", "PatientReader", "patient_in_dataset", "patient_in_part10"]
 
 SPECIFIC_CHARACTER_SET = 0x00080005
 PATIENT_NAME = 0x00100010
@@ -50,6 +49,31 @@ def patient_in_dataset(dataset: Dataset) -> Patient | None:
 
 def patient_in_part10(data: bytes, transfer_syntax: str) -> Patient | None:
     """The patient of the Part 10 file whose first bytes are *data*, read in place."""
+    return PatientReader()(data, transfer_syntax)
+
+
+class PatientReader:
+    """:func:`patient_in_part10` for the instances of one retrieve, one after another: the
+    values are decoded once while they stay the same (the instances of a study name the same
+    patient), and nothing outlives the retrieve."""
+
+    def __init__(self) -> None:
+        self._last: tuple[_Raw, Patient | None] | None = None
+
+    def __call__(self, data: bytes, transfer_syntax: str) -> Patient | None:
+        raw = _raw_values(data, transfer_syntax)
+        if raw is None:
+            return None
+        if self._last is None or self._last[0] != raw:
+            self._last = (raw, _decoded(*raw))
+        return self._last[1]
+
+
+_Raw = tuple[bytes, bytes, bytes]
+"""Patient ID, Patient's Name and Specific Character Set, as stored (padding stripped)."""
+
+
+def _raw_values(data: bytes, transfer_syntax: str) -> _Raw | None:
     if transfer_syntax in NOT_IN_PLACE:
         return None
     try:
@@ -62,16 +86,11 @@ def patient_in_part10(data: bytes, transfer_syntax: str) -> Patient | None:
     raw_id = values.get(PATIENT_ID, b"").rstrip(_PADDING)
     if not raw_id:
         return None
-    return _decoded(
-        raw_id,
-        values.get(PATIENT_NAME, b"").rstrip(_PADDING),
-        values.get(SPECIFIC_CHARACTER_SET, b""),
-    )
+    name = values.get(PATIENT_NAME, b"").rstrip(_PADDING)
+    return raw_id, name, values.get(SPECIFIC_CHARACTER_SET, b"")
 
 
-@lru_cache(maxsize=256)
 def _decoded(raw_id: bytes, raw_name: bytes, charsets: bytes) -> Patient | None:
-    """The patient of these values (cached: the instances of a study name the same one)."""
     try:
         text = charsets.decode("ascii")
         encodings = convert_encodings([c.strip(" \0") for c in text.split("\\")])

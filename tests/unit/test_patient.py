@@ -10,7 +10,7 @@ from pydicom import Dataset
 
 from rst.audit.record import MAX_PATIENTS, AuditRecord
 from rst.dicom.head import dataset_start
-from rst.dicom.patient import Patient, patient_in_dataset, patient_in_part10
+from rst.dicom.patient import Patient, PatientReader, patient_in_dataset, patient_in_part10
 from tests.support.scripted_backend import part10
 
 EXPLICIT, IMPLICIT = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
@@ -103,3 +103,19 @@ def test_the_file_meta_is_walked_by_its_elements_not_its_group_length() -> None:
     assert patient_in_part10(without, EXPLICIT) == Patient("PAT-1", "CONTAINMENT^TEST")
     wrong = data[:140] + (10).to_bytes(4, "little") + data[144:]  # a group length that lies
     assert dataset_start(wrong) == dataset_start(data)
+
+
+def test_a_reader_follows_the_instances_of_a_retrieve() -> None:
+    read = PatientReader()
+    first = part10("1.2.3.4.1", patient_id="PAT-1", patient_name="DOE^JANE").data
+    again = part10("1.2.3.4.2", patient_id="PAT-1", patient_name="DOE^JANE").data
+    other = part10("1.2.3.4.3", patient_id="PAT-2", patient_name="ROE^RICHARD").data
+    renamed = part10("1.2.3.4.4", patient_id="PAT-2", patient_name="ROE^RICK").data
+    assert [read(data, EXPLICIT) for data in (first, again, other, renamed, first)] == [
+        Patient("PAT-1", "DOE^JANE"),
+        Patient("PAT-1", "DOE^JANE"),
+        Patient("PAT-2", "ROE^RICHARD"),
+        Patient("PAT-2", "ROE^RICK"),
+        Patient("PAT-1", "DOE^JANE"),
+    ]
+    assert read(part10("1.2.3.4.5").data, EXPLICIT) is None
