@@ -22,6 +22,7 @@ import pytest
 import trio
 from pydantic import ValidationError
 
+from rst.auth import AuthConfig
 from rst.config import Config, HttpConfig
 from rst.dicom.accept import MAX_MEDIA_RANGES
 from rst.http.app import create_app
@@ -36,10 +37,10 @@ MAX_HEAD = 24 * 1024
 
 @asynccontextmanager
 async def serving(
-    backends: Mapping[str, Backend] | None = None, **http: Any
+    backends: Mapping[str, Backend] | None = None, auth: AuthConfig | None = None, **http: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     limits = {"max_url_bytes": MAX_URL, "max_header_bytes": MAX_HEAD, **http}
-    config = Config(http=HttpConfig(host="127.0.0.1", port=0, **limits))
+    config = Config(http=HttpConfig(host="127.0.0.1", port=0, **limits), auth=auth)
     app = create_app(config, backends if backends is not None else {"X": ScriptedBackend()})
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve_http, app, config.http)
@@ -103,6 +104,19 @@ async def test_a_url_over_the_limit_is_414_and_one_at_it_is_served() -> None:
         over = await client.get(at_limit + "a")
         assert_refused(over, 414, f"({MAX_URL + 1} bytes)", f"limit of {MAX_URL} bytes")
         assert (await client.get("/aets")).status_code == 200
+
+
+async def test_the_limits_come_before_authentication() -> None:
+    """An anonymous client gets the limit's answer, not a 401: measuring the head needs no
+    credentials and tells nothing about the archives."""
+    auth = AuthConfig.model_validate(
+        {"tokens": [{"name": "t", "sha256": "0" * 64, "roles": ["reader"]}]}
+    )
+    async with serving(auth=auth) as client:
+        assert (await client.get("/aets/X/studies")).status_code == 401
+        assert_refused(await client.get("/" + "a" * MAX_URL), 414, "http.max_url_bytes")
+        big = {"X-Big": "b" * MAX_HEAD}
+        assert_refused(await client.get("/aets", headers=big), 431, "http.max_header_bytes")
 
 
 async def test_a_head_over_the_limit_is_431_and_one_under_it_is_served() -> None:
