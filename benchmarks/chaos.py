@@ -506,7 +506,8 @@ async def hostile_scus(scene: Scene, dimse: tuple[str, int], stop: trio.Event) -
         while not stop.is_set():
             script = Script(rng.choice(SCU_PHASES), rng.choice(tuple(Action)))
             with trio.move_on_after(10):
-                await HostileScu(dimse, script).run()
+                # as a configured archive: the receiver turns any other title away at once
+                await HostileScu(dimse, script, calling_aet=HOSTILE[0]).run()
             scene.tally.scu_runs += 1
 
     async with trio.open_nursery() as nursery:

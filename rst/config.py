@@ -93,6 +93,11 @@ class HttpConfig(_Section):
     """Largest STOW-RS body accepted (413 beyond)."""
     max_stow_parts: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     """Most parts one STOW-RS body may have (413 beyond, or 202 once something was stored)."""
+    max_url_bytes: Annotated[int, Field(ge=1024, le=1024**2)] = 16 * 1024
+    """Longest request target (path and query string, as sent) served; longer is 414."""
+    max_header_bytes: Annotated[int, Field(ge=4096, le=1024**2)] = 32 * 1024
+    """Largest request head (request line and headers, counted as HTTP/1.1 sends them, for
+    HTTP/2 too) accepted; larger is 431 (:mod:`rst.http.limits`). At least ``max_url_bytes``."""
     graceful_timeout: Seconds = 10.0
     """On SIGTERM/SIGINT, how long in-flight requests may run before they are cancelled."""
     cors_origins: tuple[str, ...] = ()
@@ -118,6 +123,14 @@ class HttpConfig(_Section):
     must present one (mutual TLS)."""
     tls_handshake_timeout: Seconds = 10.0
     """Longest a client may take to complete its TLS handshake before its connection is closed."""
+
+    @model_validator(mode="after")
+    def _head(self) -> HttpConfig:
+        if self.max_header_bytes < self.max_url_bytes:
+            raise ValueError(
+                "max_header_bytes must be at least max_url_bytes (the URL is part of the head)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls(self) -> HttpConfig:
@@ -164,11 +177,12 @@ class DimseConfig(_Section):
     tls_ca: Annotated[str, Field(min_length=1)] | None = None
     """PEM file of the authorities whose certificates the receiver accepts: set, every caller
     must present one (mutual TLS)."""
-    accept_unknown_callers: bool = True
-    """``false``: the receiver accepts associations only from the calling AE titles of the
-    ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ (calling AE title
-    not recognized). ``true`` (the default, for existing setups): any calling AE title is
-    accepted; an ``[[aets]]`` entry's ``store_from`` still applies to its own titles."""
+    accept_unknown_callers: bool = False
+    """``false`` (the default): the receiver accepts associations only from the calling AE
+    titles of the ``[[aets]]`` (their ``store_calling_aets``), others get an A-ASSOCIATE-RJ
+    (calling AE title not recognized). ``true``: any calling AE title is accepted (``rst
+    check-config`` warns); an ``[[aets]]`` entry's ``store_from`` still applies to its own
+    titles."""
 
     @model_validator(mode="after")
     def _tls(self) -> DimseConfig:

@@ -22,6 +22,7 @@ __all__ = [
     "PacsUnreachable",
     "PayloadTooLarge",
     "PeerProtocolError",
+    "RequestHeadTooLarge",
     "RequestTimeout",
     "RstError",
     "StorageAccessError",
@@ -31,6 +32,7 @@ __all__ = [
     "UnknownAE",
     "UnreadableInstance",
     "UnsupportedMediaType",
+    "UriTooLong",
 ]
 
 
@@ -99,6 +101,18 @@ class PayloadTooLarge(RstError):
     """The request body exceeds ``http.max_stow_bytes``."""
 
     status = 413
+
+
+class UriTooLong(RstError):
+    """The request's target (path and query) exceeds ``http.max_url_bytes``."""
+
+    status = 414
+
+
+class RequestHeadTooLarge(RstError):
+    """The request line and headers together exceed ``http.max_header_bytes``."""
+
+    status = 431
 
 
 class UnsupportedMediaType(RstError):

@@ -16,10 +16,12 @@ flat, for people and log tools.
   source and requestor, rst the destination.
 - Each study is a participant object (110180, "Study Instance UID"), with its SOP classes, the
   number of instances of each and their UIDs (up to :data:`MAX_LISTED` per event).
+- Each patient the matches or the instances name is a participant object too (type Person,
+  role Patient, ID type (2, RFC-3881, "Patient Number")): the Patient ID, and the Patient's
+  Name where the data held it (up to :data:`~rst.audit.record.MAX_PATIENTS` per event).
 
-Not recorded: the patient participant object (rst does not read patient IDs from the data it
-passes on), and never a secret: only the identity the credentials proved, and the scheme of
-the ``Authorization`` header.
+Never recorded: a secret (only the identity the credentials proved, and the scheme of the
+``Authorization`` header).
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ DESTINATION = {
 STATION_AE = {"csd-code": "110119", "codeSystemName": "DCM", "originalText": "Station AE Title"}
 STUDY_UID = {"csd-code": "110180", "codeSystemName": "DCM", "originalText": "Study Instance UID"}
 SOP_CLASS_UID = {"csd-code": "110181", "codeSystemName": "DCM", "originalText": "SOP Class UID"}
-SYSTEM_OBJECT = "2"
+PATIENT_NUMBER = {"csd-code": "2", "codeSystemName": "RFC-3881", "originalText": "Patient Number"}
+PERSON, SYSTEM_OBJECT = "1", "2"
 """ParticipantObjectTypeCode."""
-REPORT = "3"
-"""ParticipantObjectTypeCodeRole (what studies and queried SOP classes are, per A.5.3)."""
+PATIENT, REPORT = "1", "3"
+"""ParticipantObjectTypeCodeRole (patients; studies and queried SOP classes, per A.5.3)."""
 IP_ADDRESS = "2"
 """NetworkAccessPointTypeCode."""
 APPLICATION_SERVER = "4"
@@ -148,7 +151,7 @@ def event(record: AuditRecord, ending: Ending, *, source_id: str) -> dict[str, A
                 "UserIsRequestor": False,
             }
         )
-    objects = _studies(record)
+    objects = _studies(record) + _patients(record)
     if searching:
         objects.insert(0, _query_object(record))
     return {
@@ -231,6 +234,21 @@ def _studies(record: AuditRecord) -> list[dict[str, Any]]:
     return objects
 
 
+def _patients(record: AuditRecord) -> list[dict[str, Any]]:
+    objects = []
+    for patient_id, name in record.patients.items():
+        patient: dict[str, Any] = {
+            "ParticipantObjectTypeCode": PERSON,
+            "ParticipantObjectTypeCodeRole": PATIENT,
+            "ParticipantObjectIDTypeCode": PATIENT_NUMBER,
+            "ParticipantObjectID": patient_id,
+        }
+        if name is not None:
+            patient["ParticipantObjectName"] = name
+        objects.append(patient)
+    return objects
+
+
 def _flat(record: AuditRecord, ending: Ending, outcome: Outcome) -> dict[str, Any]:
     who = record.identity
     flat: dict[str, Any] = {
@@ -259,6 +277,8 @@ def _flat(record: AuditRecord, ending: Ending, outcome: Outcome) -> dict[str, An
         "instances": record.instances,
         "bytes_sent": ending.bytes_sent,
         "bytes_received": ending.bytes_received,
+        "patients": [{"id": pid, "name": name} for pid, name in record.patients.items()],
+        "patients_omitted": record.patients_omitted,
     }
     if record.service in ("search", "worklist"):
         flat["matches"] = record.matches

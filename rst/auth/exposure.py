@@ -63,13 +63,17 @@ def exposure_warnings(config: Config) -> list[str]:
 
 
 def _receiver_warnings(config: Config) -> list[str]:
-    """The C-STORE receiver on the network, open to any calling AE title."""
+    """The C-STORE receiver open to any calling AE title (on the network: said louder)."""
     dimse = config.dimse
-    if not dimse.accept_unknown_callers or is_loopback(dimse.host):
+    if not dimse.accept_unknown_callers:
         return []
+    where = (
+        "on loopback"
+        if is_loopback(dimse.host)
+        else f"on {dimse.host!r}, reachable from the network"
+    )
     return [
-        f"[dimse] host = {dimse.host!r} and accept_unknown_callers = true (the default): the "
-        "C-STORE receiver takes associations from any AE title; set [dimse] "
-        "accept_unknown_callers = false to take them from the [[aets]] only "
-        "(store_calling_aets, store_from)"
+        f"[dimse] accept_unknown_callers = true: the C-STORE receiver ({where}) takes "
+        "associations from any AE title; remove the key (default false) to take them from the "
+        "[[aets]] only (store_calling_aets, store_from)"
     ]

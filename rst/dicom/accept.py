@@ -25,9 +25,10 @@ from rst.dicom.media_types import (
 )
 from rst.dicom.part10 import encodable_syntaxes
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from rst.errors import NotAcceptable
+from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
+    "MAX_MEDIA_RANGES",
     "BulkChoice",
     "BulkdataFormat",
     "FrameChoice",
@@ -43,6 +44,10 @@ __all__ = [
     "parse_media_type",
     "split_quoted",
 ]
+
+MAX_MEDIA_RANGES = 64
+"""Media ranges one ``Accept`` header (or ``accept`` parameter) may list; more is a 400. Real
+clients send a handful; each range is tried against every representation rst offers."""
 
 _SUPPORTED_SYNTAXES = frozenset({EXPLICIT_VR_LITTLE_ENDIAN})
 """The uncompressed transfer syntax rst serves instances and frames in (Implicit VR and Big
@@ -170,9 +175,17 @@ def parse_accept(header: str) -> list[MediaRange]:
 
     Malformed elements (no ``/``, an invalid q-value) are skipped rather than failing the whole
     request, the way browsers and most servers treat them.
+
+    :raises BadRequest: more than :data:`MAX_MEDIA_RANGES` elements.
     """
+    elements = split_quoted(header, ",")
+    if len(elements) > MAX_MEDIA_RANGES:
+        raise BadRequest(
+            f"the Accept header lists {len(elements)} media ranges, more than "
+            f"{MAX_MEDIA_RANGES} (rst's limit MAX_MEDIA_RANGES)"
+        )
     ranges: list[MediaRange] = []
-    for element in split_quoted(header, ","):
+    for element in elements:
         pieces = split_quoted(element, ";")
         media_type = pieces[0].strip().lower()
         main, slash, sub = media_type.partition("/")

@@ -9,28 +9,54 @@ the object's first bytes it needs where those are not enough. Only element heade
 a value is skipped by its length. Anything that does not add up raises :class:`ValueError`:
 the caller then reads the object whole, and the whole object's reader says what is wrong.
 
-Little Endian only (Implicit or Explicit VR): the syntaxes whose data sets can be read in place.
+Little Endian only (Implicit or Explicit VR): the syntaxes whose data sets can be read in place
+(not those of :data:`NOT_IN_PLACE`). :func:`top_level_values` reads a few short values near the
+start of a data set the same way (the patient of an instance, for the audit trail).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPIPHTJ2KReferencedDeflate,
+)
+
+from rst.dicom.uids import JPIP_REFERENCED_DEFLATE
+
 __all__ = [
+    "NOT_IN_PLACE",
     "NeedMore",
     "PixelPosition",
     "basic_offsets",
+    "dataset_start",
     "fragments",
     "frame_spans",
     "locate_pixel_data",
+    "top_level_values",
 ]
 
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 """Float Pixel Data, Double Float Pixel Data, Pixel Data: an instance has at most one."""
 UNDEFINED = 0xFFFFFFFF
+NOT_IN_PLACE = frozenset(
+    {
+        str(ExplicitVRBigEndian),
+        str(DeflatedExplicitVRLittleEndian),
+        JPIP_REFERENCED_DEFLATE,
+        str(JPIPHTJ2KReferencedDeflate),
+    }
+)
+"""Syntaxes whose data set cannot be read in place: Big Endian, or deflated."""
+_PREAMBLE_AND_PREFIX = 132
+_UNKNOWN_SIZE = sys.maxsize
+"""The file size, for reading the first bytes of a file whose end is not known yet."""
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
@@ -38,6 +64,8 @@ _SEQUENCE_END = 0xFFFEE0DD
 _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split())
 _TAG = struct.Struct("<HH")
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")
+"""Group, element, VR and 2-byte length of an Explicit VR element header with a short VR."""
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
@@ -91,6 +119,69 @@ def locate_pixel_data(
     if pos != size:
         raise ValueError(f"the last element runs {pos - size} bytes past the end of the file")
     return None
+
+
+def dataset_start(data: bytes) -> int:
+    """Where the data set of the Part 10 file whose first bytes are *data* starts: after the
+    preamble, ``DICM`` and the file meta group (Explicit VR Little Endian, PS3.10 §7.1), which
+    is walked by its element headers.
+
+    :raises NeedMore: *data* ends inside the file meta.
+    :raises ValueError: not a Part 10 file, or its meta does not add up.
+    """
+    if len(data) < _PREAMBLE_AND_PREFIX:
+        raise NeedMore(_PREAMBLE_AND_PREFIX)
+    if data[128:132] != b"DICM":
+        raise ValueError("not a Part 10 file (no 'DICM' after the preamble)")
+    reader = _Reader(data, _UNKNOWN_SIZE)
+    pos = _PREAMBLE_AND_PREFIX
+    while True:  # as pydicom: by the elements, not by a group length that may lie
+        reader.need(pos + 4)
+        if _tag(data, pos) >> 16 != 0x0002:
+            return pos
+        _, _, length, header = reader.element(pos, implicit=False)
+        if length == UNDEFINED:
+            raise ValueError("an element of the file meta has an undefined length")
+        pos += header + length
+
+
+def top_level_values(
+    data: bytes, start: int, tags: Collection[int], *, implicit: bool
+) -> dict[int, bytes]:
+    """The values of those top-level elements of *tags* that *data* holds, its data set
+    starting at *start*: read up to the first element past the largest of *tags* (elements
+    come in ascending order), or to the end of *data*, whichever comes first.
+
+    :raises ValueError: the element headers do not add up.
+    """
+    reader = _Reader(data, _UNKNOWN_SIZE)
+    last = max(tags)
+    found: dict[int, bytes] = {}
+    pos, end = start, len(data)
+    head, u32 = _EXPLICIT_HEAD.unpack_from, _U32.unpack_from  # the loop runs per instance
+    try:
+        while pos + 8 <= end:
+            group, element, vr, short = head(data, pos)
+            tag = group << 16 | element
+            if tag > last:
+                break
+            if implicit or group == 0xFFFE:
+                length, pos = u32(data, pos + 4)[0], pos + 8
+            elif vr in _SHORT_VRS:
+                length, pos = short, pos + 8
+            else:  # a long VR, or no VR at all: the general reader says which
+                _, vr, length, header = reader.element(pos, implicit=False)
+                pos += header
+            if length == UNDEFINED:
+                pos = reader.skip_sequence(pos, implicit=implicit or vr == b"UN")
+                continue
+            if tag in tags:
+                reader.need(pos + length)
+                found[tag] = data[pos : pos + length]
+            pos += length
+    except NeedMore:
+        pass  # what the first bytes hold is all there is to find
+    return found
 
 
 def basic_offsets(data: bytes, value: int, *, size: int) -> tuple[list[int], int]:

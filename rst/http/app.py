@@ -13,6 +13,7 @@ from rst.config import AeConfig, Config
 from rst.health import HealthMonitor
 from rst.http.compression import gzip_response
 from rst.http.errors import register_error_handlers
+from rst.http.limits import check_head
 from rst.http.ops_routes import ops_blueprint
 from rst.http.request_body import RstRequest
 from rst.http.request_metrics import RequestMetrics, note_route
@@ -49,8 +50,10 @@ def create_app(
 
     @app.before_request
     async def observe() -> None:
-        """First of the hooks: the route and AE are known even if a later hook answers."""
+        """First of the hooks: the route and AE are known even if a later hook answers; a
+        head over the limits (:mod:`rst.http.limits`) is answered before anything reads it."""
         note_route(request)
+        check_head(request.scope, config.http)
         aet = (request.view_args or {}).get("aet")
         if isinstance(aet, str) and aet in backends:
             request_aet.set(aet)

@@ -341,9 +341,12 @@ async def _json_error_response(protocol: H11Protocol, status_code: int) -> None:
         phrase = HTTPStatus(status_code).phrase
     except ValueError:
         phrase = "Error"
-    body = json.dumps(
-        {"error": f"{phrase}: the request is not valid HTTP/1.1", "status": status_code}
-    ).encode()
+    if status_code == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+        limit = protocol.config.h11_max_incomplete_size
+        why = f"the request line and headers exceed {limit} bytes (http.max_header_bytes)"
+    else:
+        why = "the request is not valid HTTP/1.1"
+    body = json.dumps({"error": f"{phrase}: {why}", "status": status_code}).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -61,6 +61,11 @@ def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig
     hc.accesslog = logging.getLogger("rst.access")
     hc.errorlog = logging.getLogger("rst.http")
     hc.keep_alive_timeout = http.keep_alive_timeout
+    # What the parsers buffer at most; rst.http.limits answers 431 past the limit itself. h2
+    # counts 32 bytes more a header than HTTP/1.1 takes (RFC 9113 §6.5.2): room for that, so
+    # that a head just over the limit is a 431 and not a reset connection.
+    hc.h11_max_incomplete_size = http.max_header_bytes  # beyond it: 431 (rst.http.connection)
+    hc.h2_max_header_list_size = 2 * http.max_header_bytes
     return hc
 
 

@@ -28,16 +28,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-    JPIPHTJ2KReferencedDeflate,
-)
+from pydicom.uid import ImplicitVRLittleEndian
 
 from rst.bridge import run_sync
 from rst.dicom.frames import FrameSource
 from rst.dicom.head import (
+    NOT_IN_PLACE,
     NeedMore,
     PixelPosition,
     basic_offsets,
@@ -46,22 +42,12 @@ from rst.dicom.head import (
     locate_pixel_data,
 )
 from rst.dicom.part10 import dataset_offset
-from rst.dicom.uids import JPIP_REFERENCED_DEFLATE
 from rst.errors import RstError
 from rst.groups import collapse
 from rst.services.protocols import ByteRanges, Instance
 
 __all__ = ["frame_source", "metadata_file"]
 
-_NOT_IN_PLACE = frozenset(
-    {
-        str(ExplicitVRBigEndian),
-        str(DeflatedExplicitVRLittleEndian),
-        JPIP_REFERENCED_DEFLATE,
-        str(JPIPHTJ2KReferencedDeflate),
-    }
-)
-"""Syntaxes whose data set cannot be read in place: Big Endian, or deflated."""
 _PLACEHOLDER = bytes(8)
 """The pixel data value metadata is made with: a whole number of samples of any width."""
 _U32 = struct.Struct("<I")
@@ -109,7 +95,7 @@ class _Head:
 
 async def _head(instance: Instance) -> _Head | None:
     ranges = instance.ranges
-    if ranges is None or instance.transfer_syntax in _NOT_IN_PLACE:
+    if ranges is None or instance.transfer_syntax in NOT_IN_PLACE:
         return None
     data = instance.data
     try:

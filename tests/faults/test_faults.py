@@ -270,11 +270,10 @@ async def test_retrieve_with_the_receiver_closed_to_unknown_callers(
 async def test_retrieve_from_a_pacs_calling_with_another_title_is_rejected(
     pacs: DevPacs, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The C-STORE sub-associations of a PACS whose calling AE title is not configured are
-    rejected: the retrieve fails with a 502, it does not hang."""
-    dimse = {"accept_unknown_callers": False}
+    """By default, the C-STORE sub-associations of a PACS whose calling AE title is not
+    configured are rejected: the retrieve fails with a 502, it does not hang."""
     archive = ae(pacs, store_calling_aets=["ELSEWHERE"])
-    async with run_gateway(archive, dimse=dimse) as running:
+    async with run_gateway(archive) as running:
         pacs.add_destination("RST", *running.dimse_address)
         async with client(running) as http:
             response = await http.get(f"/studies/{study_uid(pacs)}")

@@ -534,3 +534,127 @@ def test_config_section() -> None:
     assert Config().audit is None
     with pytest.raises(ValueError, match="path"):
         Config.model_validate({"audit": {"path": ""}})
+
+
+# -- patients: the Patient participant object (PS3.15 A.5.3) --------------------------------------
+
+PATIENT_NUMBER = {"csd-code": "2", "codeSystemName": "RFC-3881", "originalText": "Patient Number"}
+
+
+def patient_objects(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Patient participant objects, each checked for the codes every one carries."""
+    found = [
+        o
+        for o in event["ParticipantObjectIdentification"]
+        if o["ParticipantObjectIDTypeCode"] == PATIENT_NUMBER
+    ]
+    for patient in found:
+        assert patient["ParticipantObjectTypeCode"] == "1"  # person
+        assert patient["ParticipantObjectTypeCodeRole"] == "1"  # patient
+    return found
+
+
+def match(study: str, patient_id: str | None, name: str | None) -> Dataset:
+    ds = Dataset()
+    ds.StudyInstanceUID = study
+    if patient_id is not None:
+        ds.PatientID = patient_id
+    if name is not None:
+        ds.PatientName = name
+    return ds
+
+
+async def test_a_search_names_the_patients_of_its_matches() -> None:
+    matches = [
+        match(f"{STUDY}.1", "PAT-1", "DOE^JANE"),
+        match(f"{STUDY}.2", "PAT-2", None),
+        match(f"{STUDY}.3", "PAT-1", "DOE^JANE"),  # the same patient again: listed once
+        match(f"{STUDY}.4", None, "NO^ID"),  # no Patient ID: not a patient object
+        match(f"{STUDY}.5", "PAT-2", "ROE^RICHARD"),  # the name now known
+    ]
+    async with gateway({"X": ScriptedBackend(matches=matches)}) as (client, trail):
+        response = await client.get("/aets/X/studies", params={"PatientName": "*"})
+        assert response.status_code == 200
+        event = await trail.next()
+    query, *patients = event["ParticipantObjectIdentification"]
+    assert query["ParticipantObjectIDTypeCode"]["csd-code"] == "110181"
+    assert patients == patient_objects(event)
+    assert [(p["ParticipantObjectID"], p["ParticipantObjectName"]) for p in patients] == [
+        ("PAT-1", "DOE^JANE"),
+        ("PAT-2", "ROE^RICHARD"),
+    ]
+    assert event["rst"]["patients"] == [
+        {"id": "PAT-1", "name": "DOE^JANE"},
+        {"id": "PAT-2", "name": "ROE^RICHARD"},
+    ]
+    assert event["rst"]["patients_omitted"] == 0
+    assert event["rst"]["matches"] == 5
+
+
+async def test_a_search_without_patient_keys_names_no_patient() -> None:
+    matches = [match(f"{STUDY}.1", None, None)]
+    async with gateway({"X": ScriptedBackend(matches=matches)}) as (client, trail):
+        assert (await client.get("/aets/X/series")).status_code == 200
+        event = await trail.next()
+    assert patient_objects(event) == []
+    assert event["rst"]["patients"] == []
+
+
+@pytest.mark.parametrize(
+    "resource", ["", "/metadata", f"/series/{SERIES}/instances/{SOPS[0]}"], ids=str
+)
+async def test_a_retrieve_names_the_patients_of_its_instances(resource: str) -> None:
+    """Read from each instance's first bytes as it passes: Explicit and Implicit VR, a name in
+    another character set, an instance that has no Patient ID."""
+    implicit = "1.2.840.10008.1.2"
+    instances = [
+        part10(SOPS[0], patient_id="PAT-1", patient_name="DOE^JANE"),
+        part10(SOPS[1], patient_id="PAT-2", patient_name="ROE^RICHARD", syntax=implicit),
+        part10(
+            f"{SERIES}.3", patient_id="PAT-3", patient_name="Müller^Jürgen", charset="ISO_IR 100"
+        ),
+        part10(f"{SERIES}.4"),
+        part10(f"{SERIES}.5", patient_id="PAT-1", patient_name="DOE^JANE"),
+    ]
+    if "instances" in resource:
+        instances = instances[:1]
+    path = f"/aets/X/studies/{STUDY}{resource}"
+    async with gateway({"X": ScriptedBackend(instances=instances)}) as (client, trail):
+        response = await client.get(path)
+        assert response.status_code == 200, response.text[:300]
+        event = await trail.next()
+    check_common(event, path=path, status=200)
+    expected = [("PAT-1", "DOE^JANE"), ("PAT-2", "ROE^RICHARD"), ("PAT-3", "Müller^Jürgen")]
+    if "instances" in resource:
+        expected = expected[:1]
+    patients = patient_objects(event)
+    assert [(p["ParticipantObjectID"], p["ParticipantObjectName"]) for p in patients] == expected
+    # the study first, then the patients
+    assert event["ParticipantObjectIdentification"][0]["ParticipantObjectIDTypeCode"] == STUDY_UID
+    assert event["ParticipantObjectIdentification"][1:] == patients
+    assert event["rst"]["patients"] == [{"id": i, "name": n} for i, n in expected]
+    assert event["rst"]["instances"] == len(instances)
+
+
+async def test_a_store_names_the_patients_of_what_was_stored() -> None:
+    body, content_type = stow_body(
+        part10(SOPS[0], patient_id="PAT-1", patient_name="DOE^JANE").data,
+        part10(SOPS[1], patient_id="PAT-2", patient_name="ROE^RICHARD").data,
+    )
+    async with gateway(
+        {"X": ScriptedBackend(answers={SOPS[1]: StoreResult(OUT_OF_RESOURCES)})}
+    ) as (client, trail):
+        response = await client.post(
+            "/aets/X/studies", content=body, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 202
+        event = await trail.next()
+    (patient,) = patient_objects(event)
+    assert patient == {
+        "ParticipantObjectTypeCode": "1",
+        "ParticipantObjectTypeCodeRole": "1",
+        "ParticipantObjectIDTypeCode": PATIENT_NUMBER,
+        "ParticipantObjectID": "PAT-1",
+        "ParticipantObjectName": "DOE^JANE",
+    }
+    assert event["rst"]["patients"] == [{"id": "PAT-1", "name": "DOE^JANE"}]  # not the refused

@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from rst.audit import AuditConfig
 from rst.auth import AuthConfig
 from rst.config import (
     AeConfig,
@@ -30,6 +31,7 @@ async def run_gateway(
     cache: dict[str, Any] | None = None,
     auth: AuthConfig | None = None,
     health: dict[str, Any] | None = None,
+    audit: AuditConfig | None = None,
 ) -> AsyncIterator[Running]:
     """Start rst with *aets*; HTTP and the C-STORE receiver on free loopback ports.
 
@@ -45,6 +47,7 @@ async def run_gateway(
             health=HealthConfig(**{"check_archives": False, **(health or {})}),
             aets=aets,
             auth=auth,
+            audit=audit,
         )
         async with trio.open_nursery() as nursery:
             running: Running = await nursery.start(serve, config)

@@ -135,20 +135,35 @@ def named_by(keys: RetrieveKeys, instance: Instance) -> bool:
 
 
 def part10(
-    sop_uid: str, *, size: int = 1024, study: str = "1.2.3", series: str = "1.2.3.4"
+    sop_uid: str,
+    *,
+    size: int = 1024,
+    study: str = "1.2.3",
+    series: str = "1.2.3.4",
+    patient_id: str | None = None,
+    patient_name: str = "CONTAINMENT^TEST",
+    charset: str | None = None,
+    syntax: str = EXPLICIT_VR_LITTLE_ENDIAN,
 ) -> Instance:
-    """A small, valid Part 10 instance (Secondary Capture, Explicit VR LE)."""
+    """A small, valid Part 10 instance (Secondary Capture, Explicit VR LE unless *syntax*
+    says otherwise); a Patient ID (and a sequence before it) only when *patient_id* is given."""
     ds = Dataset()
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series
-    ds.PatientName = "CONTAINMENT^TEST"
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.PatientName = patient_name
+    if patient_id is not None:
+        ds.PatientID = patient_id
+        ds.ReferencedStudySequence = [Dataset()]  # a sequence before the patient's elements
+        ds.ReferencedStudySequence[0].ReferencedSOPInstanceUID = "1.2.3.99"
     ds.EncapsulatedDocument = b"x" * size
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return Instance(buffer.getvalue(), ds.SOPClassUID, sop_uid, EXPLICIT_VR_LITTLE_ENDIAN)
+    return Instance(buffer.getvalue(), ds.SOPClassUID, sop_uid, syntax)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rst.dicom.accept import (
+    MAX_MEDIA_RANGES,
     FrameChoice,
     FrameFormat,
     MediaRange,
@@ -18,7 +21,7 @@ from rst.dicom.accept import (
     split_quoted,
 )
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
-from rst.errors import NotAcceptable
+from rst.errors import BadRequest, NotAcceptable, RstError
 
 EVLE = EXPLICIT_VR_LITTLE_ENDIAN
 OHIF_FRAMES = "multipart/related; type=application/octet-stream; transfer-syntax=*"
@@ -28,6 +31,43 @@ JLS = "1.2.840.10008.1.2.4.80"
 J2K = "1.2.840.10008.1.2.4.90"
 RLE = "1.2.840.10008.1.2.5"
 OCTET = "application/octet-stream"
+
+_TOKENS = [
+    "application/dicom",
+    "application/dicom+json",
+    "application/json",
+    "application/octet-stream",
+    "multipart/related",
+    "image/jpeg",
+    "image/jls",
+    "*/*",
+    "image/*",
+    "type=application/dicom",
+    'type="application/octet-stream"',
+    "transfer-syntax=*",
+    'transfer-syntax="1.2.840.10008.1.2.4.50"',
+    "transfer-syntax=1.2.840.10008.1.2.1",
+    "q=0",
+    "q=0.5",
+    "q=1.0001",
+    "q=-1",
+    "q=",
+    ";",
+    ",",
+    '"',
+    "\\",
+    "=",
+    " ",
+    "/",
+    "\x00",
+    "\u00e9",
+]
+
+
+def hostile_accepts() -> st.SearchStrategy[str]:
+    """Accept values made of the pieces real ones are made of, in any order, and noise."""
+    pieces = st.lists(st.sampled_from(_TOKENS) | st.text(max_size=8), max_size=60)
+    return pieces.map("".join) | st.text(max_size=300)
 
 
 class TestParseAccept:
@@ -368,5 +408,37 @@ class TestNegotiateJson:
 
     def test_long_accept_is_truncated_in_message(self) -> None:
         with pytest.raises(NotAcceptable) as info:
-            negotiate_json("text/html, " * 100)
+            negotiate_json("text/html, " * 60)
         assert len(info.value.message) < 400
+
+
+class TestHostileAccept:
+    """Whatever a client sends as Accept (or ``accept``): an answer or a 406/400, at once."""
+
+    def test_too_many_media_ranges_is_a_400_naming_the_limit(self) -> None:
+        at_limit = ", ".join(["text/html"] * (MAX_MEDIA_RANGES - 1) + ["application/json"])
+        assert negotiate_json(at_limit) == "application/json"
+        too_many = ", ".join(["application/json"] * (MAX_MEDIA_RANGES + 1))
+        for negotiate in (negotiate_json, negotiate_instances, negotiate_frames):
+            with pytest.raises(BadRequest) as info:
+                negotiate(too_many)
+            assert "MAX_MEDIA_RANGES" in info.value.message
+            with pytest.raises(BadRequest):
+                negotiate(None, too_many)  # the accept query parameter alike
+        # a comma inside a quoted parameter value does not count
+        quoted = 'application/json; x="' + "," * 200 + '"'
+        assert negotiate_json(quoted) == "application/json"
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(accept=hostile_accepts(), param=st.none() | hostile_accepts())
+    def test_any_accept_is_an_answer_or_a_4xx(self, accept: str, param: str | None) -> None:
+        for negotiate in (negotiate_json, negotiate_instances, negotiate_frames):
+            refused: RstError | None = None
+            try:
+                negotiate(accept, param)
+            except (NotAcceptable, BadRequest) as error:
+                refused = error
+            if refused is not None:
+                assert refused.status in (400, 406)
+                assert refused.message
+                assert len(refused.message) < 1000  # the header is not echoed whole

@@ -560,13 +560,17 @@ def test_warnings_about_grants_nobody_can_use() -> None:
     assert "without credentials" in anonymous[0]
 
 
-def test_a_receiver_open_to_any_caller_on_the_network_is_warned_about() -> None:
-    exposed = Config(dimse=DimseConfig(host="0.0.0.0"))
+def test_a_receiver_open_to_any_caller_is_warned_about() -> None:
+    exposed = Config(dimse=DimseConfig(host="0.0.0.0", accept_unknown_callers=True))
     [warning] = exposure_warnings(exposed)
     assert "accept_unknown_callers = true" in warning
-    closed = Config(dimse=DimseConfig(host="0.0.0.0", accept_unknown_callers=False))
-    assert exposure_warnings(closed) == []
-    assert exposure_warnings(Config(dimse=DimseConfig(host="::1"))) == []
+    assert "reachable from the network" in warning
+    [local] = exposure_warnings(Config(dimse=DimseConfig(host="::1", accept_unknown_callers=True)))
+    assert "accept_unknown_callers = true" in local
+    assert "on loopback" in local
+    # the default is closed: nothing to warn about, wherever the receiver listens
+    assert Config().dimse.accept_unknown_callers is False
+    assert exposure_warnings(Config(dimse=DimseConfig(host="0.0.0.0"))) == []
 
 
 def test_serve_refuses_and_check_config_reports(
@@ -593,6 +597,19 @@ def test_serve_refuses_and_check_config_reports(
     on_purpose = write(tmp_path, '[http]\nhost = "0.0.0.0"\n[auth]\nanonymous = true\n')
     assert cli.main(["check-config", "-c", str(on_purpose)]) == 0
     assert "warning: auth.anonymous = true" in capsys.readouterr().err
+
+
+def test_check_config_warns_about_a_receiver_open_to_any_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [name for name in os.environ if name.startswith("RST_")]:
+        monkeypatch.delenv(name)
+    closed = write(tmp_path, "[dimse]\nport = 11112\n")
+    assert cli.main(["check-config", "-c", str(closed)]) == 0
+    assert "accept_unknown_callers" not in capsys.readouterr().err
+    opened = write(tmp_path, "[dimse]\naccept_unknown_callers = true\n")
+    assert cli.main(["check-config", "-c", str(opened)]) == 0
+    assert "warning: [dimse] accept_unknown_callers = true" in capsys.readouterr().err
 
 
 def test_worker_processes_get_the_password_hashes_check_config_does_not() -> None:

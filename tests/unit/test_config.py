@@ -645,7 +645,7 @@ def test_receiver_callers_from_file(tmp_path: Path) -> None:
         tmp_path,
         """
         [dimse]
-        accept_unknown_callers = false
+        accept_unknown_callers = true
 
         [[aets]]
         aet = "PACS"
@@ -654,7 +654,7 @@ def test_receiver_callers_from_file(tmp_path: Path) -> None:
         """,
     )
     config = load_config(path, environ=NO_ENV)
-    assert config.dimse.accept_unknown_callers is False
+    assert config.dimse.accept_unknown_callers is True
     ae = dimse(config.ae("PACS"))
     assert ae.callers == ("PACS_SCU", "PACS2")
     assert ae.store_from == ("10.0.0.5/32", "10.0.1.0/24", "fd00::/8")
@@ -662,7 +662,7 @@ def test_receiver_callers_from_file(tmp_path: Path) -> None:
 
 def test_receiver_callers_defaults() -> None:
     config = load_config(None, environ={"RST_AETS_PACS_PORT": "104"})
-    assert config.dimse.accept_unknown_callers is True
+    assert config.dimse.accept_unknown_callers is False
     ae = dimse(config.ae("PACS"))
     assert ae.callers == ("PACS",)
     assert ae.store_from == ()

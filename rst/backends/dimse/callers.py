@@ -5,8 +5,8 @@ rst's receiver exists for the C-STOREs of its own C-MOVEs, which come from the P
 for (they are refused one by one) or hold its connections, so an association is accepted only
 when the calling AE title is one an archive calls with (``store_calling_aets``, by default its
 ``called_aet``) and, where the archive says so (``store_from``), the peer's address is in one of its
-networks. ``[dimse] accept_unknown_callers = true`` lets unknown AE titles in (the default,
-for setups written before this check); a known AE title is still held to its ``store_from``.
+networks. ``[dimse] accept_unknown_callers = true`` lets unknown AE titles in (not the
+default: a decision written down); a known AE title is still held to its ``store_from``.
 
 A refused caller gets an A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected-permanent, DICOM UL
 service-user, calling-AE-title-not-recognized. An address that is not allowed has no reason
