@@ -36,9 +36,11 @@ from rst.errors import BadRequest, NotAcceptable
 
 __all__ = [
     "LOSSLESS_ENCODINGS",
+    "NOT_IN_PLACE",
     "UNCOMPRESSED_SYNTAXES",
     "BadUpload",
     "Upload",
+    "data_set_start",
     "encodable_syntaxes",
     "part10_bytes",
     "read_instance",
@@ -236,6 +238,48 @@ def read_instance(data: bytes) -> tuple[Dataset, str]:
         if not dataset.get(keyword):
             raise BadRequest(f"the data is not a DICOM instance: it has no {keyword}")
     return dataset, syntax
+
+
+NOT_IN_PLACE = frozenset(
+    {
+        str(ExplicitVRBigEndian),
+        str(DeflatedExplicitVRLittleEndian),
+        "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+        "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    }
+)
+"""Syntaxes whose data set cannot be read in place as Little Endian: Big Endian, or deflated."""
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+"""Explicit VRs with a reserved field and a 4-byte length (PS3.5 §7.1.2)."""
+_ELEMENT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<L")
+
+
+def data_set_start(data: bytes) -> tuple[int, str] | None:
+    """Where the data set of a Part 10 file starts, and its transfer syntax, read from the file
+    meta by hand (pydicom's reader of it costs more than reading a CT image's data set).
+    ``None`` for anything but the usual form (a preamble, ``DICM``, then group 0002 in Explicit
+    VR Little Endian with a transfer syntax): then let pydicom read the file."""
+    offset = len(_PREAMBLE) + 4
+    if data[len(_PREAMBLE) : offset] != b"DICM":
+        return None
+    syntax = None
+    while offset + 8 <= len(data):
+        group, element, vr, length = _ELEMENT.unpack_from(data, offset)
+        if group != 2:
+            break
+        start = offset + 8
+        if vr in _LONG_VRS:
+            if start + 4 > len(data):
+                return None
+            (length,) = _LONG_LENGTH.unpack_from(data, start)
+            start += 4
+        if element == 0x0010:
+            syntax = data[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        offset = start + length
+    if syntax is None or offset > len(data):
+        return None
+    return offset, syntax
 
 
 def dataset_offset(data: bytes) -> int:

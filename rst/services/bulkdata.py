@@ -35,14 +35,17 @@ from typing import Literal
 from urllib.parse import quote
 
 from pydicom import Dataset, dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
-from pydicom.uid import ExplicitVRBigEndian
+from pydicom.filereader import read_dataset as pydicom_read_dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
 
 from rst.bridge import run_sync
 from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN, BulkdataFormat, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated, is_video
+from rst.dicom.part10 import NOT_IN_PLACE, data_set_start
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.wado import as_requested, whole
@@ -78,6 +81,7 @@ BINARY_VRS = frozenset((BYTES_VR | AMBIGUOUS_VR) - {VR.US_SS})
 _NUMBER_OF_FRAMES = 0x00280008
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)
 _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018)
+_CHARSET = 0x00080005
 _ENCAPSULATED_DOCUMENT = 0x00420011
 _DOCUMENT_TYPE = 0x00420012
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -174,8 +178,13 @@ class InstanceAddress:
 
 def top_string(dataset: Dataset, tag: int) -> str:
     """The text *dataset* holds at top-level *tag*, without padding; ``""`` when none."""
-    if tag not in dataset:
+    raw = dataset.get_item(tag)
+    if raw is None:
         return ""
+    if isinstance(raw, RawDataElement) and raw.VR in ("UI", None) and tag in _UID_TAGS:
+        # pydicom's reading of a UID without its conversion (read once per instance)
+        text = (raw.value or b"").decode("latin-1").rstrip("\0 ")
+        return "" if "\\" in text else text.strip("\0 ")
     value = dataset[tag].value
     return str(value).strip("\0 ") if isinstance(value, str) else ""
 
@@ -206,6 +215,21 @@ def readable(sop_uid: str) -> Iterator[None]:
 def read_dataset(data: bytes, tags: set[int] | None = None) -> Dataset:
     """The data set of a Part 10 file, without group 0002; only the top-level elements *tags*
     (and the Specific Character Set) when given — pydicom skips the others unread."""
+    start = data_set_start(data)
+    if start is not None and start[1] not in NOT_IN_PLACE:
+        offset, syntax = start
+        wanted: list[BaseTag | int] | None = [*sorted(tags), _CHARSET] if tags else None
+        fp = BytesIO(data)
+        fp.seek(offset)
+        try:  # pydicom's reader of the data set alone, as dcmread would call it
+            dataset = pydicom_read_dataset(
+                fp, syntax == str(ImplicitVRLittleEndian), True, specific_tags=wanted
+            )
+        except Exception:  # odd files: dcmread's own way, whatever it makes of them
+            pass
+        else:
+            del dataset[0x00020000:0x00030000]
+            return dataset
     dataset = dcmread(BytesIO(data), specific_tags=sorted(tags) if tags else None)
     del dataset[0x00020000:0x00030000]
     return dataset

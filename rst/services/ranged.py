@@ -28,12 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import trio
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ImplicitVRLittleEndian,
-    JPIPHTJ2KReferencedDeflate,
-)
+from pydicom.uid import ImplicitVRLittleEndian
 
 from rst.bridge import run_sync
 from rst.dicom.frames import FrameSource
@@ -45,23 +40,13 @@ from rst.dicom.head import (
     frame_spans,
     locate_pixel_data,
 )
-from rst.dicom.part10 import dataset_offset
+from rst.dicom.part10 import NOT_IN_PLACE, dataset_offset
 from rst.errors import RstError
 from rst.groups import collapse
 from rst.services.protocols import ByteRanges, Instance
 
 __all__ = ["frame_source", "metadata_file"]
 
-JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
-_NOT_IN_PLACE = frozenset(
-    {
-        str(ExplicitVRBigEndian),
-        str(DeflatedExplicitVRLittleEndian),
-        JPIP_REFERENCED_DEFLATE,
-        str(JPIPHTJ2KReferencedDeflate),
-    }
-)
-"""Syntaxes whose data set cannot be read in place: Big Endian, or deflated."""
 _PLACEHOLDER = bytes(8)
 """The pixel data value metadata is made with: a whole number of samples of any width."""
 _U32 = struct.Struct("<I")
@@ -109,7 +94,7 @@ class _Head:
 
 async def _head(instance: Instance) -> _Head | None:
     ranges = instance.ranges
-    if ranges is None or instance.transfer_syntax in _NOT_IN_PLACE:
+    if ranges is None or instance.transfer_syntax in NOT_IN_PLACE:
         return None
     data = instance.data
     try:
