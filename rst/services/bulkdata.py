@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from io import BytesIO
@@ -48,6 +48,7 @@ from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated
 from rst.dicom.part10 import NOT_IN_PLACE, data_set_start
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.ranged import FrameReader, frame_reader
 from rst.services.wado import as_requested, whole
 
 __all__ = [
@@ -397,6 +398,76 @@ async def prepared(
     return instance
 
 
+_PIXEL_TAG_OF = {
+    "PixelData": 0x7FE00010,
+    "FloatPixelData": 0x7FE00008,
+    "DoubleFloatPixelData": 0x7FE00009,
+}
+
+
+async def _by_ranges(
+    received: Instance,
+    selection: Selection | TagPath,
+    fmt: BulkdataFormat,
+    *,
+    base: str,
+    keys: RetrieveKeys,
+) -> AsyncGenerator[BulkPart] | None:
+    """The pixel data of a large stored instance read by ranges (:mod:`rst.services.ranged`),
+    as :func:`instance_parts` answers from the whole instance: native data as one part, read
+    alone; encapsulated data as stored, one frame at a time (never the whole value in memory).
+    ``None``: read the instance whole instead (and for anything but its pixel data, for data
+    to be decompressed, for video)."""
+    if received.ranges is None or not (
+        selection == "pixeldata" or (isinstance(selection, TagPath) and selection.is_pixel_data)
+    ):
+        return None
+    syntax = received.transfer_syntax
+    encapsulated = is_encapsulated(syntax)
+    if is_video(syntax) or (encapsulated and fmt.pixel_form(syntax) == "decompressed"):
+        return None
+    reader = await frame_reader(received)
+    if reader is None:
+        return None
+    source = reader.source
+    tag = _PIXEL_TAG_OF.get(source.keyword)
+    if isinstance(selection, TagPath) and selection.tag != tag:
+        return None  # the whole instance's reader says what there is
+    if source.keyword != "PixelData" and encapsulated:
+        return None
+    address = InstanceAddress.of(base, source.dataset, keys, received.sop_instance_uid)
+    fmt.pixel_form(syntax)  # acceptable as stored (raises NotAcceptable)
+    if not encapsulated:
+        value = await reader.value()
+        if value is None:
+            return None
+        content_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+        return _one(BulkPart(content_type, address.pixeldata, value))
+    first = await reader.read([1])
+    if first is None:
+        return None
+    return _frames_by_ranges(reader, first.as_stored([1])[1], syntax, address)
+
+
+async def _one(part: BulkPart) -> AsyncGenerator[BulkPart]:
+    yield part
+
+
+async def _frames_by_ranges(
+    reader: FrameReader, first: bytes, syntax: str, address: InstanceAddress
+) -> AsyncGenerator[BulkPart]:
+    content_type = f"{bulk_media_type(syntax)}; transfer-syntax={syntax}"
+    yield BulkPart(content_type, address.frame(1), first)
+    for number in range(2, reader.number_of_frames + 1):
+        source = await reader.read([number])
+        if source is None:  # the frames before it were sent: too late to read it whole
+            raise UnreadableInstance(
+                f"frame {number} of the instance {reader.source.sop_instance_uid} cannot be "
+                "read from the archive's object by its offsets"
+            )
+        yield BulkPart(content_type, address.frame(number), source.as_stored([number])[number])
+
+
 async def produce_bulkdata(
     backend: Backend,
     keys: RetrieveKeys,
@@ -413,6 +484,13 @@ async def produce_bulkdata(
     sent = 0
     async with backend.retrieve(keys, fmt.prefer) as instances:
         async for received in instances:
+            ranged = await _by_ranges(received, selection, fmt, base=base, keys=keys)
+            if ranged is not None:
+                async with aclosing(ranged) as parts_by_ranges:
+                    async for part in parts_by_ranges:
+                        await send(part)
+                        sent += 1
+                continue
             instance = await prepared(received, selection, fmt)
             parts = await run_sync(
                 partial(
