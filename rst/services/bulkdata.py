@@ -48,7 +48,7 @@ from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated
 from rst.dicom.part10 import NOT_IN_PLACE, data_set_start
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
-from rst.services.ranged import FrameReader, frame_reader
+from rst.services.ranged import FrameReader, frame_reader, ranges_of
 from rst.services.wado import as_requested, whole
 
 __all__ = [
@@ -418,7 +418,7 @@ async def _by_ranges(
     alone; encapsulated data as stored, one frame at a time (never the whole value in memory).
     ``None``: read the instance whole instead (and for anything but its pixel data, for data
     to be decompressed, for video)."""
-    if received.ranges is None or not (
+    if ranges_of(received) is None or not (
         selection == "pixeldata" or (isinstance(selection, TagPath) and selection.is_pixel_data)
     ):
         return None

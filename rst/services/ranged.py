@@ -47,7 +47,7 @@ from rst.errors import RstError
 from rst.groups import collapse
 from rst.services.protocols import ByteRanges, Instance
 
-__all__ = ["FrameReader", "frame_reader", "frame_source", "metadata_file"]
+__all__ = ["FrameReader", "frame_reader", "frame_source", "metadata_file", "ranges_of"]
 
 _PLACEHOLDER = bytes(8)
 """The pixel data value metadata is made with: a whole number of samples of any width."""
@@ -97,8 +97,19 @@ class _Head:
             return (extended[0] if extended else basic), first
 
 
+def ranges_of(instance: Instance) -> ByteRanges | None:
+    """Reads of parts of *instance*: the archive's (an S3 object), else — for a large cached
+    file, one not read whole already — its file's (:attr:`~rst.services.protocols.Sidecars.ranges`,
+    open while the instance is the retrieve's current one). One frame path for both."""
+    if instance.ranges is not None:
+        return instance.ranges
+    if instance.rest is not None and instance.sidecars is not None:
+        return instance.sidecars.ranges
+    return None
+
+
 async def _head(instance: Instance) -> _Head | None:
-    ranges = instance.ranges
+    ranges = ranges_of(instance)
     if ranges is None or instance.transfer_syntax in NOT_IN_PLACE:
         return None
     data = instance.data

@@ -40,7 +40,7 @@ from rst.dicom.render import (
 )
 from rst.errors import DimseFailure, NotAcceptable, NotSupported
 from rst.services.protocols import Backend, Instance, RetrieveKeys
-from rst.services.ranged import FrameReader, frame_reader
+from rst.services.ranged import FrameReader, frame_reader, ranges_of
 from rst.services.wado import whole
 
 __all__ = ["THUMBNAIL_VIEWPORT", "produce_rendered_parts", "render_one"]
@@ -164,14 +164,14 @@ class _Image:
 @asynccontextmanager
 async def _images(backend: Backend, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[_Image]]:
     """The instances *keys* names, each read (on a worker thread) once it has all arrived —
-    or, where the archive reads parts of a stored instance, its head now and its frames when
-    they are rendered (:mod:`rst.services.ranged`). Leaving early cancels the rest of the
-    retrieve."""
+    or, where parts of a large stored instance can be read (an S3 object, a cached file), its
+    head now and its frames when they are rendered (:mod:`rst.services.ranged`). Leaving early
+    cancels the rest of the retrieve."""
     async with backend.retrieve(keys, None) as instances:
 
         async def read() -> AsyncGenerator[_Image]:
             async for instance in instances:
-                reader = await frame_reader(instance) if instance.ranges is not None else None
+                reader = await frame_reader(instance) if ranges_of(instance) else None
                 if reader is not None:
                     yield _Image(reader.source.dataset, reader, instance)
                     continue
