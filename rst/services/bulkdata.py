@@ -34,18 +34,16 @@ from io import BytesIO
 from typing import Literal
 from urllib.parse import quote
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
-from pydicom.filereader import read_dataset as pydicom_read_dataset
-from pydicom.tag import BaseTag
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRBigEndian
 from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
 
 from rst.bridge import run_sync
 from rst.dicom.accept import EXPLICIT_VR_LITTLE_ENDIAN, BulkdataFormat, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated, is_video
-from rst.dicom.part10 import NOT_IN_PLACE, data_set_start
+from rst.dicom.part10 import read_part10
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.ranged import FrameReader, frame_reader, ranges_of
@@ -82,7 +80,6 @@ BINARY_VRS = frozenset((BYTES_VR | AMBIGUOUS_VR) - {VR.US_SS})
 _NUMBER_OF_FRAMES = 0x00280008
 _EXTENDED_OFFSETS = (0x7FE00001, 0x7FE00002)
 _UID_TAGS = (0x0020000D, 0x0020000E, 0x00080018)
-_CHARSET = 0x00080005
 _ENCAPSULATED_DOCUMENT = 0x00420011
 _DOCUMENT_TYPE = 0x00420012
 _TAG = re.compile(r"[0-9A-Fa-f]{8}")
@@ -216,22 +213,7 @@ def readable(sop_uid: str) -> Iterator[None]:
 def read_dataset(data: bytes, tags: set[int] | None = None) -> Dataset:
     """The data set of a Part 10 file, without group 0002; only the top-level elements *tags*
     (and the Specific Character Set) when given — pydicom skips the others unread."""
-    start = data_set_start(data)
-    if start is not None and start[1] not in NOT_IN_PLACE:
-        offset, syntax = start
-        wanted: list[BaseTag | int] | None = [*sorted(tags), _CHARSET] if tags else None
-        fp = BytesIO(data)
-        fp.seek(offset)
-        try:  # pydicom's reader of the data set alone, as dcmread would call it
-            dataset = pydicom_read_dataset(
-                fp, syntax == str(ImplicitVRLittleEndian), True, specific_tags=wanted
-            )
-        except Exception:  # odd files: dcmread's own way, whatever it makes of them
-            pass
-        else:
-            del dataset[0x00020000:0x00030000]
-            return dataset
-    dataset = dcmread(BytesIO(data), specific_tags=sorted(tags) if tags else None)
+    dataset = read_part10(data, tags)
     del dataset[0x00020000:0x00030000]
     return dataset
 
