@@ -43,7 +43,13 @@ from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.ranged import FrameReader, frame_reader, ranges_of
 from rst.services.wado import whole
 
-__all__ = ["THUMBNAIL_VIEWPORT", "produce_rendered_parts", "render_one"]
+__all__ = [
+    "THUMBNAIL_VIEWPORT",
+    "RenderSource",
+    "produce_rendered_parts",
+    "render_one",
+    "render_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +144,10 @@ def _indices(
 
 
 @dataclass
-class _Image:
+class RenderSource:
     """One instance to render: its data set — whole, or (a large stored object read by
-    ranges) up to its pixel data, whose frames :meth:`holding` reads as they are needed."""
+    ranges) up to its pixel data, whose frames :meth:`holding` reads as they are needed.
+    Used while the instance is the retrieve's current one (a cached file is open until then)."""
 
     dataset: Dataset
     reader: FrameReader | None = None
@@ -161,24 +168,28 @@ class _Image:
         return self.dataset, None
 
 
+async def render_source(instance: Instance) -> RenderSource:
+    """What renders *instance*: by ranges where parts of it can be read, else read whole."""
+    reader = await frame_reader(instance) if ranges_of(instance) else None
+    if reader is not None:
+        return RenderSource(reader.source.dataset, reader, instance)
+    data = (await whole(instance)).data
+    return RenderSource(await run_sync(partial(read_dataset, data)))
+
+
 @asynccontextmanager
-async def _images(backend: Backend, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[_Image]]:
+async def _images(
+    backend: Backend, keys: RetrieveKeys
+) -> AsyncIterator[AsyncIterator[RenderSource]]:
     """The instances *keys* names, each read (on a worker thread) once it has all arrived —
     or, where parts of a large stored instance can be read (an S3 object, a cached file), its
     head now and its frames when they are rendered (:mod:`rst.services.ranged`). Leaving early
     cancels the rest of the retrieve."""
     async with backend.retrieve(keys, None) as instances:
 
-        async def read() -> AsyncGenerator[_Image]:
+        async def read() -> AsyncGenerator[RenderSource]:
             async for instance in instances:
-                reader = await frame_reader(instance) if ranges_of(instance) else None
-                if reader is not None:
-                    yield _Image(reader.source.dataset, reader, instance)
-                    continue
-                data = (await whole(instance)).data
-                ds = await run_sync(partial(read_dataset, data))
-                del instance, data  # the data set holds what it needs: one copy, not two
-                yield _Image(ds)
+                yield await render_source(instance)
 
         async with aclosing(read()) as images:
             yield images

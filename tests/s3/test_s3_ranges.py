@@ -348,8 +348,9 @@ BY_RANGES = ("native", "implicit", "overlay", "bot", "eot", "jls")
 
 
 async def test_rendered_by_range_is_the_whole_objects(gateway: Running, stored: Stored) -> None:
-    """Rendered frames and thumbnails of a stored object read in parts: the head, then the
-    frames drawn — the same images as from the whole object, for fewer bytes."""
+    """Rendered frames and thumbnails of a stored object read in parts (WADO-RS and WADO-URI):
+    the head, then the frames drawn — the same images as from the whole object, for fewer
+    bytes."""
     for kind in KINDS:
         for suffix, accept in RENDERED:
             path = f"{instance(stored, kind)}/{suffix}"
@@ -358,6 +359,15 @@ async def test_rendered_by_range_is_the_whole_objects(gateway: Running, stored: 
             assert same(whole, parted), (kind, suffix)
             if kind in BY_RANGES and "," not in suffix:  # one frame: the head and that frame
                 assert LAST_READ[path] < stored.sizes[kind] // 2, (kind, suffix, LAST_READ[path])
+        wado = (
+            f"/wado?requestType=WADO&studyUID={stored.study}&seriesUID={stored.series}"
+            f"&objectUID={stored.sops[kind]}&contentType=image/png&frameNumber=7"
+        )
+        whole, parted = await both(gateway, wado, "image/png")
+        assert whole.status_code == 200, (kind, whole.text)
+        assert same(whole, parted), kind
+        if kind in BY_RANGES:
+            assert LAST_READ[wado] < stored.sizes[kind] // 2, (kind, LAST_READ[wado])
 
 
 async def test_pixeldata_by_range_is_the_whole_objects(gateway: Running, stored: Stored) -> None:
