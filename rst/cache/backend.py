@@ -9,8 +9,12 @@ knowing. A retrieve is served, in this order:
    arrive;
 2. from the cache, if it holds the whole level fresh — for an instance, also when it is on its
    way in a flight of its series or study (the request waits for that instance only);
-3. from the archive, leading a new flight: each instance passes through to this request as it
-   arrives (a large one fragment by fragment) and is written to the cache on the way.
+3. from the cache once another process has retrieved it: while another worker retrieves the
+   same level (or, for an instance, its series or study), the request waits for it
+   (:mod:`rst.cache.locks`; an instance as soon as that worker has cached it);
+4. from the archive, leading a new flight, holding the level's lock: each instance passes
+   through to this request as it arrives (a large one fragment by fragment) and is written
+   to the cache on the way.
 
 A follower whose flight is abandoned (its leader went away), or which meets an instance that
 could not be cached, falls back to a retrieve of its own, skipping the instances it has already
@@ -42,6 +46,7 @@ from rst.cache.files import (
     read_entries,
 )
 from rst.cache.flight import Arrival, Flight, Flights, State
+from rst.cache.locks import Held
 from rst.cache.store import Entry
 from rst.config import AeConfig, Config
 from rst.dicom.part10 import Upload
@@ -59,6 +64,9 @@ MAX_ATTEMPTS = 3
 """Sources a retrieve tries (flights, the cache) before it goes to the archive regardless."""
 READ_RUN = 64
 """Arrivals looked at for one batch of reads (see :func:`~rst.cache.files.batch`)."""
+LOCK_POLL = 0.05
+"""Seconds between two looks while another process retrieves what a request needs (a lock
+held elsewhere cannot be waited for on trio's thread: see :mod:`rst.cache.locks`)."""
 
 
 class _FallBack(Exception):
@@ -198,10 +206,18 @@ class CachedBackend:
         finds it there, else from the archive."""
         flight = Flight(keys, self.cache.now())
         joinable = self.flights.get(keys) is None
+        held: Held | None = None
         with self.flights.flying(flight) if joinable else nullcontext(flight):
             try:
                 found = await self._cached(keys) if look else None
-                self._count("miss" if found is None else "hit")
+                if found is None and look:
+                    try:
+                        found, held, waited = await self._claim(flight)
+                    finally:
+                        flight.elsewhere = False
+                    self._count("joined" if waited and found is not None else "miss")
+                else:
+                    self._count("miss" if found is None else "hit")
                 if found is not None:
                     for entry in found:
                         flight.arrive(Arrival(entry.sop_uid, entry))
@@ -214,6 +230,8 @@ class CachedBackend:
                         yield instance
             finally:
                 flight.abandon()  # unless it has ended already
+                if held is not None:
+                    held.release()
 
     async def _cached(self, keys: RetrieveKeys) -> list[Entry] | None:
         """The whole of *keys* from the cache, or from a flight of its series or study."""
@@ -224,8 +242,79 @@ class CachedBackend:
         if arrival is not None and arrival.entry is not None:
             return [arrival.entry]
         entry = await self.cache.instance(self.archive, keys)
-        if entry is None and (covering := self.flights.covering(keys)) is not None:
+        covering = self.flights.covering(keys)
+        if entry is None and covering is not None and not covering.elsewhere:
             entry = await covering.wait_for(keys.sop_uid)
+        return None if entry is None else [entry]
+
+    async def _claim(self, flight: Flight) -> tuple[list[Entry] | None, Held | None, bool]:
+        """Single flight across processes (:mod:`rst.cache.locks`): the lock of *keys*, held
+        for this request to retrieve them from the archive — or, while another process
+        retrieves them (or, for an instance, its series or study), a wait for it to end and
+        what it cached (meanwhile *flight* is marked as waiting elsewhere). The third value:
+        whether this request waited."""
+        keys = flight.keys
+        waited = False
+        while True:
+            if keys.sop_uid is not None:
+                entry = await self._while_covered(keys)
+                if entry is not None:
+                    return [entry], None, True
+            held = await self.cache.hold(self.archive, keys)
+            if held is not None:
+                found = await self._look(keys)  # cached by another process just before?
+                if found is None:
+                    return None, held, waited
+                held.release()
+                return found, None, waited
+            if not waited:
+                log.info(
+                    "cache: another process is retrieving %s %s; waiting for it",
+                    keys.level.lower(),
+                    keys.uid,
+                )
+            waited = flight.elsewhere = True
+            while await self.cache.held_elsewhere(self.archive, keys):
+                if (
+                    keys.sop_uid is not None
+                    and (entry := await self.cache.instance(self.archive, keys)) is not None
+                ):
+                    return [entry], None, True
+                await trio.sleep(LOCK_POLL)
+            found = await self._look(keys)
+            if found is not None:
+                return found, None, True
+
+    async def _while_covered(self, keys: RetrieveKeys) -> Entry | None:
+        """For an instance whose series or study another process is retrieving: its entry as
+        soon as that process has cached it; ``None`` once no such retrieve runs."""
+        covers = [RetrieveKeys(keys.study_uid)]
+        if keys.series_uid is not None:
+            covers.insert(0, RetrieveKeys(keys.study_uid, keys.series_uid))
+        for cover in covers:
+            logged = False
+            while await self.cache.held_elsewhere(self.archive, cover):
+                if not logged:
+                    log.info(
+                        "cache: another process is retrieving %s %s; waiting for instance %s",
+                        cover.level.lower(),
+                        cover.uid,
+                        keys.sop_uid,
+                    )
+                    logged = True
+                entry = await self.cache.instance(self.archive, keys)
+                if entry is not None:
+                    return entry
+                await trio.sleep(LOCK_POLL)
+            if logged and (entry := await self.cache.instance(self.archive, keys)) is not None:
+                return entry
+        return None
+
+    async def _look(self, keys: RetrieveKeys) -> list[Entry] | None:
+        """The whole of *keys* from the cache alone."""
+        if keys.sop_uid is None:
+            return await self.cache.level(self.archive, keys)
+        entry = await self.cache.instance(self.archive, keys)
         return None if entry is None else [entry]
 
     async def _from_archive(

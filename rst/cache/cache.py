@@ -18,7 +18,8 @@ from typing import TypeVar
 import trio
 
 from rst.bridge import run_sync
-from rst.cache.store import Entry, Meta, Pending, Store, default_folder
+from rst.cache.locks import Held, Locks
+from rst.cache.store import CacheUnavailable, Entry, Meta, Pending, Store, default_folder
 from rst.config import CacheConfig
 from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
@@ -36,8 +37,9 @@ COMPLAIN_EVERY = 60.0
 class Cache:
     """Lookups and writes of the retrieve cache, from trio."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, locks: Locks | None = None) -> None:
         self.store = store
+        self.locks = locks if locks is not None else Locks(store.folder)
         self._complained_at = float("-inf")
         self._quiet = 0
 
@@ -56,6 +58,25 @@ class Cache:
 
     async def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
         return await self._attempt("look up", lambda: self.store.level(archive, keys))
+
+    # -- single flight across processes: a failure is a lock held -------------------------------
+
+    async def hold(self, archive: str, keys: RetrieveKeys) -> Held | None:
+        """The cross-process lock of *keys* (see :mod:`rst.cache.locks`); ``None`` while
+        another process holds it. A lock that cannot be taken (the folder is gone, say) is
+        as if held: this process retrieves anyway, as without the cache."""
+        try:
+            return await run_sync(lambda: self.locks.hold(archive, keys))
+        except OSError as exc:
+            self._complain("lock", exc)
+            return Held(self.locks.path(archive, keys), None)
+
+    async def held_elsewhere(self, archive: str, keys: RetrieveKeys) -> bool:
+        try:
+            return await run_sync(lambda: self.locks.held_elsewhere(archive, keys))
+        except OSError as exc:
+            self._complain("lock", exc)
+            return False
 
     # -- writes: a failure is an instance not cached --------------------------------------------
 
@@ -179,7 +200,7 @@ async def open_cache(config: CacheConfig, metrics: Metrics | None = None) -> Asy
             metrics.cache_evicted_instances.inc(instances)
             metrics.cache_evicted_bytes.inc(size)
 
-    def open_store() -> tuple[Store, int]:
+    def open_store() -> tuple[Store, Locks, int]:
         store = Store.open(
             folder,
             max_bytes=config.max_bytes,
@@ -187,13 +208,18 @@ async def open_cache(config: CacheConfig, metrics: Metrics | None = None) -> Asy
             private=config.path is None,
             on_evict=evicted,
         )
-        return store, store.usage()
+        try:
+            locks = Locks(folder)
+        except OSError as exc:
+            store.close()
+            raise CacheUnavailable(f"cannot make the lock folder in {folder}: {exc}") from exc
+        return store, locks, store.usage()
 
-    store, used = await run_sync(open_store)
+    store, locks, used = await run_sync(open_store)
     unwatch = metrics.watch_cache_usage(store.usage) if metrics is not None else None
     log.info("retrieve cache in %s (%d of %d bytes used)", folder, used, config.max_bytes)
     try:
-        yield Cache(store)
+        yield Cache(store, locks)
     finally:
         if unwatch is not None:
             unwatch()

@@ -57,6 +57,9 @@ class Flight:
         """When the retrieve began (the cache's clock): the age of what it brings."""
         self.arrivals: list[Arrival] = []
         self.state = State.FLYING
+        self.elsewhere = False
+        """Whether its leader waits for another process retrieving the same (nothing arrives
+        until that one is over: an instance request looks at the cache meanwhile)."""
         self._error: RstError | None = None
         self._by_uid: dict[str, Arrival] = {}
         self._changed = trio.Event()

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames, get_frame, parse_basic_offsets
 from pydicom.pixels.decoders.base import get_decoder
@@ -35,7 +34,7 @@ from pydicom.pixels.encoders.base import get_encoder
 from pydicom.pixels.utils import pack_bits
 from pydicom.uid import UID, ExplicitVRBigEndian
 
-from rst.dicom.part10 import reencode, transfer_syntax_of
+from rst.dicom.part10 import read_part10, reencode, transfer_syntax_of
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, NATIVE_SYNTAXES
 from rst.errors import BadRequest, NotAcceptable, NotFound, NotSupported
 
@@ -122,7 +121,7 @@ class FrameSource:
             data = reencode(data, EXPLICIT_VR_LITTLE_ENDIAN)
             stored = EXPLICIT_VR_LITTLE_ENDIAN
         try:
-            dataset = dcmread(BytesIO(data))
+            dataset = read_part10(data)
         except Exception as err:  # pydicom raises many kinds on garbage
             raise BadRequest(f"the data is not a readable DICOM instance: {err}") from err
         self._describe(dataset, stored)

@@ -10,8 +10,8 @@ a value is skipped by its length. Anything that does not add up raises :class:`V
 the caller then reads the object whole, and the whole object's reader says what is wrong.
 
 Little Endian only (Implicit or Explicit VR): the syntaxes whose data sets can be read in place
-(not those of :data:`NOT_IN_PLACE`). :func:`top_level_values` reads a few short values near the
-start of a data set the same way (the patient of an instance, for the audit trail).
+(not those of :data:`rst.dicom.uids.NOT_IN_PLACE`). :func:`top_level_values` reads a few short
+values near the start of a data set the same way (the patient of an instance, for the audit trail).
 """
 
 from __future__ import annotations
@@ -22,16 +22,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPIPHTJ2KReferencedDeflate,
-)
-
-from rst.dicom.uids import JPIP_REFERENCED_DEFLATE
-
 __all__ = [
-    "NOT_IN_PLACE",
     "NeedMore",
     "PixelPosition",
     "basic_offsets",
@@ -45,15 +36,6 @@ __all__ = [
 PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 """Float Pixel Data, Double Float Pixel Data, Pixel Data: an instance has at most one."""
 UNDEFINED = 0xFFFFFFFF
-NOT_IN_PLACE = frozenset(
-    {
-        str(ExplicitVRBigEndian),
-        str(DeflatedExplicitVRLittleEndian),
-        JPIP_REFERENCED_DEFLATE,
-        str(JPIPHTJ2KReferencedDeflate),
-    }
-)
-"""Syntaxes whose data set cannot be read in place: Big Endian, or deflated."""
 _PREAMBLE_AND_PREFIX = 132
 _UNKNOWN_SIZE = sys.maxsize
 """The file size, for reading the first bytes of a file whose end is not known yet."""

@@ -8,6 +8,7 @@ and every other toolkit expect.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from io import BytesIO
@@ -15,10 +16,12 @@ from io import BytesIO
 from pydicom import Dataset, dcmread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
 from pydicom.pixels.encoders.base import get_encoder
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -37,6 +40,7 @@ from rst.dicom.uids import (
     JPEG_2000_LOSSLESS,
     JPEG_LS_LOSSLESS,
     NATIVE_SYNTAXES,
+    NOT_IN_PLACE,
     RLE_LOSSLESS,
 )
 from rst.errors import BadRequest, NotAcceptable
@@ -45,9 +49,11 @@ __all__ = [
     "LOSSLESS_ENCODINGS",
     "BadUpload",
     "Upload",
+    "data_set_start",
     "encodable_syntaxes",
     "part10_bytes",
     "read_instance",
+    "read_part10",
     "read_upload",
     "reencode",
     "transfer_syntax_of",
@@ -164,6 +170,8 @@ def transfer_syntax_of(data: bytes) -> str:
     """
     if not _has_part10_header(data):
         raise BadRequest("not a DICOM Part 10 file (no 'DICM' prefix after the preamble)")
+    if (start := data_set_start(data)) is not None:
+        return start[1]
     fp = BytesIO(data)
     try:
         read_preamble(fp, False)
@@ -225,8 +233,71 @@ def read_instance(data: bytes) -> tuple[Dataset, str]:
     return dataset, syntax
 
 
+_CHARSET = 0x00080005
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+"""Explicit VRs with a reserved field and a 4-byte length (PS3.5 §7.1.2)."""
+_ELEMENT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<L")
+
+
+def data_set_start(data: bytes) -> tuple[int, str] | None:
+    """Where the data set of a Part 10 file starts, and its transfer syntax, read from the file
+    meta by hand (pydicom's reader of it costs more than reading a CT image's data set).
+    ``None`` for anything but the usual form (a preamble, ``DICM``, then group 0002 in Explicit
+    VR Little Endian with a transfer syntax): then let pydicom read the file."""
+    offset = len(_PREAMBLE) + 4
+    if data[len(_PREAMBLE) : offset] != b"DICM":
+        return None
+    syntax = None
+    while offset + 8 <= len(data):
+        group, element, vr, length = _ELEMENT.unpack_from(data, offset)
+        if group != 2:
+            break
+        start = offset + 8
+        if vr in _LONG_VRS:
+            if start + 4 > len(data):
+                return None
+            (length,) = _LONG_LENGTH.unpack_from(data, start)
+            start += 4
+        if element == 0x0010:
+            value = data[start : start + length].strip(b"\0 ")
+            if not value.isascii():
+                return None
+            syntax = value.decode("ascii")
+        offset = start + length
+    if not syntax or offset > len(data):
+        return None
+    return offset, syntax
+
+
+def read_part10(data: bytes, tags: Iterable[int] | None = None) -> Dataset:
+    """A Part 10 file as pydicom reads it (its file meta: the transfer syntax alone, where
+    :func:`data_set_start` reads it by hand — pydicom's reader of the meta costs about as much
+    as that of a CT image's data set); only the top-level elements *tags* (and the Specific
+    Character Set) when given. Anything unusual is read by ``dcmread``, whatever it makes of
+    it (and whatever it raises)."""
+    wanted: list[BaseTag | int] | None = [*sorted(tags), _CHARSET] if tags else None
+    start = data_set_start(data)
+    if start is not None and start[1] not in NOT_IN_PLACE:
+        offset, syntax = start
+        fp = BytesIO(data)
+        fp.seek(offset)
+        implicit = syntax == str(ImplicitVRLittleEndian)
+        try:  # pydicom's reader of the data set alone, as dcmread would call it
+            dataset = read_dataset(fp, implicit, True, specific_tags=wanted)
+        except Exception:  # odd files: dcmread's own way
+            pass
+        else:
+            dataset.file_meta = FileMetaDataset()
+            dataset.file_meta.TransferSyntaxUID = UID(syntax)
+            return dataset
+    return dcmread(BytesIO(data), specific_tags=sorted(tags) if tags else None)
+
+
 def dataset_offset(data: bytes) -> int:
     """Where the dataset starts in a Part 10 file: after the preamble, ``DICM`` and the meta."""
+    if (start := data_set_start(data)) is not None:
+        return start[0]
     fp = BytesIO(data)
     read_preamble(fp, False)
     _read_file_meta_info(fp)

@@ -17,7 +17,8 @@ from pydicom import Dataset
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.valuerep import TEXT_VR_DELIMS, PersonName
 
-from rst.dicom.head import NOT_IN_PLACE, NeedMore, dataset_start, top_level_values
+from rst.dicom.head import NeedMore, dataset_start, top_level_values
+from rst.dicom.uids import NOT_IN_PLACE
 
 __all__ = ["Patient", "PatientReader", "patient_in_dataset", "patient_in_part10"]
 

@@ -12,7 +12,7 @@ Nothing here writes a codec or LUT arithmetic of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal, cast
@@ -335,9 +335,16 @@ def frame_indices(ds: Dataset, frames: Sequence[int]) -> list[int]:
     return [f - 1 for f in frames]
 
 
-def render(ds: Dataset, indices: Sequence[int], rendering: Rendering) -> bytes:
+def render(
+    ds: Dataset,
+    indices: Sequence[int],
+    rendering: Rendering,
+    held: Mapping[int, int] | None = None,
+) -> bytes:
     """Render the frames *indices* (0-based) of *ds* as one image: a single frame in any of the
-    media types, several as an animated GIF.
+    media types, several as an animated GIF. *held*: where *ds*'s pixel data holds only some
+    frames (read by ranges), the position of each frame index in it (the index itself still
+    picks the frame's functional groups).
 
     :raises NotAcceptable: *ds* holds no image, or several frames are asked of a single-frame
         media type.
@@ -346,12 +353,16 @@ def render(ds: Dataset, indices: Sequence[int], rendering: Rendering) -> bytes:
     :raises BadRequest: the viewport's source region lies outside the image.
     """
     require_pixels(ds)
+    viewport = rendering.viewport
     if len(indices) != 1 and rendering.media_type != GIF:
         raise NotAcceptable(f"{len(indices)} frames make one image only as {GIF}")
     # Extreme windows or rescale values overflow to inf and NaN: they render black or white,
     # they do not warn.
     with np.errstate(all="ignore"):
-        images = [_scaled(_display(ds, i, rendering.window), rendering.viewport) for i in indices]
+        images = [
+            _scaled(_display(ds, i, rendering.window, i if held is None else held[i]), viewport)
+            for i in indices
+        ]
     out = BytesIO()
     first, rest = images[0], images[1:]
     if rendering.media_type == JPEG:
@@ -364,10 +375,11 @@ def render(ds: Dataset, indices: Sequence[int], rendering: Rendering) -> bytes:
     return out.getvalue()
 
 
-def _display(ds: Dataset, index: int, window: Window | None) -> Image.Image:
-    """Frame *index* of *ds* as 8-bit grey or RGB: PS3.4 N.2 up to the presentation LUT."""
+def _display(ds: Dataset, index: int, window: Window | None, at: int) -> Image.Image:
+    """Frame *index* of *ds* (at *at* in its pixel data) as 8-bit grey or RGB: PS3.4 N.2 up to
+    the presentation LUT."""
     try:
-        stored = pixel_array(ds, index=index)  # YBR_* arrive converted to RGB
+        stored = pixel_array(ds, index=at)  # YBR_* arrive converted to RGB
     except Exception as err:  # no decoder plugin, or damaged pixel data
         meta = getattr(ds, "file_meta", None)
         syntax = "unknown" if meta is None else meta.get("TransferSyntaxUID", "unknown")

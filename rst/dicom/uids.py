@@ -31,6 +31,7 @@ JPEG_2000 = "1.2.840.10008.1.2.4.91"
 JPEG_2000_MULTI_COMPONENT_LOSSLESS = "1.2.840.10008.1.2.4.92"
 JPEG_2000_MULTI_COMPONENT = "1.2.840.10008.1.2.4.93"
 JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95"
+JPIP_HTJ2K_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.205"
 MPEG2_PREFIXES = ("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101")
 """MPEG-2 Main Profile / High Level and their fragmentable variants (.100.1, .101.1)."""
 HEVC = ("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108")
@@ -53,6 +54,16 @@ NATIVE_SYNTAXES = frozenset(
 )
 """Transfer syntaxes whose pixel data is native (not encapsulated): they can be re-encoded
 without a codec."""
+NOT_IN_PLACE = frozenset(
+    {
+        EXPLICIT_VR_BIG_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        JPIP_REFERENCED_DEFLATE,
+        JPIP_HTJ2K_REFERENCED_DEFLATE,
+    }
+)
+"""Transfer syntaxes whose data set cannot be read in place as Little Endian: Big Endian, or
+deflated."""
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 """What rst proposes for a query/retrieve or verification context, and the fallback it offers
 for an uncompressed instance whose own syntax the PACS does not take (rst re-encodes into

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from io import BytesIO
 from typing import Literal
 from urllib.parse import quote
 
-from pydicom import Dataset, dcmread
-from pydicom.dataelem import DataElement
+from pydicom import Dataset
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.uid import ExplicitVRBigEndian
 from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
@@ -43,9 +43,11 @@ from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
 from rst.bridge import run_sync
 from rst.dicom.accept import BulkdataFormat, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated, is_video
+from rst.dicom.part10 import read_part10
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.ranged import FrameReader, frame_reader, ranges_of
 from rst.services.wado import as_requested, whole
 
 __all__ = [
@@ -175,8 +177,13 @@ class InstanceAddress:
 
 def top_string(dataset: Dataset, tag: int) -> str:
     """The text *dataset* holds at top-level *tag*, without padding; ``""`` when none."""
-    if tag not in dataset:
+    raw = dataset.get_item(tag)
+    if raw is None:
         return ""
+    if isinstance(raw, RawDataElement) and raw.VR in ("UI", None) and tag in _UID_TAGS:
+        # pydicom's reading of a UID without its conversion (read once per instance)
+        text = (raw.value or b"").decode("latin-1").rstrip("\0 ")
+        return "" if "\\" in text else text.strip("\0 ")
     value = dataset[tag].value
     return str(value).strip("\0 ") if isinstance(value, str) else ""
 
@@ -207,7 +214,7 @@ def readable(sop_uid: str) -> Iterator[None]:
 def read_dataset(data: bytes, tags: set[int] | None = None) -> Dataset:
     """The data set of a Part 10 file, without group 0002; only the top-level elements *tags*
     (and the Specific Character Set) when given — pydicom skips the others unread."""
-    dataset = dcmread(BytesIO(data), specific_tags=sorted(tags) if tags else None)
+    dataset = read_part10(data, tags)
     del dataset[0x00020000:0x00030000]
     return dataset
 
@@ -374,6 +381,76 @@ async def prepared(
     return instance
 
 
+_PIXEL_TAG_OF = {
+    "PixelData": 0x7FE00010,
+    "FloatPixelData": 0x7FE00008,
+    "DoubleFloatPixelData": 0x7FE00009,
+}
+
+
+async def _by_ranges(
+    received: Instance,
+    selection: Selection | TagPath,
+    fmt: BulkdataFormat,
+    *,
+    base: str,
+    keys: RetrieveKeys,
+) -> AsyncGenerator[BulkPart] | None:
+    """The pixel data of a large stored instance read by ranges (:mod:`rst.services.ranged`),
+    as :func:`instance_parts` answers from the whole instance: native data as one part, read
+    alone; encapsulated data as stored, one frame at a time (never the whole value in memory).
+    ``None``: read the instance whole instead (and for anything but its pixel data, for data
+    to be decompressed, for video)."""
+    if ranges_of(received) is None or not (
+        selection == "pixeldata" or (isinstance(selection, TagPath) and selection.is_pixel_data)
+    ):
+        return None
+    syntax = received.transfer_syntax
+    encapsulated = is_encapsulated(syntax)
+    if is_video(syntax) or (encapsulated and fmt.pixel_form(syntax) == "decompressed"):
+        return None
+    reader = await frame_reader(received)
+    if reader is None:
+        return None
+    source = reader.source
+    tag = _PIXEL_TAG_OF.get(source.keyword)
+    if isinstance(selection, TagPath) and selection.tag != tag:
+        return None  # the whole instance's reader says what there is
+    if source.keyword != "PixelData" and encapsulated:
+        return None
+    address = InstanceAddress.of(base, source.dataset, keys, received.sop_instance_uid)
+    fmt.pixel_form(syntax)  # acceptable as stored (raises NotAcceptable)
+    if not encapsulated:
+        value = await reader.value()
+        if value is None:
+            return None
+        content_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+        return _one(BulkPart(content_type, address.pixeldata, value))
+    first = await reader.read([1])
+    if first is None:
+        return None
+    return _frames_by_ranges(reader, first.as_stored([1])[1], syntax, address)
+
+
+async def _one(part: BulkPart) -> AsyncGenerator[BulkPart]:
+    yield part
+
+
+async def _frames_by_ranges(
+    reader: FrameReader, first: bytes, syntax: str, address: InstanceAddress
+) -> AsyncGenerator[BulkPart]:
+    content_type = f"{bulk_media_type(syntax)}; transfer-syntax={syntax}"
+    yield BulkPart(content_type, address.frame(1), first)
+    for number in range(2, reader.number_of_frames + 1):
+        source = await reader.read([number])
+        if source is None:  # the frames before it were sent: too late to read it whole
+            raise UnreadableInstance(
+                f"frame {number} of the instance {reader.source.sop_instance_uid} cannot be "
+                "read from the archive's object by its offsets"
+            )
+        yield BulkPart(content_type, address.frame(number), source.as_stored([number])[number])
+
+
 async def produce_bulkdata(
     backend: Backend,
     keys: RetrieveKeys,
@@ -390,6 +467,13 @@ async def produce_bulkdata(
     sent = 0
     async with backend.retrieve(keys, fmt.prefer) as instances:
         async for received in instances:
+            ranged = await _by_ranges(received, selection, fmt, base=base, keys=keys)
+            if ranged is not None:
+                async with aclosing(ranged) as parts_by_ranges:
+                    async for part in parts_by_ranges:
+                        await send(part)
+                        sent += 1
+                continue
             instance = await prepared(received, selection, fmt)
             parts = await run_sync(
                 partial(

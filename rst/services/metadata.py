@@ -4,8 +4,9 @@ A DIMSE archive has no metadata service: the instances themselves are retrieved 
 and each is turned into one object of the JSON array as soon as it has arrived, so a viewer
 sees the first instances of a series while the PACS still sends the rest. Where the archive
 reads parts of a stored instance (a large S3 object), only its head and tail are read
-(:func:`~rst.services.ranged.metadata_file`). pydicom's own DICOM
-JSON writer does the encoding; bulk data values (the rule and their URIs are in
+(:func:`~rst.services.ranged.metadata_file`). pydicom reads the instance and
+:mod:`rst.dicom.dicom_json` encodes its raw elements (pydicom's own JSON writer costs several
+times more, and gives the same answer); bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
 0002 (file meta) is never part of the answer.
 """
@@ -17,18 +18,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 
-from pydicom.dataelem import DataElement
 from pydicom.uid import ExplicitVRBigEndian
 
 from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
+from rst.dicom.dicom_json import Path, encode_dataset
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import NotFound
 from rst.services.bulkdata import (
     BULK_MIN_BYTES,
     PIXEL_DATA_TAGS,
     InstanceAddress,
-    bulk_elements,
+    TagPath,
     read_dataset,
     readable,
     top_string,
@@ -38,12 +39,6 @@ from rst.services.ranged import metadata_file
 from rst.services.wado import as_requested, whole
 
 __all__ = ["METADATA", "instance_metadata", "produce_metadata", "relative_metadata", "under"]
-
-_PYDICOM_THRESHOLD = (BULK_MIN_BYTES - 1) // 3 * 4
-"""pydicom's threshold is in base64 characters: a value is bulk data when it is longer than
-``threshold // 4 * 3`` bytes, here ``BULK_MIN_BYTES - 1``, the rule of :mod:`.bulkdata`."""
-assert _PYDICOM_THRESHOLD // 4 * 3 == BULK_MIN_BYTES - 1
-
 
 METADATA = "metadata.json"
 """The sidecar kind of an instance's DICOM JSON (see :class:`~rst.services.protocols.Sidecars`):
@@ -78,17 +73,17 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
         dataset = read_dataset(data)
         address = InstanceAddress.of("", dataset, keys, sop_uid)
         named = all(top_string(dataset, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))
-        uris = {id(element): address.value(path) for path, element in bulk_elements(dataset)}
 
-        def uri(element: DataElement) -> str:
-            return uris[id(element)]
+        def uri(path: Path, tag: int) -> str:
+            return address.value(TagPath(path, tag))
 
-        result = dataset.to_json_dict(_PYDICOM_THRESHOLD, uri, suppress_invalid_tags=True)
-        for tag in PIXEL_DATA_TAGS:  # pixel data is bulk data, however small
-            entry = result.get(f"{tag:08X}")
-            if entry is not None and "InlineBinary" in entry:
-                result[f"{tag:08X}"] = {"vr": entry["vr"], "BulkDataURI": address.pixeldata}
+        result = encode_dataset(dataset, _is_bulk, uri)
         return json.dumps(result, separators=(",", ":")).encode(), named
+
+
+def _is_bulk(path: Path, tag: int, length: int) -> bool:
+    """The rule of :mod:`.bulkdata`: the top-level pixel data always, else by size."""
+    return (not path and tag in PIXEL_DATA_TAGS) or length >= BULK_MIN_BYTES
 
 
 def relative_metadata(instance: Instance, keys: RetrieveKeys) -> bytes:

@@ -1,7 +1,9 @@
 """Parts of a large stored instance, read where the archive can read any part (S3 objects).
 
 An instance that comes with :attr:`~rst.services.protocols.Instance.ranges` is not read whole
-for metadata or frames:
+for metadata or frames (nor for rendered images and its pixel data, which are made of frames:
+:mod:`rst.services.rendered` and :mod:`rst.services.bulkdata` read them through a
+:class:`FrameReader`, one frame or a few at a time):
 
 * its **head** — the file meta and the data set up to the Pixel Data element's header — is what
   the archive sent first, read further (each read at least doubling it) while a long value
@@ -33,7 +35,6 @@ from pydicom.uid import ImplicitVRLittleEndian
 from rst.bridge import run_sync
 from rst.dicom.frames import FrameSource
 from rst.dicom.head import (
-    NOT_IN_PLACE,
     NeedMore,
     PixelPosition,
     basic_offsets,
@@ -42,11 +43,12 @@ from rst.dicom.head import (
     locate_pixel_data,
 )
 from rst.dicom.part10 import dataset_offset
+from rst.dicom.uids import NOT_IN_PLACE
 from rst.errors import RstError
 from rst.groups import collapse
 from rst.services.protocols import ByteRanges, Instance
 
-__all__ = ["frame_source", "metadata_file"]
+__all__ = ["FrameReader", "frame_reader", "frame_source", "metadata_file", "ranges_of"]
 
 _PLACEHOLDER = bytes(8)
 """The pixel data value metadata is made with: a whole number of samples of any width."""
@@ -76,6 +78,9 @@ class _Head:
         """The object's bytes from *start*: from the head where it holds them."""
         if start + length <= len(self.data):
             return self.data[start : start + length]
+        if start < len(self.data):  # what the head holds of it is not read again
+            held = self.data[start:]
+            return held + await self.ranges.read(len(self.data), length - len(held))
         return await self.ranges.read(start, length)
 
     def file(self, value: bytes) -> bytes:
@@ -93,8 +98,19 @@ class _Head:
             return (extended[0] if extended else basic), first
 
 
+def ranges_of(instance: Instance) -> ByteRanges | None:
+    """Reads of parts of *instance*: the archive's (an S3 object), else — for a large cached
+    file, one not read whole already — its file's (:attr:`~rst.services.protocols.Sidecars.ranges`,
+    open while the instance is the retrieve's current one). One frame path for both."""
+    if instance.ranges is not None:
+        return instance.ranges
+    if instance.rest is not None and instance.sidecars is not None:
+        return instance.sidecars.ranges
+    return None
+
+
 async def _head(instance: Instance) -> _Head | None:
-    ranges = instance.ranges
+    ranges = ranges_of(instance)
     if ranges is None or instance.transfer_syntax in NOT_IN_PLACE:
         return None
     data = instance.data
@@ -142,54 +158,92 @@ async def metadata_file(instance: Instance) -> bytes | None:
     return head.file(_PLACEHOLDER if pixels.length != 0 else b"") + tail
 
 
-async def frame_source(instance: Instance, numbers: Sequence[int]) -> FrameSource | None:
-    """A source holding the frames *numbers* of the instance, read by ranges.
+@dataclass(slots=True)
+class FrameReader:
+    """The frames of a stored instance, read by ranges as they are asked for. ``source``
+    describes the instance (its data set is the head's, the pixel data a stand-in until
+    :meth:`read`); each :meth:`read` makes it hold the frames asked for, and only those."""
 
-    :raises NotFound: a number is beyond the instance's last frame (as the whole instance's
-        source says). ``None``: read the instance whole instead.
-    """
+    head: _Head
+    source: FrameSource
+    extended: tuple[list[int], list[int]] | None
+    """The Extended Offset Table, read once (a source holding frames has dropped it)."""
+
+    @property
+    def number_of_frames(self) -> int:
+        return self.source.number_of_frames
+
+    async def value(self) -> bytes | None:
+        """The whole value of native pixel data; ``None`` for encapsulated data, or where
+        its length does not fit the object (read it whole)."""
+        pixels, size = self.head.pixels, self.head.ranges.size
+        if pixels.length is None or pixels.value + pixels.length > size:
+            return None
+        return await self.head.read(pixels.value, pixels.length)
+
+    async def read(self, numbers: Sequence[int]) -> FrameSource | None:
+        """:attr:`source`, holding the frames *numbers* (until the next read).
+
+        :raises NotFound: a number is beyond the instance's last frame.
+        ``None``: read the instance whole instead.
+        """
+        head, source, extended = self.head, self.source, self.extended
+        source.check(numbers)
+        wanted = sorted(set(numbers))
+        pixels, size = head.pixels, head.ranges.size
+        if source.native:
+            frame = source.native_frame_size()
+            if not frame or pixels.length is None or wanted[-1] * frame > pixels.length:
+                return None
+            spans = {n: (pixels.value + (n - 1) * frame, frame) for n in wanted}
+            if pixels.value + pixels.length > size:
+                return None
+            return source.keep(await _read(head, spans))
+        try:
+            offsets, first = await head.offsets(extended)
+            if len(offsets) < wanted[-1]:
+                return None
+            if extended is not None:
+                lengths = extended[1]
+                spans = {n: (first + offsets[n - 1] + 8, lengths[n - 1]) for n in wanted}
+            else:
+                items = frame_spans(offsets, first, size, [n - 1 for n in wanted])
+                spans = {n: items[n - 1] for n in wanted}
+            if any(length <= 0 or start + length > size for start, length in spans.values()):
+                return None
+            # The object ends with the pixel data's delimiter, else it was cut short (or
+            # elements follow the pixel data): then the whole object's reader answers.
+            spans[_END] = (size - len(_DELIMITER), len(_DELIMITER))
+            read = await _read(head, spans)
+            if read.pop(_END) != _DELIMITER:
+                return None
+            if extended is not None:
+                return source.keep(read)
+            frames = {n: fragments(data, last=n == len(offsets))[0] for n, data in read.items()}
+        except ValueError:
+            return None
+        return source.keep(frames)
+
+
+async def frame_reader(instance: Instance) -> FrameReader | None:
+    """A reader of the instance's frames by ranges; ``None``: read the instance whole."""
     head = await _head(instance)
     if head is None:
         return None
     source = await _source(head)
     if source is None:
         return None
-    source.check(numbers)
-    wanted = sorted(set(numbers))
-    pixels, size = head.pixels, head.ranges.size
-    if source.native:
-        frame = source.native_frame_size()
-        if not frame or pixels.length is None or wanted[-1] * frame > pixels.length:
-            return None
-        spans = {n: (pixels.value + (n - 1) * frame, frame) for n in wanted}
-        if pixels.value + pixels.length > size:
-            return None
-        return source.keep(await _read(head, spans))
-    extended = _extended_offsets(source)
-    try:
-        offsets, first = await head.offsets(extended)
-        if len(offsets) < wanted[-1]:
-            return None
-        if extended is not None:
-            lengths = extended[1]
-            spans = {n: (first + offsets[n - 1] + 8, lengths[n - 1]) for n in wanted}
-        else:
-            items = frame_spans(offsets, first, size, [n - 1 for n in wanted])
-            spans = {n: items[n - 1] for n in wanted}
-        if any(length <= 0 or start + length > size for start, length in spans.values()):
-            return None
-        # The object ends with the pixel data's delimiter, else it was cut short (or elements
-        # follow the pixel data): then the whole object's reader answers.
-        spans[_END] = (size - len(_DELIMITER), len(_DELIMITER))
-        read = await _read(head, spans)
-        if read.pop(_END) != _DELIMITER:
-            return None
-        if extended is not None:
-            return source.keep(read)
-        frames = {n: fragments(data, last=n == len(offsets))[0] for n, data in read.items()}
-    except ValueError:
-        return None
-    return source.keep(frames)
+    return FrameReader(head, source, _extended_offsets(source))
+
+
+async def frame_source(instance: Instance, numbers: Sequence[int]) -> FrameSource | None:
+    """A source holding the frames *numbers* of the instance, read by ranges.
+
+    :raises NotFound: a number is beyond the instance's last frame (as the whole instance's
+        source says). ``None``: read the instance whole instead.
+    """
+    reader = await frame_reader(instance)
+    return None if reader is None else await reader.read(numbers)
 
 
 async def _source(head: _Head) -> FrameSource | None:

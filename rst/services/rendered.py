@@ -9,7 +9,9 @@ search, a PACS that refuses an IMAGE-level C-FIND) gets the level retrieved and 
 with pixel data rendered; leaving the retrieve there cancels the rest.
 
 A multipart answer renders every instance (or frame) as the archive sends it and streams each
-out before the next instance is read: never more than one instance is held.
+out before the next instance is read: never more than one instance is held. Where the archive
+reads parts of a stored instance (a large S3 object), only its head and the frames drawn are
+read (:class:`~rst.services.ranged.FrameReader`), one part's frames at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 
 from pydicom import Dataset
@@ -36,10 +39,17 @@ from rst.dicom.render import (
     require_pixels,
 )
 from rst.errors import DimseFailure, NotAcceptable, NotSupported
-from rst.services.protocols import Backend, RetrieveKeys
+from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.ranged import FrameReader, frame_reader, ranges_of
 from rst.services.wado import whole
 
-__all__ = ["THUMBNAIL_VIEWPORT", "produce_rendered_parts", "render_one"]
+__all__ = [
+    "THUMBNAIL_VIEWPORT",
+    "RenderSource",
+    "produce_rendered_parts",
+    "render_one",
+    "render_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +79,15 @@ async def render_one(
     :raises NotFound: nothing matched, or a frame past the last one.
     """
     chosen = await _representative(backend, keys, middle=thumbnail)
-    async with _datasets(backend, chosen or keys) as datasets:
-        async for ds in datasets:
+    async with _images(backend, chosen or keys) as images:
+        async for image in images:
+            ds = image.dataset
             if chosen is None and not has_pixels(ds):
                 continue  # no search: the level's first image will do
             require_pixels(ds)
             indices = _indices(ds, frames, rendering, thumbnail=thumbnail)
-            return await run_sync(partial(render, ds, indices, rendering))
+            ds, held = await image.holding(indices)
+            return await run_sync(partial(render, ds, indices, rendering, held))
     raise NotAcceptable(f"nothing in {_named(keys)} has pixel data to render as an image")
 
 
@@ -95,8 +107,9 @@ async def produce_rendered_parts(
     :raises NotAcceptable: nothing named has pixel data.
     """
     sent = 0
-    async with _datasets(backend, keys) as datasets:
-        async for ds in datasets:
+    async with _images(backend, keys) as images:
+        async for image in images:
+            ds = image.dataset
             if not has_pixels(ds) and keys.sop_uid is None:
                 log.info("rendered %s: %s has no pixel data, left out", _named(keys), _url(ds, ""))
                 continue
@@ -107,9 +120,10 @@ async def produce_rendered_parts(
                 located = zip(frame_indices(ds, numbers), numbers, strict=True)
                 parts = [([i], f"{_url(ds, base)}/frames/{n}/rendered") for i, n in located]
             for indices, location in parts:
-                image = await run_sync(partial(render, ds, indices, rendering))
+                holding, held = await image.holding(indices)  # one part's frames at a time
+                rendered = await run_sync(partial(render, holding, indices, rendering, held))
                 head = writer.part_head(rendering.media_type, {"Content-Location": location})
-                await send((head, image))
+                await send((head, rendered))
                 sent += 1
     if not sent:
         raise NotAcceptable(f"nothing in {_named(keys)} has pixel data to render as an image")
@@ -129,21 +143,56 @@ def _indices(
     return [0]
 
 
+@dataclass
+class RenderSource:
+    """One instance to render: its data set — whole, or (a large stored object read by
+    ranges) up to its pixel data, whose frames :meth:`holding` reads as they are needed.
+    Used while the instance is the retrieve's current one (a cached file is open until then)."""
+
+    dataset: Dataset
+    reader: FrameReader | None = None
+    instance: Instance | None = None
+    """The instance itself, read whole if its frames cannot be read by ranges after all."""
+
+    async def holding(self, indices: Sequence[int]) -> tuple[Dataset, dict[int, int] | None]:
+        """A data set holding the frames *indices* (0-based), and where each lies in its pixel
+        data (``None``: at its own index, the data set is whole)."""
+        if self.reader is not None:
+            source = await self.reader.read([index + 1 for index in indices])
+            if source is not None:
+                return source.dataset, {i: k for k, i in enumerate(sorted(set(indices)))}
+            if self.instance is not None:  # the whole object's reader answers instead
+                data = (await whole(self.instance)).data
+                self.dataset = await run_sync(partial(read_dataset, data))
+            self.reader = self.instance = None
+        return self.dataset, None
+
+
+async def render_source(instance: Instance) -> RenderSource:
+    """What renders *instance*: by ranges where parts of it can be read, else read whole."""
+    reader = await frame_reader(instance) if ranges_of(instance) else None
+    if reader is not None:
+        return RenderSource(reader.source.dataset, reader, instance)
+    data = (await whole(instance)).data
+    return RenderSource(await run_sync(partial(read_dataset, data)))
+
+
 @asynccontextmanager
-async def _datasets(backend: Backend, keys: RetrieveKeys) -> AsyncIterator[AsyncIterator[Dataset]]:
-    """The instances *keys* names, each read (on a worker thread) once it has all arrived.
-    Leaving early cancels the rest of the retrieve."""
+async def _images(
+    backend: Backend, keys: RetrieveKeys
+) -> AsyncIterator[AsyncIterator[RenderSource]]:
+    """The instances *keys* names, each read (on a worker thread) once it has all arrived —
+    or, where parts of a large stored instance can be read (an S3 object, a cached file), its
+    head now and its frames when they are rendered (:mod:`rst.services.ranged`). Leaving early
+    cancels the rest of the retrieve."""
     async with backend.retrieve(keys, None) as instances:
 
-        async def read() -> AsyncGenerator[Dataset]:
+        async def read() -> AsyncGenerator[RenderSource]:
             async for instance in instances:
-                data = (await whole(instance)).data
-                ds = await run_sync(partial(read_dataset, data))
-                del instance, data  # the data set holds what it needs: one copy, not two
-                yield ds
+                yield await render_source(instance)
 
-        async with aclosing(read()) as datasets:
-            yield datasets
+        async with aclosing(read()) as images:
+            yield images
 
 
 async def _representative(

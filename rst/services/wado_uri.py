@@ -17,11 +17,12 @@ from typing import TypeVar
 
 from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
-from rst.dicom.render import GIF, number_of_frames, read_dataset, render, require_pixels
+from rst.dicom.render import GIF, number_of_frames, render, require_pixels
 from rst.dicom.wado_uri import RenderedRequest, transcodable
 from rst.errors import BadRequest, NotAcceptable, NotFound
 from rst.services.protocols import Backend, Instance, RetrieveKeys
-from rst.services.wado import as_requested, whole
+from rst.services.rendered import render_source
+from rst.services.wado import as_requested
 
 __all__ = ["produce_instance", "render_instance"]
 
@@ -61,23 +62,27 @@ async def render_instance(backend: Backend, keys: RetrieveKeys, wanted: Rendered
     :raises NotAcceptable: the instance has no pixel data.
     :raises NotSupported: its pixel data cannot be decoded.
     """
-    instance = await _with_instance(backend, keys, None, whole)
-    ds = await run_sync(partial(read_dataset, instance.data))
-    del instance  # the data set holds what it needs: one copy, not two
-    require_pixels(ds)
-    count = number_of_frames(ds)
-    if wanted.frame is not None and wanted.frame > count:
-        raise BadRequest(
-            f"frameNumber={wanted.frame}, but the instance {keys.sop_uid} has {count} frame(s)"
-        )
-    if wanted.frame is not None:
-        indices = [wanted.frame - 1]
-    elif wanted.media_type == GIF:
-        indices = list(range(count))
-    else:
-        indices = [0]
-    rendering = wanted.rendering(int(ds.Rows), int(ds.Columns))
-    return await run_sync(partial(render, ds, indices, rendering))
+
+    async def use(instance: Instance) -> bytes:
+        source = await render_source(instance)  # a large stored one: its head, its frames
+        ds = source.dataset
+        require_pixels(ds)
+        count = number_of_frames(ds)
+        if wanted.frame is not None and wanted.frame > count:
+            raise BadRequest(
+                f"frameNumber={wanted.frame}, but the instance {keys.sop_uid} has {count} frame(s)"
+            )
+        if wanted.frame is not None:
+            indices = [wanted.frame - 1]
+        elif wanted.media_type == GIF:
+            indices = list(range(count))
+        else:
+            indices = [0]
+        rendering = wanted.rendering(int(ds.Rows), int(ds.Columns))
+        holding, held = await source.holding(indices)
+        return await run_sync(partial(render, holding, indices, rendering, held))
+
+    return await _with_instance(backend, keys, None, use)
 
 
 async def _in_syntax(instance: Instance, wanted: str | None) -> Instance:

@@ -18,6 +18,7 @@ from pydicom.filebase import DicomBytesIO
 from rst.cache import Store, archive_key
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive, write_sample_study
+from rst.dicom import part10
 from rst.dicom.frames import FrameSource
 from rst.server import Running
 from rst.services import metadata
@@ -295,13 +296,13 @@ async def test_frames_of_a_cached_instance_are_cut_by_its_layout_without_parsing
     it; later ones read only the frames' bytes: no parse, the same bytes, native and
     encapsulated, one frame or a list, as stored or transcoded."""
     parses: list[int] = []
-    dcmread = pydicom.dcmread
+    read_part10 = part10.read_part10
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         parses.append(1)
-        return dcmread(*args, **kwargs)
+        return read_part10(*args, **kwargs)
 
-    monkeypatch.setattr("rst.dicom.frames.dcmread", counting)
+    monkeypatch.setattr("rst.dicom.frames.read_part10", counting)
     [ct] = write_sample_study(tmp_path / "pacs", images=1, rows=size, columns=size, series=1)
     rle, _ = encapsulated(volume(5, rows=64, columns=64), fragments_per_frame=2)
     multi = pydicom.dcmread(DicomBytesIO(rle))

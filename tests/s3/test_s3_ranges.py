@@ -342,3 +342,104 @@ async def test_a_replaced_object_is_not_mixed(moto: str) -> None:
         with pytest.raises(StorageError, match="replaced"):
             await client.get_range("a/b/c.dcm", 0, 10, etag=first.etag)
         assert bytes_read(metrics) == 24 + 10
+
+
+RENDERED = (
+    ("frames/7/rendered", "image/png"),
+    ("rendered", "image/jpeg"),
+    ("thumbnail", "image/png"),
+    ("frames/2,5/rendered", 'multipart/related; type="image/png"'),
+)
+BY_RANGES = ("native", "implicit", "overlay", "bot", "eot", "jls")
+"""The variants whose frames are found by their offsets (``nobot`` has no offset table)."""
+
+
+async def test_rendered_by_range_is_the_whole_objects(gateway: Running, stored: Stored) -> None:
+    """Rendered frames and thumbnails of a stored object read in parts (WADO-RS and WADO-URI):
+    the head, then the frames drawn — the same images as from the whole object, for fewer
+    bytes."""
+    for kind in KINDS:
+        for suffix, accept in RENDERED:
+            path = f"{instance(stored, kind)}/{suffix}"
+            whole, parted = await both(gateway, path, accept)
+            assert whole.status_code == 200, (kind, suffix, whole.text)
+            assert same(whole, parted), (kind, suffix)
+            if kind in BY_RANGES and "," not in suffix:  # one frame: the head and that frame
+                assert LAST_READ[path] < stored.sizes[kind] // 2, (kind, suffix, LAST_READ[path])
+        wado = (
+            f"/wado?requestType=WADO&studyUID={stored.study}&seriesUID={stored.series}"
+            f"&objectUID={stored.sops[kind]}&contentType=image/png&frameNumber=7"
+        )
+        whole, parted = await both(gateway, wado, "image/png")
+        assert whole.status_code == 200, (kind, whole.text)
+        assert same(whole, parted), kind
+        if kind in BY_RANGES:
+            assert LAST_READ[wado] < stored.sizes[kind] // 2, (kind, LAST_READ[wado])
+
+
+async def test_pixeldata_by_range_is_the_whole_objects(gateway: Running, stored: Stored) -> None:
+    """Pixel data of a stored object read in parts: native data as one read of its value,
+    encapsulated data frame by frame as stored; the same parts as from the whole object."""
+    for kind in KINDS:
+        for accept in (AS_STORED, DEFAULT):
+            for resource in ("pixeldata", "bulkdata/7FE00010"):
+                path = f"{instance(stored, kind)}/{resource}"
+                whole, parted = await both(gateway, path, accept)
+                assert whole.status_code == 200, (kind, accept, resource, whole.text)
+                assert same(whole, parted), (kind, accept, resource)
+                # the object once, and the 8-byte delimiter at its end checked with each frame
+                most = stored.sizes[kind] + 8 * FRAMES
+                assert LAST_READ[path] <= most, (kind, accept, LAST_READ[path])
+    # what the instance does not have is the whole object's answer too (404 with a message)
+    whole, parted = await both(gateway, f"{instance(stored, 'native')}/bulkdata/7FE00008", DEFAULT)
+    assert whole.status_code == 404
+    assert same(whole, parted)
+
+
+async def test_pixeldata_of_a_large_object_is_read_frame_by_frame(
+    moto: str, tmp_path: Path
+) -> None:
+    """A large RLE multi-frame object's pixel data as stored: every frame, in order, and the
+    object read once (its head, then each frame's items)."""
+    frames, rows = 24, 128
+    study = write_multiframe(tmp_path / "big", frames=frames, rows=rows, columns=rows, seed=5)
+    ds = pydicom.dcmread(study.paths[0])
+    encoded = rle_frames(ds.pixel_array)
+    ds.PixelData = encapsulate(encoded, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = UID(RLE)
+    out = BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    data = out.getvalue()
+    key = f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    await put_object(moto, BUCKET, key, data)
+    assert len(data) > 4 * HEAD_BYTES  # read in parts
+    async with run_gateway(s3_config(moto, ranged_reads_above=1 << 16)) as running:
+        client = backend_of(running).client
+        lengths: list[int] = []
+        get_range = client.get_range
+
+        async def recorded(key: str, start: int, length: int, **kw: Any) -> Any:
+            lengths.append(length)
+            return await get_range(key, start, length, **kw)
+
+        client.get_range = recorded  # type: ignore[method-assign]
+        path = (
+            f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}/pixeldata"
+        )
+        async with httpx.AsyncClient(
+            base_url=f"{running.http_url}/aets/{AET}", timeout=60, trust_env=False
+        ) as http:
+            before = bytes_read(running.metrics)
+            response = await http.get(path, headers={"Accept": AS_STORED})
+            read = bytes_read(running.metrics) - before
+    assert response.status_code == 200, response.text
+    got = parts(response)
+    assert [data for _, data in got] == encoded
+    assert all(kind.startswith("application/x-dicom-rle") or "rle" in kind for kind, _ in got)
+    assert read <= len(data) + 8 * frames, (read, len(data))  # and each frame's delimiter check
+    # after the head, one frame at a time (its item header with it), never the rest at once
+    assert lengths[0] == HEAD_BYTES
+    assert max(lengths[1:]) <= max(map(len, encoded)) + 8, lengths

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
 import pytest
 import trio
 import trio.testing
@@ -23,12 +25,17 @@ from rst.cache.files import CHUNK, FileChunks
 from rst.cache.flight import Flight, State
 from rst.cache.store import Pending
 from rst.config import AeConfig
+from rst.dicom.accept import BulkChoice, BulkdataFormat
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
+from rst.dicom.render import PNG, Rendering
 from rst.errors import ArchiveBusy, IncompleteRetrieve, NotFound, RstError
+from rst.services.bulkdata import BulkPart, produce_bulkdata
 from rst.services.protocols import Instance, RetrieveKeys, StoreResult
+from rst.services.rendered import render_one
 from rst.services.wado import whole
 from tests.support.garbage import LARGE, cyclic_collection_paused, cyclic_garbage
+from tests.support.sample import write_multiframe
 from tests.support.scripted_backend import part10
 
 STUDY = "1.2.3"
@@ -515,3 +522,42 @@ def test_the_cache_knows_a_pacs_by_route_called_title_and_address() -> None:
     assert key(aet="VIA_MOVE", called_aet="PACS") != key(aet="VIA_GET", called_aet="PACS")
     # ... and one route pointed at another AE on the same port starts afresh
     assert key(aet="ROUTE", called_aet="A") != key(aet="ROUTE", called_aet="B")
+
+
+async def test_rendered_and_pixel_data_of_a_large_cached_file_read_its_parts(
+    archive: FakeArchive, cached: CachedBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large cached multi-frame: a rendered frame reads the file's head and that frame (the
+    frame path S3 objects take), the same image as from the archive's whole instance; its
+    pixel data is the archive's too."""
+    study = write_multiframe(tmp_path / "mf", frames=40, rows=128, columns=128, seed=9)
+    big = study.paths[0].read_bytes()
+    assert len(big) > CHUNK  # cached files larger than one chunk are read in parts
+    archive.instances = {UIDS[0]: big}
+    one = RetrieveKeys(STUDY, SERIES, UIDS[0])
+    assert await fetch(cached, one) == {UIDS[0]: big}  # now cached
+
+    read: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, length: int, start: int) -> bytes:
+        read.append(length)
+        return pread(fd, length, start)
+
+    monkeypatch.setattr(os, "pread", counted)
+    rendering = Rendering(PNG)
+    from_cache = await render_one(cached, one, [35], rendering)
+    # the first chunk (with the head), then frame 35 alone: not the rest of the file
+    assert sum(read) <= CHUNK + 128 * 128 * 2, (read, len(big))
+    monkeypatch.undo()
+    assert from_cache == await render_one(archive, one, [35], rendering)
+
+    parts: list[BulkPart] = []
+
+    async def send(part: BulkPart) -> None:
+        parts.append(part)
+
+    fmt = BulkdataFormat((BulkChoice("application/octet-stream", "*"),))
+    await produce_bulkdata(cached, one, "pixeldata", fmt, "", send)
+    [part] = parts
+    assert part.data == pydicom.dcmread(study.paths[0]).PixelData

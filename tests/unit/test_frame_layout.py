@@ -91,7 +91,7 @@ def test_a_held_source_does_not_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("parsed")
 
-    monkeypatch.setattr("rst.dicom.frames.dcmread", refuse)
+    monkeypatch.setattr("rst.dicom.frames.read_part10", refuse)
     held = {2: b"".join(data[s : s + k] for s, k in layout.spans(2))}
     assert layout.source(held).frames([2])[0].data
 
