@@ -57,7 +57,7 @@ async def produce_parts(
     """Send each instance as a part: its header, then its bytes — an instance still arriving
     fragment by fragment, as the fragments arrive. Each item sent is a tuple of pieces that the
     response joins into one HTTP chunk (with other items waiting, see
-    :class:`~rst.http.streaming.Coalesced`): a part head travels with its instance."""
+    :mod:`rst.http.byte_channel`): a part head travels with its instance."""
     async with backend.retrieve(keys, fmt.transfer_syntax) as instances:
         async for received in instances:
             instance = await as_requested(received, fmt)
