@@ -19,10 +19,10 @@ import trio
 from quart import Blueprint, Response, request
 
 from rst.dicom.accept import negotiate_bulkdata, negotiate_json
-from rst.dicom.multipart import MultipartWriter
 from rst.errors import NotAcceptable
 from rst.http.byte_channel import ByteSendChannel
 from rst.http.context import RouteContext
+from rst.http.multipart_body import PartSender, one_part, start_multipart
 from rst.http.request_scope import request_nursery
 from rst.http.streaming import start_body, start_stream
 from rst.services.bulkdata import BulkPart, Selection, TagPath, produce_bulkdata
@@ -80,28 +80,20 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
                     'holds one: accept multipart/related; type="application/octet-stream"'
                 )
             [part] = found
-            return Response(
-                part.data,
-                content_type=part.content_type,
-                headers={"Content-Location": part.location},
-            )
+            return one_part(part.data, part.content_type, part.location)
 
-        writer = MultipartWriter()
         first_type: list[str] = []
 
-        async def produce(channel: ByteSendChannel) -> None:
+        async def produce(parts: PartSender) -> None:
             async def send(part: BulkPart) -> None:
                 if not first_type:
                     first_type.append(part.content_type.partition(";")[0])
-                head = writer.part_head(part.content_type, {"Content-Location": part.location})
-                await channel.send((head, part.data))
+                await parts.part(part.content_type, part.data, location=part.location)
 
             await produce_bulkdata(backend, keys, chosen, fmt, base, send)
 
-        body = await start_body(request_nursery(), produce, tail=writer.close)
-        response = Response(body, content_type=writer.content_type(first_type[0]))
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(), produce)
+        return body.response(first_type[0])
 
     for level in _LEVELS:
         bp.add_url_rule(

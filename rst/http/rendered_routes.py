@@ -11,13 +11,11 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from rst.dicom.frames import parse_frame_list
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.render import GIF, negotiate_rendered, parse_rendering
 from rst.errors import NotAcceptable
-from rst.http.byte_channel import ByteSendChannel
 from rst.http.context import RouteContext
+from rst.http.multipart_body import PartSender, start_multipart
 from rst.http.request_scope import request_nursery
-from rst.http.streaming import start_body
 from rst.services.protocols import Backend, RetrieveKeys
 from rst.services.rendered import THUMBNAIL_VIEWPORT, produce_rendered_parts, render_one
 
@@ -62,18 +60,13 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
             image = await render_one(backend, keys, numbers, rendering)
             return Response(image, content_type=fmt.media_type)
 
-        writer = MultipartWriter()
         base = ctx.base_url(aet)
 
-        async def produce(channel: ByteSendChannel) -> None:
-            await produce_rendered_parts(
-                backend, keys, numbers, rendering, writer, base, channel.send
-            )
+        async def produce(parts: PartSender) -> None:
+            await produce_rendered_parts(backend, keys, numbers, rendering, base, parts)
 
-        body = await start_body(request_nursery(), produce, items=PARTS_AHEAD, tail=writer.close)
-        response = Response(body, content_type=writer.content_type(fmt.media_type))
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(), produce, items=PARTS_AHEAD)
+        return body.response(fmt.media_type)
 
     async def thumbnail(
         aet: str,

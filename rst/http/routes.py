@@ -12,16 +12,15 @@ from quart import Blueprint, Response, jsonify, request
 from rst.auth import may_use
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, QidoQuery, parse_qido
 from rst.dicom.uid import check_uid
 from rst.dicom.worklist import parse_worklist
 from rst.errors import NotSupported, PayloadTooLarge, RstError
 from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_routes
-from rst.http.byte_channel import ByteSendChannel
 from rst.http.context import RouteContext
+from rst.http.multipart_body import PartSender, start_multipart
 from rst.http.request_scope import request_nursery
-from rst.http.streaming import start_body, start_stream
+from rst.http.streaming import start_stream
 from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
@@ -138,17 +137,12 @@ def dicomweb_blueprint(
         backend = backend_for(aet)
         keys = path_keys(study, series, sop)
         fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
-        writer = MultipartWriter()
 
-        async def produce(channel: ByteSendChannel) -> None:
-            await produce_parts(backend, keys, fmt, writer, channel.send)
+        async def produce(parts: PartSender) -> None:
+            await produce_parts(backend, keys, fmt, parts)
 
-        body = await start_body(request_nursery(), produce, tail=writer.close)
-        response = Response(
-            body, content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
-        )
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(), produce)
+        return body.response("application/dicom", fmt.transfer_syntax)
 
     for rule in (
         "studies/<study>",

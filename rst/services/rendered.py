@@ -15,14 +15,13 @@ out before the next instance is read: never more than one instance is held.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from functools import partial
 
 from pydicom import Dataset
 
 from rst.bridge import run_sync
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.dicom.render import (
     GIF,
@@ -37,7 +36,7 @@ from rst.dicom.render import (
 )
 from rst.errors import DimseFailure, NotAcceptable, NotSupported
 from rst.services.protocols import Backend, RetrieveKeys
-from rst.services.wado import whole
+from rst.services.wado import PartSink, whole
 
 __all__ = ["THUMBNAIL_VIEWPORT", "produce_rendered_parts", "render_one"]
 
@@ -84,9 +83,8 @@ async def produce_rendered_parts(
     keys: RetrieveKeys,
     frames: Sequence[int] | None,
     rendering: Rendering,
-    writer: MultipartWriter,
     base: str,
-    send: Callable[[tuple[bytes, ...]], Awaitable[None]],
+    sink: PartSink,
 ) -> None:
     """Send one part per rendered image, each with its ``Content-Location``: per instance of a
     study or series (as :func:`render_one` renders an instance), per frame of an instance
@@ -108,8 +106,7 @@ async def produce_rendered_parts(
                 parts = [([i], f"{_url(ds, base)}/frames/{n}/rendered") for i, n in located]
             for indices, location in parts:
                 image = await run_sync(partial(render, ds, indices, rendering))
-                head = writer.part_head(rendering.media_type, {"Content-Location": location})
-                await send((head, image))
+                await sink.part(rendering.media_type, image, location=location)
                 sent += 1
     if not sent:
         raise NotAcceptable(f"nothing in {_named(keys)} has pixel data to render as an image")
