@@ -49,7 +49,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         async def produce(channel: ByteSendChannel) -> None:
             await produce_metadata(backend, keys, base, channel.send)
 
-        body = await start_body(request_nursery(), produce)
+        body = await start_body(request_nursery(request), produce)
         response = Response(body, content_type=media_type)
         response.timeout = None
         return response
@@ -73,7 +73,8 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
             async def produce_one(channel: trio.MemorySendChannel[BulkPart]) -> None:
                 await produce_bulkdata(backend, keys, chosen, fmt, base, channel.send)
 
-            found = (await start_stream(request_nursery(), produce_one, prefetch=2)).prefetched
+            nursery = request_nursery(request)
+            found = (await start_stream(nursery, produce_one, prefetch=2)).prefetched
             if len(found) > 1:
                 raise NotAcceptable(
                     "this resource has several values (or frames); a single-part answer "
@@ -92,7 +93,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
 
             await produce_bulkdata(backend, keys, chosen, fmt, base, send)
 
-        body = await start_multipart(request_nursery(), produce)
+        body = await start_multipart(request_nursery(request), produce)
         return body.response(first_type[0])
 
     for level in _LEVELS:

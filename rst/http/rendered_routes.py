@@ -65,7 +65,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         async def produce(parts: PartSender) -> None:
             await produce_rendered_parts(backend, keys, numbers, rendering, base, parts)
 
-        body = await start_multipart(request_nursery(), produce, items=PARTS_AHEAD)
+        body = await start_multipart(request_nursery(request), produce, items=PARTS_AHEAD)
         return body.response(fmt.media_type)
 
     async def thumbnail(

@@ -53,4 +53,8 @@ class FlowControlledBody(TrioBody):
 
 
 class RstRequest(TrioRequest):
+    """quart-trio's request with a flow-controlled body, and the nursery its
+    :class:`~rst.http.request_scope.RequestScopedConnection` opened for it."""
+
     body_class = FlowControlledBody
+    nursery: trio.Nursery | None = None

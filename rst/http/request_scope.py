@@ -4,12 +4,14 @@ A route handler returns its response before the body is sent, but the work that 
 body — an association, a C-MOVE, a receiver subscription — must live as long as the body does
 and must be cancelled when the client goes away. quart-trio already runs each request in a
 nursery that is cancelled on disconnect; this connection class opens one more inside it, around
-both the handler and the sending of the response, and makes it available to the handler.
+both the handler and the sending of the response, and hands it to the handler on the request
+it serves (:func:`request_nursery`): the handler passes it on, as an argument, to what starts
+tasks in it (:func:`~rst.http.streaming.start_body`). No context variable: code that needs a
+nursery is given one, and a test gives its own.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 
@@ -20,23 +22,26 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 
 from rst.errors import RequestTimeout
 from rst.groups import collapse
-from rst.http.request_body import FlowControlledBody
+from rst.http.request_body import FlowControlledBody, RstRequest
 from rst.logs import new_request_id, request_id
 
 __all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
 
 log = logging.getLogger(__name__)
 
-_nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("rst_request_nursery")
-
 
 class StreamBrokenOff(Exception):
     """A response body failed after the response had started; the connection is dropped."""
 
 
-def request_nursery() -> trio.Nursery:
-    """The nursery of the current request: tasks started here end with the response."""
-    return _nursery.get()
+def request_nursery(request: Request) -> trio.Nursery:
+    """The nursery of *request*: tasks started in it end with its response.
+
+    :raises RuntimeError: *request* is not being served by :class:`RequestScopedConnection`."""
+    nursery = request.nursery if isinstance(request, RstRequest) else None
+    if nursery is None:
+        raise RuntimeError("the request has no nursery: not served by RequestScopedConnection")
+    return nursery
 
 
 class RequestScopedConnection(TrioASGIHTTPConnection):
@@ -93,11 +98,14 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
         try:
             with collapse():
                 async with trio.open_nursery() as work:
-                    token = _nursery.set(work)
+                    scoped = request if isinstance(request, RstRequest) else None
+                    if scoped is not None:
+                        scoped.nursery = work
                     try:
                         await super().handle_request(nursery, request, send)
                     finally:
-                        _nursery.reset(token)
+                        if scoped is not None:
+                            scoped.nursery = None
                         work.cancel_scope.cancel()
         except StreamBrokenOff:
             # Already logged. Returning without finishing the response makes hypercorn close

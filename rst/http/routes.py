@@ -90,7 +90,7 @@ def dicomweb_blueprint(
             await produce_matches(backend, query, base, send)
 
         stream = await start_stream(
-            request_nursery(), produce, prefetch=SearchPlan.of(query).prefetch
+            request_nursery(request), produce, prefetch=SearchPlan.of(query).prefetch
         )
         warnings = []
         if query.fuzzymatching:
@@ -141,7 +141,7 @@ def dicomweb_blueprint(
         async def produce(parts: PartSender) -> None:
             await produce_parts(backend, keys, fmt, parts)
 
-        body = await start_multipart(request_nursery(), produce)
+        body = await start_multipart(request_nursery(request), produce)
         return body.response("application/dicom", fmt.transfer_syntax)
 
     for rule in (

@@ -37,7 +37,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         async def produce(channel: ByteSendChannel) -> None:
             await produce_instance(backend, keys, syntax, channel.send)
 
-        body = await start_body(request_nursery(), produce)
+        body = await start_body(request_nursery(request), produce)
         response = Response(body, content_type=DICOM)
         response.timeout = None
         return response

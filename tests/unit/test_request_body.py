@@ -5,11 +5,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
 from rst.http.request_body import HIGH_WATER, FlowControlledBody
-from rst.http.request_scope import RequestScopedConnection
+from rst.http.request_scope import RequestScopedConnection, request_nursery
 
 CHUNK = HIGH_WATER // 4
 
@@ -43,3 +44,8 @@ async def test_reading_stops_at_the_high_water_mark_and_resumes_when_consumed() 
             total += len(data)
         nursery.cancel_scope.cancel()
     assert total == 12 * CHUNK
+
+
+def test_a_request_not_served_in_its_own_scope_has_no_nursery() -> None:
+    with pytest.raises(RuntimeError, match="no nursery"):
+        request_nursery(FakeRequest())  # type: ignore[arg-type]
