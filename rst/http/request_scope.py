@@ -13,14 +13,12 @@ nursery is given one, and a test gives its own.
 from __future__ import annotations
 
 import logging
-import math
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from rst.errors import RequestTimeout
 from rst.groups import collapse
 from rst.http.request_body import FlowControlledBody, RstRequest
 from rst.logs import new_request_id, request_id
@@ -64,32 +62,14 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:
-        """quart's loop, with backpressure on the request body (see :mod:`.request_body`)."""
+        """quart's loop, replaced by the body's own (see :mod:`.request_body`): it pushes back
+        on the client and times out a stalled upload."""
         body = request.body
-        stall = self.app.config["RST_BODY_TIMEOUT"]
-        while True:
-            waiting_for_body = isinstance(body, FlowControlledBody) and not body.complete
-            with trio.move_on_after(stall if waiting_for_body else math.inf) as stalled:
-                message = await receive()
-            if stalled.cancelled_caught:
-                assert isinstance(body, FlowControlledBody)
-                log.info("%s %s: the client stopped sending its body", request.method, request.path)
-                body.fail(
-                    RequestTimeout(
-                        f"the client sent nothing of the request body for {stall:g} s "
-                        "(http.body_timeout)"
-                    )
-                )
-                stall = math.inf
-                continue
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-                elif isinstance(body, FlowControlledBody):
-                    await body.wait_for_room()
-            elif message["type"] == "http.disconnect":
-                break
+        if not isinstance(body, FlowControlledBody):
+            await super().handle_messages(nursery, request, receive)
+            return
+        what = f"{request.method} {request.path}"
+        await body.receive_from(receive, stall=self.app.config["RST_BODY_TIMEOUT"], what=what)
         nursery.cancel_scope.cancel()
 
     async def handle_request(  # type: ignore[override]
