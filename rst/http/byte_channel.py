@@ -104,7 +104,8 @@ class ByteSendChannel:
             await state.senders.park()
         state.items.append((item, size))
         state.size += size
-        state.receivers.unpark_all()
+        if state.receivers:
+            state.receivers.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def fail(self, error: BaseException) -> None:
@@ -183,7 +184,8 @@ class ByteReceiveChannel:
                 size += more_size
             chunk = b"".join(pieces)
         state.size -= size
-        state.senders.unpark_all()
+        if state.senders:
+            state.senders.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chunk
 
