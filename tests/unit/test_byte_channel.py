@@ -160,7 +160,8 @@ def test_bounds_must_be_positive(max_items: int, max_bytes: int, chunk: int) -> 
 
 
 items = st.lists(
-    st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=3).map(tuple),
+    # pieces may be empty, an item never is (so that chunks map back onto items)
+    st.lists(st.binary(min_size=0, max_size=300), max_size=3).map(lambda p: (*p, b"!")),
     max_size=40,
 )
 
@@ -184,7 +185,7 @@ def test_bounds_order_and_completeness(
     buffered; the bytes come out in order, each once; chunks only join what the size allows."""
     largest = max((sum(map(len, item)) for item in items), default=0)
 
-    async def main() -> bytes:
+    async def main() -> list[bytes]:
         send, receive = open_byte_channel(max_items, max_bytes, chunk=chunk)
         state = send._state
         received: list[bytes] = []
@@ -210,7 +211,15 @@ def test_bounds_order_and_completeness(
             else:
                 with pytest.raises(trio.EndOfChannel):
                     await receive.receive()
-        return b"".join(received)
+        return received
 
-    joined = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
-    assert joined == b"".join(b"".join(item) for item in items)
+    chunks = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert b"".join(chunks) == b"".join(b"".join(item) for item in items)
+    sizes = [sum(map(len, item)) for item in items]
+    for received in chunks:  # each chunk is whole items: one, or more while under the chunk size
+        taken = sizes.pop(0)
+        while taken < len(received):
+            assert taken < chunk
+            taken += sizes.pop(0)
+        assert taken == len(received)
+    assert not sizes
