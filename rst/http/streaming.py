@@ -118,7 +118,7 @@ class Body:
             return tail()
         except trio.ClosedResourceError:
             raise StopAsyncIteration from None
-        except Exception as error:
+        except (Exception, BaseExceptionGroup) as error:  # the producer's, as it failed
             self._channel.close()
             raise _broken_off(error) from error
 
