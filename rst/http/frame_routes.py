@@ -6,21 +6,15 @@ archive; the answer is ready (every frame cut, decoded or encoded) before the re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
 from quart import Blueprint, Response, request
 
 from rst.dicom.accept import negotiate_frames
 from rst.dicom.frames import parse_frame_list
-from rst.dicom.multipart import MultipartWriter
 from rst.http.context import RouteContext
-from rst.services.frames import FramesAnswer, retrieve_frames
+from rst.http.multipart_body import one_part, ready_multipart
+from rst.services.frames import retrieve_frames
 
 __all__ = ["register"]
-
-JOIN_BELOW = 16 << 20
-"""Answers up to this size go out as one body with a Content-Length (a viewer asks for one
-frame at a time: one write, no chunking); larger ones part by part."""
 
 
 def register(bp: Blueprint, ctx: RouteContext) -> None:
@@ -37,16 +31,13 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
 
         if not answer.format.multipart:
             (frame,) = answer.frames
-            response = Response(frame.data, content_type=answer.part_type)
-            response.headers["Content-Location"] = location(frame.number)
-            return response
-        writer = MultipartWriter()
-        content_type = writer.content_type(answer.format.media_type, answer.format.transfer_syntax)
-        if answer.size <= JOIN_BELOW:
-            return Response(b"".join(answer.parts(writer, location)), content_type=content_type)
-        response = Response(_stream(answer, writer, location), content_type=content_type)
-        response.timeout = None
-        return response
+            return one_part(frame.data, answer.part_type, location(frame.number))
+        return ready_multipart(
+            lambda writer: answer.parts(writer, location),
+            answer.size,
+            answer.format.media_type,
+            answer.format.transfer_syntax,
+        )
 
     bp.add_url_rule(
         "/aets/<aet>/studies/<study>/series/<series>/instances/<sop>/frames/<frames>",
@@ -54,10 +45,3 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         serve_frames,
         methods=["GET"],
     )
-
-
-async def _stream(
-    answer: FramesAnswer, writer: MultipartWriter, location: Callable[[int], str]
-) -> AsyncIterator[bytes]:
-    for piece in answer.parts(writer, location):
-        yield piece

@@ -19,21 +19,16 @@ import trio
 from quart import Blueprint, Response, request
 
 from rst.dicom.accept import negotiate_bulkdata, negotiate_json
-from rst.dicom.multipart import MultipartWriter
 from rst.errors import NotAcceptable
+from rst.http.byte_channel import ByteSendChannel
 from rst.http.context import RouteContext
-from rst.http.streaming import ByteBudget, Coalesced, start_stream
+from rst.http.multipart_body import PartSender, one_part, start_multipart
+from rst.http.request_scope import request_nursery
+from rst.http.streaming import start_body, start_stream
 from rst.services.bulkdata import BulkPart, Selection, TagPath, produce_bulkdata
 from rst.services.metadata import produce_metadata
 
 __all__ = ["register"]
-
-BUFFER = 16
-"""Items (JSON objects, parts) the producer may be ahead of the client..."""
-AHEAD = 2 << 20
-"""...and their bytes (one larger item passes alone)."""
-CHUNK_BUDGET = 1 << 20
-"""Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 _LEVELS = (
     "studies/<study>",
@@ -50,15 +45,12 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         keys = ctx.path_keys(study, series, sop)
         media_type = negotiate_json(request.headers.get("Accept"), ctx.accept_param())
         base = ctx.base_url(aet)
-        waiting = ByteBudget(AHEAD)
 
-        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
-            await produce_metadata(backend, keys, base, lambda item: waiting.send(channel, item))
+        async def produce(channel: ByteSendChannel) -> None:
+            await produce_metadata(backend, keys, base, channel.send)
 
-        stream = await start_stream(produce, prefetch=1, buffer=BUFFER)
-        response = Response(
-            Coalesced(stream, budget=CHUNK_BUDGET, sent=waiting), content_type=media_type
-        )
+        body = await start_body(request_nursery(request), produce)
+        response = Response(body, content_type=media_type)
         response.timeout = None
         return response
 
@@ -81,37 +73,28 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
             async def produce_one(channel: trio.MemorySendChannel[BulkPart]) -> None:
                 await produce_bulkdata(backend, keys, chosen, fmt, base, channel.send)
 
-            found = (await start_stream(produce_one, prefetch=2)).prefetched
+            nursery = request_nursery(request)
+            found = (await start_stream(nursery, produce_one, prefetch=2)).prefetched
             if len(found) > 1:
                 raise NotAcceptable(
                     "this resource has several values (or frames); a single-part answer "
                     'holds one: accept multipart/related; type="application/octet-stream"'
                 )
             [part] = found
-            return Response(
-                part.data,
-                content_type=part.content_type,
-                headers={"Content-Location": part.location},
-            )
+            return one_part(part.data, part.content_type, part.location)
 
-        writer = MultipartWriter()
-        waiting = ByteBudget(AHEAD)
         first_type: list[str] = []
 
-        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
+        async def produce(parts: PartSender) -> None:
             async def send(part: BulkPart) -> None:
                 if not first_type:
                     first_type.append(part.content_type.partition(";")[0])
-                head = writer.part_head(part.content_type, {"Content-Location": part.location})
-                await waiting.send(channel, (head, part.data))
+                await parts.part(part.content_type, part.data, location=part.location)
 
             await produce_bulkdata(backend, keys, chosen, fmt, base, send)
 
-        stream = await start_stream(produce, prefetch=1, buffer=BUFFER)
-        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close, sent=waiting)
-        response = Response(body, content_type=writer.content_type(first_type[0]))
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(request), produce)
+        return body.response(first_type[0])
 
     for level in _LEVELS:
         bp.add_url_rule(

@@ -8,15 +8,14 @@ type="image/…"`` (asked for explicitly) is streamed a part per image as the ar
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response, request
 
 from rst.dicom.frames import parse_frame_list
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.render import GIF, negotiate_rendered, parse_rendering
 from rst.errors import NotAcceptable
 from rst.http.context import RouteContext
-from rst.http.streaming import Coalesced, start_stream
+from rst.http.multipart_body import PartSender, start_multipart
+from rst.http.request_scope import request_nursery
 from rst.services.protocols import Backend, RetrieveKeys
 from rst.services.rendered import THUMBNAIL_VIEWPORT, produce_rendered_parts, render_one
 
@@ -24,8 +23,6 @@ __all__ = ["register"]
 
 PARTS_AHEAD = 2
 """Rendered images the producer may be ahead of the client (each is small: one frame)."""
-CHUNK_BUDGET = 1 << 20
-"""Bytes of waiting parts joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 _LEVELS = (
     "studies/<study>",
@@ -63,19 +60,13 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
             image = await render_one(backend, keys, numbers, rendering)
             return Response(image, content_type=fmt.media_type)
 
-        writer = MultipartWriter()
         base = ctx.base_url(aet)
 
-        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
-            await produce_rendered_parts(
-                backend, keys, numbers, rendering, writer, base, channel.send
-            )
+        async def produce(parts: PartSender) -> None:
+            await produce_rendered_parts(backend, keys, numbers, rendering, base, parts)
 
-        stream = await start_stream(produce, prefetch=1, buffer=PARTS_AHEAD)
-        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close)
-        response = Response(body, content_type=writer.content_type(fmt.media_type))
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(request), produce, items=PARTS_AHEAD)
+        return body.response(fmt.media_type)
 
     async def thumbnail(
         aet: str,

@@ -4,19 +4,29 @@ quart appends every chunk of a request body to one buffer as fast as the client 
 STOW-RS of a whole study would sit in memory however incrementally rst parses it. Here the
 connection stops reading from hypercorn (whose per-request queue is bounded, so it stops
 reading the socket, and TCP slows the client) while more than ``HIGH_WATER`` bytes wait to be
-consumed.
+consumed. The body itself takes the ASGI messages (:meth:`FlowControlledBody.receive_from`),
+so its flow control — the high-water mark, the stall timeout — lives in one class, and the
+connection (:mod:`.request_scope`) only hands it the receive callable.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
 import trio
+from hypercorn.typing import ASGIReceiveCallable
 from quart_trio.wrappers.request import TrioBody, TrioRequest
 
+from rst.errors import RequestTimeout
 from rst.groups import copy_of
 
 __all__ = ["HIGH_WATER", "FlowControlledBody", "RstRequest"]
 
 HIGH_WATER = 1024 * 1024
+"""Unconsumed body bytes at which rst stops taking messages from hypercorn."""
+
+log = logging.getLogger(__name__)
 
 
 class FlowControlledBody(TrioBody):
@@ -51,6 +61,36 @@ class FlowControlledBody(TrioBody):
             self._room = trio.Event()
             await self._room.wait()
 
+    async def receive_from(self, receive: ASGIReceiveCallable, *, stall: float, what: str) -> None:
+        """Take the request's ASGI messages until the client disconnects: append the body's
+        chunks, taking no further message while ``HIGH_WATER`` bytes wait to be consumed; if
+        the client sends nothing of an unfinished body for *stall* seconds, the reader gets a
+        :class:`~rst.errors.RequestTimeout` (*what* names the request in the log)."""
+        while True:
+            with trio.move_on_after(math.inf if self.complete else stall) as stalled:
+                message = await receive()
+            if stalled.cancelled_caught:
+                log.info("%s: the client stopped sending its body", what)
+                self.fail(
+                    RequestTimeout(
+                        f"the client sent nothing of the request body for {stall:g} s "
+                        "(http.body_timeout)"
+                    )
+                )
+                continue
+            if message["type"] == "http.request":
+                self.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.set_complete()
+                else:
+                    await self.wait_for_room()
+            elif message["type"] == "http.disconnect":
+                return
+
 
 class RstRequest(TrioRequest):
+    """quart-trio's request with a flow-controlled body, and the nursery its
+    :class:`~rst.http.request_scope.RequestScopedConnection` opened for it."""
+
     body_class = FlowControlledBody
+    nursery: trio.Nursery | None = None

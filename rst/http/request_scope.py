@@ -4,39 +4,42 @@ A route handler returns its response before the body is sent, but the work that 
 body — an association, a C-MOVE, a receiver subscription — must live as long as the body does
 and must be cancelled when the client goes away. quart-trio already runs each request in a
 nursery that is cancelled on disconnect; this connection class opens one more inside it, around
-both the handler and the sending of the response, and makes it available to the handler.
+both the handler and the sending of the response, and hands it to the handler on the request
+it serves (:func:`request_nursery`): the handler passes it on, as an argument, to what starts
+tasks in it (:func:`~rst.http.streaming.start_body`). No context variable: code that needs a
+nursery is given one, and a test gives its own.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import math
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 
-from rst.errors import RequestTimeout
 from rst.groups import collapse
-from rst.http.request_body import FlowControlledBody
+from rst.http.request_body import FlowControlledBody, RstRequest
 from rst.logs import new_request_id, request_id
 
 __all__ = ["RequestScopedConnection", "StreamBrokenOff", "request_nursery"]
 
 log = logging.getLogger(__name__)
 
-_nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("rst_request_nursery")
-
 
 class StreamBrokenOff(Exception):
     """A response body failed after the response had started; the connection is dropped."""
 
 
-def request_nursery() -> trio.Nursery:
-    """The nursery of the current request: tasks started here end with the response."""
-    return _nursery.get()
+def request_nursery(request: Request) -> trio.Nursery:
+    """The nursery of *request*: tasks started in it end with its response.
+
+    :raises RuntimeError: *request* is not being served by :class:`RequestScopedConnection`."""
+    nursery = request.nursery if isinstance(request, RstRequest) else None
+    if nursery is None:
+        raise RuntimeError("the request has no nursery: not served by RequestScopedConnection")
+    return nursery
 
 
 class RequestScopedConnection(TrioASGIHTTPConnection):
@@ -59,32 +62,14 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:
-        """quart's loop, with backpressure on the request body (see :mod:`.request_body`)."""
+        """quart's loop, replaced by the body's own (see :mod:`.request_body`): it pushes back
+        on the client and times out a stalled upload."""
         body = request.body
-        stall = self.app.config["RST_BODY_TIMEOUT"]
-        while True:
-            waiting_for_body = isinstance(body, FlowControlledBody) and not body.complete
-            with trio.move_on_after(stall if waiting_for_body else math.inf) as stalled:
-                message = await receive()
-            if stalled.cancelled_caught:
-                assert isinstance(body, FlowControlledBody)
-                log.info("%s %s: the client stopped sending its body", request.method, request.path)
-                body.fail(
-                    RequestTimeout(
-                        f"the client sent nothing of the request body for {stall:g} s "
-                        "(http.body_timeout)"
-                    )
-                )
-                stall = math.inf
-                continue
-            if message["type"] == "http.request":
-                body.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    body.set_complete()
-                elif isinstance(body, FlowControlledBody):
-                    await body.wait_for_room()
-            elif message["type"] == "http.disconnect":
-                break
+        if not isinstance(body, FlowControlledBody):
+            await super().handle_messages(nursery, request, receive)
+            return
+        what = f"{request.method} {request.path}"
+        await body.receive_from(receive, stall=self.app.config["RST_BODY_TIMEOUT"], what=what)
         nursery.cancel_scope.cancel()
 
     async def handle_request(  # type: ignore[override]
@@ -93,11 +78,14 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
         try:
             with collapse():
                 async with trio.open_nursery() as work:
-                    token = _nursery.set(work)
+                    scoped = request if isinstance(request, RstRequest) else None
+                    if scoped is not None:
+                        scoped.nursery = work
                     try:
                         await super().handle_request(nursery, request, send)
                     finally:
-                        _nursery.reset(token)
+                        if scoped is not None:
+                            scoped.nursery = None
                         work.cancel_scope.cancel()
         except StreamBrokenOff:
             # Already logged. Returning without finishing the response makes hypercorn close

@@ -12,14 +12,15 @@ from quart import Blueprint, Response, jsonify, request
 from rst.auth import may_use
 from rst.config import AeConfig, Config, S3AeConfig
 from rst.dicom.accept import negotiate_instances, negotiate_json
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, QidoQuery, parse_qido
 from rst.dicom.uid import check_uid
 from rst.dicom.worklist import parse_worklist
 from rst.errors import NotSupported, PayloadTooLarge, RstError
 from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_routes
 from rst.http.context import RouteContext
-from rst.http.streaming import ByteBudget, Coalesced, start_stream
+from rst.http.multipart_body import PartSender, start_multipart
+from rst.http.request_scope import request_nursery
+from rst.http.streaming import start_stream
 from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
@@ -33,12 +34,6 @@ FUZZY_WARNING = (
     "Only literal matching has been performed."
 )
 MORE_WARNING = "299 {host}: There are additional results that can be requested"
-RETRIEVE_BUFFER = 16
-"""Items (part heads, instances, fragments) a retrieve's producer may be ahead of the client..."""
-RETRIEVE_AHEAD = 2 << 20
-"""...and their bytes (one larger item passes alone)."""
-CHUNK_BUDGET = 1 << 20
-"""Bytes of waiting items joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 
 def dicomweb_blueprint(
@@ -99,7 +94,9 @@ def dicomweb_blueprint(
         async def produce(send: trio.MemorySendChannel[Any]) -> None:
             await produce_matches(backend, query, base, send)
 
-        stream = await start_stream(produce, prefetch=SearchPlan.of(query).prefetch)
+        stream = await start_stream(
+            request_nursery(request), produce, prefetch=SearchPlan.of(query).prefetch
+        )
         warnings = []
         if query.fuzzymatching:
             warnings.append(FUZZY_WARNING.format(host=public_host()))
@@ -145,22 +142,12 @@ def dicomweb_blueprint(
         backend = backend_for(aet)
         keys = path_keys(study, series, sop)
         fmt = negotiate_instances(request.headers.get("Accept"), accept_param())
-        writer = MultipartWriter()
 
-        waiting = ByteBudget(RETRIEVE_AHEAD)
+        async def produce(parts: PartSender) -> None:
+            await produce_parts(backend, keys, fmt, parts)
 
-        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
-            await produce_parts(
-                backend, keys, fmt, writer, lambda item: waiting.send(channel, item)
-            )
-
-        stream = await start_stream(produce, prefetch=1, buffer=RETRIEVE_BUFFER)
-        body = Coalesced(stream, budget=CHUNK_BUDGET, tail=writer.close, sent=waiting)
-        response = Response(
-            body, content_type=writer.content_type("application/dicom", fmt.transfer_syntax)
-        )
-        response.timeout = None
-        return response
+        body = await start_multipart(request_nursery(request), produce)
+        return body.response("application/dicom", fmt.transfer_syntax)
 
     for rule in (
         "studies/<study>",

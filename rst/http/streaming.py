@@ -1,10 +1,13 @@
 """Responses whose body is produced by a task in the request's nursery.
 
 The producer sends items into a small bounded channel; the response body reads from it, so the
-producer runs only as fast as the client reads (backpressure). The first items are read before
-the response is returned: an error that happens before any data (association rejected, nothing
-found) still becomes a proper status with a JSON body. An error after the first byte can only
-break off the stream: the client sees an incomplete response, never a complete-looking one.
+producer runs only as fast as the client reads (backpressure). Bytes go through
+:func:`start_body` and its :mod:`.byte_channel` (bounded by items and bytes, coalescing what
+waits into larger HTTP chunks); small objects (QIDO-RS rows) through :func:`start_stream`. The
+first items are awaited before the response is returned: an error that happens before any data
+(association rejected, nothing found) still becomes a proper status with a JSON body. An error
+after the first byte can only break off the stream: the client sees an incomplete response,
+never a complete-looking one.
 """
 
 from __future__ import annotations
@@ -13,19 +16,38 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Generic, NoReturn, TypeVar, cast
 
 import trio
 
 from rst.errors import RstError
 from rst.groups import single
-from rst.http.request_scope import StreamBrokenOff, request_nursery
+from rst.http.byte_channel import ByteReceiveChannel, ByteSendChannel, open_byte_channel
+from rst.http.request_scope import StreamBrokenOff
 
-__all__ = ["ByteBudget", "Coalesced", "Stream", "StreamBrokenOff", "start_stream"]
+__all__ = [
+    "BYTES_AHEAD",
+    "CHUNK",
+    "ITEMS_AHEAD",
+    "Body",
+    "Stream",
+    "StreamBrokenOff",
+    "start_body",
+    "start_stream",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S")
+
+ITEMS_AHEAD = 16
+"""Items (part heads, instances, fragments, JSON objects) a producer may be ahead of the
+client..."""
+BYTES_AHEAD = 2 << 20
+"""...and their bytes (one larger item passes alone)."""
+CHUNK = 1 << 20
+"""Bytes of waiting items joined into one HTTP chunk (see :mod:`.byte_channel`)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +56,8 @@ class _Failure:
 
 
 class Stream(Generic[T]):
-    """The consumer side: prefetched items first, then the rest as the producer sends them.
+    """The consumer side of an object stream (QIDO-RS rows, single bulk data values):
+    prefetched items first, then the rest as the producer sends them.
 
     A plain iterator class rather than an async generator, so that a response abandoned midway
     (client gone) leaves nothing for the garbage collector to finalize."""
@@ -45,7 +68,6 @@ class Stream(Generic[T]):
         self.prefetched = prefetched
         self._pending = list(reversed(prefetched))
         self._channel = channel
-        self._failure: _Failure | None = None
         if done:
             channel.close()
 
@@ -55,109 +77,58 @@ class Stream(Generic[T]):
     async def __anext__(self) -> T:
         if self._pending:
             return self._pending.pop()
-        if self._failure is None:
-            try:
-                received = await self._channel.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                self._channel.close()
-                raise StopAsyncIteration from None
-            if not isinstance(received, _Failure):
-                return cast(T, received)
-            self._failure = received
-        self._channel.close()
-        message = getattr(self._failure.error, "message", str(self._failure.error))
-        log.error("response broken off: %s", message)
-        raise StreamBrokenOff(message) from self._failure.error
-
-    def ready(self) -> T | None:
-        """The next item if the producer has already sent it, else ``None`` (also at the end,
-        or before an error, which the next :meth:`__anext__` raises)."""
-        if self._pending:
-            return self._pending.pop()
-        if self._failure is not None:
-            return None
         try:
-            received = self._channel.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            return None
-        if isinstance(received, _Failure):
-            self._failure = received
-            return None
-        return cast(T, received)
+            received = await self._channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self._channel.close()
+            raise StopAsyncIteration from None
+        if not isinstance(received, _Failure):
+            return cast(T, received)
+        self._channel.close()
+        try:
+            raise _broken_off(received.error)
+        finally:
+            del received  # this frame is in the error's traceback: no cycle through it
 
 
-class ByteBudget:
-    """Bytes a producer has sent that the response body has not taken yet, bounded.
+class Body:
+    """A response body read from a :func:`~rst.http.byte_channel.open_byte_channel`: each
+    chunk is what the channel gives (the items waiting, joined up to :data:`CHUNK`); *tail*
+    gives the bytes that end the body once the producer has finished (a multipart close
+    delimiter). A producer's failure breaks the body off after the data sent before it.
 
-    The request channel bounds the number of items; this bounds their size, so that a producer
-    of large items (a decompressed multi-frame instance of hundreds of MB) does not run several
-    of them ahead of the client. An item larger than the whole budget still passes, alone."""
+    A plain iterator class rather than an async generator, so that a response abandoned midway
+    (client gone) leaves nothing for the garbage collector to finalize."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
-        self._taken = trio.Event()
-
-    async def send(
-        self, channel: trio.MemorySendChannel[tuple[bytes, ...]], item: tuple[bytes, ...]
-    ) -> None:
-        """Send *item* into *channel* once the bytes waiting leave room for it."""
-        size = sum(map(len, item))
-        while self.pending and self.pending + size > self.limit:
-            await self._taken.wait()
-        self.pending += size
-        await channel.send(item)
-
-    def taken(self, size: int) -> None:
-        """The response has taken *size* bytes out of the channel."""
-        self.pending -= size
-        self._taken.set()
-        self._taken = trio.Event()
-
-
-class Coalesced:
-    """A stream of byte pieces sent as few, larger HTTP chunks.
-
-    Each chunk of a response body costs quart, hypercorn and h11 a round of Python (an ASGI
-    message, an h11 event, a ``send``): far more than copying a few hundred kilobytes. So each
-    item — a tuple of pieces, e.g. a part head and its instance — becomes one chunk, and when the
-    client reads slower than the producer sends (the producer is ahead by the channel's buffer)
-    the items waiting join it, up to *budget* bytes (more if one item is larger). Nothing waits
-    to be joined: an item alone is sent at once, and a single piece is sent without a copy.
-    *tail* gives the bytes that end the body (called once the producer has finished)."""
-
-    def __init__(
-        self,
-        stream: Stream[tuple[bytes, ...]],
-        *,
-        budget: int,
-        tail: Callable[[], bytes] | None = None,
-        sent: ByteBudget | None = None,
-    ) -> None:
-        """*sent*: the producer's :class:`ByteBudget`, told what this takes."""
-        self._stream = stream
-        self._budget = budget
+    def __init__(self, channel: ByteReceiveChannel, tail: Callable[[], bytes] | None) -> None:
+        self._channel = channel
         self._tail = tail
-        self._sent = sent
 
-    def __aiter__(self) -> Coalesced:
+    def __aiter__(self) -> Body:
         return self
 
     async def __anext__(self) -> bytes:
         try:
-            pieces = list(await self._stream.__anext__())
-        except StopAsyncIteration:
+            return await self._channel.receive()
+        except trio.EndOfChannel:
+            self._channel.close()
             tail, self._tail = self._tail, None
             if tail is None:
-                raise
+                raise StopAsyncIteration from None
             return tail()
-        size = sum(map(len, pieces))
-        while size < self._budget and (more := self._stream.ready()) is not None:
-            pieces += more
-            size += sum(map(len, more))
-        if self._sent is not None:
-            self._sent.taken(size)
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        except trio.ClosedResourceError:
+            raise StopAsyncIteration from None
+        except (Exception, BaseExceptionGroup) as error:  # the producer's, as it failed
+            self._channel.close()
+            raise _broken_off(error) from error
+
+
+def _broken_off(error: BaseException) -> StreamBrokenOff:
+    message = getattr(error, "message", str(error))
+    log.error("response broken off: %s", message)
+    broken = StreamBrokenOff(message)
+    broken.__cause__ = error
+    return broken
 
 
 def _failure_of(exc: BaseException) -> BaseException | None:
@@ -178,35 +149,60 @@ def _failure_of(exc: BaseException) -> BaseException | None:
     return exc
 
 
+def _raise_before_data(error: BaseException) -> NoReturn:
+    """Raise a producer's error before the first byte: an rst error as itself (its status),
+    anything else as a 500 whose cause the log has."""
+    try:
+        if isinstance(error, RstError):
+            raise error
+        raise RstError("internal error in rst; the log has the details") from error
+    finally:
+        del error  # this frame is in the error's traceback: no cycle through it
+
+
+async def _run_producer(
+    produce: Callable[[S], Awaitable[None]],
+    send: S,
+    fail: Callable[[BaseException], Awaitable[None]],
+) -> None:
+    """Run ``produce(send)``; report its failure through *fail* (see :func:`_failure_of`)."""
+    try:
+        await produce(send)
+    except trio.Cancelled:
+        raise
+    except (Exception, BaseExceptionGroup) as exc:
+        error = _failure_of(exc)
+        if error is None:
+            raise
+        try:
+            await fail(error)
+        finally:
+            del error  # this frame is in its traceback: no cycle through it
+
+
 async def start_stream(
+    nursery: trio.Nursery,
     produce: Callable[[trio.MemorySendChannel[T]], Awaitable[None]],
     *,
     prefetch: int = 1,
     buffer: int = 1,
 ) -> Stream[T]:
-    """Start ``produce(channel)`` in the request's nursery; wait for its first *prefetch* items.
+    """Start ``produce(channel)`` in *nursery* (the request's); wait for its first *prefetch*
+    items. For streams of objects (rows), bounded by count; bytes go through :func:`start_body`.
 
     Raises the producer's error if it fails before yielding *prefetch* items.
     """
     send, receive = trio.open_memory_channel[object](buffer)
 
+    async def fail(error: BaseException) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await send.send(_Failure(error))
+
     async def run() -> None:
         async with send:
-            try:
-                await produce(cast(trio.MemorySendChannel[T], send))
-            except trio.Cancelled:
-                raise
-            except (Exception, BaseExceptionGroup) as exc:
-                error = _failure_of(exc)
-                if error is None:
-                    raise
-                try:
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await send.send(_Failure(error))
-                finally:
-                    del error  # this frame is in its traceback: no cycle through it
+            await _run_producer(produce, cast(trio.MemorySendChannel[T], send), fail)
 
-    request_nursery().start_soon(run)
+    nursery.start_soon(run)
     prefetched: list[T] = []
     done = False
     while len(prefetched) < prefetch:
@@ -218,10 +214,44 @@ async def start_stream(
         if isinstance(item, _Failure):
             receive.close()
             try:
-                if isinstance(item.error, RstError):
-                    raise item.error
-                raise RstError("internal error in rst; the log has the details") from item.error
+                _raise_before_data(item.error)
             finally:
                 del item  # this frame is in the error's traceback: no cycle through it
         prefetched.append(cast(T, item))
     return Stream(prefetched, receive, done)
+
+
+async def start_body(
+    nursery: trio.Nursery,
+    produce: Callable[[ByteSendChannel], Awaitable[None]],
+    *,
+    items: int = ITEMS_AHEAD,
+    ahead: int = BYTES_AHEAD,
+    chunk: int = CHUNK,
+    tail: Callable[[], bytes] | None = None,
+) -> Body:
+    """Start ``produce(channel)`` in *nursery* (the request's), sending tuples of byte pieces
+    into a channel of at most *items* items and *ahead* bytes, read as chunks of up to *chunk*
+    bytes; wait until its first item.
+
+    Raises the producer's error if it fails before sending anything.
+    """
+    send, receive = open_byte_channel(items, ahead, chunk=chunk)
+
+    async def fail(error: BaseException) -> None:
+        send.fail(error)
+
+    async def run() -> None:
+        async with send:
+            await _run_producer(produce, send, fail)
+
+    nursery.start_soon(run)
+    try:
+        await receive.wait_ready()
+    except (Exception, BaseExceptionGroup) as error:
+        receive.close()
+        try:
+            _raise_before_data(error)
+        finally:
+            del error
+    return Body(receive, tail)

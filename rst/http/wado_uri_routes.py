@@ -10,23 +10,17 @@ has arrived (an error after that breaks the body off). An image is answered once
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response, request
 
 from rst.dicom.wado_uri import DICOM, RenderedRequest, parse_wado_uri
+from rst.http.byte_channel import ByteSendChannel
 from rst.http.context import RouteContext
-from rst.http.streaming import ByteBudget, Coalesced, start_stream
+from rst.http.request_scope import request_nursery
+from rst.http.streaming import start_body
 from rst.services.protocols import RetrieveKeys
 from rst.services.wado_uri import produce_instance, render_instance
 
 __all__ = ["register"]
-
-BUFFER = 16
-"""Pieces of the instance the producer may be ahead of the client..."""
-AHEAD = 2 << 20
-"""...and their bytes (one larger piece passes alone)."""
-CHUNK_BUDGET = 1 << 20
-"""Bytes of waiting pieces joined into one HTTP chunk (see :class:`Coalesced`)."""
 
 
 def register(bp: Blueprint, ctx: RouteContext) -> None:
@@ -39,13 +33,11 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
             return Response(image, content_type=wanted.media_type)
 
         syntax = wanted.transfer_syntax
-        waiting = ByteBudget(AHEAD)
 
-        async def produce(channel: trio.MemorySendChannel[tuple[bytes, ...]]) -> None:
-            await produce_instance(backend, keys, syntax, lambda item: waiting.send(channel, item))
+        async def produce(channel: ByteSendChannel) -> None:
+            await produce_instance(backend, keys, syntax, channel.send)
 
-        stream = await start_stream(produce, prefetch=1, buffer=BUFFER)
-        body = Coalesced(stream, budget=CHUNK_BUDGET, sent=waiting)
+        body = await start_body(request_nursery(request), produce)
         response = Response(body, content_type=DICOM)
         response.timeout = None
         return response

@@ -17,7 +17,7 @@ read (:class:`~rst.services.ranged.FrameReader`), one part's frames at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +25,6 @@ from functools import partial
 from pydicom import Dataset
 
 from rst.bridge import run_sync
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import Level, parse_qido
 from rst.dicom.render import (
     GIF,
@@ -41,7 +40,7 @@ from rst.dicom.render import (
 from rst.errors import DimseFailure, NotAcceptable, NotSupported
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.ranged import FrameReader, frame_reader, ranges_of
-from rst.services.wado import whole
+from rst.services.wado import PartSink, whole
 
 __all__ = [
     "THUMBNAIL_VIEWPORT",
@@ -96,9 +95,8 @@ async def produce_rendered_parts(
     keys: RetrieveKeys,
     frames: Sequence[int] | None,
     rendering: Rendering,
-    writer: MultipartWriter,
     base: str,
-    send: Callable[[tuple[bytes, ...]], Awaitable[None]],
+    sink: PartSink,
 ) -> None:
     """Send one part per rendered image, each with its ``Content-Location``: per instance of a
     study or series (as :func:`render_one` renders an instance), per frame of an instance
@@ -122,8 +120,7 @@ async def produce_rendered_parts(
             for indices, location in parts:
                 holding, held = await image.holding(indices)  # one part's frames at a time
                 rendered = await run_sync(partial(render, holding, indices, rendering, held))
-                head = writer.part_head(rendering.media_type, {"Content-Location": location})
-                await send((head, rendered))
+                await sink.part(rendering.media_type, rendered, location=location)
                 sent += 1
     if not sent:
         raise NotAcceptable(f"nothing in {_named(keys)} has pixel data to render as an image")

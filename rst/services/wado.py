@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Protocol
 
 from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
-from rst.dicom.multipart import MultipartWriter
 from rst.dicom.part10 import reencode
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 
-__all__ = ["as_requested", "produce_parts", "whole"]
+__all__ = ["PartSink", "as_requested", "produce_parts", "whole"]
 
-JOIN_BELOW = 16 << 20
-"""Instances up to this size go out in one HTTP chunk with their part head (each chunk costs
-quart, hypercorn and h11 more than copying a few hundred kilobytes)."""
+
+class PartSink(Protocol):
+    """Where a producer sends the parts of a ``multipart/related`` body; the framing (part
+    heads, boundary, close delimiter) is the sink's (``rst/http/multipart_body.py``)."""
+
+    async def part(
+        self, content_type: str, data: bytes, *, location: str | None = None
+    ) -> None: ...
+
+    async def more(self, data: bytes) -> None:
+        """More data of the part started last."""
 
 
 async def whole(instance: Instance) -> Instance:
@@ -48,26 +55,15 @@ async def as_requested(instance: Instance, fmt: RetrieveFormat) -> Instance:
 
 
 async def produce_parts(
-    backend: Backend,
-    keys: RetrieveKeys,
-    fmt: RetrieveFormat,
-    writer: MultipartWriter,
-    send: Callable[[tuple[bytes, ...]], Awaitable[None]],
+    backend: Backend, keys: RetrieveKeys, fmt: RetrieveFormat, parts: PartSink
 ) -> None:
-    """Send each instance as a part: its header, then its bytes — an instance still arriving
-    fragment by fragment, as the fragments arrive. Each item sent is a tuple of pieces that the
-    response joins into one HTTP chunk (with other items waiting, see
-    :class:`~rst.http.streaming.Coalesced`): a part head travels with its instance."""
+    """Send each instance as a part — an instance still arriving fragment by fragment, as the
+    fragments arrive."""
     async with backend.retrieve(keys, fmt.transfer_syntax) as instances:
         async for received in instances:
             instance = await as_requested(received, fmt)
             syntax = instance.transfer_syntax
-            head = writer.part_head(f"application/dicom; transfer-syntax={syntax}")
-            if len(instance.data) <= JOIN_BELOW:
-                await send((head, instance.data))
-            else:  # not worth copying: two chunks
-                await send((head,))
-                await send((instance.data,))
+            await parts.part(f"application/dicom; transfer-syntax={syntax}", instance.data)
             if instance.rest is not None:
                 async for chunk in instance.rest:
-                    await send((chunk,))
+                    await parts.more(chunk)

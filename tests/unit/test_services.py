@@ -19,6 +19,7 @@ from rst.dicom.multipart import MultipartWriter
 from rst.dicom.query import parse_qido
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BackendTimeout, IncompleteRetrieve, NotFound
+from rst.http.multipart_body import PartSender
 from rst.services.frames import retrieve_frames
 from rst.services.metadata import produce_metadata
 from rst.services.protocols import Instance, RetrieveKeys
@@ -117,7 +118,7 @@ async def wado(
     async def send(pieces: tuple[bytes, ...]) -> None:
         sent.append(b"".join(pieces))
 
-    await produce_parts(backend, keys, RetrieveFormat(syntax), writer, send)
+    await produce_parts(backend, keys, RetrieveFormat(syntax), PartSender(writer, send))
     return writer, sent
 
 
@@ -170,7 +171,9 @@ async def test_a_partial_wado_retrieve_raises_after_what_arrived() -> None:
         sent.append(pieces)
 
     with pytest.raises(IncompleteRetrieve):
-        await produce_parts(backend, RetrieveKeys(STUDY), RetrieveFormat(None), writer, send)
+        await produce_parts(
+            backend, RetrieveKeys(STUDY), RetrieveFormat(None), PartSender(writer, send)
+        )
 
     assert writer.parts_written == 1
     assert backend.closed == 1
