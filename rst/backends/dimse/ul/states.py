@@ -142,14 +142,13 @@ class Action(enum.Enum):
     AA_7 = ("AA-7", State.AWAITING_CLOSE)  # send A-ABORT
     AA_8 = ("AA-8", State.AWAITING_CLOSE)  # send A-ABORT (provider), A-P-ABORT, start ARTIM
 
-    @property
-    def label(self) -> str:
-        """The standard's name, e.g. ``"AA-8"``."""
-        return self.value[0]
+    label: str
+    """The standard's name, e.g. ``"AA-8"``."""
+    next_state: State | None
 
-    @property
-    def next_state(self) -> State | None:
-        return self.value[1]
+    def __init__(self, label: str, next_state: State | None) -> None:
+        self.label = label
+        self.next_state = next_state
 
 
 class IllegalTransition(Exception):
