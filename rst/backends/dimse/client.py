@@ -46,6 +46,7 @@ from rst.backends.dimse.ul import (
     encode_release_rq,
     parse_command,
 )
+from rst.backends.dimse.ul.pdu import AbortReason
 from rst.config import AeConfig
 from rst.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from rst.errors import (
@@ -137,7 +138,8 @@ class Connection:
         found = self.accepted.get(context_id)
         if found is None:
             raise UpperLayerError(
-                f"message on presentation context {context_id}, which was not accepted", reason=6
+                f"message on presentation context {context_id}, which was not accepted",
+                reason=AbortReason.INVALID_PARAMETER,
             )
         return found[1]
 
@@ -174,7 +176,10 @@ class Connection:
         while True:
             pdv = await self._next_pdv()
             if not pdv.is_command:
-                raise UpperLayerError("a data set fragment where a command was expected", reason=2)
+                raise UpperLayerError(
+                    "a data set fragment where a command was expected",
+                    reason=AbortReason.UNEXPECTED_PDU,
+                )
             if len(command) + len(pdv.data) > MAX_COMMAND_SET:
                 raise CommandError(f"a command set longer than {MAX_COMMAND_SET} bytes")
             command += pdv.data
@@ -195,7 +200,10 @@ class Connection:
         the read buffer, valid until the next call."""
         pdv = await self._next_pdv()
         if pdv.is_command:
-            raise UpperLayerError("a command where a data set fragment was expected", reason=2)
+            raise UpperLayerError(
+                "a command where a data set fragment was expected",
+                reason=AbortReason.UNEXPECTED_PDU,
+            )
         return pdv
 
     async def _next_pdv(self) -> Pdv:
@@ -218,7 +226,9 @@ class Connection:
                 await self.stream.send_all(encode_release_rp())
                 raise PeerAborted("the PACS released the association in the middle of an operation")
             else:
-                raise UpperLayerError(f"unexpected {type(pdu).__name__}", reason=2)
+                raise UpperLayerError(
+                    f"unexpected {type(pdu).__name__}", reason=AbortReason.UNEXPECTED_PDU
+                )
         return self._pdvs.popleft()
 
     async def release(self) -> bool:

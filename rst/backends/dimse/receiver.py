@@ -63,7 +63,7 @@ from rst.backends.dimse.ul import (
     negotiate,
     parse_command,
 )
-from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
+from rst.backends.dimse.ul.pdu import AbortReason, AbortSource
 from rst.config import DimseConfig
 from rst.dicom.statuses import SUCCESS
 from rst.dicom.uids import (
@@ -269,12 +269,12 @@ class StoreReceiver:
             await connection.abort(exc.source, exc.reason)
         except trio.TooSlowError:
             log.warning("aborting association from %s: timed out", connection.peer)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("association from %s ended: %s", connection.peer, exc)
         except Exception:  # a bug must not take the receiver down for every other PACS
             log.exception("aborting association from %s after an internal error", connection.peer)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
     async def _pass_on(self, connection: _Connection, passing: _PassAssociation) -> None:
         assert self.ring is not None
@@ -285,7 +285,7 @@ class StoreReceiver:
             )
         except Exception as exc:
             log.error("cannot pass the association from %s on: %r", connection.peer, exc)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
 
 def _host_of(stream: trio.SocketStream) -> str:
@@ -418,7 +418,8 @@ class _Connection:
             request = await self._next_pdu()
             if not isinstance(request, AssociateRequest):
                 raise UpperLayerError(
-                    f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2
+                    f"expected A-ASSOCIATE-RQ, got {type(request).__name__}",
+                    reason=AbortReason.UNEXPECTED_PDU,
                 )
             accepted = await self._associate(request)
         if handshake.cancelled_caught:
@@ -441,7 +442,9 @@ class _Connection:
                 log.info("%s aborted the association", self.peer)
                 return
             else:
-                raise UpperLayerError(f"unexpected {type(pdu).__name__}", reason=2)
+                raise UpperLayerError(
+                    f"unexpected {type(pdu).__name__}", reason=AbortReason.UNEXPECTED_PDU
+                )
 
     async def _associate(self, request: AssociateRequest) -> bool:
         config = self.receiver.config
@@ -501,11 +504,13 @@ class _Connection:
         if syntax is None:
             raise UpperLayerError(
                 f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
-                reason=6,
+                reason=AbortReason.INVALID_PARAMETER,
             )
         if pdv.is_command:
             if self.pending is not None:
-                raise UpperLayerError("a command arrived before the dataset ended", reason=2)
+                raise UpperLayerError(
+                    "a command arrived before the dataset ended", reason=AbortReason.UNEXPECTED_PDU
+                )
             if len(self.command) + len(pdv.data) > MAX_COMMAND_SET:
                 raise CommandError(f"a command set longer than {MAX_COMMAND_SET} bytes")
             self.command += pdv.data
@@ -516,7 +521,9 @@ class _Connection:
         else:
             pending = self.pending
             if pending is None or self.pending_context != pdv.context_id:
-                raise UpperLayerError("a dataset fragment without its C-STORE", reason=2)
+                raise UpperLayerError(
+                    "a dataset fragment without its C-STORE", reason=AbortReason.UNEXPECTED_PDU
+                )
             await pending.add(pdv.data, last=pdv.is_last)
             if pdv.is_last:
                 status = await self._deliver(pending)
@@ -544,7 +551,7 @@ class _Connection:
             raise UpperLayerError(
                 "the receiver only serves C-STORE and C-ECHO "
                 f"(command 0x{command.command_field:04X})",
-                reason=2,
+                reason=AbortReason.UNEXPECTED_PDU,
             )
 
     def abandon(self, reason: str) -> None:
