@@ -196,7 +196,7 @@ def test_rejection() -> None:
     assert state_of(acceptor) is State.AWAITING_CLOSE
     [rejected] = events(requestor, rj)
     assert isinstance(rejected, AssociationRejected)
-    assert rejected.description == "permanently: called ae not recognized"
+    assert rejected.description == "permanently: called AE title not recognized"
     assert state_of(requestor) is State.IDLE
     assert isinstance(requestor.next_event(), ConnectionClosed)
     # the requestor closes: the acceptor's Sta13 ends (AR-5)

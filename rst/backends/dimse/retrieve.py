@@ -105,8 +105,8 @@ async def _store(
     try:
         while True:
             pdv = await connection.dataset_fragment()
-            await incoming.add(pdv.data, last=pdv.is_last)
-            if pdv.is_last:
+            await incoming.add(pdv.data, last=pdv.last)
+            if pdv.last:
                 return await incoming.finish()
     except BaseException as exc:
         incoming.abandon(f"the C-GET association broke off ({exc!r})")

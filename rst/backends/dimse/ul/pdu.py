@@ -131,6 +131,7 @@ def describe_rejection(result: int, source: int, reason: int) -> str:
     reasons = _REJECT_REASONS.get(source)
     try:
         words = reasons(reason).name.lower().replace("_", " ") if reasons else None
+        words = words and words.replace("ae ", "AE title ")
     except ValueError:
         words = None
     return f"{kind}: {words or f'source {source}, reason {reason}'}"
