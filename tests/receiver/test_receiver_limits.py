@@ -437,7 +437,7 @@ async def test_an_internal_error_ends_that_association_only(
 
         with monkeypatch.context() as patch:
             patch.setattr(receiver.mediator, "by_originator", broken)
-            patch.setattr(receiver_module, "encode_abort", broken)
+            patch.setattr(receiver_module.wire, "abort", broken)
             await peer.send(
                 encode_pdata(
                     CT_CONTEXT,

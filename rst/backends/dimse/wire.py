@@ -15,6 +15,7 @@ through, so every shell answers every violation the same way.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import trio
 
@@ -38,9 +39,13 @@ async def read_into(stream: trio.abc.Stream, association: Association) -> None:
     association.advance(await receive_into(stream, association.writable()))
 
 
-async def receive_event(stream: trio.abc.Stream, association: Association) -> AssociationEvent:
-    """The association's next event, reading as needed. A :class:`ProtocolViolation` is
-    answered with its A-ABORT before it is raised."""
+async def receive_event(
+    stream: trio.abc.Stream, association: Association, *, read_timeout: float = math.inf
+) -> AssociationEvent:
+    """The association's next event, reading as needed; a read that waits longer than
+    *read_timeout* raises :class:`trio.TooSlowError` (the timer runs only around a read: most
+    events come out of bytes already buffered). A :class:`ProtocolViolation` is answered with
+    its A-ABORT before it is raised."""
     while True:
         try:
             event = association.next_event()
@@ -50,7 +55,11 @@ async def receive_event(stream: trio.abc.Stream, association: Association) -> As
         if event is not NEED_DATA:
             assert not isinstance(event, type(NEED_DATA))
             return event
-        await read_into(stream, association)
+        if read_timeout == math.inf:
+            await read_into(stream, association)
+        else:
+            with trio.fail_after(read_timeout):
+                await read_into(stream, association)
 
 
 async def send_quietly(stream: trio.abc.Stream, data: bytes) -> None:
