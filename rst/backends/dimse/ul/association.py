@@ -262,6 +262,8 @@ _RECEIVED_EVENT: dict[type, Event] = {
     Abort: Event.ABORT_RECEIVED,
 }
 _VIOLATIONS = (Action.AA_1, Action.AA_7, Action.AA_8)
+_DATA_STATES = frozenset((State.ESTABLISHED, State.AWAITING_RELEASE_RP))
+"""Where a P-DATA-TF received is DT-2 or AR-6: handed on, the state unchanged."""
 
 
 class Association:
@@ -430,6 +432,16 @@ class Association:
                     self._local_closed()
                     return _CLOSED
                 return NEED_DATA
+            if pdu.__class__ is PData and self.state in _DATA_STATES:
+                # the hot path: DT-2 / AR-6 leave the state as it is
+                pdvs = pdu.pdvs
+                if len(pdvs) == 1:
+                    event = self._on_pdv(pdvs[0])
+                    if event is not None:
+                        return event
+                else:
+                    self._pdvs.extend(pdvs)
+                continue
             pdu_event = self._on_pdu(pdu)
             if pdu_event is not None:
                 return pdu_event
