@@ -24,7 +24,7 @@ from rst.backends.dimse.ul import (
     parse_command,
 )
 from rst.backends.dimse.ul.association import Association, Role
-from rst.dicom.part10 import IMPLEMENTATION_CLASS_UID
+from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"
