@@ -27,7 +27,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from rst.backends.dimse import receiver as receiver_module
+from rst.backends.dimse import wire
 from rst.backends.dimse.admission import MAX_TURNING_AWAY
 from rst.backends.dimse.handoff import WorkerRing
 from rst.backends.dimse.incoming import MAX_UNROUTED
@@ -437,7 +437,7 @@ async def test_an_internal_error_ends_that_association_only(
 
         with monkeypatch.context() as patch:
             patch.setattr(receiver.mediator, "by_originator", broken)
-            patch.setattr(receiver_module, "encode_abort", broken)
+            patch.setattr(wire, "abort", broken)
             await peer.send(
                 encode_pdata(
                     CT_CONTEXT,

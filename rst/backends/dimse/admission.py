@@ -29,10 +29,10 @@ import trio
 from rst.backends.dimse.ul import encode_associate_rj
 from rst.backends.dimse.ul.pdu import (
     HEADER_LENGTH,
-    RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED,
-    RJ_SOURCE_PRESENTATION,
-    RJ_TRANSIENT,
     T_ASSOCIATE_RQ,
+    PresentationRejectReason,
+    RejectResult,
+    RejectSource,
 )
 
 __all__ = ["MAX_TURNING_AWAY", "REJECT_BUSY", "accept_loop", "peer_of", "turn_away"]
@@ -40,7 +40,9 @@ __all__ = ["MAX_TURNING_AWAY", "REJECT_BUSY", "accept_loop", "peer_of", "turn_aw
 log = logging.getLogger(__name__)
 
 REJECT_BUSY = encode_associate_rj(
-    RJ_TRANSIENT, RJ_SOURCE_PRESENTATION, RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED
+    RejectResult.TRANSIENT,
+    RejectSource.PRESENTATION,
+    PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
 )
 """A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected-transient, DICOM UL service-provider
 (presentation related function), local-limit-exceeded."""

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from rst.backends.dimse.ul.pdu import (
-    RJ_PERMANENT,
-    RJ_SOURCE_USER,
-    RJ_USER_CALLING_AE_NOT_RECOGNIZED,
+    Rejection,
+    RejectResult,
+    RejectSource,
+    UserRejectReason,
 )
 from rst.config import AeConfig, Config
 
@@ -33,7 +34,11 @@ __all__ = ["REJECT_UNKNOWN_CALLER", "Callers"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-REJECT_UNKNOWN_CALLER = (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+REJECT_UNKNOWN_CALLER: Rejection = (
+    RejectResult.PERMANENT,
+    RejectSource.SERVICE_USER,
+    UserRejectReason.CALLING_AE_NOT_RECOGNIZED,
+)
 """The A-ASSOCIATE-RJ ``(result, source, reason)`` of a caller that is not let in, for an
 unknown AE title and for a known one calling from an address not allowed alike."""
 

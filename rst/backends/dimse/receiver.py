@@ -22,48 +22,51 @@ connection's task leaves it, whatever its cause (only cancellation does).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
+from rst.backends.dimse import wire
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
 from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import InstanceSink
-from rst.backends.dimse.tls import accept, receive_into, server_context
+from rst.backends.dimse.tls import accept, server_context
 from rst.backends.dimse.ul import (
-    MAX_COMMAND_SET,
-    Abort,
     AssociateRequest,
     CEchoRequest,
     CommandError,
     ContextResult,
     CStoreRequest,
     OtherCommand,
-    PData,
     PduReader,
-    Pdv,
-    ReleaseRequest,
     UpperLayerError,
     check_association,
-    encode_abort,
-    encode_associate_ac,
-    encode_associate_rj,
     encode_c_echo_rsp,
     encode_c_store_rsp,
     encode_pdata,
-    encode_release_rp,
     negotiate,
-    parse_command,
 )
-from rst.backends.dimse.ul.pdu import REASON_NOT_SPECIFIED, SOURCE_PROVIDER
+from rst.backends.dimse.ul.association import (
+    Aborted,
+    Association,
+    AssociationError,
+    AssociationEvent,
+    AssociationRequested,
+    CommandReceived,
+    ConnectionLost,
+    DataFragment,
+    ProtocolViolation,
+    ReleaseRequested,
+    Role,
+)
+from rst.backends.dimse.ul.pdu import AbortReason, AbortSource, Rejection
+from rst.backends.dimse.ul.states import State
 from rst.config import DimseConfig
 from rst.dicom.statuses import SUCCESS
 from rst.dicom.uids import (
@@ -190,7 +193,7 @@ class StoreReceiver:
 
     def check_caller(
         self, calling_aet: str, stream: trio.SocketStream, peer: str
-    ) -> tuple[int, int, int] | None:
+    ) -> Rejection | None:
         """The A-ASSOCIATE-RJ for a caller :attr:`callers` does not let in, or None."""
         if self.callers is None:
             return None
@@ -261,6 +264,13 @@ class StoreReceiver:
         except _HandshakeTimeout as exc:
             # ARTIM expired before an A-ASSOCIATE-RQ: close, no A-ABORT (PS3.8 §9.1.4 b, AA-2)
             log.info("closing the connection from %s: %s", connection.peer, exc)
+        except ProtocolViolation as exc:  # its A-ABORT has been sent (wire.receive_event)
+            log.warning("aborted association from %s: %s", connection.peer, exc)
+        except ConnectionLost as exc:
+            log.info("association from %s ended: %s", connection.peer, exc)
+        except AssociationError as exc:  # a send the state table refused: a bug of ours
+            log.error("aborting association from %s: %s", connection.peer, exc)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
         except UpperLayerError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
             await connection.abort(exc.source, exc.reason)
@@ -269,12 +279,12 @@ class StoreReceiver:
             await connection.abort(exc.source, exc.reason)
         except trio.TooSlowError:
             log.warning("aborting association from %s: timed out", connection.peer)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("association from %s ended: %s", connection.peer, exc)
         except Exception:  # a bug must not take the receiver down for every other PACS
             log.exception("aborting association from %s after an internal error", connection.peer)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
     async def _pass_on(self, connection: _Connection, passing: _PassAssociation) -> None:
         assert self.ring is not None
@@ -285,7 +295,7 @@ class StoreReceiver:
             )
         except Exception as exc:
             log.error("cannot pass the association from %s on: %r", connection.peer, exc)
-            await connection.abort(SOURCE_PROVIDER, REASON_NOT_SPECIFIED)
+            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
 
 
 def _host_of(stream: trio.SocketStream) -> str:
@@ -339,11 +349,12 @@ class _PassAssociation(Exception):
 
 @dataclass(eq=False)  # one per connection, kept in a set
 class _Connection:
+    """One connection's I/O shell: reads events from its :class:`Association` and acts on
+    them. States, PDV reassembly and every protocol violation are the association's."""
+
     receiver: StoreReceiver
     stream: trio.abc.Stream  # TCP, or TLS over it once run() has done the handshake
     tcp: trio.SocketStream = field(init=False)
-    accepted: dict[int, str] = field(default_factory=dict)  # context id -> transfer syntax
-    command: bytearray = field(default_factory=bytearray)
     pending: IncomingInstance | None = None
     pending_context: int = 0
     peer: str = "?"
@@ -355,54 +366,42 @@ class _Connection:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
         self.tcp = self.stream
         self.peer = peer_of(self.tcp)
-        config = self.receiver.config
-        self.max_pdu = config.max_pdu or 1 << 20
+        self.max_pdu = self.receiver.config.max_pdu or 1 << 20
         # Until the association is accepted no PDU may be larger than an A-ASSOCIATE-RQ: a
         # peer that has not even asked for an association gets a few KB, not the data buffer.
-        self.reader = PduReader(
-            max_pdu_length=MAX_ASSOCIATE_RQ,
+        self.association = Association(
+            Role.ACCEPTOR,
+            max_pdu_length=self.max_pdu,
             max_associate_length=MAX_ASSOCIATE_RQ,
-            buffer_size=HANDSHAKE_BUFFER,
+            handshake_buffer=HANDSHAKE_BUFFER,
         )
 
-    def _open_data_buffer(self) -> None:
-        """The association is accepted: read into the (large) buffer made for P-DATA, taking
-        along what has already arrived."""
-        early = self.reader.take_buffered()
-        self.reader = PduReader(max_pdu_length=self.max_pdu)
-        self.reader.feed(early)
+    @property
+    def accepted(self) -> dict[int, str]:
+        """Accepted presentation contexts: id -> transfer syntax."""
+        return {cid: ctx.transfer_syntax for cid, ctx in self.association.accepted.items()}
+
+    @property
+    def reader(self) -> PduReader:
+        return self.association.reader
 
     async def _send(self, data: bytes) -> None:
         # a peer that stops reading must not hold the association (and its buffer) for ever
         with trio.fail_after(NETWORK_TIMEOUT):
             await self.stream.send_all(data)
 
-    async def abort(self, source: int, reason: int) -> None:
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self.stream.send_all(encode_abort(source, reason))
+    async def abort(self, source: AbortSource, reason: AbortReason) -> None:
+        await wire.abort(self.stream, self.association, source, reason)
 
-    async def _next_pdu(self) -> object:
-        while True:
-            pdu = self.reader.next_pdu()
-            if pdu is not None:
-                return pdu
-            # a timeout only around a read that waits (most PDUs are already buffered)
-            with trio.fail_after(NETWORK_TIMEOUT):
-                count = await receive_into(self.stream, self.reader.writable())
-            if count == 0:
-                raise trio.BrokenResourceError("the peer closed the connection")
-            self.reader.advance(count)
+    async def _next_event(self) -> AssociationEvent:
+        return await wire.receive_event(self.stream, self.association, read_timeout=NETWORK_TIMEOUT)
 
     async def resume(self, state: Handover, replay: bytes) -> None:
         """Carry on an association another worker established and passed on."""
-        self.accepted, self.calling_aet = state.accepted, state.calling_aet
-        self.peer, self.hops = state.peer, state.hops
-        self.reader = PduReader(
-            max_pdu_length=self.max_pdu, buffer_size=max(4 << 20, len(replay) + (1 << 16))
+        self.calling_aet, self.peer, self.hops = state.calling_aet, state.peer, state.hops
+        self.association = Association.resumed(
+            state.accepted, max_pdu_length=self.max_pdu, replay=replay
         )
-        self.reader.feed(replay)
         await self._established()
 
     async def run(self) -> None:
@@ -415,33 +414,44 @@ class _Connection:
             self.stream = tls
         accepted = False
         with trio.move_on_after(timeout) as handshake:  # ARTIM, PS3.8 §9.1.4 b
-            request = await self._next_pdu()
-            if not isinstance(request, AssociateRequest):
-                raise UpperLayerError(
-                    f"expected A-ASSOCIATE-RQ, got {type(request).__name__}", reason=2
-                )
-            accepted = await self._associate(request)
+            event = await self._next_event()
+            if not isinstance(event, AssociationRequested):
+                return  # Sta2: the peer closed or aborted (AA-2, AA-5)
+            accepted = await self._associate(event.request)
         if handshake.cancelled_caught:
+            if self.association.state is State.AWAITING_ASSOCIATE_RQ:
+                self.association.timer_expired()  # AA-2: close, no A-ABORT
             raise _HandshakeTimeout(f"no A-ASSOCIATE-RQ within {timeout:g} s")
         if accepted:
-            self._open_data_buffer()
             await self._established()
 
     async def _established(self) -> None:
         while True:
-            pdu = await self._next_pdu()
-            if isinstance(pdu, PData):
-                await self._on_pdata(pdu)
-            elif isinstance(pdu, ReleaseRequest):
+            event = await self._next_event()
+            if isinstance(event, CommandReceived):
+                self.command_set = event.command_set
+                try:
+                    await self._on_command(event.command, event.context_id)
+                except PassOn as passing:
+                    raise _PassAssociation(
+                        passing.target, passing.hops, self._replay(complete=False)
+                    ) from None
+            elif isinstance(event, DataFragment):
+                try:
+                    await self._on_fragment(event)
+                except PassOn as passing:
+                    replay = self._replay(complete=event.last)
+                    raise _PassAssociation(passing.target, passing.hops, replay) from None
+            elif isinstance(event, ReleaseRequested):
                 if self.pending is not None:
                     log.warning("%s released the association in the middle of a C-STORE", self.peer)
-                await self._send(encode_release_rp())
+                await self._send(self.association.send_release_rp())
                 return
-            elif isinstance(pdu, Abort):
-                log.info("%s aborted the association", self.peer)
+            elif isinstance(event, Aborted):
+                log.info("%s aborted the association: %s", self.peer, event.description)
                 return
-            else:
-                raise UpperLayerError(f"unexpected {type(pdu).__name__}", reason=2)
+            else:  # the peer closed the connection (AA-4)
+                raise ConnectionLost("the peer closed the connection")
 
     async def _associate(self, request: AssociateRequest) -> bool:
         config = self.receiver.config
@@ -450,84 +460,54 @@ class _Connection:
             request.calling_aet, self.tcp, self.peer
         )
         if rejection is not None:
-            await self._send(encode_associate_rj(*rejection))
+            await self._send(self.association.send_associate_rj(*rejection))
             return False
         results: list[ContextResult] = negotiate(
             request,
             abstract_syntaxes=ABSTRACT_SYNTAXES,
             transfer_syntaxes=list(config.transfer_syntaxes),
         )
-        self.accepted = {r.context_id: r.transfer_syntax for r in results if r.result == 0}
         await self._send(
-            encode_associate_ac(
-                request,
+            self.association.send_associate_ac(
                 results,
-                max_pdu_length=self.max_pdu,
                 implementation_class_uid=IMPLEMENTATION_CLASS_UID,
                 implementation_version=IMPLEMENTATION_VERSION,
             )
         )
         return True
 
-    async def _on_pdata(self, pdata: PData) -> None:
-        pdvs = pdata.pdvs
-        for index, pdv in enumerate(pdvs):
-            try:
-                await self._on_pdv(pdv)
-            except PassOn as passing:
-                replay = self._replay(pdv, pdvs[index + 1 :])
-                raise _PassAssociation(passing.target, passing.hops, replay) from None
-
-    def _replay(self, current: Pdv, following: Sequence[Pdv]) -> bytes:
+    def _replay(self, *, complete: bool) -> bytes:
         """What the next worker must process before reading the socket: the pending C-STORE
-        from its command on, the rest of the current PDU, and what was read after it."""
+        from its command on (*complete*: its data set has been received whole), the rest of
+        the current PDU, and what was read after it."""
         assert self.pending is not None
         context_id = self.pending_context
         parts = [encode_pdata(context_id, True, True, self.command_set)]
         data = self.pending.received_dataset()
-        complete = not current.is_command and current.is_last
         step = self.max_pdu - 6
         for start in range(0, len(data), step):
             last = complete and start + step >= len(data)
             parts.append(encode_pdata(context_id, False, last, data[start : start + step]))
         if complete and not data:
             parts.append(encode_pdata(context_id, False, True, b""))
-        parts += [encode_pdata(p.context_id, p.is_command, p.is_last, p.data) for p in following]
-        parts.append(self.reader.take_buffered())
+        parts.append(self.association.take_unprocessed())
         return b"".join(parts)
 
-    async def _on_pdv(self, pdv: Pdv) -> None:
-        syntax = self.accepted.get(pdv.context_id)
-        if syntax is None:
-            raise UpperLayerError(
-                f"P-DATA on presentation context {pdv.context_id}, which was not accepted",
-                reason=6,
-            )
-        if pdv.is_command:
-            if self.pending is not None:
-                raise UpperLayerError("a command arrived before the dataset ended", reason=2)
-            if len(self.command) + len(pdv.data) > MAX_COMMAND_SET:
-                raise CommandError(f"a command set longer than {MAX_COMMAND_SET} bytes")
-            self.command += pdv.data
-            if pdv.is_last:
-                command, self.command = bytes(self.command), bytearray()
-                self.command_set = command
-                await self._on_command(parse_command(command), pdv.context_id, syntax)
-        else:
-            pending = self.pending
-            if pending is None or self.pending_context != pdv.context_id:
-                raise UpperLayerError("a dataset fragment without its C-STORE", reason=2)
-            await pending.add(pdv.data, last=pdv.is_last)
-            if pdv.is_last:
-                status = await self._deliver(pending)
-                self.pending, self.hops = None, 0
-                response = encode_c_store_rsp(pending.request, status)
-                await self._send(encode_pdata(pdv.context_id, True, True, response))
+    async def _on_fragment(self, fragment: DataFragment) -> None:
+        pending = self.pending
+        assert pending is not None  # the association checks that a C-STORE came first
+        await pending.add(fragment.data, last=fragment.last)
+        if fragment.last:
+            status = await self._deliver(pending)
+            self.pending, self.hops = None, 0
+            response = encode_c_store_rsp(pending.request, status)
+            await self._send(self.association.send_command(fragment.context_id, response))
 
     async def _on_command(
-        self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int, syntax: str
+        self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int
     ) -> None:
         if isinstance(command, CStoreRequest):
+            syntax = self.association.accepted[context_id].transfer_syntax
             self.pending = IncomingInstance(
                 command, syntax, source_aet=self.calling_aet or None, locate=self._route
             )
@@ -539,12 +519,12 @@ class _Connection:
                     raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
             response = encode_c_echo_rsp(command, SUCCESS)
-            await self._send(encode_pdata(context_id, True, True, response))
+            await self._send(self.association.send_command(context_id, response))
         else:
             raise UpperLayerError(
                 "the receiver only serves C-STORE and C-ECHO "
                 f"(command 0x{command.command_field:04X})",
-                reason=2,
+                reason=AbortReason.UNEXPECTED_PDU,
             )
 
     def abandon(self, reason: str) -> None:

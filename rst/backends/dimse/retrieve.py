@@ -31,6 +31,7 @@ from rst.backends.dimse.ul import (
     encode_c_cancel_rq,
     encode_c_store_rsp,
 )
+from rst.backends.dimse.ul.pdu import AbortReason
 from rst.dicom.statuses import Status, is_pending
 
 __all__ = ["cancel_operation", "follow"]
@@ -75,7 +76,9 @@ async def _responses(
             await connection.send(context_id, encode_c_store_rsp(command, status))
             continue
         if not isinstance(command, OtherCommand) or command.message_id_being_responded_to != msg_id:
-            raise UpperLayerError(f"unexpected DIMSE message {command!r}", reason=2)
+            raise UpperLayerError(
+                f"unexpected DIMSE message {command!r}", reason=AbortReason.UNEXPECTED_PDU
+            )
         if command.has_dataset:  # e.g. a failed SOP instance list: read and drop it
             await connection.receive_dataset(bytearray())
         final = status_of(command)
@@ -102,8 +105,8 @@ async def _store(
     try:
         while True:
             pdv = await connection.dataset_fragment()
-            await incoming.add(pdv.data, last=pdv.is_last)
-            if pdv.is_last:
+            await incoming.add(pdv.data, last=pdv.last)
+            if pdv.last:
                 return await incoming.finish()
     except BaseException as exc:
         incoming.abandon(f"the C-GET association broke off ({exc!r})")

@@ -1,15 +1,19 @@
 """Sans-IO DICOM Upper Layer and DIMSE command codec for rst's trio receiver and client.
 
-No sockets, no trio: the network service reads into :class:`PduReader`'s buffer, takes decoded
-PDUs out, and sends the bytes the ``encode_*`` functions return.
+No sockets, no trio: the I/O shells (:mod:`rst.backends.dimse.wire`) read bytes into an
+:class:`~.association.Association`, act on the events it returns, and send the bytes its
+``send_*`` methods return.
 
+- :mod:`.association` — one association, either role: state, contexts, message reassembly.
+- :mod:`.states` — the PS3.8 §9.2 state machine as one table (Table 9-10).
 - :mod:`.pdu` — PDU framing, decoding and encoding (PS3.8 §9.3, Annex D, E).
 - :mod:`.negotiation` — the acceptor's answer to an A-ASSOCIATE-RQ.
 - :mod:`.commands` — DIMSE command sets: C-STORE, C-ECHO, C-FIND, C-GET, C-MOVE, C-CANCEL
   (PS3.7 §9.3, Annex E).
 
-Malformed input raises :class:`UpperLayerError` (carrying the A-ABORT source and reason) or
-:class:`CommandError`; both mean: abort the association and close.
+In the codec, malformed input raises :class:`UpperLayerError` (carrying the A-ABORT source and
+reason) or :class:`CommandError`; the association turns both into a ``ProtocolViolation`` that
+carries the A-ABORT to send.
 """
 
 from rst.backends.dimse.ul.commands import (

@@ -18,6 +18,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from rst.backends.dimse.ul.pdu import AbortReason, AbortSource
+
 __all__ = [
     "C_ECHO_RQ",
     "C_ECHO_RSP",
@@ -89,8 +91,8 @@ class CommandError(Exception):
     (service-user) and reason 0, the values in :attr:`source` and :attr:`reason`.
     """
 
-    source = 0
-    reason = 0
+    source = AbortSource.SERVICE_USER
+    reason = AbortReason.NOT_SPECIFIED
 
 
 @dataclass(frozen=True, slots=True)

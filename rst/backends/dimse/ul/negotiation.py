@@ -9,15 +9,13 @@ from collections.abc import Collection, Sequence
 
 from rst.backends.dimse.ul.pdu import (
     APPLICATION_CONTEXT,
-    RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED,
-    RJ_PERMANENT,
-    RJ_SOURCE_ACSE,
-    RJ_SOURCE_USER,
-    RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED,
-    RJ_USER_CALLED_AE_NOT_RECOGNIZED,
-    RJ_USER_CALLING_AE_NOT_RECOGNIZED,
+    AcseRejectReason,
     AssociateRequest,
     ContextResult,
+    Rejection,
+    RejectResult,
+    RejectSource,
+    UserRejectReason,
 )
 
 __all__ = [
@@ -70,9 +68,7 @@ def negotiate(
     return results
 
 
-def check_association(
-    request: AssociateRequest, *, our_aet: str | None
-) -> tuple[int, int, int] | None:
+def check_association(request: AssociateRequest, *, our_aet: str | None) -> Rejection | None:
     """``(result, source, reason)`` for an A-ASSOCIATE-RJ if ``request`` must be rejected,
     else None (PS3.8 Table 9-21; all rejections here are permanent).
 
@@ -82,11 +78,27 @@ def check_association(
     title of 16 spaces; the codec decodes it as "" and leaves the answer to this function.
     """
     if not request.protocol_version & 1:
-        return (RJ_PERMANENT, RJ_SOURCE_ACSE, RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED)
+        return (
+            RejectResult.PERMANENT,
+            RejectSource.ACSE,
+            AcseRejectReason.PROTOCOL_VERSION_NOT_SUPPORTED,
+        )
     if request.application_context != APPLICATION_CONTEXT:
-        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED)
+        return (
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_USER,
+            UserRejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED,
+        )
     if not request.called_aet or (our_aet is not None and request.called_aet != our_aet.strip()):
-        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLED_AE_NOT_RECOGNIZED)
+        return (
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_USER,
+            UserRejectReason.CALLED_AE_NOT_RECOGNIZED,
+        )
     if not request.calling_aet:
-        return (RJ_PERMANENT, RJ_SOURCE_USER, RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+        return (
+            RejectResult.PERMANENT,
+            RejectSource.SERVICE_USER,
+            UserRejectReason.CALLING_AE_NOT_RECOGNIZED,
+        )
     return None

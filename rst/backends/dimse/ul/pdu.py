@@ -17,6 +17,7 @@ Two interpretations of PS3.8 made here, deliberately stricter than "not tested":
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from dataclasses import dataclass, field
 __all__ = [
     "APPLICATION_CONTEXT",
     "Abort",
+    "AbortReason",
+    "AbortSource",
+    "AcseRejectReason",
     "AssociateAccept",
     "AssociateReject",
     "AssociateRequest",
@@ -33,9 +37,17 @@ __all__ = [
     "PduReader",
     "Pdv",
     "PresentationContextRQ",
+    "PresentationRejectReason",
+    "RejectReason",
+    "RejectResult",
+    "RejectSource",
+    "Rejection",
     "ReleaseRequest",
     "ReleaseResponse",
     "UpperLayerError",
+    "UserRejectReason",
+    "describe_abort",
+    "describe_rejection",
     "encode_abort",
     "encode_associate_ac",
     "encode_associate_rj",
@@ -48,33 +60,93 @@ __all__ = [
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 """The DICOM application context name (PS3.7 Annex A.2.1), the only one defined."""
 
-# A-ABORT sources and reasons (PS3.8 Table 9-26).
-SOURCE_USER = 0
-SOURCE_PROVIDER = 2
-REASON_NOT_SPECIFIED = 0
-REASON_UNRECOGNIZED_PDU = 1
-REASON_UNEXPECTED_PDU = 2
-REASON_UNRECOGNIZED_PARAMETER = 4
-REASON_UNEXPECTED_PARAMETER = 5
-REASON_INVALID_PARAMETER = 6
 
-# A-ASSOCIATE-RJ result, source and reason (PS3.8 Table 9-21); a reason means something only
-# together with its source, hence the source in each reason's name.
-RJ_PERMANENT = 1
-RJ_TRANSIENT = 2
-RJ_SOURCE_USER = 1
-"""DICOM UL service-user: the acceptor itself decided."""
-RJ_SOURCE_ACSE = 2
-"""DICOM UL service-provider (ACSE related function)."""
-RJ_SOURCE_PRESENTATION = 3
-"""DICOM UL service-provider (presentation related function)."""
-RJ_USER_NO_REASON = 1
-RJ_USER_APPLICATION_CONTEXT_NOT_SUPPORTED = 2
-RJ_USER_CALLING_AE_NOT_RECOGNIZED = 3
-RJ_USER_CALLED_AE_NOT_RECOGNIZED = 7
-RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED = 2
-RJ_PRESENTATION_CONGESTION = 1
-RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED = 2
+class AbortSource(enum.IntEnum):
+    """A-ABORT source (PS3.8 Table 9-26)."""
+
+    SERVICE_USER = 0
+    SERVICE_PROVIDER = 2
+
+
+class AbortReason(enum.IntEnum):
+    """A-ABORT reason/diag (PS3.8 Table 9-26); significant only with the provider source."""
+
+    NOT_SPECIFIED = 0
+    UNRECOGNIZED_PDU = 1
+    UNEXPECTED_PDU = 2
+    UNRECOGNIZED_PARAMETER = 4
+    UNEXPECTED_PARAMETER = 5
+    INVALID_PARAMETER = 6
+
+
+class RejectResult(enum.IntEnum):
+    """A-ASSOCIATE-RJ result (PS3.8 Table 9-21)."""
+
+    PERMANENT = 1
+    TRANSIENT = 2
+
+
+class RejectSource(enum.IntEnum):
+    """A-ASSOCIATE-RJ source (PS3.8 Table 9-21): who decided."""
+
+    SERVICE_USER = 1
+    """DICOM UL service-user: the acceptor itself decided."""
+    ACSE = 2
+    """DICOM UL service-provider (ACSE related function)."""
+    PRESENTATION = 3
+    """DICOM UL service-provider (presentation related function)."""
+
+
+# A-ASSOCIATE-RJ reasons mean something only together with their source: one enum per source.
+class UserRejectReason(enum.IntEnum):
+    NO_REASON = 1
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 2
+    CALLING_AE_NOT_RECOGNIZED = 3
+    CALLED_AE_NOT_RECOGNIZED = 7
+
+
+class AcseRejectReason(enum.IntEnum):
+    NO_REASON = 1
+    PROTOCOL_VERSION_NOT_SUPPORTED = 2
+
+
+class PresentationRejectReason(enum.IntEnum):
+    TEMPORARY_CONGESTION = 1
+    LOCAL_LIMIT_EXCEEDED = 2
+
+
+RejectReason = UserRejectReason | AcseRejectReason | PresentationRejectReason
+Rejection = tuple[RejectResult, RejectSource, RejectReason]
+"""What an A-ASSOCIATE-RJ carries: (result, source, reason)."""
+_REJECT_REASONS: dict[int, type[enum.IntEnum]] = {
+    RejectSource.SERVICE_USER: UserRejectReason,
+    RejectSource.ACSE: AcseRejectReason,
+    RejectSource.PRESENTATION: PresentationRejectReason,
+}
+
+
+def describe_rejection(result: int, source: int, reason: int) -> str:
+    """An A-ASSOCIATE-RJ in words, e.g. "permanently: called AE not recognized"."""
+    kind = "permanently" if result == RejectResult.PERMANENT else "transiently"
+    reasons = _REJECT_REASONS.get(source)
+    try:
+        words = reasons(reason).name.lower().replace("_", " ") if reasons else None
+        words = words and words.replace("ae ", "AE title ")
+    except ValueError:
+        words = None
+    return f"{kind}: {words or f'source {source}, reason {reason}'}"
+
+
+def describe_abort(source: int, reason: int) -> str:
+    """An A-ABORT in words."""
+    if source == AbortSource.SERVICE_USER:
+        return "the service-user aborted"
+    try:
+        words = AbortReason(reason).name.lower().replace("_", " ")
+    except ValueError:
+        words = f"reason {reason}"
+    return f"the service-provider aborted ({words})"
+
 
 MAX_CONTEXTS = 128  # odd presentation context ids 1..255 (PS3.8 §9.3.2.2)
 MAX_UID_LENGTH = 64  # PS3.5 §9.1
@@ -106,10 +178,16 @@ class UpperLayerError(Exception):
     same error (a copy of it) again on every later :meth:`PduReader.next_pdu`.
     """
 
-    source: int  # 0 = service-user, 2 = service-provider
-    reason: int  # PS3.8 Table 9-26
+    source: AbortSource
+    reason: AbortReason
 
-    def __init__(self, message: str, *, source: int = 2, reason: int = 0) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: AbortSource = AbortSource.SERVICE_PROVIDER,
+        reason: AbortReason = AbortReason.NOT_SPECIFIED,
+    ) -> None:
         super().__init__(message)
         self.source = source
         self.reason = reason
@@ -120,7 +198,7 @@ class UpperLayerError(Exception):
 
 
 def _invalid(message: str) -> UpperLayerError:
-    return UpperLayerError(message, reason=REASON_INVALID_PARAMETER)
+    return UpperLayerError(message, reason=AbortReason.INVALID_PARAMETER)
 
 
 # --- PDU values -----------------------------------------------------------------------------
@@ -428,7 +506,7 @@ def _decode_associate(pdu_type: int, body: bytes) -> AssociateRequest | Associat
         elif item_type in (0x20, 0x21):
             raise UpperLayerError(
                 f"presentation context item 0x{item_type:02x} in the wrong A-ASSOCIATE PDU",
-                reason=REASON_UNEXPECTED_PARAMETER,
+                reason=AbortReason.UNEXPECTED_PARAMETER,
             )
         elif item_type == 0x50:
             if user is not None:
@@ -626,7 +704,7 @@ class PduReader:
         pdu_type, length = _HEADER.unpack_from(self._buf, start)
         if not T_ASSOCIATE_RQ <= pdu_type <= T_ABORT:
             raise UpperLayerError(
-                f"unrecognized PDU type 0x{pdu_type:02x}", reason=REASON_UNRECOGNIZED_PDU
+                f"unrecognized PDU type 0x{pdu_type:02x}", reason=AbortReason.UNRECOGNIZED_PDU
             )
         limit = self._limit(pdu_type)
         if length > limit or (limit == 4 and length != 4):
