@@ -59,16 +59,12 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-PROBE_FALLBACK = (
-    AssociationRejected,
-    AssociationBroken,
-    PeerProtocolError,
-    DimseFailure,
-    BackendTimeout,
-)
+PROBE_FALLBACK = (AssociationRejected, DimseFailure)
 """Errors of the C-FIND before a C-GET (:meth:`DimseBackend._classes_in_study`) after which
-rst proposes the broad set of contexts instead. An unreachable or busy PACS is not among them:
-the C-GET would meet it again."""
+rst proposes the broad set of contexts and sends the C-GET all the same: a PACS that refuses
+the C-FIND model (one that offers only C-GET) or fails the query (a key it does not support)
+may still serve the C-GET. A PACS that is unreachable, busy, silent or broke the protocol is
+not given a second chance: the C-GET would meet the same, and the client would wait twice."""
 
 
 class DimseBackend:
@@ -339,20 +335,29 @@ class DimseBackend:
             return []
         return sorted(set(classes))
 
-    def _can_receive(self, connection: Connection, roles: dict[str, tuple[bool, bool]]) -> None:
+    def _can_receive(self, connection: Connection, proposed: dict[str, tuple[bool, bool]]) -> None:
         """Raise unless the PACS lets rst take C-STOREs on this C-GET association: a storage
         context accepted with the SCP role rst proposed for it. Without a role selection item
         in the answer, the roles are the default ones (PS3.7 D.3.3.4): rst is only SCU, and the
-        PACS could send nothing; rst says so instead of sending the C-GET."""
+        PACS could send nothing; rst says so instead of sending the C-GET. The same if it
+        accepted none of the storage classes (with the per-class proposal: none of the
+        study's)."""
         accepted = {abstract for abstract, _ in connection.accepted.values()}
-        storage = accepted & set(roles)
+        storage = accepted & set(proposed)
+        advice = 'retrieve by C-MOVE (retrieve = "move") from this PACS'
+        if not storage:
+            shown = ", ".join(sorted(proposed)[:3]) + (", …" if len(proposed) > 3 else "")
+            raise AssociationRejected(
+                f"the PACS {self.name} cannot send instances on a C-GET association: it "
+                f"refused each of the {len(proposed)} storage classes rst proposed ({shown}) "
+                f"with rst in the SCP role (SCP/SCU role selection); {advice}"
+            )
         roles = connection.accept.roles
         if not any(roles.get(uid, (True, False))[1] for uid in storage):
             raise AssociationRejected(
                 f"the PACS {self.name} cannot send instances on a C-GET association: of the "
-                f"{len(roles)} storage classes rst proposed it accepted "
-                f"{len(storage)}, and rst as their SCP for none (SCP/SCU role selection); "
-                'retrieve by C-MOVE (retrieve = "move") from this PACS'
+                f"{len(proposed)} storage classes rst proposed it accepted {len(storage)}, and "
+                f"rst as their SCP for none (SCP/SCU role selection); {advice}"
             )
 
     def _arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
