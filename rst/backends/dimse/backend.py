@@ -59,12 +59,6 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-PROBE_FALLBACK = (AssociationRejected, DimseFailure)
-"""Errors of the C-FIND before a C-GET (:meth:`DimseBackend._classes_in_study`) after which
-rst proposes the broad set of contexts and sends the C-GET all the same: a PACS that refuses
-the C-FIND model (one that offers only C-GET) or fails the query (a key it does not support)
-may still serve the C-GET. A PACS that is unreachable, busy, silent or broke the protocol is
-not given a second chance: the C-GET would meet the same, and the client would wait twice."""
 
 
 class DimseBackend:
@@ -319,20 +313,39 @@ class DimseBackend:
 
     async def _classes_in_study(self, study_uid: str) -> list[str]:
         """The SOP classes of the study, from a study-level C-FIND with SOP Classes in Study
-        (0008,0062); empty if the PACS does not return them (dcmqrscp) or the C-FIND fails in a
-        way the C-GET may not (:data:`PROBE_FALLBACK`)."""
+        (0008,0062); empty if the PACS does not return them (dcmqrscp), does not offer C-FIND
+        (the association also proposes the C-GET model, so that such a PACS still accepts it
+        and its refusal reads as what it is) or answers with a failure status. Anything else
+        (unreachable, busy, silent, a broken protocol) is raised: the C-GET would meet it too."""
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "STUDY"
         identifier.StudyInstanceUID = study_uid
         identifier.SOPClassesInStudy = ""
+        contexts = [
+            PresentationContextRQ(1 + 2 * n, uid, uids.UNCOMPRESSED)
+            for n, uid in enumerate((FIND_MODEL, GET_MODEL))
+        ]
         classes: list[str] = []
-        try:
-            async with self._find(identifier) as matches:
-                async for match in matches:
-                    classes += _values(match.get("SOPClassesInStudy"))
-        except PROBE_FALLBACK as error:
-            log.info("C-GET from %s: no SOP classes (%s)", self.name, error.message)
-            return []
+        async with self.peer.connect(contexts) as connection:
+            if not any(a == FIND_MODEL for a, _ in connection.accepted.values()):
+                log.info("C-GET from %s: no SOP classes (no C-FIND)", self.name)
+                return []
+            try:
+                async with find(
+                    connection,
+                    identifier,
+                    model=FIND_MODEL,
+                    msg_id=self.message_ids.next(self.peer.calling_aet),
+                    find_timeout=self.config.find_timeout,
+                    cancel_timeout=self.config.cancel_timeout,
+                    calling_aet=self.peer.calling_aet,
+                    pacs=self.name,
+                ) as matches:
+                    async for match in matches:
+                        classes += _values(match.get("SOPClassesInStudy"))
+            except DimseFailure as error:
+                log.info("C-GET from %s: no SOP classes (%s)", self.name, error.message)
+                return []
         return sorted(set(classes))
 
     def _can_receive(self, connection: Connection, proposed: dict[str, tuple[bool, bool]]) -> None:
