@@ -34,7 +34,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from rst.dicom import uids
 from tests.interop.peers import Kind, open_archive, open_gateway
 from tests.support.compare import decompressed, differences, originals, retrieved
-from tests.support.sample import write_ct_study
+from tests.support.sample import write_ct_study, write_multiframe
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +95,37 @@ async def test_a_compressed_study(setup: str, stored: str, tmp_path: Path) -> No
             assert str(got[uid].file_meta.TransferSyntaxUID) == expected, request
             reference = original if as_stored else decompressed(original)
             assert differences(reference, got[uid]) == [], f"{request}: {uid}"
+
+
+@pytest.mark.parametrize("kind", ["orthanc", "pynetdicom"])
+async def test_a_study_of_two_classes_in_three_syntaxes(kind: Kind, tmp_path: Path) -> None:
+    """CT images stored as RLE, an Enhanced CT as JPEG 2000 and one uncompressed: the PACS
+    names both classes, rst proposes each syntax for each, and every instance comes by C-GET as
+    stored (or decompressed), whatever the PACS's own preference."""
+    ct = write_ct_study(tmp_path / "ct", images=2, transfer_syntax=RLELossless, seed=7)
+    j2k = write_multiframe(
+        tmp_path / "j2k", study_uid=ct.study_uid, transfer_syntax=JPEG2000Lossless, seed=7
+    )
+    plain = write_multiframe(tmp_path / "plain", study_uid=ct.study_uid, seed=8)
+    paths = ct.paths + j2k.paths + plain.paths
+    stored = originals(paths)
+    assert len(stored) == 4
+    async with (
+        open_archive(kind, tmp_path, paths) as archive,
+        open_gateway(archive, cache=False) as gateway,
+        httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as http,
+    ):
+        url = f"/aets/GET/studies/{ct.study_uid}"
+        as_stored = await http.get(url, headers=AS_STORED)
+        default = await http.get(url)
+
+    for response, keep in ((as_stored, True), (default, False)):
+        assert response.status_code == 200, response.text
+        got = retrieved(response)
+        assert sorted(got) == sorted(stored)
+        for uid, original in stored.items():
+            syntax = original.file_meta.TransferSyntaxUID
+            expected = syntax if keep else uids.EXPLICIT_VR_LITTLE_ENDIAN
+            assert got[uid].file_meta.TransferSyntaxUID == expected, (keep, uid)
+            reference = original if keep or not syntax.is_compressed else decompressed(original)
+            assert differences(reference, got[uid]) == [], (keep, uid)

@@ -164,3 +164,26 @@ async def test_a_pacs_that_does_not_grant_the_storage_scp_role(
     assert gets == 0  # the C-GET was not sent
     assert moved.status_code == 200, moved.text
     assert sorted(retrieved(moved)) == sorted(ct_study.sop_uids)
+
+
+async def test_a_c_get_from_a_pacs_without_c_find(tmp_path: Path, ct_study: StudyFiles) -> None:
+    # rst asks for the study's SOP classes before a C-GET; a PACS that refuses the C-FIND model
+    # (but accepts the association for its C-GET model) gets the broad proposal and serves the
+    # C-GET all the same.
+    study = ct_study.study_uid
+    async with (
+        open_archive("pynetdicom", tmp_path, ct_study.paths) as archive,
+        open_gateway(archive, cache=False) as gateway,
+        httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as http,
+    ):
+        pacs = archive.devpacs
+        assert pacs is not None
+        pacs.faults.refuse_sop_classes = frozenset({uids.STUDY_ROOT_FIND})
+        before = len(pacs.events)
+        got = await http.get(f"/aets/GET/studies/{study}")
+        events = pacs.events[before:]
+
+    assert got.status_code == 200, got.text
+    assert sorted(retrieved(got)) == sorted(ct_study.sop_uids)
+    assert (events.count("find"), events.count("get")) == (0, 1)
+    assert events.count("accept") == 2  # the refused C-FIND's association, then the C-GET's

@@ -73,34 +73,44 @@ def test_per_class_gives_each_compressed_syntax_its_own_context() -> None:
     contexts = per_class_contexts(MODEL, [SR, CT], syntaxes)
     check_valid(contexts)
     uncompressed = tuple(ts for ts in syntaxes if ts in uids.NATIVE_SYNTAXES)
-    expected = [(ts,) for ts in COMPRESSED] + [uncompressed]
+    expected = [(ts,) for ts in COMPRESSED] + [(uids.EXPLICIT_VR_LITTLE_ENDIAN,), uncompressed]
     assert by_class(contexts) == {CT: expected, SR: expected}
-    assert [cx.abstract_syntax for cx in contexts[1:]] == [CT] * 10 + [SR] * 10  # sorted
+    assert [cx.abstract_syntax for cx in contexts[1:]] == [CT] * 11 + [SR] * 11  # sorted
 
 
 def test_per_class_keeps_the_request_order_of_syntax_groups() -> None:
     syntaxes = get_syntaxes(DEFAULT_TRANSFER_SYNTAXES, uids.EXPLICIT_VR_LITTLE_ENDIAN)
     groups = by_class(per_class_contexts(MODEL, [CT], syntaxes))[CT]
-    assert groups[0] == (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
-    assert groups[1:] == [(ts,) for ts in COMPRESSED]
+    assert groups[0] == (uids.EXPLICIT_VR_LITTLE_ENDIAN,)
+    assert groups[1] == (uids.EXPLICIT_VR_LITTLE_ENDIAN, uids.IMPLICIT_VR_LITTLE_ENDIAN)
+    assert groups[2:] == [(ts,) for ts in COMPRESSED]
 
 
 def test_per_class_fills_the_budget_class_by_class() -> None:
-    """20 classes x 10 groups do not fit: each keeps its uncompressed context, the 107
-    contexts left go to the compressed syntaxes of the first classes."""
+    """20 classes x 11 contexts do not fit: each keeps its uncompressed context, the 107
+    contexts left go to the other syntaxes of the first classes, 10 each."""
     classes = [f"1.2.3.{n:02d}" for n in range(20)]
     contexts = per_class_contexts(MODEL, classes, get_syntaxes(DEFAULT_TRANSFER_SYNTAXES, None))
     check_valid(contexts)
     assert len(contexts) == MAX_CONTEXTS
     counts = [len(by_class(contexts)[uid]) for uid in classes]
-    assert counts[:11] == [10] * 11
-    assert counts[11] == 1 + (MAX_CONTEXTS - 1 - 20 - 11 * 9)
-    assert counts[12:] == [1] * 8
+    assert counts[:10] == [11] * 10
+    assert counts[10] == 1 + (MAX_CONTEXTS - 1 - 20 - 10 * 10)
+    assert counts[11:] == [1] * 9
+    every_uncompressed = (
+        uids.EXPLICIT_VR_LITTLE_ENDIAN,
+        uids.DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        uids.IMPLICIT_VR_LITTLE_ENDIAN,
+        uids.EXPLICIT_VR_BIG_ENDIAN,
+    )
+    assert all(every_uncompressed in by_class(contexts)[uid] for uid in classes)
 
 
 def test_per_class_drops_invalid_uids_and_duplicates() -> None:
     contexts = per_class_contexts(MODEL, [CT, CT, "1.2.x", "", "1." * 40], [uids.RLE_LOSSLESS])
-    assert by_class(contexts) == {CT: [(uids.RLE_LOSSLESS,), uids.UNCOMPRESSED]}
+    assert by_class(contexts) == {
+        CT: [(uids.RLE_LOSSLESS,), (uids.EXPLICIT_VR_LITTLE_ENDIAN,), uids.UNCOMPRESSED]
+    }
 
 
 def test_broad_proposes_every_common_class_once() -> None:

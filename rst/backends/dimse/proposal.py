@@ -82,10 +82,13 @@ def per_class_contexts(
     """The C-GET *model*'s context, then for each of *classes* (deduplicated, sorted) one
     context per compressed syntax of *syntaxes* and one with its uncompressed syntaxes, in the
     order of *syntaxes* (the uncompressed context where the first uncompressed syntax is).
+    Before that one, Explicit VR Little Endian alone: a PACS that picks one syntax from a list
+    by its own preference (pynetdicom: Implicit VR) would otherwise send an instance stored in
+    Explicit VR in another syntax, while one that matches the stored syntax uses this context.
 
     If that is more than an association holds, every class keeps its uncompressed context
     (classes beyond :data:`~rst.backends.dimse.ul.pdu.MAX_CONTEXTS` - 1 are left out, the
-    highest UIDs first) and the compressed contexts left go to the classes in order."""
+    highest UIDs first) and the other contexts left go to the classes in order."""
     wanted = sorted({uid for uid in classes if is_valid_uid(uid)})[: MAX_CONTEXTS - 1]
     proposed = _with_uncompressed(syntaxes)
     native = tuple(ts for ts in proposed if ts in uids.NATIVE_SYNTAXES)
@@ -94,6 +97,8 @@ def per_class_contexts(
         if ts not in uids.NATIVE_SYNTAXES:
             groups.append((ts,))
         elif native not in groups:
+            if len(native) > 1 and uids.EXPLICIT_VR_LITTLE_ENDIAN in native:
+                groups.append((uids.EXPLICIT_VR_LITTLE_ENDIAN,))  # what DICOMweb prefers
             groups.append(native)
     spare = MAX_CONTEXTS - 1 - len(wanted)  # beyond one uncompressed context per class
     chosen: list[tuple[str, tuple[str, ...]]] = []
