@@ -10,7 +10,8 @@ So rst proposes in one of two shapes:
 - **per class** (:func:`per_class_contexts`), when it knows the SOP classes of the study — the
   PACS answered a study-level C-FIND with SOP Classes in Study (0008,0062), as Orthanc's own
   C-GET SCU asks before it retrieves: for each class one context per compressed syntax, each
-  holding that syntax alone, then one with the uncompressed syntaxes. Whatever the instance's
+  holding that syntax alone, then Explicit VR Little Endian alone, then one with every
+  uncompressed syntax. Whatever the instance's
   stored syntax, there is a context for it, and an uncompressed one for a PACS that would
   rather decompress. The PACS picks the context: pynetdicom the one whose syntax matches,
   Orthanc the stored syntax first, dcmtk's ``dcmqrscp`` the first accepted one for the class.
