@@ -74,8 +74,22 @@ def test_per_class_gives_each_compressed_syntax_its_own_context() -> None:
     check_valid(contexts)
     uncompressed = tuple(ts for ts in syntaxes if ts in uids.NATIVE_SYNTAXES)
     expected = [(ts,) for ts in COMPRESSED] + [(uids.EXPLICIT_VR_LITTLE_ENDIAN,), uncompressed]
-    assert by_class(contexts) == {CT: expected, SR: expected}
-    assert [cx.abstract_syntax for cx in contexts[1:]] == [CT] * 11 + [SR] * 11  # sorted
+    assert {uid: by_class(contexts)[uid] for uid in (CT, SR)} == {CT: expected, SR: expected}
+    assert [cx.abstract_syntax for cx in contexts[1:23]] == [CT] * 11 + [SR] * 11  # sorted
+
+
+def test_per_class_fills_free_contexts_with_the_other_classes() -> None:
+    """A class the PACS left out of SOP Classes in Study still has a context (every syntax)."""
+    syntaxes = get_syntaxes(DEFAULT_TRANSFER_SYNTAXES, None)
+    contexts = per_class_contexts(MODEL, [CT], syntaxes)
+    check_valid(contexts)
+    assert len(contexts) == MAX_CONTEXTS
+    rest = contexts[1 + 11 :]
+    assert CT not in {cx.abstract_syntax for cx in rest}
+    assert [cx.abstract_syntax for cx in rest] == [uid for uid in GET_STORAGE_CLASSES if uid != CT][
+        : len(rest)
+    ]
+    assert all(cx.transfer_syntaxes == tuple(syntaxes) for cx in rest)
 
 
 def test_per_class_keeps_the_request_order_of_syntax_groups() -> None:
@@ -108,9 +122,14 @@ def test_per_class_fills_the_budget_class_by_class() -> None:
 
 def test_per_class_drops_invalid_uids_and_duplicates() -> None:
     contexts = per_class_contexts(MODEL, [CT, CT, "1.2.x", "", "1." * 40], [uids.RLE_LOSSLESS])
-    assert by_class(contexts) == {
-        CT: [(uids.RLE_LOSSLESS,), (uids.EXPLICIT_VR_LITTLE_ENDIAN,), uids.UNCOMPRESSED]
-    }
+    classes = by_class(contexts)
+    assert classes[CT] == [
+        (uids.RLE_LOSSLESS,),
+        (uids.EXPLICIT_VR_LITTLE_ENDIAN,),
+        uids.UNCOMPRESSED,
+    ]
+    assert not {"1.2.x", "", "1." * 40} & set(classes)
+    assert set(classes) - {CT} <= set(GET_STORAGE_CLASSES)  # the free contexts
 
 
 def test_broad_proposes_every_common_class_once() -> None:
@@ -122,7 +141,10 @@ def test_broad_proposes_every_common_class_once() -> None:
 
 def test_roles_ask_the_scp_role_for_storage_classes_only() -> None:
     contexts = per_class_contexts(MODEL, [CT, SR], [uids.RLE_LOSSLESS])
-    assert roles_for(contexts, MODEL) == {CT: SCP_ROLE, SR: SCP_ROLE}
+    roles = roles_for(contexts, MODEL)
+    assert roles[CT] == roles[SR] == SCP_ROLE
+    assert MODEL not in roles
+    assert set(roles.values()) == {SCP_ROLE}
 
 
 @given(classes=CLASS_UIDS, configured=SYNTAXES, as_stored=st.booleans(), seed=st.randoms())
@@ -138,5 +160,5 @@ def test_any_proposal_is_valid_and_deterministic(
     assert per_class_contexts(MODEL, shuffled, syntaxes) == contexts
     wanted = set(classes)
     proposed = set(by_class(contexts))
-    assert proposed <= wanted
-    assert len(proposed) == min(len(wanted), MAX_CONTEXTS - 1)  # no class left out needlessly
+    assert proposed - wanted <= set(GET_STORAGE_CLASSES)  # free contexts: the broad classes
+    assert len(proposed & wanted) == min(len(wanted), MAX_CONTEXTS - 1)  # none left out needlessly

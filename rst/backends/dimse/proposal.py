@@ -89,7 +89,11 @@ def per_class_contexts(
 
     If that is more than an association holds, every class keeps its uncompressed context
     (classes beyond :data:`~rst.backends.dimse.ul.pdu.MAX_CONTEXTS` - 1 are left out, the
-    highest UIDs first) and the other contexts left go to the classes in order."""
+    highest UIDs first) and the other contexts left go to the classes in order.
+
+    Contexts still free go to the other classes of :data:`GET_STORAGE_CLASSES`, one each with
+    every syntax as in the broad proposal: a PACS whose SOP Classes in Study leaves out a class
+    (some list only the classes of part of the study) can still send those instances."""
     wanted = sorted({uid for uid in classes if is_valid_uid(uid)})[: MAX_CONTEXTS - 1]
     proposed = _with_uncompressed(syntaxes)
     native = tuple(ts for ts in proposed if ts in uids.NATIVE_SYNTAXES)
@@ -110,6 +114,9 @@ def per_class_contexts(
             elif spare > 0:
                 chosen.append((uid, group))
                 spare -= 1
+    room = MAX_CONTEXTS - 1 - len(chosen)
+    others = [uid for uid in GET_STORAGE_CLASSES if uid not in wanted][: max(room, 0)]
+    chosen += [(uid, proposed) for uid in others]
     return [PresentationContextRQ(_context_id(0), model, uids.UNCOMPRESSED)] + [
         PresentationContextRQ(_context_id(1 + n), uid, group)
         for n, (uid, group) in enumerate(chosen)
