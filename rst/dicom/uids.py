@@ -92,8 +92,9 @@ IMPLEMENTATION_VERSION = f"RST_{__version__}"[:16]
 # -- the storage SOP classes ---------------------------------------------------------------------
 
 GET_STORAGE_CLASSES = 120
-"""How many of :data:`STORAGE_CLASSES` a C-GET proposes (with the SCP role): an association
-request has at most 128 presentation contexts, and C-GET needs one more for itself."""
+"""How many of :data:`STORAGE_CLASSES` a C-GET's broad proposal names (with the SCP role; see
+:mod:`rst.backends.dimse.proposal`): an association request has at most 128 presentation
+contexts, and C-GET needs one more for itself."""
 
 STORAGE_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.1.27",  # Stored Print Storage SOP Class

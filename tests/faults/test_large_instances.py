@@ -84,20 +84,20 @@ def pacs(large_study: LargeStudy, faults: Faults) -> Iterator[DevPacs]:
         server.stop()
 
 
-def expected_syntaxes(study: LargeStudy, mode: Mode, accept: str) -> dict[str, str] | None:
-    """The transfer syntax each instance must arrive in; ``None``: one the PACS chose.
+def expected_syntaxes(study: LargeStudy, accept: str) -> dict[str, str]:
+    """The transfer syntax each instance must arrive in.
 
     Explicit VR LE by default. As stored (``transfer-syntax=*``): C-MOVE sub-operations come
-    as stored (the dev PACS proposes each instance's own syntax); for C-GET the PACS accepts one
-    syntax per SOP class among those rst proposed and converts to it."""
+    as stored (the dev PACS proposes each instance's own syntax), and C-GET ones too (the dev
+    PACS names the study's SOP class, rst proposes a context per syntax for it — Explicit VR
+    alone among them — and the dev PACS picks the one of the stored syntax, Implicit VR from
+    the context of every uncompressed syntax)."""
     if accept == DEFAULT:
         return dict.fromkeys(study.paths, ExplicitVRLittleEndian)
-    return study.syntaxes if mode == "move" else None
+    return study.syntaxes
 
 
-def check_instances(
-    download: Download, study: LargeStudy, expected_syntax: dict[str, str] | None
-) -> None:
+def check_instances(download: Download, study: LargeStudy, expected_syntax: dict[str, str]) -> None:
     """The download is complete: every instance of *study*, in the expected syntax, with the
     pixel data and attributes of the file the PACS holds."""
     assert download.error is None
@@ -113,12 +113,7 @@ def check_instances(
         assert ds.NumberOfFrames == FRAMES
         assert ds.PerFrameFunctionalGroupsSequence == original.PerFrameFunctionalGroupsSequence
         got[uid] = syntax
-    if expected_syntax is not None:
-        assert got == expected_syntax
-    else:
-        assert got.keys() == study.paths.keys()
-        assert len(set(got.values())) == 1
-        assert set(got.values()) <= {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+    assert got == expected_syntax
 
 
 def study_url(running: Running, study: LargeStudy) -> str:
@@ -161,7 +156,7 @@ async def test_large_instances_arrive_byte_identical(
         with trio.fail_after(60):
             await download.run()
         await settled(running)
-    check_instances(download, large_study, expected_syntaxes(large_study, mode, accept))
+    check_instances(download, large_study, expected_syntaxes(large_study, accept))
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])
@@ -186,7 +181,7 @@ async def test_large_instance_reaches_the_client_while_the_pacs_still_sends(
             with trio.fail_after(60):
                 await download.done.wait()
         await settled(running)
-    check_instances(download, large_study, expected_syntaxes(large_study, mode, AS_STORED))
+    check_instances(download, large_study, expected_syntaxes(large_study, AS_STORED))
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])

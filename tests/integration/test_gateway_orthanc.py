@@ -331,18 +331,18 @@ async def test_compressed_study_default_and_as_stored(
     async with run_gateway(config) as running:
         await add_modality(orthanc, "rst", "RST", *running.dimse_address)
         client = dicomweb(running)
-        # default Accept: Explicit VR Little Endian, decompressed by the PACS
+        # default Accept: Explicit VR Little Endian, decompressed by rst (or the PACS)
         default = await in_thread(client.retrieve_study, study.study_uid)
         assert {ds.file_meta.TransferSyntaxUID for ds in default} == {"1.2.840.10008.1.2.1"}
         assert {ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in default} == decoded
-        # "as stored": the PACS decides which of the proposed syntaxes it sends (Orthanc
-        # sends C-MOVE sub-operations as stored, but picks Explicit VR LE for C-GET contexts);
-        # whatever arrives is passed through unchanged and labelled with its real syntax.
+        # "as stored": the PACS decides which of the proposed syntaxes it sends. Orthanc sends
+        # C-MOVE sub-operations as stored, and C-GET ones too when a context offers the stored
+        # syntax (rst's per-class proposal); what arrives is passed through unchanged and
+        # labelled with its real syntax.
         stored = await in_thread(
             client.retrieve_study, study.study_uid, media_types=(("application/dicom", "*"),)
         )
-        expected_syntax = rle if mode == "move" else "1.2.840.10008.1.2.1"
-        assert {ds.file_meta.TransferSyntaxUID for ds in stored} == {expected_syntax}
+        assert {ds.file_meta.TransferSyntaxUID for ds in stored} == {rle}
         assert {ds.SOPInstanceUID: ds.pixel_array.tobytes() for ds in stored} == decoded
 
 

@@ -109,8 +109,9 @@ async def test_a_pacs_refusing_verification(tmp_path: Path, ct_study: StudyFiles
 async def test_a_c_get_the_pacs_cannot_send_one_class_on(
     tmp_path: Path, ct_study: StudyFiles
 ) -> None:
-    # The C-GET association is fine, but the study's class is not on it: every sub-operation
-    # fails, and rst reports the PACS's counts.
+    # The PACS names the study's one class (SOP Classes in Study), rst proposes it, the PACS
+    # refuses it on the C-GET association: nothing could arrive, so rst does not send the
+    # C-GET and says which classes were refused.
     study = ct_study.study_uid
     async with (
         open_archive("pynetdicom", tmp_path, ct_study.paths) as archive,
@@ -120,12 +121,15 @@ async def test_a_c_get_the_pacs_cannot_send_one_class_on(
         assert archive.devpacs is not None
         archive.devpacs.faults.refuse_sop_classes = frozenset({CTImageStorage})
         got = await http.get(f"/aets/GET/studies/{study}")
+        gets = archive.devpacs.events.count("get")
         archive.devpacs.faults.refuse_sop_classes = frozenset()
         moved = await http.get(f"/aets/MOVE/studies/{study}")
 
     assert got.status_code == 502, got.text
-    assert "failed the C-GET with status 0xA702" in got.json()["error"]
-    assert f"{len(ct_study.sop_uids)} failed" in got.json()["error"]
+    error = got.json()["error"]
+    assert f"refused each of the 1 storage classes rst proposed ({CTImageStorage})" in error
+    assert 'retrieve = "move"' in error
+    assert gets == 0  # the C-GET was not sent
     assert moved.status_code == 200, moved.text
 
 
@@ -160,3 +164,26 @@ async def test_a_pacs_that_does_not_grant_the_storage_scp_role(
     assert gets == 0  # the C-GET was not sent
     assert moved.status_code == 200, moved.text
     assert sorted(retrieved(moved)) == sorted(ct_study.sop_uids)
+
+
+async def test_a_c_get_from_a_pacs_without_c_find(tmp_path: Path, ct_study: StudyFiles) -> None:
+    # rst asks for the study's SOP classes before a C-GET; a PACS that refuses the C-FIND model
+    # (but accepts the association for its C-GET model) gets the broad proposal and serves the
+    # C-GET all the same.
+    study = ct_study.study_uid
+    async with (
+        open_archive("pynetdicom", tmp_path, ct_study.paths) as archive,
+        open_gateway(archive, cache=False) as gateway,
+        httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as http,
+    ):
+        pacs = archive.devpacs
+        assert pacs is not None
+        pacs.faults.refuse_sop_classes = frozenset({uids.STUDY_ROOT_FIND})
+        before = len(pacs.events)
+        got = await http.get(f"/aets/GET/studies/{study}")
+        events = pacs.events[before:]
+
+    assert got.status_code == 200, got.text
+    assert sorted(retrieved(got)) == sorted(ct_study.sop_uids)
+    assert (events.count("find"), events.count("get")) == (0, 1)
+    assert events.count("accept") == 2  # the refused C-FIND's association, then the C-GET's

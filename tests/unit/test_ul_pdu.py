@@ -600,8 +600,15 @@ BAD_PDUS: dict[str, tuple[bytes, int]] = {
         6,
     ),
     "role truncated": (rq(APP, context(), item(0x50, USER[4:] + item(0x54, b"\x00"))), 6),
-    "duplicate role": (
-        rq(APP, context(), item(0x50, USER[4:] + item(0x54, b"\x00\x031.2\x01\x00") * 2)),
+    "conflicting roles": (
+        rq(
+            APP,
+            context(),
+            item(
+                0x50,
+                USER[4:] + item(0x54, b"\x00\x031.2\x01\x00") + item(0x54, b"\x00\x031.2\x00\x01"),
+            ),
+        ),
         6,
     ),
     "called AE with control char": (rq(APP, context(), USER, called=b"R\x01T"), 6),
@@ -693,3 +700,13 @@ def test_encoders_refuse_invalid_values() -> None:
             request(), [], max_pdu_length=MAX, implementation_class_uid="1.2",
             implementation_version="V" * 17,
         )  # fmt: skip
+
+
+def test_repeated_identical_role_selections_are_tolerated() -> None:
+    """Orthanc answers one role selection per accepted context, so a class proposed on several
+    contexts comes back several times, each time the same."""
+    ac_item = item(0x21, bytes((1, 0, 0, 0)) + item(0x40, b"1.2"))
+    role = item(0x54, b"\x00\x031.2\x00\x01")
+    ac = read_one(header(2, associate_body(APP, ac_item, item(0x50, USER[4:] + role * 3))))
+    assert isinstance(ac, AssociateAccept)
+    assert ac.roles == {"1.2": (False, True)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asynccontextmanager
 
 import trio
@@ -14,6 +14,12 @@ from rst.backends.dimse.find import find
 from rst.backends.dimse.mediator import Mediator, MessageIds, Subscription
 from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.peer import Peer
+from rst.backends.dimse.proposal import (
+    broad_contexts,
+    get_syntaxes,
+    per_class_contexts,
+    roles_for,
+)
 from rst.backends.dimse.retrieve import follow
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.store import DimseStoreSession
@@ -53,7 +59,6 @@ FIND_MODELS: dict[Model, str] = {
 """The C-FIND SOP class of each information model a search may run in."""
 MOVE_MODEL = uids.STUDY_ROOT_MOVE
 GET_MODEL = uids.STUDY_ROOT_GET
-GET_STORAGE_CLASSES = uids.STORAGE_CLASSES[: uids.GET_STORAGE_CLASSES]
 
 
 class DimseBackend:
@@ -232,12 +237,8 @@ class DimseBackend:
         msg_id = self.message_ids.next(self.peer.calling_aet)
         operation = "C-GET" if get else "C-MOVE"
         if get:
-            syntaxes = tuple(get_syntaxes(self.dimse.transfer_syntaxes, prefer))
-            contexts = [PresentationContextRQ(1, GET_MODEL, uids.UNCOMPRESSED)] + [
-                PresentationContextRQ(3 + 2 * n, uid, syntaxes)
-                for n, uid in enumerate(GET_STORAGE_CLASSES)
-            ]
-            roles = {uid: (False, True) for uid in GET_STORAGE_CLASSES}
+            contexts = await self._get_contexts(keys, prefer)
+            roles = roles_for(contexts, GET_MODEL)
         else:
             contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, uids.UNCOMPRESSED)], {}
         with ExitStack() as stack:
@@ -247,7 +248,7 @@ class DimseBackend:
                 model = GET_MODEL if get else MOVE_MODEL
                 context_id, syntax = connection.context_for(model)
                 if get:
-                    self._can_receive(connection)
+                    self._can_receive(connection, roles)
                 request = (
                     encode_c_get_rq(message_id=msg_id, sop_class_uid=model)
                     if get
@@ -294,20 +295,82 @@ class DimseBackend:
                             sink.close()
                             nursery.cancel_scope.cancel()
 
-    def _can_receive(self, connection: Connection) -> None:
+    async def _get_contexts(
+        self, keys: RetrieveKeys, prefer: str | None
+    ) -> list[PresentationContextRQ]:
+        """The presentation contexts of a C-GET (:mod:`~rst.backends.dimse.proposal`): one per
+        class and syntax when the PACS names the study's SOP classes, the broad set otherwise
+        (or when there is no compressed syntax to propose, where the two do the same)."""
+        syntaxes = get_syntaxes(self.dimse.transfer_syntaxes, prefer)
+        if all(ts in uids.NATIVE_SYNTAXES for ts in syntaxes):
+            return broad_contexts(GET_MODEL, syntaxes)
+        classes = await self._classes_in_study(keys.study_uid)
+        if not classes:
+            log.debug("C-GET from %s: broad proposal (no SOP Classes in Study)", self.name)
+            return broad_contexts(GET_MODEL, syntaxes)
+        log.debug("C-GET from %s: per-class proposal for %s", self.name, ", ".join(classes))
+        return per_class_contexts(GET_MODEL, classes, syntaxes)
+
+    async def _classes_in_study(self, study_uid: str) -> list[str]:
+        """The SOP classes of the study, from a study-level C-FIND with SOP Classes in Study
+        (0008,0062); empty if the PACS does not return them (dcmqrscp), does not offer C-FIND
+        (the association also proposes the C-GET model, so that such a PACS still accepts it
+        and its refusal reads as what it is) or answers with a failure status. Anything else
+        (unreachable, busy, silent, a broken protocol) is raised: the C-GET would meet it too."""
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = study_uid
+        identifier.SOPClassesInStudy = ""
+        contexts = [
+            PresentationContextRQ(1 + 2 * n, uid, uids.UNCOMPRESSED)
+            for n, uid in enumerate((FIND_MODEL, GET_MODEL))
+        ]
+        classes: list[str] = []
+        async with self.peer.connect(contexts) as connection:
+            if not any(a == FIND_MODEL for a, _ in connection.accepted.values()):
+                log.info("C-GET from %s: no SOP classes (no C-FIND)", self.name)
+                return []
+            try:
+                async with find(
+                    connection,
+                    identifier,
+                    model=FIND_MODEL,
+                    msg_id=self.message_ids.next(self.peer.calling_aet),
+                    find_timeout=self.config.find_timeout,
+                    cancel_timeout=self.config.cancel_timeout,
+                    calling_aet=self.peer.calling_aet,
+                    pacs=self.name,
+                ) as matches:
+                    async for match in matches:
+                        classes += _values(match.get("SOPClassesInStudy"))
+            except DimseFailure as error:
+                log.info("C-GET from %s: no SOP classes (%s)", self.name, error.message)
+                return []
+        return sorted(set(classes))
+
+    def _can_receive(self, connection: Connection, proposed: dict[str, tuple[bool, bool]]) -> None:
         """Raise unless the PACS lets rst take C-STOREs on this C-GET association: a storage
         context accepted with the SCP role rst proposed for it. Without a role selection item
         in the answer, the roles are the default ones (PS3.7 D.3.3.4): rst is only SCU, and the
-        PACS could send nothing; rst says so instead of sending the C-GET."""
+        PACS could send nothing; rst says so instead of sending the C-GET. The same if it
+        accepted none of the storage classes (with the per-class proposal: none of the
+        study's)."""
         accepted = {abstract for abstract, _ in connection.accepted.values()}
-        storage = accepted & set(GET_STORAGE_CLASSES)
+        storage = accepted & set(proposed)
+        advice = 'retrieve by C-MOVE (retrieve = "move") from this PACS'
+        if not storage:
+            shown = ", ".join(sorted(proposed)[:3]) + (", …" if len(proposed) > 3 else "")
+            raise AssociationRejected(
+                f"the PACS {self.name} cannot send instances on a C-GET association: it "
+                f"refused each of the {len(proposed)} storage classes rst proposed ({shown}) "
+                f"with rst in the SCP role (SCP/SCU role selection); {advice}"
+            )
         roles = connection.accept.roles
         if not any(roles.get(uid, (True, False))[1] for uid in storage):
             raise AssociationRejected(
                 f"the PACS {self.name} cannot send instances on a C-GET association: of the "
-                f"{len(GET_STORAGE_CLASSES)} storage classes rst proposed it accepted "
-                f"{len(storage)}, and rst as their SCP for none (SCP/SCU role selection); "
-                'retrieve by C-MOVE (retrieve = "move") from this PACS'
+                f"{len(proposed)} storage classes rst proposed it accepted {len(storage)}, and "
+                f"rst as their SCP for none (SCP/SCU role selection); {advice}"
             )
 
     def _arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
@@ -340,13 +403,11 @@ class DimseBackend:
                 await session.aclose()
 
 
-def get_syntaxes(configured: tuple[str, ...], prefer: str | None) -> list[str]:
-    """The transfer syntaxes to propose for C-GET sub-operations.
-
-    Fewer syntaxes also make the association request smaller: 120 contexts x 13 syntaxes cost
-    tens of milliseconds to build and negotiate."""
-    if prefer is None:  # as stored: compressed first (many PACS take the first they support)
-        return [ts for ts in configured if ts not in uids.UNCOMPRESSED] + [
-            ts for ts in configured if ts in uids.UNCOMPRESSED
-        ]
-    return [prefer] + [ts for ts in uids.UNCOMPRESSED if ts != prefer and ts in configured]
+def _values(value: object) -> list[str]:
+    """The strings of a multi-valued element's value (pydicom: ``None``, ``""``, one ``str``
+    or a ``MultiValue``)."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(item) for item in value] if isinstance(value, Iterable) else []

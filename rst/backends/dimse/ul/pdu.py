@@ -403,8 +403,8 @@ def _decode_user_info(body: bytes, start: int, end: int) -> _UserInfo:
             version = raw.decode("ascii").strip(" ")
         elif sub_type == 0x54:
             uid, role = _decode_role(body, vstart, vend)
-            if uid in roles:
-                raise _invalid(f"duplicate SCP/SCU role selection for {uid}")
+            if roles.get(uid, role) != role:  # Orthanc repeats it per context: tolerated
+                raise _invalid(f"conflicting SCP/SCU role selections for {uid}")
             roles[uid] = role
         # 0x53 asynchronous operations window, 0x56..0x59 extended negotiation and user
         # identity, and anything newer: ignored (PS3.8 D.2 note 2). Not answering 0x53 means
