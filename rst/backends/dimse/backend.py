@@ -237,10 +237,11 @@ class DimseBackend:
         msg_id = self.message_ids.next(self.peer.calling_aet)
         operation = "C-GET" if get else "C-MOVE"
         if get:
-            contexts = await self._get_contexts(keys, prefer)
+            contexts, needed = await self._get_contexts(keys, prefer)
             roles = roles_for(contexts, GET_MODEL)
         else:
             contexts, roles = [PresentationContextRQ(1, MOVE_MODEL, uids.UNCOMPRESSED)], {}
+            needed = frozenset()
         with ExitStack() as stack:
             if not get:
                 stack.enter_context(self.mediator.subscribe(self._subscription(sink, keys, msg_id)))
@@ -248,7 +249,7 @@ class DimseBackend:
                 model = GET_MODEL if get else MOVE_MODEL
                 context_id, syntax = connection.context_for(model)
                 if get:
-                    self._can_receive(connection, roles)
+                    self._can_receive(connection, roles, needed)
                 request = (
                     encode_c_get_rq(message_id=msg_id, sop_class_uid=model)
                     if get
@@ -297,19 +298,21 @@ class DimseBackend:
 
     async def _get_contexts(
         self, keys: RetrieveKeys, prefer: str | None
-    ) -> list[PresentationContextRQ]:
+    ) -> tuple[list[PresentationContextRQ], frozenset[str]]:
         """The presentation contexts of a C-GET (:mod:`~rst.backends.dimse.proposal`): one per
         class and syntax when the PACS names the study's SOP classes, the broad set otherwise
-        (or when there is no compressed syntax to propose, where the two do the same)."""
+        (or when there is no compressed syntax to propose, where the two do the same); and the
+        classes the PACS must accept for anything to arrive (the study's, when it named them;
+        otherwise any proposed)."""
         syntaxes = get_syntaxes(self.dimse.transfer_syntaxes, prefer)
         if all(ts in uids.NATIVE_SYNTAXES for ts in syntaxes):
-            return broad_contexts(GET_MODEL, syntaxes)
+            return broad_contexts(GET_MODEL, syntaxes), frozenset()
         classes = await self._classes_in_study(keys.study_uid)
         if not classes:
             log.debug("C-GET from %s: broad proposal (no SOP Classes in Study)", self.name)
-            return broad_contexts(GET_MODEL, syntaxes)
+            return broad_contexts(GET_MODEL, syntaxes), frozenset()
         log.debug("C-GET from %s: per-class proposal for %s", self.name, ", ".join(classes))
-        return per_class_contexts(GET_MODEL, classes, syntaxes)
+        return per_class_contexts(GET_MODEL, classes, syntaxes), frozenset(classes)
 
     async def _classes_in_study(self, study_uid: str) -> list[str]:
         """The SOP classes of the study, from a study-level C-FIND with SOP Classes in Study
@@ -348,7 +351,12 @@ class DimseBackend:
                 return []
         return sorted(set(classes))
 
-    def _can_receive(self, connection: Connection, proposed: dict[str, tuple[bool, bool]]) -> None:
+    def _can_receive(
+        self,
+        connection: Connection,
+        proposed: dict[str, tuple[bool, bool]],
+        needed: frozenset[str],
+    ) -> None:
         """Raise unless the PACS lets rst take C-STOREs on this C-GET association: a storage
         context accepted with the SCP role rst proposed for it. Without a role selection item
         in the answer, the roles are the default ones (PS3.7 D.3.3.4): rst is only SCU, and the
@@ -356,7 +364,8 @@ class DimseBackend:
         accepted none of the storage classes (with the per-class proposal: none of the
         study's)."""
         accepted = {abstract for abstract, _ in connection.accepted.values()}
-        storage = accepted & set(proposed)
+        storage = accepted & set(needed or proposed)
+        proposed = {uid: role for uid, role in proposed.items() if not needed or uid in needed}
         advice = 'retrieve by C-MOVE (retrieve = "move") from this PACS'
         if not storage:
             shown = ", ".join(sorted(proposed)[:3]) + (", …" if len(proposed) > 3 else "")
