@@ -12,6 +12,9 @@ An outgoing association runs in the task of the request it serves, so its line c
 request's id like every other line. An incoming one serves whichever retrieves its C-STOREs
 are matched to; the receiver sets the request id of the latest one on its task as it matches
 (:meth:`AssociationJournal.served`), and the line lists them all (``request_ids``).
+
+The C-ECHOs of the background archive checks (:mod:`rst.health`) log at DEBUG while they
+succeed: one line per PACS every ``[health] interval`` would bury the rest.
 """
 
 from __future__ import annotations
@@ -126,7 +129,13 @@ class AssociationJournal:
             how += f", {self.bytes} bytes"
             if self.request_ids:
                 fields["request_ids"] = list(self.request_ids)
-        log.info(
+        # The background checks' C-ECHOs (rst.health, every few seconds, outside any request)
+        # would drown the rest: at DEBUG while they succeed.
+        routine = (
+            self.operation == "C-ECHO" and outcome == "released" and logs.request_id.get() == "-"
+        )
+        log.log(
+            logging.DEBUG if routine else logging.INFO,
             "association %s: %s, %s after %.3f s",
             arrow,
             self.operations or "nothing",
