@@ -121,6 +121,27 @@ async def test_a_rejected_association_logs_why(
     assert "status" not in line["association"]
 
 
+async def test_a_c_get_logs_the_instances_it_received(
+    pacs: DevPacs, lines: pytest.LogCaptureFixture
+) -> None:
+    async with run_gateway(ae(pacs, retrieve="get")) as running:
+        async with client(running, "get-1") as http:
+            study = str(pacs.archive.instances()[0].study_uid)
+            response = await http.get(f"/studies/{study}")
+        await settled(running)
+    assert response.status_code == 200
+    [line] = associations(lines, "outgoing")
+    fields = line["association"]
+    assert line["request_id"] == "get-1"
+    assert fields["operation"] == "C-GET"
+    assert fields["outcome"] == "released"
+    assert fields["status"] == "0x0000"
+    assert fields["stores"] == 12
+    assert fields["stores_refused"] == 0
+    assert fields["bytes"] > 12 * 64 * 64
+    assert associations(lines, "incoming") == []
+
+
 async def test_an_association_the_pacs_aborts_logs_who_aborted(
     pacs: DevPacs, faults: Faults, lines: pytest.LogCaptureFixture
 ) -> None:

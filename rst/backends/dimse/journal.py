@@ -59,7 +59,7 @@ class AssociationJournal:
     status: int | None = None
     """The final DIMSE status of the last operation (outgoing)."""
     stores: int = 0
-    """C-STORE sub-operations received (incoming)."""
+    """C-STORE sub-operations received (incoming, or on a C-GET association)."""
     stores_refused: int = 0
     bytes: int = 0
     """Bytes of data sets received in C-STOREs (incoming)."""
@@ -123,12 +123,13 @@ class AssociationJournal:
                 how += f", status 0x{self.status:04X}"
         else:
             arrow = f"{self.peer_aet or '?'} at {self.peer} → rst's receiver"
+            if self.request_ids:
+                fields["request_ids"] = list(self.request_ids)
+        if self.direction == INCOMING or self.stores:  # incoming, or a C-GET's sub-operations
             fields.update(stores=self.stores, stores_refused=self.stores_refused, bytes=self.bytes)
             if self.stores_refused:
                 how += f", {self.stores_refused} C-STORE refused"
-            how += f", {self.bytes} bytes"
-            if self.request_ids:
-                fields["request_ids"] = list(self.request_ids)
+            how += f", {self.stores} C-STORE received, {self.bytes} bytes"
         # The background checks' C-ECHOs (rst.health, every few seconds, outside any request)
         # would drown the rest: at DEBUG while they succeed.
         routine = (
