@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 
 import pytest
@@ -38,17 +39,18 @@ def test_the_first_ending_counts_and_the_line_is_written_once(
 def test_an_incoming_association_carries_the_requests_it_served(
     caught: pytest.LogCaptureFixture,
 ) -> None:
-    token = logs.request_id.set("-")
-    try:
+    def serve() -> None:  # in a context of its own, as a receiver's task has
         journal = AssociationJournal(INCOMING, "10.0.0.2:5000", peer_aet="PACS")
         journal.served("r-1", "PACS")
         journal.served("r-2", "PACS")
         journal.served("r-1", "PACS")
         assert logs.request_id.get() == "r-1"
+        assert logs.request_aet.get() == "PACS"
         journal.stores, journal.bytes = 3, 1000
         journal.close()
-    finally:
-        logs.request_id.reset(token)
+
+    contextvars.copy_context().run(serve)
+    assert logs.request_id.get() == "-"
     [record] = caught.records
     fields = getattr(record, "association")  # noqa: B009 - set by extra=
     assert fields["request_ids"] == ["r-1", "r-2"]
