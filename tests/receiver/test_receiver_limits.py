@@ -61,7 +61,7 @@ from rst.config import DimseConfig
 from rst.dicom.statuses import OUT_OF_RESOURCES
 from rst.dicom.uids import VERIFICATION
 from tests.receiver.test_receiver import ORIGINATOR, send_with_pynetdicom
-from tests.support.receiver_counts import stores
+from tests.support.receiver_counts import refused, stores
 from tests.support.sample import write_ct_study
 
 BUSY = b"\x03\x00\x00\x00\x00\x04\x00\x02\x03\x02"
@@ -239,6 +239,7 @@ async def test_connections_beyond_the_cap_are_turned_away_with_a_reason(
         assert "Result: Rejected Transient, Source: Service Provider (Presentation)" in caplog.text
         assert "Reason: Local limit exceeded" in caplog.text
         assert receiver.turned_away == 2
+        assert refused(receiver, "limit") == 2
 
         for stream in idle:  # the idle peers go: the receiver closes its side too
             await stream.send_eof()
@@ -310,6 +311,7 @@ async def test_a_connection_that_asks_for_nothing_is_closed_after_the_handshake_
         assert await until_closed(partial) == b""
         assert 1.0 <= time.monotonic() - started < 8.0
         assert receiver.associations == 0
+        assert refused(receiver, "handshake_timeout") == 2
         for stream in (silent, partial):
             await stream.aclose()
         await assert_still_serving(receiver, tmp_path)
