@@ -6,7 +6,7 @@ exactly for the ``async with`` block, and leaving it — normally, by an excepti
 cancellation — releases it (or aborts it). Requests beyond ``max_associations`` wait for a free
 slot. Each association is counted in the gateway's metrics (:mod:`rst.metrics`) by operation —
 what its first presentation context asks for — with its duration, or with why it could not be
-used.
+used; and it is logged once when it ends (:mod:`.journal`).
 """
 
 from __future__ import annotations
