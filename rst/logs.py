@@ -61,10 +61,17 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+_STANDARD = frozenset(
+    (*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime", "taskName")
+) | {"request_id", "aet"}
+"""Attributes every record has; the others came in ``extra=`` and become fields of their own."""
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
-    ``message``, ``request_id`` (``-`` outside requests), and when known ``aet``, ``worker``
-    and ``exception`` (the formatted traceback)."""
+    ``message``, ``request_id`` (``-`` outside requests), when known ``aet``, ``worker``
+    and ``exception`` (the formatted traceback), and what the call passed as ``extra=`` (e.g.
+    ``association``, :mod:`rst.backends.dimse.journal`)."""
 
     def __init__(self, worker: int | None = None) -> None:
         super().__init__()
@@ -83,6 +90,9 @@ class JsonFormatter(logging.Formatter):
             line["aet"] = aet
         if self.worker is not None:
             line["worker"] = self.worker
+        for key, value in vars(record).items():
+            if key not in _STANDARD:  # what the caller passed in ``extra=``
+                line.setdefault(key, value)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -170,6 +170,33 @@ class Metrics:
             ["aet", "operation", "kind"],
         )
 
+        # -- rst's C-STORE receiver (rst.backends.dimse.receiver) ------------------------------
+        self.receiver_associations = counter(
+            "rst_receiver_associations",
+            "Associations rst's C-STORE receiver accepted, by calling AE title (the configured "
+            "ones by name, any other as 'unknown')",
+            ["calling_aet"],
+        )
+        self.receiver_refused = counter(
+            "rst_receiver_refused",
+            "Connections rst's C-STORE receiver refused, by reason: unknown_caller (calling AE "
+            "title or address not configured), limit (dimse.max_connections being served), tls "
+            "(TLS handshake failed or stalled), handshake_timeout (no A-ASSOCIATE-RQ in time)",
+            ["reason"],
+        )
+        self.receiver_stores = counter(
+            "rst_receiver_stores",
+            "C-STORE sub-operations rst's receiver answered, by calling AE title and outcome: "
+            "accepted, unsolicited (no retrieve waited for the instance), failed (any other "
+            "status, e.g. out of resources)",
+            ["calling_aet", "outcome"],
+        )
+        self.receiver_bytes = counter(
+            "rst_receiver_bytes",
+            "Bytes of C-STORE data sets rst's receiver read, by calling AE title",
+            ["calling_aet"],
+        )
+
         # -- the retrieve cache -----------------------------------------------------------------
         self.cache_lookups = counter(
             "rst_cache_lookups",
@@ -191,6 +218,16 @@ class Metrics:
             "1 if the archive answered rst's last check (C-ECHO, HeadBucket), else 0",
             ["aet"],
             "livemin",
+        )
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the samples of *name* (``rst_receiver_refused_total``, say) whose labels
+        include *labels*: what a scrape would show, summed over the labels not given."""
+        return sum(
+            sample.value
+            for metric in self.registry.collect()
+            for sample in metric.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
         )
 
     def watch_cache_usage(self, usage: Callable[[], int]) -> Callable[[], None]:

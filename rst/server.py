@@ -180,12 +180,13 @@ async def _serve(
     audit = AuditTrail(config.audit) if config.audit is not None else None
     app = create_app(config, served, metrics=metrics, health=health, audit=audit)
     callers = Callers.from_config(config)
-    receiver = (
-        StoreReceiver(
-            config.dimse, mediator, listener=worker.dimse, ring=worker.ring, callers=callers
-        )
-        if worker is not None
-        else StoreReceiver(config.dimse, mediator, callers=callers)
+    receiver = StoreReceiver(
+        config.dimse,
+        mediator,
+        listener=worker.dimse if worker is not None else None,
+        ring=worker.ring if worker is not None else None,
+        callers=callers,
+        metrics=metrics,
     )
 
     with collapse():

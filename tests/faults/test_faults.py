@@ -15,6 +15,7 @@ from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults
 from rst.server import Running
 from tests.support.gateway import run_gateway, settled
+from tests.support.receiver_counts import refused, stores
 
 
 def ae(pacs: DevPacs, **kw: Any) -> AeConfig:
@@ -78,7 +79,7 @@ async def test_missing_move_originator_falls_back_to_uids(pacs: DevPacs, faults:
         response = await http.get(f"/studies/{study_uid(pacs)}")
         assert response.status_code == 200
         assert response.content.count(b"Content-Type: application/dicom") == 12
-        assert running.receiver.refused == 0
+        assert stores(running.receiver, "unsolicited") == 0
 
 
 async def test_missing_move_originator_refused_when_correlation_requires_it(
@@ -90,7 +91,7 @@ async def test_missing_move_originator_refused_when_correlation_requires_it(
         async with client(running) as http:
             response = await http.get(f"/studies/{study_uid(pacs)}")
         assert response.status_code == 502
-        assert running.receiver.refused >= 1
+        assert stores(running.receiver, "unsolicited") >= 1
         await settled(running)
 
 
@@ -263,7 +264,7 @@ async def test_retrieve_with_the_receiver_closed_to_unknown_callers(
             response = await http.get(f"/studies/{study_uid(pacs)}")
         assert response.status_code == 200
         assert response.content.count(b"Content-Type: application/dicom") == 12
-        assert running.receiver.rejected_callers == 0
+        assert refused(running.receiver, "unknown_caller") == 0
         await settled(running)
 
 
@@ -278,7 +279,7 @@ async def test_retrieve_from_a_pacs_calling_with_another_title_is_rejected(
         async with client(running) as http:
             response = await http.get(f"/studies/{study_uid(pacs)}")
         assert response.status_code == 502
-        assert running.receiver.rejected_callers >= 1
-        assert running.receiver.received == 0
+        assert refused(running.receiver, "unknown_caller") >= 1
+        assert stores(running.receiver, "accepted") == 0
         await settled(running)
     assert "rejected the association from AE 'FAULTY'" in caplog.text

@@ -27,6 +27,7 @@ from rst.config import AeConfig
 from rst.devpacs import DevPacs, Faults, FolderArchive
 from rst.dicom.multipart import MultipartReader, parse_content_type
 from rst.errors import BadRequest
+from rst.logs import RequestIdFilter
 from rst.server import Running
 from tests.support.download import AS_STORED, DEFAULT, Download
 from tests.support.gateway import run_gateway, settled, wait_until
@@ -234,7 +235,7 @@ class StalledClient:
     head: h11.Response
 
     @classmethod
-    async def get(cls, running: Running, path: str) -> StalledClient:
+    async def get(cls, running: Running, path: str, request_id: str = "-") -> StalledClient:
         host, port = running.http_url.removeprefix("http://").split(":")
         sock = trio.socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -242,7 +243,9 @@ class StalledClient:
         stream = trio.SocketStream(sock)
         connection = h11.Connection(h11.CLIENT)
         request = h11.Request(
-            method="GET", target=path, headers=[("Host", host), ("Accept", AS_STORED)]
+            method="GET",
+            target=path,
+            headers=[("Host", host), ("Accept", AS_STORED), ("X-Request-ID", request_id)],
         )
         await stream.send_all(connection.send(request) + connection.send(h11.EndOfMessage()))
         client = cls(stream, connection, h11.Response(status_code=599, headers=[]))
@@ -315,9 +318,13 @@ async def test_stalled_client_gets_large_instances_through_the_spool(bigger_fold
     assert not originals
 
 
-async def test_spool_full_mid_instance_breaks_the_response(bigger_folder: Path) -> None:
+async def test_spool_full_mid_instance_breaks_the_response(
+    bigger_folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The spool limit is reached while fragments of a streaming instance spill: the PACS hears
-    "out of resources", the client that reads again gets a body that breaks off."""
+    "out of resources", the client that reads again gets a body that breaks off. The
+    receiver's line about it carries the request's id."""
+    caplog.handler.addFilter(RequestIdFilter())
     pacs = DevPacs(FolderArchive(bigger_folder), aet="FAULTY", port=0)
     pacs.start()
     try:
@@ -326,7 +333,9 @@ async def test_spool_full_mid_instance_breaks_the_response(bigger_folder: Path) 
         dimse = {"stall_timeout": 0.2, "channel_size": 1, "spool_max_bytes": 1 << 20}
         async with run_gateway(config, dimse=dimse) as running:
             pacs.add_destination("RST", *running.dimse_address)
-            client = await StalledClient.get(running, f"/aets/FAULTY/studies/{study_uid}")
+            client = await StalledClient.get(
+                running, f"/aets/FAULTY/studies/{study_uid}", request_id="spool-1"
+            )
             assert client.head.status_code == 200
             await wait_until(
                 lambda: any(body._error is not None for body in bodies(running)),
@@ -340,3 +349,8 @@ async def test_spool_full_mid_instance_breaks_the_response(bigger_folder: Path) 
         pacs.stop()
     assert not complete
     assert f"--{client.boundary}--".encode() not in body
+    [spool_full] = [
+        r for r in caplog.records if "spool" in r.getMessage() and "refusing" in r.getMessage()
+    ]
+    assert getattr(spool_full, "request_id", None) == "spool-1"
+    assert getattr(spool_full, "aet", None) == "FAULTY"

@@ -37,6 +37,7 @@ from tests.support.certificates import Issued, Pki
 from tests.support.dcmtk import open_storescp, run_tool, tls_options
 from tests.support.gateway import run_gateway
 from tests.support.orthanc import add_modality, dicom_tls_config, open_orthanc, upload
+from tests.support.receiver_counts import refused, stores
 from tests.support.sample import write_ct_study
 from tests.support.stow import ct_instances, fates, multipart
 
@@ -175,8 +176,8 @@ async def test_storescu_and_echoscu_associate_into_the_tls_receiver(
         original = study.paths[study.sop_uids.index(instance.sop_instance_uid)]
         sent = pydicom.dcmread(original)
         assert pydicom.dcmread(io.BytesIO(instance.data)).PixelData == sent.PixelData
-    assert receiver.received == len(study.paths)
-    assert receiver.tls_refused == 0
+    assert stores(receiver, "accepted") == len(study.paths)
+    assert refused(receiver, "tls") == 0
 
 
 # -- Orthanc, TLS only, both ways --------------------------------------------------------------
@@ -209,8 +210,8 @@ async def test_qido_and_a_retrieve_through_rst_to_a_tls_only_orthanc(
                 retrieved = await http.get(f"/studies/{study.study_uid}")
             assert retrieved.status_code == 200, retrieved.text
             moved = len(study.paths) if retrieve == "move" else 0
-            assert running.receiver.received == moved
-            assert running.receiver.tls_refused == 0
+            assert stores(running.receiver, "accepted") == moved
+            assert refused(running.receiver, "tls") == 0
     boundary = retrieved.headers["Content-Type"].split("boundary=")[1].strip('"')
     parts = retrieved.content.split(f"--{boundary}".encode())[1:-1]
     got = {}
@@ -284,7 +285,7 @@ async def test_a_plain_tcp_caller_is_refused_while_a_tls_association_goes_on(
         with caplog.at_level(logging.WARNING, logger="rst.backends.dimse.tls"):
             plain = await run_tool("echoscu", "-v", *peer_args(receiver))
         assert not plain.ok, plain.output
-        assert receiver.tls_refused == 1
+        assert refused(receiver, "tls") == 1
         assert await echo_on(good, 2) == 0x0000  # the association it shared the port with
     logged = [r.getMessage() for r in caplog.records if r.name == "rst.backends.dimse.tls"]
     assert len(logged) == 1, logged
@@ -296,14 +297,14 @@ async def test_a_caller_without_a_certificate_is_refused_under_mutual_tls(
 ) -> None:
     async with tls_receiver(certs) as receiver:
         anonymous = tls_options(None, None, certs.pki.ca)
-        refused = await run_tool("echoscu", "-v", *anonymous, *peer_args(receiver))
-        assert not refused.ok, refused.output
-        assert receiver.tls_refused == 1
+        answer = await run_tool("echoscu", "-v", *anonymous, *peer_args(receiver))
+        assert not answer.ok, answer.output
+        assert refused(receiver, "tls") == 1
         stranger = Pki(tmp_path / "other-ca", name="another CA").issue("x", client=True)
         untrusted = tls_options(stranger.key, stranger.cert, certs.pki.ca)
-        refused = await run_tool("echoscu", "-v", *untrusted, *peer_args(receiver))
-        assert not refused.ok, refused.output
-        assert receiver.tls_refused == 2
+        answer = await run_tool("echoscu", "-v", *untrusted, *peer_args(receiver))
+        assert not answer.ok, answer.output
+        assert refused(receiver, "tls") == 2
     # without tls_ca the receiver asks for no certificate: the same anonymous caller gets in
     async with tls_receiver(certs, tls_ca=None) as receiver:
         welcome = await run_tool("echoscu", "-v", *anonymous, *peer_args(receiver))
@@ -323,7 +324,7 @@ async def test_a_stalled_handshake_is_closed_after_handshake_timeout(
                 assert await silent.receive_some(1024) == b""  # closed by the receiver
             assert trio.current_time() - started >= timeout * 0.9
             await silent.aclose()
-            assert receiver.tls_refused == 1
+            assert refused(receiver, "tls") == 1
             assert await echo_on(good, 2) == 0x0000
 
 
@@ -364,7 +365,7 @@ async def test_beyond_max_connections_a_tls_caller_is_closed_before_its_handshak
             ):
                 pytest.fail("associated beyond max_connections")
         assert receiver.turned_away == 1
-        assert receiver.tls_refused == 0  # no handshake was even started
+        assert refused(receiver, "tls") == 0  # no handshake was even started
         assert await echo_on(good, 2) == 0x0000
 
 

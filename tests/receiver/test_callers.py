@@ -26,6 +26,7 @@ from rst.backends.dimse.ul import (
 )
 from rst.config import AeConfig, DimseConfig
 from rst.dicom.uids import VERIFICATION
+from tests.support.receiver_counts import refused
 
 REJECT_CALLER = b"\x03\x00\x00\x00\x00\x04\x00\x01\x01\x03"
 """A-ASSOCIATE-RJ PDU: type 3, length 4; reserved, result 1 rejected-permanent, source 1 DICOM
@@ -84,7 +85,7 @@ async def test_unknown_calling_ae_title_is_rejected(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.WARNING, "rst.backends.dimse.receiver")
     async with running(pacs()) as receiver:
         assert await associate(receiver, "INTRUDER") == REJECT_CALLER
-        assert receiver.rejected_callers == 1
+        assert refused(receiver, "unknown_caller") == 1
         assert receiver.associations == 0 or await _ends(receiver)
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "'INTRUDER'" in record.getMessage()
@@ -97,7 +98,7 @@ async def test_known_ae_title_is_accepted() -> None:
         assert isinstance(await associate(receiver, "OTHER_SCU"), AssociateAccept)
         # store_calling_aets replaces the default: the archive's own aet is not one of them
         assert await associate(receiver, "OTHER") == REJECT_CALLER
-        assert receiver.rejected_callers == 1
+        assert refused(receiver, "unknown_caller") == 1
 
 
 async def test_known_ae_title_from_an_address_not_allowed_is_rejected(
@@ -107,7 +108,7 @@ async def test_known_ae_title_from_an_address_not_allowed_is_rejected(
     async with running(pacs(store_from=["127.0.0.2"])) as receiver:
         assert await associate(receiver, "PACS", source="127.0.0.1") == REJECT_CALLER
         assert isinstance(await associate(receiver, "PACS", source="127.0.0.2"), AssociateAccept)
-        assert receiver.rejected_callers == 1
+        assert refused(receiver, "unknown_caller") == 1
     assert "store_from" in caplog.text
 
 
@@ -130,7 +131,7 @@ async def test_refusals_are_logged_a_bounded_number_of_times(
     async with running(pacs()) as receiver:
         for _ in range(15):
             assert await associate(receiver, "INTRUDER") == REJECT_CALLER
-        assert receiver.rejected_callers == 15
+        assert refused(receiver, "unknown_caller") == 15
         assert isinstance(await associate(receiver, "PACS"), AssociateAccept)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 10

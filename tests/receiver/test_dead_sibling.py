@@ -28,6 +28,7 @@ from rst.backends.dimse.receiver import StoreReceiver
 from rst.config import DimseConfig
 from rst.dicom.statuses import NOT_AUTHORIZED
 from tests.receiver.test_handoff import collect, ct, listening_socket, pixels, subscription
+from tests.support.receiver_counts import stores
 
 
 @dataclass
@@ -121,7 +122,7 @@ async def test_an_association_for_a_dead_worker_waits_for_its_replacement(
     # the replacement has no retrieve with the dead worker's message id: refused, not hung
     assert statuses == [NOT_AUTHORIZED, 0]
     assert [pixels(d) for d in got] == [bytes(pydicom.dcmread(paths[1]).PixelData)]
-    assert ring.receivers[1].refused == 1
+    assert stores(ring.receivers[1], "unsolicited") == 1
 
 
 async def test_an_inbox_that_stays_full_fails_that_association_alone(

@@ -27,6 +27,7 @@ from rst.backends.dimse.receiver import StoreReceiver
 from rst.backends.dimse.sink import InstanceSink
 from rst.config import DimseConfig
 from rst.services.wado import whole
+from tests.support.receiver_counts import stores
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"
@@ -172,8 +173,8 @@ async def test_an_instance_for_another_worker_is_passed_to_it(
     assert statuses == [0]
     assert len(received) == 1
     assert pixels(received[0]) == bytes(pydicom.dcmread(path).PixelData)
-    assert workers.receivers[1].received == 1
-    assert workers.receivers[0].received == 0
+    assert stores(workers.receivers[1], "accepted") == 1
+    assert stores(workers.receivers[0], "accepted") == 0
 
 
 async def test_an_association_goes_back_and_forth_between_workers(
@@ -222,7 +223,7 @@ async def test_an_instance_no_worker_wants_is_refused_after_one_round(
     statuses = await trio.to_thread.run_sync(send, workers.port, [(paths[0], None), (paths[1], 2)])
 
     assert statuses == [0x0124, 0x0124]
-    assert sum(r.refused for r in workers.receivers) == 2
+    assert sum(stores(r, "unsolicited") for r in workers.receivers) == 2
 
 
 async def test_a_malformed_handover_is_dropped_and_the_worker_goes_on(

@@ -38,6 +38,7 @@ from rst.dicom.uids import VERIFICATION
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
 from tests.support.dcmtk import run_tool
+from tests.support.receiver_counts import stores
 from tests.support.sample import (
     ENHANCED_CT_IMAGE_STORAGE,
     StudyFiles,
@@ -122,7 +123,7 @@ async def test_instances_routed_by_move_originator_arrive_byte_identical(
         assert got.file_meta.TransferSyntaxUID == instance.transfer_syntax
         assert got.PixelData == original.PixelData
         assert got.SOPInstanceUID == original.SOPInstanceUID
-    assert receiver.received == len(study.paths)
+    assert stores(receiver, "accepted") == len(study.paths)
 
 
 async def test_unsolicited_instances_are_refused(
@@ -131,7 +132,7 @@ async def test_unsolicited_instances_are_refused(
     assert receiver.address is not None
     statuses = await trio.to_thread.run_sync(send_with_pynetdicom, receiver.address[1], study.paths)
     assert statuses == [0x0124] * len(study.paths)
-    assert receiver.refused == len(study.paths)
+    assert stores(receiver, "unsolicited") == len(study.paths)
 
 
 async def test_uid_fallback_with_dcmtk_storescu(receiver: StoreReceiver, study: StudyFiles) -> None:
@@ -165,7 +166,7 @@ async def test_uid_fallback_with_dcmtk_storescu(receiver: StoreReceiver, study: 
     assert sorted(got) == sorted(
         uid for uid, s in zip(study.sop_uids, study.instance_series, strict=True) if s == series
     )
-    assert receiver.refused == len(study.paths) - len(got)
+    assert stores(receiver, "unsolicited") == len(study.paths) - len(got)
 
 
 async def test_echo_with_dcmtk(receiver: StoreReceiver) -> None:
@@ -354,7 +355,7 @@ async def test_large_instance_from_pynetdicom_is_handed_over_while_arriving(
     assert instance.sop_instance_uid == large.sop_uids[0]
     assert instance.transfer_syntax == ImplicitVRLittleEndian  # the accepted context's
     assert_same_instance(received, large.paths[0], ImplicitVRLittleEndian)
-    assert receiver.received == 1
+    assert stores(receiver, "accepted") == 1
 
 
 @pytest.mark.parametrize(
@@ -491,7 +492,7 @@ async def test_large_instance_flows_before_its_second_half_is_sent(
     received = b"".join(chunks)
     assert received[dataset_offset(received) :] == store.dataset
     assert_same_instance(received, large.paths[0], ExplicitVRLittleEndian)
-    assert receiver.received == 1
+    assert stores(receiver, "accepted") == 1
 
 
 @pytest.mark.parametrize("how", ["a-abort", "close"])
@@ -527,7 +528,7 @@ async def test_sender_breaking_off_mid_instance_fails_its_rest(
             with trio.fail_after(10), pytest.raises(IncompleteRetrieve, match="cut short"):
                 await drain(rest, tail)
     assert got + sum(map(len, tail)) <= half + dataset_offset(instance.data)
-    assert receiver.received == 0
+    assert stores(receiver, "accepted") == 0
 
 
 async def test_request_gone_mid_instance_refuses_it_and_the_association_goes_on(
@@ -572,8 +573,8 @@ async def test_request_gone_mid_instance_refuses_it_and_the_association_goes_on(
             encode_pdata(3, True, True, encode_c_echo_rq(message_id=3))
         )
         assert await store.response(3) == 0x0000
-    assert receiver.received == 0
-    assert receiver.refused == 1  # the second: unsolicited
+    assert stores(receiver, "accepted") == 0
+    assert stores(receiver, "unsolicited") == 1  # the second: unsolicited
 
 
 async def test_uid_routing_of_a_large_instance_whose_uids_lie_past_the_first_mib(

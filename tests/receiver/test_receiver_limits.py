@@ -61,6 +61,7 @@ from rst.config import DimseConfig
 from rst.dicom.statuses import OUT_OF_RESOURCES
 from rst.dicom.uids import VERIFICATION
 from tests.receiver.test_receiver import ORIGINATOR, send_with_pynetdicom
+from tests.support.receiver_counts import refused, stores
 from tests.support.sample import write_ct_study
 
 BUSY = b"\x03\x00\x00\x00\x00\x04\x00\x02\x03\x02"
@@ -190,7 +191,7 @@ async def assert_still_serving(receiver: StoreReceiver, folder: Path) -> None:
     sink = InstanceSink(capacity=4, stall_timeout=5.0)
     # the study UID is not known before the files are written: route by originator only
     target = Subscription(sink, "unused", originator=ORIGINATOR, uid_fallback=False)
-    received = receiver.received
+    received = stores(receiver, "accepted")
     with receiver.mediator.subscribe(target):
         with trio.fail_after(30):
             statuses, sop_uids = await trio.to_thread.run_sync(
@@ -201,7 +202,7 @@ async def assert_still_serving(receiver: StoreReceiver, folder: Path) -> None:
     assert statuses == [0x0000]
     assert instance is not None
     assert instance.sop_instance_uid == sop_uids[0]
-    assert receiver.received == received + 1
+    assert stores(receiver, "accepted") == received + 1
 
 
 # -- how many connections, and what each costs before it is accepted ---------------------------
@@ -238,6 +239,7 @@ async def test_connections_beyond_the_cap_are_turned_away_with_a_reason(
         assert "Result: Rejected Transient, Source: Service Provider (Presentation)" in caplog.text
         assert "Reason: Local limit exceeded" in caplog.text
         assert receiver.turned_away == 2
+        assert refused(receiver, "limit") == 2
 
         for stream in idle:  # the idle peers go: the receiver closes its side too
             await stream.send_eof()
@@ -309,6 +311,7 @@ async def test_a_connection_that_asks_for_nothing_is_closed_after_the_handshake_
         assert await until_closed(partial) == b""
         assert 1.0 <= time.monotonic() - started < 8.0
         assert receiver.associations == 0
+        assert refused(receiver, "handshake_timeout") == 2
         for stream in (silent, partial):
             await stream.aclose()
         await assert_still_serving(receiver, tmp_path)

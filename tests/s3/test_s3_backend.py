@@ -14,6 +14,7 @@ import trio
 
 from rst.backends.s3 import S3Backend
 from rst.dicom.multipart import MultipartReader, MultipartWriter, parse_content_type
+from rst.logs import RequestIdFilter
 from rst.server import Running
 from tests.support.garbage import (
     Abandon,
@@ -166,13 +167,17 @@ async def test_corrupt_object_breaks_the_stream_and_names_the_key(
     study = stored
     key = sorted(object_key(study, i) for i in range(len(study.paths)))[4]
     await put_object(moto, BUCKET, key, b"garbage" * 100)
+    caplog.handler.addFilter(RequestIdFilter())
     with caplog.at_level(logging.WARNING):
         async with httpx.AsyncClient(
             base_url=base(s3_gateway), timeout=60, trust_env=False
         ) as http:
+            headers = {**AS_STORED, "X-Request-ID": "s3-1"}
             with pytest.raises(httpx.HTTPError):
-                await http.get(f"/studies/{study.study_uid}", headers=AS_STORED)
-    assert any(key in record.getMessage() for record in caplog.records)
+                await http.get(f"/studies/{study.study_uid}", headers=headers)
+    named = [record for record in caplog.records if key in record.getMessage()]
+    assert named
+    assert all(getattr(record, "request_id", None) == "s3-1" for record in named)
 
 
 async def test_health(s3_gateway: Running) -> None:

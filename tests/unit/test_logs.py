@@ -49,3 +49,13 @@ def test_an_exception_stays_on_one_line() -> None:
         line = JsonFormatter().format(record("failed", exc=True))
     assert "\n" not in line
     assert "ValueError: boom\nsecond line" in json.loads(line)["exception"]
+
+
+def test_fields_passed_as_extra_become_json_fields() -> None:
+    made = record("association ended")
+    made.association = {"direction": "outgoing", "status": "0x0000"}
+    parsed = json.loads(JsonFormatter().format(made))
+    assert parsed["association"] == {"direction": "outgoing", "status": "0x0000"}
+    assert parsed["message"] == "association ended"
+    assert "args" not in parsed  # the record's own attributes are not fields
+    assert "msg" not in parsed

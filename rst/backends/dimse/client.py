@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 from pydicom import Dataset
@@ -25,10 +26,13 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from rst.backends.dimse import wire
+from rst.backends.dimse.journal import OUTGOING, AssociationJournal
+from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.tls import connect
 from rst.backends.dimse.ul import (
     AssociateAccept,
     CommandError,
+    OtherCommand,
     PresentationContextRQ,
     UpperLayerError,
 )
@@ -54,6 +58,7 @@ from rst.backends.dimse.ul.association import (
 from rst.backends.dimse.ul.pdu import AbortReason
 from rst.backends.dimse.ul.states import Event
 from rst.config import AeConfig
+from rst.dicom.statuses import is_pending
 from rst.dicom.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION
 from rst.errors import (
     AssociationBroken,
@@ -106,6 +111,8 @@ class Connection:
     association: Association
     broken: bool = False
     send_timeout: float = math.inf
+    journal: AssociationJournal = field(default_factory=lambda: AssociationJournal(OUTGOING, "?"))
+    """What the association did, for its log line (:mod:`.journal`)."""
 
     @property
     def accept(self) -> AssociateAccept:
@@ -159,6 +166,10 @@ class Connection:
                 "a data set fragment where a command was expected",
                 reason=AbortReason.UNEXPECTED_PDU,
             )
+        if isinstance(event.command, OtherCommand):
+            status = status_of(event.command)
+            if status is not None and not is_pending(status.code):
+                self.journal.status = status.code  # a final response: what the log line shows
         return event.context_id, event.command
 
     async def receive_dataset(self, into: bytearray) -> None:
@@ -190,7 +201,9 @@ class Connection:
             await wire.send_quietly(self.stream, self.association.send_release_rp())
             raise PeerAborted("the PACS released the association in the middle of an operation")
         if isinstance(event, Aborted):
+            self.journal.ended("aborted", event.description, by="peer")
             raise PeerAborted(f"the PACS aborted the association: {event.description}")
+        self.journal.ended("aborted", "the PACS closed the connection", by="peer")
         raise ConnectionLost("the PACS closed the connection")
 
     async def release(self) -> bool:
@@ -245,9 +258,14 @@ async def open_association(
     contexts: Sequence[PresentationContextRQ],
     roles: Mapping[str, tuple[bool, bool]] | None = None,
     max_pdu: int,
+    journal: AssociationJournal | None = None,
 ) -> AsyncIterator[Connection]:
-    """Connect to the PACS and associate; release (or abort) when the block ends."""
+    """Connect to the PACS and associate; release (or abort) when the block ends. *journal*
+    records how it went (the caller writes it, :mod:`.peer`)."""
     where = config.aet  # a client learns the AE title; the PACS's address goes to the log only
+    if journal is None:
+        journal = AssociationJournal(OUTGOING, f"{config.host}:{config.port}", peer_aet=where)
+    journal.started = time.monotonic()
     stream = await connect(await _connect(config), config)  # DICOM TLS if the PACS has tls
     async with stream:
         association = Association(Role.REQUESTOR, max_pdu_length=max_pdu or UNLIMITED_CHUNK)
@@ -275,6 +293,7 @@ async def open_association(
                 "is this its DICOM port?"
             ) from None
         connection = _established(answer, stream, association, config, calling_aet)
+        connection.journal = journal
         if not connection.accepted:
             await connection.abort()
             raise Rejected(f"the PACS {where} accepted none of the presentation contexts")
@@ -286,8 +305,12 @@ async def open_association(
                 if not connection.broken:
                     with trio.move_on_after(config.cancel_timeout):
                         released = await connection.release()
-                if not released:
+                if released:
+                    journal.ended("released")
+                else:
                     log.info("aborting the association with %s", config.aet)
+                    why = "broken" if connection.broken else "the release was not confirmed"
+                    journal.ended("aborted", why, by="rst")
                     await connection.abort()
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from rst import logs
 from rst.backends.dimse.sink import InstanceSink
 
 __all__ = ["Mediator", "MessageIds", "Subscription"]
@@ -65,6 +66,10 @@ class Subscription:
     trust_originator: bool = True
     """Whether the Move Originator fields are used at all (``correlation = "uid"`` turns it off)."""
     claimed: set[str] = field(default_factory=set)
+    request_id: str = field(default_factory=logs.request_id.get)
+    """The HTTP request the retrieve serves (its log lines' id; the receiver's lines for the
+    instances it routes here carry it too)."""
+    aet: str | None = field(default_factory=logs.request_aet.get)
 
     def wants(self, study_uid: str, series_uid: str, sop_uid: str) -> bool:
         return (

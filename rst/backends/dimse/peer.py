@@ -6,7 +6,7 @@ exactly for the ``async with`` block, and leaving it — normally, by an excepti
 cancellation — releases it (or aborts it). Requests beyond ``max_associations`` wait for a free
 slot. Each association is counted in the gateway's metrics (:mod:`rst.metrics`) by operation —
 what its first presentation context asks for — with its duration, or with why it could not be
-used.
+used; and it is logged once when it ends (:mod:`.journal`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from rst.backends.dimse.client import Connection, open_association
+from rst.backends.dimse.journal import OUTGOING, AssociationJournal
 from rst.backends.dimse.ul import PresentationContextRQ
 from rst.config import AeConfig
 from rst.dicom import uids
@@ -34,6 +35,15 @@ from rst.metrics import Metrics
 __all__ = ["Peer"]
 
 
+DIMSE_NAMES = {
+    "echo": "C-ECHO",
+    "find": "C-FIND",
+    "move": "C-MOVE",
+    "get": "C-GET",
+    "worklist": "C-FIND",
+    "store": "C-STORE",
+}
+"""The DIMSE operation of each label of :data:`OPERATIONS`, for the association's log line."""
 OPERATIONS = {
     uids.VERIFICATION: "echo",
     uids.STUDY_ROOT_FIND: "find",
@@ -106,7 +116,7 @@ class Peer:
     ) -> AsyncIterator[Connection]:
         """A trio association (:mod:`.client`) in one of this PACS's slots."""
         async with (
-            self._metered(contexts[0].abstract_syntax) as established,
+            self._metered(contexts[0].abstract_syntax) as (journal, established),
             self.slot(),
             open_association(
                 self.config,
@@ -114,18 +124,28 @@ class Peer:
                 contexts=contexts,
                 roles=roles,
                 max_pdu=self.max_pdu,
+                journal=journal,
             ) as connection,
         ):
             established()
             yield connection
 
     @asynccontextmanager
-    async def _metered(self, abstract_syntax: str) -> AsyncIterator[Callable[[], None]]:
-        """Count one association: call the function it yields once the PACS accepted it."""
+    async def _metered(
+        self, abstract_syntax: str
+    ) -> AsyncIterator[tuple[AssociationJournal, Callable[[], None]]]:
+        """Count and log one association: call the function it yields once the PACS accepted
+        it."""
         operation = OPERATIONS.get(abstract_syntax, "store")
         metrics = self.metrics
         started = time.monotonic()
         accepted = False
+        journal = AssociationJournal(
+            OUTGOING,
+            f"{self.config.host}:{self.config.port}",
+            peer_aet=self.name,
+            operation=DIMSE_NAMES[operation],
+        )
 
         def established() -> None:
             nonlocal accepted
@@ -135,13 +155,20 @@ class Peer:
                 metrics.associations_open.labels(self.name).inc()
 
         try:
-            yield established
+            yield journal, established
         except Exception as exc:
             kind = next((kind for cls, kind in FAILURE_KINDS if isinstance(exc, cls)), None)
             if metrics is not None and kind is not None:
                 metrics.association_failures.labels(self.name, operation, kind).inc()
+            if not accepted:
+                if kind == "busy":
+                    journal.silent = True  # no association was asked for: the 503 says it
+                journal.ended("rejected" if kind == "rejected" else "failed", str(exc))
             raise
         finally:
+            if not accepted:
+                journal.ended("failed", "cancelled")  # unless it ended otherwise before
+            journal.close()
             if accepted:
                 self.established -= 1
                 if metrics is not None:

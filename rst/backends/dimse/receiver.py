@@ -34,6 +34,7 @@ from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of,
 from rst.backends.dimse.callers import REJECT_UNKNOWN_CALLER, Callers
 from rst.backends.dimse.handoff import Handover, PassOn, WorkerRing
 from rst.backends.dimse.incoming import IncomingInstance, UidsNotYetArrived
+from rst.backends.dimse.journal import INCOMING, AssociationJournal
 from rst.backends.dimse.mediator import Mediator
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.tls import accept, server_context
@@ -65,7 +66,7 @@ from rst.backends.dimse.ul.association import (
     ReleaseRequested,
     Role,
 )
-from rst.backends.dimse.ul.pdu import AbortReason, AbortSource, Rejection
+from rst.backends.dimse.ul.pdu import AbortReason, AbortSource, Rejection, describe_rejection
 from rst.backends.dimse.ul.states import State
 from rst.config import DimseConfig
 from rst.dicom.statuses import SUCCESS
@@ -75,6 +76,7 @@ from rst.dicom.uids import (
     STORAGE_CLASSES,
     VERIFICATION,
 )
+from rst.metrics import Metrics
 
 __all__ = ["StoreReceiver"]
 
@@ -101,32 +103,36 @@ class StoreReceiver:
         listener: socket.socket | None = None,
         ring: WorkerRing | None = None,
         callers: Callers | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """*listener*: a listening socket to serve instead of binding ``config.port`` (a worker
         process's share of the port); *ring*: this worker's siblings, when there are several;
-        *callers*: who may associate (:mod:`.callers`; ``None``: anyone, for tests)."""
+        *callers*: who may associate (:mod:`.callers`; ``None``: anyone, for tests);
+        *metrics*: the gateway's (``None``: a registry of the receiver's own)."""
         self.config = config
         self.callers = callers
+        self.metrics = metrics if metrics is not None else Metrics()
+        """What the receiver counts (``rst_receiver_*``): associations, refusals, C-STOREs."""
         self.mediator = mediator
         self.ring = ring
         self._listener = listener
         self.address: tuple[str, int] | None = None
-        self.received = 0
-        self.refused = 0
         self.associations = 0
         """Connections being served (accepted ones and those still negotiating)."""
         self.turned_away = 0
         """Connections refused since the start because ``max_connections`` were being served."""
-        self.rejected_callers = 0
-        """Associations rejected since the start because of their calling AE title or address."""
         self._refusals_logged = _RefusalLog()
         self._turning_away = 0
         self._full_since: int | None = None  # turned_away when the cap was last reached
         self._connections: set[_Connection] = set()
         self.tls = server_context(config)
         """DICOM TLS (:mod:`.tls`): set, every connection must complete a TLS handshake."""
-        self.tls_refused = 0
-        """Connections refused since the start because their TLS handshake failed or stalled."""
+
+    def caller_label(self, calling_aet: str) -> str:
+        """*calling_aet* as a metrics label: a configured caller's title, else ``unknown``
+        (labels stay bounded whoever calls)."""
+        known = self.callers is not None and calling_aet in self.callers.allowed
+        return calling_aet if known else "unknown"
 
     @property
     def connections(self) -> tuple[_Connection, ...]:
@@ -167,6 +173,7 @@ class StoreReceiver:
             nursery.start_soon(self._serve, self._open(stream))
             return
         self.turned_away += 1
+        self.metrics.receiver_refused.labels("limit").inc()
         if self._full_since is None:
             self._full_since = self.turned_away - 1
             log.warning(
@@ -200,7 +207,7 @@ class StoreReceiver:
         why = self.callers.refusal(calling_aet, _host_of(stream))
         if why is None:
             return None
-        self.rejected_callers += 1
+        self.metrics.receiver_refused.labels("unknown_caller").inc()
         self._refusals_logged.refused(calling_aet, peer, why)
         return REJECT_UNKNOWN_CALLER
 
@@ -247,6 +254,9 @@ class StoreReceiver:
                 log.exception("cannot abandon the instance from %s", connection.peer)
             self.associations -= 1
             self._connections.discard(connection)
+            journal = connection.journal
+            journal.ended("aborted", "the receiver stopped", by="rst")  # unless it ended before
+            journal.close()
             with trio.CancelScope(shield=True):
                 await connection.stream.aclose()  # this process's descriptor, not the connection
 
@@ -260,31 +270,47 @@ class StoreReceiver:
                 await connection.resume(*handover)
         except _PassAssociation as passing:
             connection.pending = None
+            connection.journal.ended("passed", f"to worker {passing.target}")
             await self._pass_on(connection, passing)
         except _HandshakeTimeout as exc:
             # ARTIM expired before an A-ASSOCIATE-RQ: close, no A-ABORT (PS3.8 §9.1.4 b, AA-2)
             log.info("closing the connection from %s: %s", connection.peer, exc)
+            self.metrics.receiver_refused.labels("handshake_timeout").inc()
+            connection.journal.ended("failed", str(exc))
         except ProtocolViolation as exc:  # its A-ABORT has been sent (wire.receive_event)
             log.warning("aborted association from %s: %s", connection.peer, exc)
+            connection.journal.ended("aborted", str(exc), by="rst")
         except ConnectionLost as exc:
             log.info("association from %s ended: %s", connection.peer, exc)
+            connection.journal.ended("aborted", str(exc), by="peer")
         except AssociationError as exc:  # a send the state table refused: a bug of ours
             log.error("aborting association from %s: %s", connection.peer, exc)
-            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+            await self._abort(connection, str(exc))
         except UpperLayerError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
-            await connection.abort(exc.source, exc.reason)
+            await self._abort(connection, str(exc), exc.source, exc.reason)
         except CommandError as exc:
             log.warning("aborting association from %s: %s", connection.peer, exc)
-            await connection.abort(exc.source, exc.reason)
+            await self._abort(connection, str(exc), exc.source, exc.reason)
         except trio.TooSlowError:
             log.warning("aborting association from %s: timed out", connection.peer)
-            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+            await self._abort(connection, "timed out")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.info("association from %s ended: %s", connection.peer, exc)
+            connection.journal.ended("aborted", str(exc) or type(exc).__name__, by="peer")
         except Exception:  # a bug must not take the receiver down for every other PACS
             log.exception("aborting association from %s after an internal error", connection.peer)
-            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+            await self._abort(connection, "internal error")
+
+    @staticmethod
+    async def _abort(
+        connection: _Connection,
+        why: str,
+        source: AbortSource = AbortSource.SERVICE_PROVIDER,
+        reason: AbortReason = AbortReason.NOT_SPECIFIED,
+    ) -> None:
+        connection.journal.ended("aborted", why, by="rst")
+        await connection.abort(source, reason)
 
     async def _pass_on(self, connection: _Connection, passing: _PassAssociation) -> None:
         assert self.ring is not None
@@ -295,7 +321,8 @@ class StoreReceiver:
             )
         except Exception as exc:
             log.error("cannot pass the association from %s on: %r", connection.peer, exc)
-            await connection.abort(AbortSource.SERVICE_PROVIDER, AbortReason.NOT_SPECIFIED)
+            connection.journal.outcome = None  # not passed on after all
+            await self._abort(connection, f"cannot pass it on: {exc!r}")
 
 
 def _host_of(stream: trio.SocketStream) -> str:
@@ -366,6 +393,8 @@ class _Connection:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
         self.tcp = self.stream
         self.peer = peer_of(self.tcp)
+        self.journal = AssociationJournal(INCOMING, self.peer)
+        """What the association did, for its log line (:mod:`.journal`)."""
         self.max_pdu = self.receiver.config.max_pdu or 1 << 20
         # Until the association is accepted no PDU may be larger than an A-ASSOCIATE-RQ: a
         # peer that has not even asked for an association gets a few KB, not the data buffer.
@@ -399,6 +428,7 @@ class _Connection:
     async def resume(self, state: Handover, replay: bytes) -> None:
         """Carry on an association another worker established and passed on."""
         self.calling_aet, self.peer, self.hops = state.calling_aet, state.peer, state.hops
+        self.journal.peer, self.journal.peer_aet = state.peer, state.calling_aet
         self.association = Association.resumed(
             state.accepted, max_pdu_length=self.max_pdu, replay=replay
         )
@@ -409,14 +439,17 @@ class _Connection:
         if self.receiver.tls is not None:
             tls = await accept(self.tcp, self.receiver.tls, timeout, self.peer)
             if tls is None:
-                self.receiver.tls_refused += 1
+                self.receiver.metrics.receiver_refused.labels("tls").inc()
+                self.journal.ended("rejected", "TLS handshake failed or stalled")
                 return
             self.stream = tls
         accepted = False
         with trio.move_on_after(timeout) as handshake:  # ARTIM, PS3.8 §9.1.4 b
             event = await self._next_event()
             if not isinstance(event, AssociationRequested):
-                return  # Sta2: the peer closed or aborted (AA-2, AA-5)
+                # Sta2: the peer closed or aborted (AA-2, AA-5)
+                self.journal.ended("aborted", "before an A-ASSOCIATE-RQ", by="peer")
+                return
             accepted = await self._associate(event.request)
         if handshake.cancelled_caught:
             if self.association.state is State.AWAITING_ASSOCIATE_RQ:
@@ -446,22 +479,28 @@ class _Connection:
                 if self.pending is not None:
                     log.warning("%s released the association in the middle of a C-STORE", self.peer)
                 await self._send(self.association.send_release_rp())
+                self.journal.ended("released")
                 return
             elif isinstance(event, Aborted):
                 log.info("%s aborted the association: %s", self.peer, event.description)
+                self.journal.ended("aborted", event.description, by="peer")
                 return
             else:  # the peer closed the connection (AA-4)
                 raise ConnectionLost("the peer closed the connection")
 
     async def _associate(self, request: AssociateRequest) -> bool:
         config = self.receiver.config
-        self.calling_aet = request.calling_aet
+        self.calling_aet = self.journal.peer_aet = request.calling_aet
         rejection = check_association(request, our_aet=None) or self.receiver.check_caller(
             request.calling_aet, self.tcp, self.peer
         )
         if rejection is not None:
+            self.journal.ended("rejected", describe_rejection(*rejection))
             await self._send(self.association.send_associate_rj(*rejection))
             return False
+        self.receiver.metrics.receiver_associations.labels(
+            self.receiver.caller_label(request.calling_aet)
+        ).inc()
         results: list[ContextResult] = negotiate(
             request,
             abstract_syntaxes=ABSTRACT_SYNTAXES,
@@ -496,6 +535,10 @@ class _Connection:
     async def _on_fragment(self, fragment: DataFragment) -> None:
         pending = self.pending
         assert pending is not None  # the association checks that a C-STORE came first
+        self.journal.bytes += len(fragment.data)
+        self.receiver.metrics.receiver_bytes.labels(
+            self.receiver.caller_label(self.calling_aet)
+        ).inc(len(fragment.data))
         await pending.add(fragment.data, last=fragment.last)
         if fragment.last:
             status = await self._deliver(pending)
@@ -518,6 +561,7 @@ class _Connection:
                 if owner != ring.index:  # a C-MOVE of another worker's
                     raise PassOn(owner, 1)
         elif isinstance(command, CEchoRequest):
+            self.journal.echoes += 1
             response = encode_c_echo_rsp(command, SUCCESS)
             await self._send(self.association.send_command(context_id, response))
         else:
@@ -537,8 +581,16 @@ class _Connection:
         """Hand the instance over (unless already streaming); the C-STORE status to answer."""
         receiver = self.receiver
         status = await pending.finish()
+        outcome = (
+            "unsolicited" if pending.unsolicited else "accepted" if status == SUCCESS else "failed"
+        )
+        receiver.metrics.receiver_stores.labels(
+            receiver.caller_label(self.calling_aet), outcome
+        ).inc()
+        self.journal.stores += 1
+        if outcome != "accepted":
+            self.journal.stores_refused += 1
         if pending.unsolicited:
-            receiver.refused += 1
             request = pending.request
             log.warning(
                 "refused unsolicited C-STORE of %s from %s (originator %r, message id %r)",
@@ -547,8 +599,6 @@ class _Connection:
                 request.move_originator_aet,
                 request.move_originator_message_id,
             )
-        elif status == SUCCESS:
-            receiver.received += 1
         return status
 
     def _route(self, pending: IncomingInstance) -> InstanceSink | None:
@@ -559,6 +609,7 @@ class _Connection:
                 request.move_originator_aet, request.move_originator_message_id
             )
             if found is not None:
+                self.journal.served(found.request_id, found.aet)
                 return found.sink
             if self.receiver.ring is not None:
                 return None  # ours by its message id, but the request has gone
@@ -572,6 +623,7 @@ class _Connection:
                 return None
             found = mediator.by_uids(study, series, request.sop_instance_uid)
             if found is not None:
+                self.journal.served(found.request_id, found.aet)
                 return found.sink
         ring = self.receiver.ring
         if ring is not None and (target := ring.next_after(self.hops)) is not None:

@@ -32,7 +32,7 @@ from rst.backends.dimse.ul import (
     encode_c_store_rsp,
 )
 from rst.backends.dimse.ul.pdu import AbortReason
-from rst.dicom.statuses import Status, is_pending
+from rst.dicom.statuses import SUCCESS, Status, is_pending
 
 __all__ = ["cancel_operation", "follow"]
 
@@ -102,12 +102,17 @@ async def _store(
         source_aet=connection.accept.called_aet or None,
         locate=lambda _: sink,
     )
+    journal = connection.journal
     try:
         while True:
             pdv = await connection.dataset_fragment()
+            journal.bytes += len(pdv.data)
             await incoming.add(pdv.data, last=pdv.last)
             if pdv.last:
-                return await incoming.finish()
+                status = await incoming.finish()
+                journal.stores += 1
+                journal.stores_refused += int(status != SUCCESS)
+                return status
     except BaseException as exc:
         incoming.abandon(f"the C-GET association broke off ({exc!r})")
         raise

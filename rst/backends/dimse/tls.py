@@ -19,7 +19,7 @@ reader's buffer from a socket, through a copy from TLS). Both directions get the
   every caller must present a certificate signed by it (mutual TLS). A caller gets
   ``handshake_timeout`` for its TLS handshake, then again for its A-ASSOCIATE-RQ. A failed or
   stalled handshake is logged once with the peer, counted
-  (:attr:`~rst.backends.dimse.receiver.StoreReceiver.tls_refused`) and ends that connection
+  (``rst_receiver_refused_total{reason="tls"}``) and ends that connection
   only. Connections beyond ``max_connections`` are closed without a handshake (the
   A-ASSOCIATE-RJ that plain DICOM callers get there would need one).
 
