@@ -130,7 +130,10 @@ async def test_a_c_get_logs_the_instances_it_received(
             response = await http.get(f"/studies/{study}")
         await settled(running)
     assert response.status_code == 200
-    [line] = associations(lines, "outgoing")
+    # the C-FIND for the study's SOP classes (the C-GET's proposal), then the C-GET itself
+    find, line = associations(lines, "outgoing")
+    assert find["association"]["operation"] == "C-FIND"
+    assert find["request_id"] == "get-1"
     fields = line["association"]
     assert line["request_id"] == "get-1"
     assert fields["operation"] == "C-GET"
@@ -152,7 +155,8 @@ async def test_an_association_the_pacs_aborts_logs_who_aborted(
             response = await http.get(f"/studies/{study}")
         await settled(running)
     assert response.status_code == 502
-    [line] = associations(lines, "outgoing")
+    find, line = associations(lines, "outgoing")  # the SOP classes' C-FIND, then the C-GET
+    assert find["association"]["outcome"] == "released"
     assert line["request_id"] == "aborted-1"
     assert line["association"]["operation"] == "C-GET"
     assert line["association"]["outcome"] == "aborted"
