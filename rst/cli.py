@@ -19,7 +19,6 @@ from rst.config import AeConfig, Config, ConfigError, S3AeConfig, load_config
 from rst.errors import RstError
 from rst.groups import single
 from rst.http import tls
-from rst.malloc import fix_mmap_threshold
 from rst.server import Running, serve, wait_for_signal
 from rst.workers import WorkerSlot, read_worker_spec, supervise, until_orphaned
 
@@ -121,7 +120,6 @@ def _worker_command() -> int:
 
 def _run(function: Callable[..., Awaitable[int | None]], *args: Any) -> int:
     """``trio.run(function, *args)``; start-up failures become one line and status 1."""
-    fix_mmap_threshold()  # large blocks go back to the system when freed (rst.malloc)
     try:
         return trio.run(function, *args) or 0
     except BaseException as exc:
