@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import trio
 
@@ -52,6 +54,23 @@ def test_message_ids_cover_1_to_65535_never_0() -> None:
     assert 0 not in issued
     assert len(set(issued)) == 65535
     assert ids.next("RST") == issued[0]
+
+
+def test_message_ids_hold_no_memory_per_id_issued() -> None:
+    """A long-running gateway issues ids for ever: the counter must not keep the ids it gave
+    out (``itertools.cycle`` keeps its whole first round, 65,535 ints: ~2 MiB)."""
+    ids = MessageIds()
+    ids.next("RST")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20_000):
+            ids.next("RST")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+    assert held < 20_000, f"{held} bytes held after 20,000 message ids"
 
 
 def test_a_worker_uses_only_its_share_of_ids() -> None:

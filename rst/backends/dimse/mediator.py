@@ -16,7 +16,6 @@ All methods run in trio.
 
 from __future__ import annotations
 
-import itertools
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,17 +37,18 @@ class MessageIds:
         if not 0 <= index < count:
             raise ValueError(f"worker {index} of {count}")
         self._ids = range(index + 1, 65536, count)
-        self._counters: dict[str, Iterator[int]] = {}
+        self._next: dict[str, int] = {}
+        """Per calling AE title, the position in ``_ids`` of its next id (a position, not an
+        ``itertools.cycle``: that would keep a copy of every id of its first round, ~2 MiB)."""
 
     def next(self, calling_aet: str) -> int:
-        counter = self._counters.get(calling_aet)
-        if counter is None:
+        position = self._next.get(calling_aet)
+        if position is None:
             # A random start: a worker restarted after a crash must not reuse at once the ids
             # of its predecessor's C-MOVEs, whose late C-STOREs might still arrive.
-            start = secrets.randbelow(len(self._ids))
-            ids = itertools.chain(self._ids[start:], self._ids[:start])
-            counter = self._counters[calling_aet] = itertools.cycle(ids)
-        return next(counter)
+            position = secrets.randbelow(len(self._ids))
+        self._next[calling_aet] = (position + 1) % len(self._ids)
+        return self._ids[position]
 
 
 @dataclass(eq=False)
