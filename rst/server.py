@@ -40,6 +40,7 @@ from rst.groups import collapse
 from rst.health import HealthMonitor
 from rst.http.app import create_app
 from rst.http.listener import serve_http
+from rst.malloc import trim_periodically
 from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.workers import WorkerSlot
@@ -210,6 +211,7 @@ async def _serve(
                 dimse_address = await nursery.start(receiver.run)
                 health.receiver_listening(*dimse_address)
                 await nursery.start(health.run)
+                await nursery.start(trim_periodically)
                 binds = await nursery.start(http)
                 running = Running(
                     binds[0], dimse_address, receiver, backends, mediator, cache, metrics, health
