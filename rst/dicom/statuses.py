@@ -66,7 +66,7 @@ CANNOT_UNDERSTAND = 0xC000
 TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 """STOW-RS only (PS3.18 Table I.2-1): the archive takes none of the syntaxes rst can send."""
 
-_WARNINGS_OUTSIDE_BXXX = frozenset({0x0001, 0x0107, 0x0116})
+_WARNINGS_OUTSIDE_CLASS_B = frozenset({0x0001, 0x0107, 0x0116})
 """C.4: warnings that are not in 0xBxxx (attribute list error, attribute value out of range)."""
 
 
@@ -85,7 +85,7 @@ def is_cancel(code: int) -> bool:
 
 def is_warning(code: int) -> bool:
     """C.4: 0xBxxx, 0x0001, 0x0107, 0x0116 — done, with something to report."""
-    return code & 0xF000 == 0xB000 or code in _WARNINGS_OUTSIDE_BXXX
+    return code & 0xF000 == 0xB000 or code in _WARNINGS_OUTSIDE_CLASS_B
 
 
 def is_failure(code: int) -> bool:
