@@ -19,7 +19,7 @@ clients each pick one behaviour at a time:
   is never read; ``disconnect``: a retrieve dropped after its first bytes; ``stalled-stow``:
   a STOW whose body stops halfway (408 expected).
 
-Meanwhile :class:`~tests.support.hostile_pacs.HostileScu` associations misbehave at rst's
+Meanwhile :class:`~tests.support.hostile_scu.HostileScu` associations misbehave at rst's
 C-STORE receiver. rst's resident and peak memory (``VmRSS``/``VmHWM``), open descriptors and
 threads are read from ``/proc`` at rest after a warm-up (the baseline) and at rest after the
 run (after a settle). The run fails (exit 1) if rst died, a good request failed, any answer was
@@ -50,7 +50,9 @@ import trio
 
 from benchmarks.common import ROOT, rel
 from benchmarks.procfs import descriptors, snapshot
+from tests.support.hostile_archive import sample_instances
 from tests.support.hostile_dicom import small_instance
+from tests.support.hostile_faults import Action, Phase, Script
 from tests.support.hostile_http import (
     Answer,
     HostileRequest,
@@ -67,14 +69,8 @@ from tests.support.hostile_http import (
     stow_request,
     stow_uids,
 )
-from tests.support.hostile_pacs import (
-    Action,
-    HostilePacs,
-    HostileScu,
-    Phase,
-    Script,
-    sample_instances,
-)
+from tests.support.hostile_pacs import HostilePacs
+from tests.support.hostile_scu import HostileScu
 from tests.support.orthanc import Orthanc, add_modality, http_client, open_orthanc, upload
 from tests.support.rst_process import read_until, rst_process
 from tests.support.sample import StudyFiles, write_ct_study

@@ -183,7 +183,10 @@ def _rst_env() -> dict[str, str]:
 
 
 async def _wait_ready(proc: trio.Process, url: str, log: Path) -> bool:
-    """Poll GET /aets until it answers 200; False if rst exited (port taken?)."""
+    """Poll GET /aets until it answers 200; False if rst exited (port taken?).
+
+    The same loop as ``tests.support.http_server.wait_http_ready``, kept here on purpose: the
+    benchmarks are not to grow new dependencies on ``tests/``."""
     deadline = trio.current_time() + READY_TIMEOUT
     async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
         while proc.poll() is None:

@@ -28,7 +28,7 @@ from pydicom.uid import UID
 
 from rst.dicom.accept import MediaRange, parse_accept
 from rst.dicom.part10 import encodable_syntaxes
-from rst.dicom.render import (
+from rst.dicom.render_params import (
     DEFAULT_QUALITY,
     GIF,
     JPEG,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, request
 
 from rst.dicom.frames import parse_frame_list
-from rst.dicom.render import GIF, negotiate_rendered, parse_rendering
+from rst.dicom.render_params import GIF, negotiate_rendered, parse_rendering
 from rst.errors import NotAcceptable
 from rst.http.context import RouteContext
 from rst.http.multipart_body import PartSender, start_multipart

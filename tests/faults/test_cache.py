@@ -23,11 +23,14 @@ from rst.dicom.frames import FrameSource
 from rst.server import Running
 from rst.services import metadata
 from rst.services.protocols import RetrieveKeys
-from tests.support.download import Download
+from tests.support.download import Download, download_all
 from tests.support.frames import encapsulated, parts, volume
 from tests.support.gateway import run_gateway, settled
 
 Mode = str  # "move" or "get"
+
+DOWNLOADS_WITHIN = 30.0
+"""Seconds the concurrent downloads of one step may take."""
 
 
 def ae(pacs: DevPacs, **kw: Any) -> AeConfig:
@@ -62,15 +65,6 @@ def instances_of(download: Download) -> dict[str, bytes]:
     for _, data in download.parts():
         found[str(pydicom.dcmread(DicomBytesIO(data)).SOPInstanceUID)] = data
     return found
-
-
-async def download_all(urls: list[str]) -> list[Download]:
-    downloads = [Download(url) for url in urls]
-    with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            for download in downloads:
-                nursery.start_soon(download.run)
-    return downloads
 
 
 @pytest.mark.parametrize("mode", ["move", "get"])
@@ -131,11 +125,12 @@ async def test_a_retrieved_series_is_then_served_without_the_pacs(pacs: DevPacs)
     _study, _series, sops = first_series(pacs)
     async with run_gateway(ae(pacs)) as running:
         pacs.add_destination("RST", *running.dimse_address)
-        (first,) = await download_all([series_url(running, pacs)])
+        (first,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
         assert retrieves(pacs) == 1
 
         again, one = await download_all(
-            [series_url(running, pacs), f"{series_url(running, pacs)}/instances/{sops[2]}"]
+            [series_url(running, pacs), f"{series_url(running, pacs)}/instances/{sops[2]}"],
+            within=DOWNLOADS_WITHIN,
         )
 
     assert retrieves(pacs) == 1
@@ -147,11 +142,11 @@ async def test_a_restarted_gateway_serves_what_it_had(pacs: DevPacs, tmp_path: P
     cache = {"path": str(tmp_path / "cache")}
     async with run_gateway(ae(pacs), cache=cache) as running:
         pacs.add_destination("RST", *running.dimse_address)
-        (before,) = await download_all([series_url(running, pacs)])
+        (before,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
 
     async with run_gateway(ae(pacs), cache=cache) as running:
         pacs.add_destination("RST", *running.dimse_address)
-        (after,) = await download_all([series_url(running, pacs)])
+        (after,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
 
     assert retrieves(pacs) == 1
     assert instances_of(after) == instances_of(before)
@@ -172,7 +167,7 @@ async def test_a_failed_retrieve_leaves_nothing_served_as_complete(
     config = ae(pacs, retrieve=mode)
     async with run_gateway(config, cache={"path": str(tmp_path / "cache")}) as running:
         pacs.add_destination("RST", *running.dimse_address)
-        broken = await download_all([series_url(running, pacs)] * 3)
+        broken = await download_all([series_url(running, pacs)] * 3, within=DOWNLOADS_WITHIN)
         assert all(d.error is not None for d in broken)  # every body broke off
         await settled(running)
 
@@ -186,7 +181,7 @@ async def test_a_failed_retrieve_leaves_nothing_served_as_complete(
 
         for name in fault:
             setattr(faults, name, Faults.__dataclass_fields__[name].default)
-        (complete,) = await download_all([series_url(running, pacs)])
+        (complete,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
 
     assert retrieves(pacs) == 2
     assert len(instances_of(complete)) == 6
@@ -233,8 +228,8 @@ async def test_large_instances_are_cached_whole_and_served_again_identical(
     with DevPacs(FolderArchive(tmp_path / "pacs"), aet="FAULTY", port=0) as pacs:
         async with run_gateway(ae(pacs)) as running:
             pacs.add_destination("RST", *running.dimse_address)
-            (cold,) = await download_all([series_url(running, pacs)])
-            (warm,) = await download_all([series_url(running, pacs)])
+            (cold,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
+            (warm,) = await download_all([series_url(running, pacs)], within=DOWNLOADS_WITHIN)
 
         assert retrieves(pacs) == 1
     sources = {

@@ -50,14 +50,10 @@ from rst.dicom.statuses import PROCESSING_FAILURE
 from rst.groups import collapse
 from rst.server import Running
 from tests.support.gateway import run_gateway, settled
-from tests.support.hostile_pacs import (
-    Action,
-    HostilePacs,
-    HostileScu,
-    Phase,
-    Script,
-    sample_instances,
-)
+from tests.support.hostile_archive import sample_instances
+from tests.support.hostile_faults import Action, Phase, Script
+from tests.support.hostile_pacs import HostilePacs
+from tests.support.hostile_scu import HostileScu
 
 CASE_DEADLINE = 30.0
 """No case may take longer (a hang is a failure, not a stuck suite)."""

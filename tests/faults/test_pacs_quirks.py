@@ -23,7 +23,9 @@ import trio
 from rst.config import AeConfig
 from rst.server import Running
 from tests.support.gateway import run_gateway, settled
-from tests.support.hostile_pacs import Action, HostilePacs, Phase, Script, sample_instances
+from tests.support.hostile_archive import sample_instances
+from tests.support.hostile_faults import Action, Phase, Script
+from tests.support.hostile_pacs import HostilePacs
 
 AET = "QUIRKY"
 CASE_DEADLINE = 30.0

@@ -26,7 +26,8 @@ from pydicom.uid import (
 )
 
 from rst.config import Config, HttpConfig
-from rst.dicom.render import GIF, PNG, Region, Rendering, Viewport, Window, render
+from rst.dicom.render import render
+from rst.dicom.render_params import GIF, PNG, Region, Rendering, Viewport, Window
 from rst.http.app import create_app
 from rst.http.listener import serve_http
 from rst.services.protocols import Backend, Instance, RetrieveKeys

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from rst.devpacs import DevPacs, FolderArchive, write_sample_study
-from tests.support.download import Download
+from tests.support.download import Download, download_all
 from tests.support.frames import OHIF_LOADER
 from tests.support.rst_process import read_until, rst_process
 
@@ -55,11 +55,7 @@ async def gateway(pacs: DevPacs, tmp_path: Path) -> AsyncIterator[str]:
 
 async def fetch(url: str, count: int) -> list[bytes]:
     """*count* concurrent retrieves of *url*, on separate connections (both workers serve)."""
-    downloads = [Download(url) for _ in range(count)]
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            for download in downloads:
-                nursery.start_soon(download.run)
+    downloads = await download_all([url] * count, within=60)
     for download in downloads:
         assert download.status == 200
         assert len(download.parts()) == 4

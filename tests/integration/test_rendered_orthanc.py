@@ -22,7 +22,8 @@ from pydicom.uid import RLELossless
 
 from rst.config import AeConfig
 from rst.dicom.multipart import MultipartReader, parse_content_type
-from rst.dicom.render import JPEG, PNG, Rendering, Viewport, Window, render
+from rst.dicom.render import render
+from rst.dicom.render_params import JPEG, PNG, Rendering, Viewport, Window
 from rst.server import Running
 from tests.support.gateway import run_gateway
 from tests.support.orthanc import Orthanc, add_modality, upload

@@ -21,7 +21,8 @@ from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from rst.config import AeConfig
-from rst.dicom.render import JPEG, PNG, Region, Rendering, Viewport, Window, render
+from rst.dicom.render import render
+from rst.dicom.render_params import JPEG, PNG, Region, Rendering, Viewport, Window
 from rst.server import Running
 from tests.support.gateway import run_gateway
 from tests.support.orthanc import Orthanc, add_modality, upload

@@ -17,7 +17,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
 
-from tests.support.download import Download
+from tests.support.download import download_all
 from tests.support.gateway import wait_until
 from tests.support.orthanc import Orthanc, add_modality
 from tests.support.rst_process import child_pids, read_until, rst_process
@@ -71,11 +71,8 @@ async def retrieve_all(supervisor: Supervisor, study: StudyFiles, count: int) ->
         str(pydicom.dcmread(path).SOPInstanceUID): bytes(pydicom.dcmread(path).PixelData)
         for path in study.paths
     }
-    downloads = [Download(f"{supervisor.url}/studies/{study.study_uid}") for _ in range(count)]
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            for download in downloads:
-                nursery.start_soon(download.run)
+    url = f"{supervisor.url}/studies/{study.study_uid}"
+    downloads = await download_all([url] * count, within=60)
 
     for download in downloads:
         assert download.status == 200

@@ -37,7 +37,7 @@ from rst.dicom.part10 import dataset_offset
 from rst.dicom.uids import VERIFICATION
 from rst.errors import IncompleteRetrieve
 from rst.services.protocols import Instance
-from tests.support.dcmtk import run_tool
+from tests.support.dcmtk import echoscu, run_tool
 from tests.support.receiver_counts import stores
 from tests.support.sample import (
     ENHANCED_CT_IMAGE_STORAGE,
@@ -171,13 +171,8 @@ async def test_uid_fallback_with_dcmtk_storescu(receiver: StoreReceiver, study: 
 
 async def test_echo_with_dcmtk(receiver: StoreReceiver) -> None:
     assert receiver.address is not None
-    result = await trio.run_process(
-        ["/usr/bin/echoscu", "-aec", "RST", "127.0.0.1", str(receiver.address[1])],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await echoscu("127.0.0.1", receiver.address[1], "RST")
+    assert result.returncode == 0, result.output
 
 
 async def test_unsupported_abstract_syntax_is_rejected_per_context(
@@ -216,13 +211,8 @@ async def test_garbage_gets_an_abort_and_the_receiver_keeps_serving(
         with trio.fail_after(5):
             reply = await stream.receive_some(64)
     assert reply[:1] in (b"\x07", b"\x03", b"")  # A-ABORT (or A-ASSOCIATE-RJ), then closed
-    result = await trio.run_process(
-        ["/usr/bin/echoscu", "-aec", "RST", "127.0.0.1", str(receiver.address[1])],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await echoscu("127.0.0.1", receiver.address[1], "RST")
+    assert result.returncode == 0, result.output
 
 
 async def test_fuzzed_streams_never_take_the_receiver_down(receiver: StoreReceiver) -> None:
@@ -267,13 +257,8 @@ async def test_fuzzed_streams_never_take_the_receiver_down(receiver: StoreReceiv
                 while await stream.receive_some(65536):  # until the receiver closes
                     pass
     # still serving
-    result = await trio.run_process(
-        ["/usr/bin/echoscu", "-aec", "RST", "127.0.0.1", str(address[1])],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = await echoscu("127.0.0.1", address[1], "RST")
+    assert result.returncode == 0, result.output
     assert receiver.associations == 0
 
 

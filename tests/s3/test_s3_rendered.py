@@ -14,7 +14,8 @@ import trio
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 
-from rst.dicom.render import PNG, Rendering, Viewport, render
+from rst.dicom.render import render
+from rst.dicom.render_params import PNG, Rendering, Viewport
 from rst.server import Running
 from tests.support.sample import StudyFiles
 

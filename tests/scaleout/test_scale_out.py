@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.support.download import AS_STORED, Download
+from tests.support.download import AS_STORED, download_all
 from tests.support.frames import parts
 from tests.support.orthanc import upload
 from tests.support.replicas import DIMSE_AET, S3_AET, Deployment
@@ -105,15 +105,12 @@ async def test_c_moves_through_both_replicas_at_once_each_reach_their_own_receiv
     await upload(deployment.orthanc, study.paths)  # straight into the PACS: no cache knows it
     replicas = deployment.replicas
     before = [await retrieved_instances(replica) for replica in replicas]
-    downloads = [
-        Download(f"{replica.archive(DIMSE_AET)}/studies/{study.study_uid}")
+    urls = [
+        f"{replica.archive(DIMSE_AET)}/studies/{study.study_uid}"
         for replica in replicas
         for _ in range(2)
     ]
-    with trio.fail_after(TIMEOUT):
-        async with trio.open_nursery() as nursery:
-            for download in downloads:
-                nursery.start_soon(download.run)
+    downloads = await download_all(urls, within=TIMEOUT)
     expected = by_sop(study.paths)
     for download in downloads:
         assert download.status == 200

@@ -19,10 +19,7 @@ the whole process group is stopped on exit. It binds every interface: the LD_PRE
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,23 +28,11 @@ from pathlib import Path
 import pydicom
 import trio
 
-from .dcmtk import DcmtkError, dcmtk_tool, require_dcmtk, run_tool
-from .loopback import (
-    default_build_dir,
-    free_port,
-    listening_sockets,
-    log_tail,
-    loopback_preload,
-    preload_env,
-    stop_process,
-)
+from .dcmtk import READY_TIMEOUT, DcmtkError, dcmtk_tool, open_listening, require_dcmtk, run_tool
 
 __all__ = ["INDEX_FILE", "Dcmqrscp", "open_dcmqrscp", "require_dcmqrscp"]
 
 INDEX_FILE = "index.dat"
-READY_TIMEOUT = 10.0
-START_ATTEMPTS = 3
-STOP_TIMEOUT = 5.0
 MIN_PDU, MAX_PDU = 4096, 131072
 """The range of PDU lengths dcmqrscp takes (``--max-pdu``)."""
 
@@ -132,52 +117,13 @@ async def open_dcmqrscp(
             raise DcmtkError(f"dcmqridx failed:\n{indexed.output}")
     log_path = workdir / "dcmqrscp.log"
     config_path = workdir / "dcmqrscp.cfg"
-    env = preload_env(loopback_preload(default_build_dir()))
-    proc: trio.Process | None = None
-    try:
-        ready: Dcmqrscp | None = None
-        for _attempt in range(START_ATTEMPTS):
-            port = free_port()
-            config_path.write_text(_config(port, aet, storage, destinations or {}, max_pdu))
-            argv = [dcmtk_tool("dcmqrscp"), "-v", "-dhl", "-c", str(config_path), *options]
-            with log_path.open("ab") as log:
-                proc = await trio.lowlevel.open_process(
-                    [*argv, str(port)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=str(workdir),
-                    start_new_session=True,
-                )
-            deadline = trio.current_time() + ready_timeout
-            while proc.poll() is None:
-                if any(s.port == port for s in listening_sockets(proc.pid)):
-                    ready = Dcmqrscp(aet, port, storage, log_path, proc.pid)
-                    break
-                if trio.current_time() > deadline:
-                    raise DcmtkError(f"dcmqrscp not listening in time:\n{log_tail(log_path)}")
-                await trio.sleep(0.01)  # bounded readiness polling of a freshly started process
-            if ready is not None:
-                break
-            await stop_process(proc, kill=True)  # exited early (port taken?): retry
-        if ready is None:
-            raise DcmtkError(f"dcmqrscp exited during start-up:\n{log_tail(log_path)}")
-        yield ready
-    finally:
-        if proc is not None:
-            group = proc.pid
-            await stop_process(proc, grace=5.0)
-            await _end_group(group)
 
+    def command(port: int) -> list[str]:
+        config_path.write_text(_config(port, aet, storage, destinations or {}, max_pdu))
+        argv = [dcmtk_tool("dcmqrscp"), "-v", "-dhl", "-c", str(config_path), *options]
+        return [*argv, str(port)]
 
-async def _end_group(group: int) -> None:
-    """Kill what is left of the process group (the children serving associations) and wait,
-    boundedly, until the kernel has let it go (killed children are reaped by init)."""
-    with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
-        while True:
-            try:
-                os.killpg(group, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            await trio.sleep(0.01)  # bounded polling: a process group offers nothing to wait on
+    async with open_listening(
+        "dcmqrscp", command, log_path, ready_timeout, cwd=workdir, process_group=True
+    ) as (port, pid):
+        yield Dcmqrscp(aet, port, storage, log_path, pid)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -50,6 +51,7 @@ __all__ = [
     "findscu",
     "getscu",
     "movescu",
+    "open_listening",
     "open_store_destination",
     "open_storescp",
     "open_wlmscpfs",
@@ -64,6 +66,8 @@ READY_TIMEOUT = 10.0
 # Safety net against a hung tool; wrap a call in trio.fail_after() for a tighter limit.
 TOOL_TIME_LIMIT = 600.0
 START_ATTEMPTS = 3
+STOP_TIMEOUT = 5.0
+"""How long the killed rest of a process group may take to go (:func:`open_listening`)."""
 
 # Matching/return keys: {"PatientID": "RST*", "StudyDescription": ""} or ["PatientID=RST*", ...];
 # keys are dcmtk dictionary names or "gggg,eeee".
@@ -348,7 +352,7 @@ async def open_storescp(
         args += ["--ignore"] if ignore else ["-od", str(workdir)]
         return [*args, *extra, str(port)]
 
-    async with _listening("storescp", argv, log_path, ready_timeout) as port:
+    async with open_listening("storescp", argv, log_path, ready_timeout) as (port, _pid):
         yield port
 
 
@@ -367,47 +371,74 @@ async def open_wlmscpfs(
     def argv(port: int) -> list[str]:
         return [dcmtk_tool("wlmscpfs"), "-v", "-s", "-dhl", "-csk", "-dfp", str(folder), str(port)]
 
-    async with _listening("wlmscpfs", argv, log_path, ready_timeout) as port:
+    async with open_listening("wlmscpfs", argv, log_path, ready_timeout) as (port, _pid):
         yield port
 
 
 @asynccontextmanager
-async def _listening(
-    name: str, argv: Callable[[int], list[str]], log_path: Path, ready_timeout: float
-) -> AsyncIterator[int]:
-    """Start ``argv(port)`` on a free port (retried if it was taken meanwhile) behind the
-    loopback shim; yield the port once the tool listens; stop it on exit (shielded)."""
+async def open_listening(
+    name: str,
+    command: Callable[[int], list[str]],
+    log_path: Path,
+    ready_timeout: float,
+    *,
+    cwd: Path | None = None,
+    process_group: bool = False,
+) -> AsyncIterator[tuple[int, int]]:
+    """Start ``command(port)`` on a free port (retried if it was taken meanwhile) behind the
+    loopback shim; yield the port and the process id once the tool listens; stop it on exit
+    (shielded). *command* may write a configuration naming the port before it returns.
+
+    With *process_group* the tool runs in a session of its own and, once it has stopped, what
+    is left of its process group (children serving associations, as dcmqrscp forks) is killed."""
     env = preload_env(loopback_preload(default_build_dir()))
     proc: trio.Process | None = None
     try:
-        ready_port: int | None = None
+        ready: tuple[int, int] | None = None
         for _attempt in range(START_ATTEMPTS):
             port = free_port()
             with log_path.open("ab") as log:
                 proc = await trio.lowlevel.open_process(
-                    argv(port),
+                    command(port),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    cwd=str(cwd) if cwd else None,
+                    start_new_session=process_group,
                 )
             deadline = trio.current_time() + ready_timeout
             while proc.poll() is None:
                 if any(s.port == port for s in listening_sockets(proc.pid)):
-                    ready_port = port
+                    ready = port, proc.pid
                     break
                 if trio.current_time() > deadline:
                     raise DcmtkError(f"{name} not listening in time:\n{log_tail(log_path)}")
                 await trio.sleep(0.01)  # bounded readiness polling of a freshly started process
-            if ready_port is not None:
+            if ready is not None:
                 break
             await stop_process(proc, kill=True)  # exited early (port taken?): retry
-        if ready_port is None:
+        if ready is None:
             raise DcmtkError(f"{name} exited during start-up:\n{log_tail(log_path)}")
-        yield ready_port
+        yield ready
     finally:
         if proc is not None:
+            group = proc.pid
             await stop_process(proc, grace=5.0)
+            if process_group:
+                await _end_group(group)
+
+
+async def _end_group(group: int) -> None:
+    """Kill what is left of the process group (the children serving associations) and wait,
+    boundedly, until the kernel has let it go (killed children are reaped by init)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(STOP_TIMEOUT):
+        while True:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            await trio.sleep(0.01)  # bounded polling: a process group offers nothing to wait on
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ parts = download.parts()  # fails unless the multipart body is complete
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -18,7 +19,7 @@ import trio
 from rst.backends.dimse.incoming import STREAM_AFTER
 from rst.dicom.multipart import MultipartReader, parse_content_type
 
-__all__ = ["AS_STORED", "DEFAULT", "Download"]
+__all__ = ["AS_STORED", "DEFAULT", "Download", "download_all"]
 
 DEFAULT = 'multipart/related; type="application/dicom"'
 """Instances in Explicit VR Little Endian."""
@@ -78,3 +79,14 @@ class Download:
             assert media_type == "application/dicom", part.content_type
             found.append((params["transfer-syntax"], part.data))
         return found
+
+
+async def download_all(urls: Iterable[str], *, within: float) -> list[Download]:
+    """A :class:`Download` of each of *urls*, run concurrently (separate connections) until all
+    are done; :class:`trio.TooSlowError` past *within* seconds."""
+    downloads = [Download(url) for url in urls]
+    with trio.fail_after(within):
+        async with trio.open_nursery() as nursery:
+            for download in downloads:
+                nursery.start_soon(download.run)
+    return downloads

@@ -10,7 +10,6 @@ any key is then unknown, so requests fail with ``InvalidAccessKeyId``.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,32 +20,15 @@ import boto3
 import httpx
 import trio
 
-from .loopback import free_port, log_tail, stop_process
+from .http_server import open_http_server
 
 __all__ = ["MOTO_SERVER", "MotoError", "create_bucket", "get_object", "open_moto", "put_object"]
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
-READY_TIMEOUT = 20.0
-START_ATTEMPTS = 3  # free_port() is racy
 
 
 class MotoError(RuntimeError):
     pass
-
-
-async def _ready(proc: trio.Process, url: str, deadline: float) -> bool:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        while proc.poll() is None:
-            try:
-                response = await client.get(f"{url}/moto-api/", timeout=2.0)
-                if response.status_code < 500:
-                    return True
-            except httpx.TransportError:
-                pass
-            if trio.current_time() > deadline:
-                raise MotoError(f"moto_server did not answer on {url} in time")
-            await trio.sleep(0.05)  # bounded readiness polling of a freshly started process
-    return False
 
 
 @asynccontextmanager
@@ -59,23 +41,20 @@ async def open_moto(workdir: Path, *, auth: bool = False) -> AsyncIterator[str]:
     if auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     log_path = workdir / "moto.log"
-    for _ in range(START_ATTEMPTS):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with log_path.open("ab") as log:
-            proc = await trio.lowlevel.open_process(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        try:
-            if await _ready(proc, url, trio.current_time() + READY_TIMEOUT):
-                yield url
-                return
-        finally:
-            await stop_process(proc, grace=5.0)
-    raise MotoError(f"moto_server failed to start:\n{log_tail(log_path)}")
+
+    def command(port: int) -> list[str]:
+        return [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)]
+
+    async with open_http_server(
+        "moto_server",
+        command,
+        log_path,
+        probe="/moto-api/",
+        ok=lambda status: status < 500,
+        error=MotoError,
+        env=env,
+    ) as url:
+        yield url
 
 
 async def create_bucket(endpoint: str, bucket: str) -> None:

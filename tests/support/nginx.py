@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import trio
 
-from .loopback import free_port, log_tail, stop_process
+from .http_server import open_http_server
 
 __all__ = ["NGINX_BIN", "NginxError", "local_config", "open_nginx"]
 
 NGINX_BIN = Path("/usr/sbin/nginx")
-READY_TIMEOUT = 20.0
-START_ATTEMPTS = 3  # free_port() is racy
 _PORT = "{port}"  # where local_config leaves the listening port
 
 
@@ -65,20 +61,6 @@ def local_config(conf: str, upstreams: Sequence[str], workdir: Path) -> str:
     return conf
 
 
-async def _ready(proc: trio.Process, url: str, deadline: float) -> bool:
-    async with httpx.AsyncClient(trust_env=False) as client:
-        while proc.poll() is None:
-            try:
-                if (await client.get(f"{url}/nginx-healthz", timeout=2.0)).status_code == 200:
-                    return True
-            except httpx.TransportError:
-                pass
-            if trio.current_time() > deadline:
-                raise NginxError(f"nginx did not answer on {url} in time")
-            await trio.sleep(0.05)  # bounded readiness polling of a freshly started process
-    return False
-
-
 @asynccontextmanager
 async def open_nginx(workdir: Path, conf: str) -> AsyncIterator[str]:
     """Run nginx with *conf* (from :func:`local_config`) on a free loopback port; yield its URL.
@@ -87,20 +69,19 @@ async def open_nginx(workdir: Path, conf: str) -> AsyncIterator[str]:
         raise NginxError(f"{NGINX_BIN} is missing: run scripts/install-deps (installs nginx-light)")
     await trio.Path(workdir).mkdir(parents=True, exist_ok=True)
     log_path = workdir / "nginx.log"
-    for _ in range(START_ATTEMPTS):
-        port = free_port()
-        config = workdir / "nginx.conf"
+    config = workdir / "nginx.conf"
+
+    def command(port: int) -> list[str]:
         config.write_text(conf.replace(_PORT, str(port)))
         argv = [str(NGINX_BIN), "-p", str(workdir), "-e", str(log_path), "-c", str(config)]
-        with log_path.open("ab") as log:
-            proc = await trio.lowlevel.open_process(
-                [*argv, "-g", "daemon off;"], stdout=log, stderr=subprocess.STDOUT
-            )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            if await _ready(proc, url, trio.current_time() + READY_TIMEOUT):
-                yield url
-                return
-        finally:
-            await stop_process(proc, grace=5.0)  # SIGTERM: nginx's fast shutdown
-    raise NginxError(f"nginx failed to start:\n{log_tail(log_path)}")
+        return [*argv, "-g", "daemon off;"]
+
+    # stopped with SIGTERM: nginx's fast shutdown
+    async with open_http_server(
+        "nginx",
+        command,
+        log_path,
+        probe="/nginx-healthz",
+        error=NginxError,
+    ) as url:
+        yield url

@@ -28,7 +28,7 @@ from rst.config import AeConfig
 from rst.dicom.accept import BulkChoice, BulkdataFormat
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
-from rst.dicom.render import PNG, Rendering
+from rst.dicom.render_params import PNG, Rendering
 from rst.errors import ArchiveBusy, IncompleteRetrieve, NotFound, RstError
 from rst.services.bulkdata import BulkPart, produce_bulkdata
 from rst.services.protocols import Instance, RetrieveKeys, StoreResult

@@ -16,7 +16,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.processing import convert_color_space
 from pydicom.uid import UID, ExplicitVRLittleEndian, RLELossless
 
-from rst.dicom.render import (
+from rst.dicom.render import frame_indices, read_dataset, render
+from rst.dicom.render_params import (
     GIF,
     JPEG,
     PNG,
@@ -25,11 +26,8 @@ from rst.dicom.render import (
     Rendering,
     Viewport,
     Window,
-    frame_indices,
     negotiate_rendered,
     parse_rendering,
-    read_dataset,
-    render,
 )
 from rst.errors import BadRequest, NotAcceptable, NotFound, NotSupported
 

@@ -14,7 +14,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from rst.dicom.render import GIF, JPEG, PNG, Region, Rendering, Viewport, Window
+from rst.dicom.render_params import GIF, JPEG, PNG, Region, Rendering, Viewport, Window
 from rst.dicom.wado_uri import (
     DICOM,
     DicomRequest,

@@ -156,17 +156,23 @@ class DimseBackend:
         ]
         async with self.peer.connect(contexts) as connection:
             self._offers(model, any(a == model for a, _ in connection.accepted.values()))
-            async with find(
-                connection,
-                identifier,
-                model=model,
-                msg_id=self.message_ids.next(self.peer.calling_aet),
-                find_timeout=self.config.find_timeout,
-                cancel_timeout=self.config.cancel_timeout,
-                calling_aet=self.peer.calling_aet,
-                pacs=self.name,
-            ) as matches:
+            async with self._find_on(connection, identifier, model) as matches:
                 yield matches
+
+    def _find_on(
+        self, connection: Connection, identifier: Dataset, model: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
+        """One C-FIND on an open association, with this PACS's message IDs and timeouts."""
+        return find(
+            connection,
+            identifier,
+            model=model,
+            msg_id=self.message_ids.next(self.peer.calling_aet),
+            find_timeout=self.config.find_timeout,
+            cancel_timeout=self.config.cancel_timeout,
+            calling_aet=self.peer.calling_aet,
+            pacs=self.name,
+        )
 
     # -- WADO-RS -------------------------------------------------------------------------------
 
@@ -334,16 +340,7 @@ class DimseBackend:
                 log.info("C-GET from %s: no SOP classes (no C-FIND)", self.name)
                 return []
             try:
-                async with find(
-                    connection,
-                    identifier,
-                    model=FIND_MODEL,
-                    msg_id=self.message_ids.next(self.peer.calling_aet),
-                    find_timeout=self.config.find_timeout,
-                    cancel_timeout=self.config.cancel_timeout,
-                    calling_aet=self.peer.calling_aet,
-                    pacs=self.name,
-                ) as matches:
+                async with self._find_on(connection, identifier, FIND_MODEL) as matches:
                     async for match in matches:
                         classes += _values(match.get("SOPClassesInStudy"))
             except DimseFailure as error:
