@@ -41,6 +41,9 @@ __all__ = ["Metrics", "multiprocess_enabled"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 """Seconds; long enough for a whole study streamed to a slow client."""
+S3_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+"""Seconds of one S3 call: from a millisecond (a store on the same host) to a minute (a large
+object on a slow link, retries included)."""
 
 
 def multiprocess_enabled() -> bool:
@@ -85,9 +88,11 @@ class Metrics:
                 multiprocess_mode=mode,  # type: ignore[arg-type]
             )
 
-        def histogram(name: str, doc: str, labels: Iterable[str]) -> Histogram:
+        def histogram(
+            name: str, doc: str, labels: Iterable[str], buckets: Iterable[float] = DURATION_BUCKETS
+        ) -> Histogram:
             return Histogram(
-                name, doc, labelnames=tuple(labels), buckets=DURATION_BUCKETS, registry=own
+                name, doc, labelnames=tuple(labels), buckets=tuple(buckets), registry=own
             )
 
         info = gauge("rst_build_info", "rst's version (the value is always 1)", ["version"], "max")
@@ -104,6 +109,12 @@ class Metrics:
             "rst_http_request_duration_seconds",
             "From the request's arrival to the last byte of its response",
             ["route", "method"],
+        )
+        self.http_first_byte = histogram(
+            "rst_http_time_to_first_byte_seconds",
+            "From the request's arrival to the first byte of its response body (responses "
+            "without a body are not in it)",
+            ["route"],
         )
         self.http_in_progress = gauge(
             "rst_http_requests_in_progress", "HTTP requests being served now"
@@ -145,7 +156,15 @@ class Metrics:
             "Retrieved instances written to the spool because the HTTP client read too slowly",
             ["aet"],
         )
-        self.spooled_bytes = counter("rst_spool_bytes", "Bytes written to spool files", ["aet"])
+        self.spooled_bytes = counter(
+            "rst_spool_written_bytes", "Bytes written to spool files", ["aet"]
+        )
+        self.spool_held = gauge(
+            "rst_spool_bytes",
+            "Bytes in spool files now, by AE: written for retrieves under way, back to 0 when "
+            "they end",
+            ["aet"],
+        )
         self.s3_read_bytes = counter(
             "rst_s3_read_bytes",
             "Bytes of object data read from S3, whole objects and ranges (what ranged reads "
@@ -168,6 +187,23 @@ class Metrics:
             "Associations that could not be used, by AE, operation and kind (unreachable, "
             "rejected, timeout, busy: no free slot within queue_timeout, broken, error)",
             ["aet", "operation", "kind"],
+        )
+
+        # -- S3 calls (one place: rst.backends.s3.client) --------------------------------------
+        self.s3_calls = counter(
+            "rst_s3_calls",
+            "S3 API calls by AE, operation (GetObject, GetObjectRange: a ranged GetObject, "
+            "PutObject, ListObjectsV2: one per page, HeadBucket, ...) and outcome (ok, "
+            "not_found, denied, timeout, unreachable, error, cancelled); botocore's retries "
+            "are inside one call",
+            ["aet", "operation", "outcome"],
+        )
+        self.s3_duration = histogram(
+            "rst_s3_call_duration_seconds",
+            "S3 API calls by AE and operation, from request to the last byte of the answer "
+            "(retries included)",
+            ["aet", "operation"],
+            S3_BUCKETS,
         )
 
         # -- rst's C-STORE receiver (rst.backends.dimse.receiver) ------------------------------

@@ -5,6 +5,11 @@ ends long after its route handler returned — and every message both ways, so s
 and body bytes need nothing from the routes. The route *template* (``/aets/{aet}/studies/
 {study}``, never the UIDs) is the one thing only the app knows: :func:`note_route` puts it
 into the ASGI scope, where the middleware reads it once the request is over.
+
+Time to first byte is taken as the first non-empty body message leaves the app, whatever the
+response: a plain one sends its body in one message, a streamed multipart one when its first
+part is ready (after the archive answered), so the histogram tells the wait a viewer sees
+before anything arrives from the wait for the whole study.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import re
 import time
 from typing import Any, cast
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
 from quart import Request
 
 from rst.http.exchange import Exchange
@@ -58,9 +63,19 @@ class RequestMetrics:
         started = time.monotonic()
         exchange = Exchange(receive, send)
         failed = False
+        first_byte = True
+
+        async def send_counted(message: ASGISendEvent) -> None:
+            nonlocal first_byte
+            await exchange.send(message)
+            if first_byte and message["type"] == "http.response.body" and message.get("body"):
+                first_byte = False
+                route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
+                metrics.http_first_byte.labels(route).observe(time.monotonic() - started)
+
         metrics.http_in_progress.inc()
         try:
-            await self.app(scope, exchange.receive, exchange.send)
+            await self.app(scope, exchange.receive, send_counted)
         except Exception:
             failed = True  # hypercorn answers 500 for an app that raised before its answer
             raise

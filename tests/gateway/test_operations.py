@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
 
 import httpx
 import pytest
@@ -20,7 +20,7 @@ from rst.http.app import create_app
 from rst.http.listener import serve_http
 from rst.logs import RequestIdFilter
 from rst.metrics import Metrics
-from rst.services.protocols import Backend
+from rst.services.protocols import Backend, Instance, RetrieveKeys
 from tests.support.gateway import run_gateway
 from tests.support.hostile_pacs import HostilePacs
 from tests.support.scripted_backend import ScriptedBackend, part10
@@ -181,6 +181,14 @@ async def test_metrics_count_requests_by_route_retrieves_by_outcome_and_stow(
     assert value(samples, "rst_http_response_bytes_total", route=RETRIEVE) > len(whole.content)
     assert value(samples, "rst_http_request_bytes_total", route="/aets/{aet}/studies") == len(body)
     assert value(samples, "rst_http_requests_in_progress") == 1  # the scrape itself
+    # time to first byte: the broken retrieve had sent its first part; plain answers count too
+    first_byte = "rst_http_time_to_first_byte_seconds"
+    assert value(samples, f"{first_byte}_count", route=RETRIEVE) == 2
+    assert value(samples, f"{first_byte}_count", route="/aets") == 1
+    assert value(samples, f"{first_byte}_count", route="unmatched") == 1
+    assert value(samples, f"{first_byte}_sum", route=RETRIEVE) <= value(
+        samples, "rst_http_request_duration_seconds_sum", **route
+    )
     assert value(samples, "rst_http_errors_total", kind="UnknownAE") == 1
     assert value(samples, "rst_retrieves_total", aet="X", outcome="complete") == 1
     assert value(samples, "rst_retrieves_total", aet="X", outcome="partial") == 1
@@ -193,3 +201,53 @@ async def test_metrics_count_requests_by_route_retrieves_by_outcome_and_stow(
     broken = [r for r in caplog.records if getattr(r, "request_id", None) == "broken-1"]
     assert broken, "the broken retrieve was not logged"
     assert all(getattr(r, "aet", None) == "X" for r in broken)
+
+
+class HeldBackend(ScriptedBackend):
+    """Sends its first instance, then holds the rest until :attr:`go` is set."""
+
+    def __init__(self, instances: list[Instance]) -> None:
+        super().__init__(instances=instances)
+        self.go = trio.Event()
+
+    @asynccontextmanager
+    async def retrieve(
+        self, keys: RetrieveKeys, prefer: str | None = None
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        async def parts() -> AsyncGenerator[Instance]:
+            first, *rest = self.instances
+            yield first
+            await self.go.wait()
+            for instance in rest:
+                yield instance
+
+        async with aclosing(parts()) as found:
+            yield found
+
+
+async def test_time_to_first_byte_is_taken_when_a_streamed_body_starts() -> None:
+    backend = HeldBackend([part10(f"{STUDY}.1"), part10(f"{STUDY}.2")])
+    first_byte = "rst_http_time_to_first_byte_seconds_count"
+    async with (
+        serving({"X": backend}, Metrics()) as client,
+        client.stream("GET", f"/aets/X/studies/{STUDY}") as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.aiter_bytes()
+        assert await anext(chunks)  # the first part: the rest waits on the backend
+        samples = await scrape(client)
+        assert value(samples, first_byte, route=RETRIEVE) == 1
+        # the response is not over: no duration yet, but its first byte is counted
+        assert not [
+            s
+            for s in samples
+            if s.name == "rst_http_request_duration_seconds_count"
+            and s.labels.get("route") == RETRIEVE
+        ]
+        backend.go.set()
+        async for _ in chunks:
+            pass
+        samples = await scrape(client)
+    assert value(samples, first_byte, route=RETRIEVE) == 1  # once per response
+    route = {"route": RETRIEVE, "method": "GET"}
+    assert value(samples, "rst_http_request_duration_seconds_count", **route) == 1

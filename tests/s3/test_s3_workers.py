@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from rst.dicom.multipart import MultipartWriter
 from tests.support.download import AS_STORED, Download
@@ -58,6 +59,21 @@ async def test_what_one_worker_stores_every_worker_finds_and_serves(
         assert sorted(data for _, data in download.parts()) == sorted(
             p.read_bytes() for p in study.paths
         )
+        # whichever worker answers, the S3 calls and first bytes of both are summed
+        root = match.group(1)
+        for _ in range(3):
+            async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+                scraped = await http.get(f"{root}/metrics", headers={"Connection": "close"})
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(scraped.text)
+                for s in family.samples
+            }
+            put = (("aet", AET), ("operation", "PutObject"))
+            assert samples[("rst_s3_calls_total", (*put, ("outcome", "ok")))] == len(study.paths)
+            assert samples[("rst_s3_call_duration_seconds_count", put)] == len(study.paths)
+            stows = (("route", "/aets/{aet}/studies"),)
+            assert samples[("rst_http_time_to_first_byte_seconds_count", stows)] == len(study.paths)
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await process.wait() == 0

@@ -1,14 +1,31 @@
-"""The metrics: one registry per gateway, bounded labels, one outcome per retrieve."""
+"""The metrics: one registry per gateway, bounded labels, one outcome per retrieve, the spool
+gauge back to 0 when retrieves end, one count per S3 call."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
+from rst.backends.dimse.sink import InstanceSink
 from rst.backends.metered import MeteredBackend, retrieve_outcome
-from rst.errors import BackendTimeout, IncompleteRetrieve, NotFound, RstError
+from rst.backends.s3.client import RANGED_GET, S3Client, call_outcome
+from rst.config import S3AeConfig
+from rst.errors import (
+    BackendTimeout,
+    IncompleteRetrieve,
+    NotFound,
+    RstError,
+    StorageAccessError,
+    StorageError,
+    StorageUnreachable,
+)
 from rst.http.request_metrics import route_template
 from rst.metrics import Metrics
 from rst.services.protocols import RetrieveKeys
@@ -148,3 +165,129 @@ async def test_an_error_of_the_reader_is_no_failure_of_the_archive() -> None:
     with pytest.raises(NotFound):
         await ask_for_a_missing_frame()
     assert sample(metrics, "rst_retrieves_total", aet="SCRIPTED", outcome="cancelled") == 1
+
+
+# -- the spool gauge ------------------------------------------------------------------------
+
+
+def spooled(metrics: Metrics, aet: str) -> float | None:
+    return sample(metrics, "rst_spool_bytes", aet=aet)
+
+
+async def test_the_spool_gauge_holds_the_bytes_on_disk_until_the_retrieve_ends(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+    held = metrics.spool_held.labels("PACS")
+
+    def new_sink() -> InstanceSink:
+        return InstanceSink(capacity=1, stall_timeout=4.0, spool_dir=str(tmp_path), spool_held=held)
+
+    one, other = new_sink(), new_sink()
+    try:
+        await one.offer(part10("1.2.3.1"))  # in memory: nothing on disk
+        assert spooled(metrics, "PACS") == 0
+        second, third = part10("1.2.3.2"), part10("1.2.3.3")
+        await one.put_spooled(one.spool(second))
+        await other.put_spooled(other.spool(third))
+        fragments = one.open_body("1.2.3.4")
+        fragments.spool(b"x" * 1000)  # the rest of a large instance shares the spool
+        on_disk = len(second.data) + len(third.data) + 1000
+        assert spooled(metrics, "PACS") == on_disk == one.spooled_bytes + other.spooled_bytes
+
+        assert await one.receive() is not None
+        assert await one.receive() is not None  # read back: still in the file
+        assert spooled(metrics, "PACS") == on_disk
+    finally:
+        one.close()  # the request ended (or was abandoned): its file is gone
+    assert spooled(metrics, "PACS") == len(third.data)
+    one.close()  # twice: no second subtraction
+    other.close()
+    assert spooled(metrics, "PACS") == 0
+    assert spooled(metrics, "OTHER") is None
+
+
+# -- S3 calls -------------------------------------------------------------------------------
+
+
+def s3_client(metrics: Metrics | None) -> S3Client:
+    return S3Client(None, S3AeConfig(aet="BUCKET", backend="s3", bucket="rst-test"), metrics)
+
+
+def client_error(code: str, status: int) -> ClientError:
+    response: Any = {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("failure", "outcome"),
+    [
+        (None, "ok"),
+        (client_error("NoSuchKey", 404), "not_found"),
+        (client_error("AccessDenied", 403), "denied"),
+        (client_error("SlowDown", 503), "error"),
+        (ReadTimeoutError(endpoint_url="http://s3"), "timeout"),
+        (EndpointConnectionError(endpoint_url="http://s3"), "unreachable"),
+        (KeyError("a bug"), "error"),
+        (GeneratorExit(), "cancelled"),
+    ],
+    ids=lambda value: getattr(value, "__name__", type(value).__name__),
+)
+def test_each_s3_call_is_counted_once_with_its_outcome(
+    failure: BaseException | None, outcome: str
+) -> None:
+    metrics = Metrics()
+    client = s3_client(metrics)
+    with contextlib.suppress(BaseException), client._call("GetObject", key="a/b"):
+        if failure is not None:
+            raise failure
+    counted = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(metrics.exposition(None)[0].decode())
+        for s in family.samples
+        if s.name == "rst_s3_calls_total"
+    }
+    assert counted == {outcome: 1}
+    assert (
+        sample(metrics, "rst_s3_calls_total", aet="BUCKET", operation="GetObject", outcome=outcome)
+        == 1
+    )
+    duration = "rst_s3_call_duration_seconds_count"
+    assert sample(metrics, duration, aet="BUCKET", operation="GetObject") == 1
+
+
+def test_s3_calls_are_counted_by_operation_and_only_when_made() -> None:
+    metrics = Metrics()
+    client = s3_client(metrics)
+    with client._call("GetObject", key="k", counted_as=RANGED_GET):
+        pass
+    with client._call("ListObjectsV2", bucket_call=True) as call:
+        call.made = False  # the end of a listing: no request went out
+    with client._call("HeadBucket", bucket_call=True):
+        pass
+    operations = {
+        s.labels["operation"]
+        for family in text_string_to_metric_families(metrics.exposition(None)[0].decode())
+        for s in family.samples
+        if s.name == "rst_s3_calls_total"
+    }
+    assert operations == {"GetObjectRange", "HeadBucket"}
+    assert (
+        sample(
+            metrics, "rst_s3_call_duration_seconds_count", aet="BUCKET", operation="ListObjectsV2"
+        )
+        is None
+    )
+    with s3_client(None)._call("PutObject", key="k"):  # no metrics (the CLI's reindex)
+        pass
+
+
+def test_s3_outcomes_name_the_rst_error() -> None:
+    assert call_outcome(None) == "ok"
+    assert call_outcome(NotFound("no object")) == "not_found"
+    assert call_outcome(StorageAccessError("no bucket")) == "denied"
+    assert call_outcome(StorageUnreachable("no endpoint")) == "unreachable"
+    assert call_outcome(BackendTimeout("silent")) == "timeout"
+    assert call_outcome(StorageError("broke off")) == "error"
+    assert call_outcome(trio.TooSlowError()) == "error"
+    assert call_outcome(KeyboardInterrupt()) == "cancelled"

@@ -193,6 +193,8 @@ class DimseBackend:
             spool_dir=self.dimse.spool_dir,
             spool_max_bytes=self.dimse.spool_max_bytes,
             idle_timeout=self.config.idle_timeout,
+            # bytes on disk now; back to 0 when the retrieve ends (the sink's close)
+            spool_held=self.metrics.spool_held.labels(self.name) if self.metrics else None,
         )
 
     def retrieve(

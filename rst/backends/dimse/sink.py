@@ -23,7 +23,7 @@ import tempfile
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import trio
 
@@ -32,6 +32,9 @@ from rst.dicom.statuses import NOT_AUTHORIZED, OUT_OF_RESOURCES, SUCCESS
 from rst.errors import BackendTimeout, IncompleteRetrieve
 from rst.groups import copy_of
 from rst.services.protocols import Instance
+
+if TYPE_CHECKING:
+    from prometheus_client import Gauge
 
 __all__ = ["Fragments", "Instance", "InstanceSink", "SinkClosed", "SpoolFull", "hand_off"]
 
@@ -55,11 +58,14 @@ class _Spool:
     """The anonymous file one request's overflow goes to (created on first use), capped.
 
     Written from trio's worker threads: only the descriptor is kept, and ``pread``/``pwrite``
-    are safe across threads."""
+    are safe across threads. *held* (``rst_spool_bytes``) grows with each write — only
+    overflow reaches here, never the in-memory path — and loses the file's bytes when it is
+    closed."""
 
-    def __init__(self, directory: str | None, max_bytes: int) -> None:
+    def __init__(self, directory: str | None, max_bytes: int, held: Gauge | None = None) -> None:
         self._directory = directory
         self._max = max_bytes
+        self._held = held
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._end = 0
@@ -82,6 +88,8 @@ class _Spool:
             offset = self._end
             os.pwrite(self._fd, data, offset)
             self._end += len(data)
+            if self._held is not None:
+                self._held.inc(len(data))
         return offset
 
     @property
@@ -97,10 +105,12 @@ class _Spool:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+                if self._held is not None:
+                    self._held.dec(self._end)  # once: the descriptor is gone now
+            self._closed = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,11 +321,12 @@ class InstanceSink(_SpillingFifo[Instance]):
         spool_dir: str | None = None,
         spool_max_bytes: int = 2 * 1024**3,
         idle_timeout: float = 60.0,
+        spool_held: Gauge | None = None,
     ) -> None:
         super().__init__(
             capacity=capacity,
             stall_timeout=stall_timeout,
-            spool=_Spool(spool_dir, spool_max_bytes),
+            spool=_Spool(spool_dir, spool_max_bytes, spool_held),
         )
         self.idle_timeout = idle_timeout
         self._bodies: list[Fragments] = []

@@ -7,14 +7,19 @@ request and each streamed body — so :func:`open_client` must be entered inside
 connection errors itself, with exponential backoff (``retries.mode = "standard"``) up to
 ``max_attempts`` attempts per call; what still fails becomes an rst error here, with a message
 naming the bucket, the key and the S3 error code.
+
+Every call goes through :meth:`S3Client._call`, the one place that translates its errors and
+counts it (``rst_s3_calls_total`` by AE, operation and outcome; ``rst_s3_call_duration_seconds``),
+so a new call site is counted without a line of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +48,7 @@ from rst.errors import (
 )
 from rst.metrics import Metrics
 
-__all__ = ["Listed", "Ranged", "S3Client", "open_client"]
+__all__ = ["Listed", "Ranged", "S3Client", "call_outcome", "open_client"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,36 @@ _CREDENTIAL_CODES = frozenset(
 )
 _MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
+RANGED_GET = "GetObjectRange"
+"""The operation label of a ranged GetObject (S3 calls both GetObject; they cost alike per
+request, not per byte, and a ranged one is what ``ranged_reads_above`` adds)."""
+
+
+def call_outcome(error: BaseException | None) -> str:
+    """The outcome label of an S3 call that raised *error* (already an rst error) or not."""
+    if error is None:
+        return "ok"
+    if isinstance(error, NotFound):
+        return "not_found"
+    if isinstance(error, StorageAccessError):
+        return "denied"
+    if isinstance(error, BackendTimeout):
+        return "timeout"
+    if isinstance(error, StorageUnreachable):
+        return "unreachable"
+    if isinstance(error, Exception):
+        return "error"
+    return "cancelled"  # trio.Cancelled, GeneratorExit: the caller stopped waiting
+
+
+class _Call:
+    """One S3 call being made; :attr:`made` false when none went out after all (the end of a
+    listing, known from the last page)."""
+
+    __slots__ = ("made",)
+
+    def __init__(self) -> None:
+        self.made = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +116,7 @@ class S3Client:
         self._client = client
         self.config = config
         self._read_bytes = metrics.s3_read_bytes.labels(config.aet) if metrics else None
+        self._metrics = metrics
         self.bucket = config.bucket
         # what a client reads names the bucket and the AE; the endpoint goes to the log only
         self.where = f"bucket {config.bucket!r} of {config.aet}"
@@ -92,19 +128,25 @@ class S3Client:
 
     async def head_bucket(self) -> None:
         """Check that the bucket exists and the credentials may use it."""
-        with self._errors("HeadBucket", bucket_call=True):
+        with self._call("HeadBucket", bucket_call=True):
             await aio_as_trio(self._client.head_bucket)(Bucket=self.bucket)
 
     async def create_bucket(self) -> None:
         """Create the bucket (tests and first-time setup)."""
-        with self._errors("CreateBucket"):
+        with self._call("CreateBucket"):
             await aio_as_trio(self._client.create_bucket)(Bucket=self.bucket)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[Listed]:
         """The objects under *prefix*, in S3's order (ascending UTF-8), page by page."""
         paginator = self._client.get_paginator("list_objects_v2")
-        with self._errors("ListObjectsV2", bucket_call=True):
-            async for page in aio_as_trio(paginator.paginate(Bucket=self.bucket, Prefix=prefix)):
+        pages = aio_as_trio(paginator.paginate(Bucket=self.bucket, Prefix=prefix)).__aiter__()
+        async with aclosing(pages):
+            while True:
+                with self._call("ListObjectsV2", bucket_call=True) as call:  # one per page
+                    page = await anext(pages, None)
+                    call.made = page is not None
+                if page is None:
+                    return
                 for item in page.get("Contents", ()):
                     yield Listed(str(item["Key"]), int(item.get("Size", 0)))
 
@@ -115,7 +157,7 @@ class S3Client:
 
     async def get(self, key: str) -> bytes:
         """The whole object at *key*."""
-        with self._errors("GetObject", key=key):
+        with self._call("GetObject", key=key):
             response = await aio_as_trio(self._client.get_object)(Bucket=self.bucket, Key=key)
             async with aio_as_trio(response["Body"]) as body:
                 data: bytes = await aio_as_trio(body.read)()
@@ -132,7 +174,7 @@ class S3Client:
             raise ValueError(f"a ranged read needs a positive length, not {length}")
         extra = {"IfMatch": etag} if etag is not None else {}
         what = f"bytes {start}-{start + length - 1} of"
-        with self._errors("GetObject", key=key, detail=what):
+        with self._call("GetObject", key=key, detail=what, counted_as=RANGED_GET):
             response = await aio_as_trio(self._client.get_object)(
                 Bucket=self.bucket, Key=key, Range=f"bytes={start}-{start + length - 1}", **extra
             )
@@ -143,14 +185,42 @@ class S3Client:
 
     async def put(self, key: str, data: bytes) -> None:
         """Write *data* at *key* in one PutObject: S3 never shows a half-written object."""
-        with self._errors("PutObject", key=key):
+        with self._call("PutObject", key=key):
             await aio_as_trio(self._client.put_object)(
                 Bucket=self.bucket, Key=key, Body=data, ContentType="application/dicom"
             )
 
     async def delete(self, key: str) -> None:
-        with self._errors("DeleteObject", key=key):
+        with self._call("DeleteObject", key=key):
             await aio_as_trio(self._client.delete_object)(Bucket=self.bucket, Key=key)
+
+    @contextmanager
+    def _call(
+        self,
+        operation: str,
+        *,
+        key: str | None = None,
+        bucket_call: bool = False,
+        detail: str = "",
+        counted_as: str | None = None,
+    ) -> Iterator[_Call]:
+        """One call of *operation*: its errors translated, the call counted and timed (as
+        *counted_as* if given) unless the block says none was :attr:`~_Call.made`."""
+        call = _Call()
+        outcome = "ok"
+        started = time.monotonic()
+        try:
+            with self._errors(operation, key=key, bucket_call=bucket_call, detail=detail):
+                yield call
+        except BaseException as exc:
+            outcome = call_outcome(exc)
+            raise
+        finally:
+            if self._metrics is not None and call.made:
+                label = counted_as or operation
+                aet = self.config.aet
+                self._metrics.s3_calls.labels(aet, label, outcome).inc()
+                self._metrics.s3_duration.labels(aet, label).observe(time.monotonic() - started)
 
     @contextmanager
     def _errors(
