@@ -92,6 +92,8 @@ class Faults:
     """SOP Instance UIDs whose C-STORE is never answered (until the association ends)."""
     refuse_sop_classes: frozenset[str] = frozenset()
     """SOP classes whose presentation contexts are rejected (abstract syntax not supported)."""
+    fail_without_bulk_data: bool = False
+    """Answer each C-GET without bulk data (PS3.4 Annex Z) with a failure (0xC000)."""
 
 
 class _DevAE(AE):
@@ -211,8 +213,12 @@ class DevPacs:
         destinations: Mapping[str, tuple[str, int]] = _NO_DESTINATIONS,
         faults: Faults | None = None,
         max_pdu: int = 131072,
+        without_bulk_data: bool = False,
     ) -> None:
         self.archive = archive
+        self.without_bulk_data = without_bulk_data
+        """Also offer Composite Instance Retrieve Without Bulk Data - GET (pynetdicom removes
+        the bulk data from what it sends); its C-GETs are logged as ``get-without-bulk-data``."""
         self.aet = aet
         self.host = host
         self.port = port
@@ -238,6 +244,8 @@ class DevPacs:
             )
         for sop_class in _QR_CLASSES:
             ae.add_supported_context(sop_class)
+        if self.without_bulk_data:
+            ae.add_supported_context(UID(uids.WITHOUT_BULK_DATA_GET))
         return ae
 
     def start(self) -> tuple[str, int]:
@@ -363,7 +371,14 @@ class DevPacs:
         yield from self._sub_operations(event, instances, sub, cancelled=state == "cancel")
 
     def _on_get(self, event: Any) -> Iterator[Any]:
-        self._log("get")
+        if event.context.abstract_syntax == uids.WITHOUT_BULK_DATA_GET:
+            self._log("get-without-bulk-data")
+            if self.faults.fail_without_bulk_data:
+                yield 0
+                yield CANNOT_UNDERSTAND, None
+                return
+        else:
+            self._log("get")
         instances = self.archive.locate(event.identifier)
         state = self._hang(event)
         if state == "gone":
