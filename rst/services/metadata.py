@@ -8,7 +8,9 @@ reads parts of a stored instance (a large S3 object), only its head and tail are
 :mod:`rst.dicom.dicom_json` encodes its raw elements (pydicom's own JSON writer costs several
 times more, and gives the same answer); bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
-0002 (file meta) is never part of the answer.
+0002 (file meta) is never part of the answer. An image that came without its pixel data (a
+retrieve without bulk data, :mod:`rst.backends.dimse.without_bulk_data`) still gets the pixel
+data's ``BulkDataURI`` (:mod:`rst.dicom.bulkless`).
 """
 
 from __future__ import annotations
