@@ -92,8 +92,9 @@ class Faults:
     """SOP Instance UIDs whose C-STORE is never answered (until the association ends)."""
     refuse_sop_classes: frozenset[str] = frozenset()
     """SOP classes whose presentation contexts are rejected (abstract syntax not supported)."""
-    fail_without_bulk_data: bool = False
-    """Answer each C-GET without bulk data (PS3.4 Annex Z) with a failure (0xC000)."""
+    fail_without_bulk_data_after: int | None = None
+    """Fail each C-GET without bulk data (PS3.4 Annex Z) with 0xC000 after sending this many
+    of its instances (0: at once)."""
 
 
 class _DevAE(AE):
@@ -371,15 +372,16 @@ class DevPacs:
         yield from self._sub_operations(event, instances, sub, cancelled=state == "cancel")
 
     def _on_get(self, event: Any) -> Iterator[Any]:
-        if event.context.abstract_syntax == uids.WITHOUT_BULK_DATA_GET:
-            self._log("get-without-bulk-data")
-            if self.faults.fail_without_bulk_data:
-                yield 0
-                yield CANNOT_UNDERSTAND, None
-                return
-        else:
-            self._log("get")
+        without_bulk_data = event.context.abstract_syntax == uids.WITHOUT_BULK_DATA_GET
+        self._log("get-without-bulk-data" if without_bulk_data else "get")
         instances = self.archive.locate(event.identifier)
+        fail_after = self.faults.fail_without_bulk_data_after if without_bulk_data else None
+        if fail_after is not None:
+            yield len(instances)
+            for inst in instances[:fail_after]:
+                yield PENDING, dcmread(inst.path)
+            yield CANNOT_UNDERSTAND, None
+            return
         state = self._hang(event)
         if state == "gone":
             return

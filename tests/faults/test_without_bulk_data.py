@@ -128,7 +128,7 @@ async def test_series_and_instance_metadata_without_bulk_data(study: Path) -> No
 async def test_a_pacs_that_fails_the_c_get_is_answered_by_a_full_retrieve_and_remembered(
     study: Path,
 ) -> None:
-    faults = Faults(fail_without_bulk_data=True)
+    faults = Faults(fail_without_bulk_data_after=0)
     with DevPacs(
         FolderArchive(study), aet="PACS", port=0, without_bulk_data=True, faults=faults
     ) as pacs:
@@ -203,3 +203,36 @@ async def test_without_bulk_data_chosen_with_the_cache_on_goes_round_the_cache(
                     assert response.status_code == 200, response.text
                     assert len(parts(response)) == 6
             assert pacs.events.count("move") == 1  # then from the cache
+
+
+async def test_a_c_get_that_fails_midway_is_completed_by_a_full_retrieve(study: Path) -> None:
+    """Two instances came without bulk data, then the PACS failed: the full retrieve sends the
+    other four (the two are not sent twice)."""
+    faults = Faults(fail_without_bulk_data_after=2)
+    with DevPacs(
+        FolderArchive(study), aet="PACS", port=0, without_bulk_data=True, faults=faults
+    ) as pacs:
+        async with run_gateway(ae(pacs, cache=False, retrieve="get")) as running:
+            expected = reference(pacs, f"{running.http_url}/aets/PACS")
+            async with httpx.AsyncClient(timeout=60) as client:
+                url = f"{running.http_url}{study_url(pacs)}/metadata"
+                response = await client.get(url, headers=JSON)
+            assert response.status_code == 200, response.text
+            assert pacs.events.count("get-without-bulk-data") == 1
+            assert pacs.events.count("get") == 1
+    items = response.json()
+    assert len(items) == len(expected)
+    assert by_uid(items) == expected
+
+
+async def test_an_unknown_study_is_a_404(study: Path) -> None:
+    """The C-FINDs list nothing: the full retrieve gives the answer."""
+    with DevPacs(FolderArchive(study), aet="PACS", port=0, without_bulk_data=True) as pacs:
+        async with run_gateway(ae(pacs, cache=False, retrieve="get")) as running:
+            async with httpx.AsyncClient(timeout=60) as client:
+                url = f"{running.http_url}/aets/PACS/studies/1.2.3.4/metadata"
+                response = await client.get(url, headers=JSON)
+            assert pacs.events.count("get-without-bulk-data") == 0
+    assert response.status_code == 404, response.text
+    assert response.json()["status"] == 404
+    assert "no instances" in response.json()["error"]
