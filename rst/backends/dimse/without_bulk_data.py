@@ -13,9 +13,10 @@ the cache (:class:`AroundCache`).
 
 The C-GET's identifier is at IMAGE level with the SOP Instance UIDs (PS3.4 Z.4.2.1.3.1), so
 rst first lists them with Study Root C-FINDs (the series of a study, then the instances of each
-series), which also name their SOP classes for the storage contexts. Then one association
-proposes the Annex Z context and those storage contexts (:mod:`.proposal`), and sends one C-GET
-per :data:`BATCH` instances.
+series), which also name their SOP classes for the storage contexts; that association proposes
+the Annex Z context as well, so a PACS that refuses it costs one association and no C-FIND.
+Then one association proposes the Annex Z context and those storage contexts
+(:mod:`.proposal`), and sends one C-GET per :data:`BATCH` instances.
 
 Where that does not work, the request falls back to the AE's full retrieve (``retrieve =
 "move"`` or ``"get"``) for whatever has not arrived yet:
@@ -197,11 +198,19 @@ async def _annex_z(
 async def _list(backend: DimseBackend, keys: RetrieveKeys) -> dict[str, str]:
     """SOP Instance UID → SOP Class UID ("" if the PACS did not say) of every instance *keys*
     names, from Study Root C-FINDs on one association. A failure status or a PACS without
-    C-FIND: nothing (the full retrieve will answer)."""
-    contexts = [PresentationContextRQ(1, FIND_MODEL, uids.UNCOMPRESSED)]
+    C-FIND: nothing (the full retrieve will answer).
+
+    The association proposes the Annex Z context too: a PACS that refuses it is found out
+    here, before any C-FIND and without a second association (:class:`_Fallback`)."""
+    contexts = [
+        PresentationContextRQ(1, FIND_MODEL, uids.UNCOMPRESSED),
+        PresentationContextRQ(3, MODEL, uids.UNCOMPRESSED),
+    ]
     listed: dict[str, str] = {}
     try:
         async with backend.peer.connect(contexts) as connection:
+            if not any(abstract == MODEL for abstract, _ in connection.accepted.values()):
+                raise _Fallback(f"the PACS refused the context {MODEL}", "refused")
             if keys.series_uid is not None:
                 series = [keys.series_uid]
             else:
