@@ -286,6 +286,12 @@ class AeConfig(_Section):
     fields are present and the second when not."""
     cache: bool = True
     """Keep retrieved instances in the retrieve cache (``[cache]``) and serve them from it."""
+    metadata: Literal["auto", "full", "without-bulk-data"] = "auto"
+    """How WADO-RS metadata retrieves: ``full`` instances (C-MOVE or C-GET as ``retrieve``
+    says); ``without-bulk-data``, a C-GET of Composite Instance Retrieve Without Bulk Data
+    (PS3.4 Annex Z) that leaves pixel data out, bypassing the cache, with a full retrieve where
+    the PACS refuses or fails it; ``auto``: without bulk data when ``cache = false``, else full
+    (the full instances fill the cache for the frames a viewer asks for next)."""
     store_calling_aets: tuple[AeTitle, ...] = ()
     """The AE titles this PACS calls rst's C-STORE receiver with (default: ``[called_aet]``)."""
     store_from: tuple[str, ...] = ()

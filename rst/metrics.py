@@ -182,6 +182,13 @@ class Metrics:
         self.associations_open = gauge(
             "rst_dimse_associations_open", "DIMSE associations open (or being opened) now", ["aet"]
         )
+        self.without_bulk_data_fallbacks = counter(
+            "rst_metadata_without_bulk_data_fallbacks",
+            "Metadata retrieves that meant to leave bulk data out (PS3.4 Annex Z) and fell back "
+            "to full retrieves, by AE and reason (refused: the PACS refused the context; "
+            "failed: it failed the C-GET; remembered: it refused or failed recently)",
+            ["aet", "reason"],
+        )
         self.association_failures = counter(
             "rst_dimse_association_failures",
             "Associations that could not be used, by AE, operation and kind (unreachable, "

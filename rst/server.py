@@ -33,6 +33,7 @@ import trio
 from rst.audit import AuditTrail
 from rst.backends.dimse import DimseBackend, Mediator, MessageIds, StoreReceiver
 from rst.backends.dimse.callers import Callers
+from rst.backends.dimse.without_bulk_data import around_cache
 from rst.backends.metered import metered
 from rst.cache import Cache, open_cache, with_cache
 from rst.config import AeConfig, Config, S3AeConfig
@@ -111,7 +112,8 @@ async def serve(
     metrics = Metrics(multiprocess_dir=worker.metrics_dir if worker is not None else None)
     backends = build_backends(config, mediator, ids, metrics)
     async with _s3_backends(config, backends, metrics), _cache(config, metrics) as cache:
-        served = with_cache(config, metered(backends, metrics), cache, metrics)
+        counted = metered(backends, metrics)
+        served = around_cache(config, counted, with_cache(config, counted, cache, metrics))
         await _serve(
             config,
             mediator,

@@ -92,6 +92,9 @@ class Faults:
     """SOP Instance UIDs whose C-STORE is never answered (until the association ends)."""
     refuse_sop_classes: frozenset[str] = frozenset()
     """SOP classes whose presentation contexts are rejected (abstract syntax not supported)."""
+    fail_without_bulk_data_after: int | None = None
+    """Fail each C-GET without bulk data (PS3.4 Annex Z) with 0xC000 after sending this many
+    of its instances (0: at once)."""
 
 
 class _DevAE(AE):
@@ -211,8 +214,12 @@ class DevPacs:
         destinations: Mapping[str, tuple[str, int]] = _NO_DESTINATIONS,
         faults: Faults | None = None,
         max_pdu: int = 131072,
+        without_bulk_data: bool = False,
     ) -> None:
         self.archive = archive
+        self.without_bulk_data = without_bulk_data
+        """Also offer Composite Instance Retrieve Without Bulk Data - GET (pynetdicom removes
+        the bulk data from what it sends); its C-GETs are logged as ``get-without-bulk-data``."""
         self.aet = aet
         self.host = host
         self.port = port
@@ -238,6 +245,8 @@ class DevPacs:
             )
         for sop_class in _QR_CLASSES:
             ae.add_supported_context(sop_class)
+        if self.without_bulk_data:
+            ae.add_supported_context(UID(uids.WITHOUT_BULK_DATA_GET))
         return ae
 
     def start(self) -> tuple[str, int]:
@@ -363,8 +372,16 @@ class DevPacs:
         yield from self._sub_operations(event, instances, sub, cancelled=state == "cancel")
 
     def _on_get(self, event: Any) -> Iterator[Any]:
-        self._log("get")
+        without_bulk_data = event.context.abstract_syntax == uids.WITHOUT_BULK_DATA_GET
+        self._log("get-without-bulk-data" if without_bulk_data else "get")
         instances = self.archive.locate(event.identifier)
+        fail_after = self.faults.fail_without_bulk_data_after if without_bulk_data else None
+        if fail_after is not None:
+            yield len(instances)
+            for inst in instances[:fail_after]:
+                yield PENDING, dcmread(inst.path)
+            yield CANNOT_UNDERSTAND, None
+            return
         state = self._hang(event)
         if state == "gone":
             return

@@ -79,6 +79,10 @@ PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
 PATIENT_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.1.2"
 PATIENT_ROOT_GET = "1.2.840.10008.5.1.4.1.2.1.3"
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+WITHOUT_BULK_DATA_GET = "1.2.840.10008.5.1.4.1.2.5.3"
+"""Composite Instance Retrieve Without Bulk Data - GET (PS3.4 Annex Z)."""
+PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
+"""The storage class whose 32- and 64-bit images are Float and Double Float Pixel Data."""
 
 # -- rst itself ----------------------------------------------------------------------------------
 

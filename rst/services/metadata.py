@@ -8,7 +8,9 @@ reads parts of a stored instance (a large S3 object), only its head and tail are
 :mod:`rst.dicom.dicom_json` encodes its raw elements (pydicom's own JSON writer costs several
 times more, and gives the same answer); bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
-0002 (file meta) is never part of the answer.
+0002 (file meta) is never part of the answer. An image that came without its pixel data (a
+retrieve without bulk data, :mod:`rst.backends.dimse.without_bulk_data`) still gets the pixel
+data's ``BulkDataURI`` (:mod:`rst.dicom.bulkless`).
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 
+from pydicom import Dataset
 from pydicom.uid import ExplicitVRBigEndian
 
 from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
+from rst.dicom.bulkless import removed_pixel_data
 from rst.dicom.dicom_json import Path, encode_dataset
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import NotFound
@@ -34,7 +38,7 @@ from rst.services.bulkdata import (
     readable,
     top_string,
 )
-from rst.services.protocols import Backend, Instance, RetrieveKeys
+from rst.services.protocols import METADATA_ONLY, Backend, Instance, RetrieveKeys
 from rst.services.ranged import metadata_file
 from rst.services.wado import as_requested, whole
 
@@ -78,7 +82,18 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
             return address.value(TagPath(path, tag))
 
         result = encode_dataset(dataset, _is_bulk, uri)
+        removed = removed_pixel_data(dataset, _syntax_of(dataset))
+        if removed is not None:  # retrieved without bulk data (:mod:`rst.dicom.bulkless`)
+            tag, vr = removed
+            result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri((), tag)}
         return json.dumps(result, separators=(",", ":")).encode(), named
+
+
+def _syntax_of(dataset: Dataset) -> str:
+    """The transfer syntax the instance was read in (its file meta, as read)."""
+    meta = getattr(dataset, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    return str(syntax) if syntax else EXPLICIT_VR_LITTLE_ENDIAN
 
 
 def _is_bulk(path: Path, tag: int, length: int) -> bool:
@@ -111,7 +126,7 @@ async def produce_metadata(
     :raises NotFound: the archive has no such instance.
     """
     sent = 0
-    async with backend.retrieve(keys) as instances:
+    async with backend.retrieve(keys, METADATA_ONLY) as instances:
         async for received in instances:
             head = await metadata_file(received) if received.ranges is not None else None
             instance = await whole(received) if head is None else replace(received, data=head)

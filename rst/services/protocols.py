@@ -17,6 +17,7 @@ from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
 
 __all__ = [
+    "METADATA_ONLY",
     "Backend",
     "ByteRanges",
     "Instance",
@@ -81,6 +82,13 @@ class Instance:
     rest: AsyncIterable[bytes] | None = field(default=None, compare=False)
     sidecars: Sidecars | None = field(default=None, compare=False)
     ranges: ByteRanges | None = field(default=None, compare=False)
+
+
+METADATA_ONLY = "metadata-only"
+"""The *prefer* of :meth:`Backend.retrieve` that is not a transfer syntax: the caller (WADO-RS
+metadata) wants the instances' attributes only. A backend may then leave bulk data out (the
+DIMSE backend's Composite Instance Retrieve Without Bulk Data,
+:mod:`rst.backends.dimse.without_bulk_data`) or ignore the hint and send instances as stored."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from rst.backends.dimse.ul import (
     encode_c_move_rq,
 )
 from rst.backends.dimse.verdict import arrivals, conclude
+from rst.backends.dimse.without_bulk_data import Memory, retrieve_without_bulk_data, wanted
 from rst.config import AeConfig, DimseConfig
 from rst.dicom import uids
 from rst.dicom.query import Model, QidoQuery
@@ -45,7 +46,7 @@ from rst.errors import (
 )
 from rst.groups import collapse
 from rst.metrics import Metrics
-from rst.services.protocols import Instance, RetrieveKeys
+from rst.services.protocols import METADATA_ONLY, Instance, RetrieveKeys
 
 __all__ = ["DimseBackend"]
 
@@ -81,6 +82,8 @@ class DimseBackend:
         self.mediator = mediator
         self.message_ids = message_ids
         self.metrics = metrics
+        self.without_bulk_data = Memory()
+        """Whether the PACS refused or failed a retrieve without bulk data lately."""
 
     def saturated(self) -> bool:
         """Whether every association slot is held by an open association (:mod:`rst.health`)."""
@@ -186,6 +189,29 @@ class DimseBackend:
             ds.SOPInstanceUID = keys.sop_uid
         return ds
 
+    def new_sink(self) -> InstanceSink:
+        """A sink for one retrieve's instances, as configured."""
+        return self._sink()
+
+    def spooling(
+        self, sink: InstanceSink, retrieve: AbstractAsyncContextManager[AsyncIterator[Instance]]
+    ) -> AbstractAsyncContextManager[AsyncIterator[Instance]]:
+        """*retrieve*, then its spool closed and counted."""
+        return self._spooling(sink, retrieve)
+
+    def can_receive(
+        self,
+        connection: Connection,
+        proposed: dict[str, tuple[bool, bool]],
+        needed: frozenset[str],
+    ) -> None:
+        """Raise unless the PACS lets rst take C-STOREs on this C-GET association."""
+        self._can_receive(connection, proposed, needed)
+
+    def arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
+        """*sink*'s instances, each waited for within the AE's timeouts."""
+        return self._arrivals(sink)
+
     def _sink(self) -> InstanceSink:
         return InstanceSink(
             capacity=self.dimse.channel_size,
@@ -205,7 +231,15 @@ class DimseBackend:
         With C-GET, rst negotiates the transfer syntaxes for this request alone: *prefer*
         (an uncompressed syntax) makes the PACS send uncompressed data; ``None`` lets it send
         instances as stored. C-MOVE sub-operations arrive at the shared receiver, whose order
-        of preference (``[dimse] transfer_syntaxes``) applies to every retrieve."""
+        of preference (``[dimse] transfer_syntaxes``) applies to every retrieve.
+
+        *prefer* :data:`~rst.services.protocols.METADATA_ONLY`: where the AE's ``metadata``
+        says so, Composite Instance Retrieve Without Bulk Data (:mod:`.without_bulk_data`);
+        else the instances as stored."""
+        if prefer == METADATA_ONLY:
+            if wanted(self.config):
+                return retrieve_without_bulk_data(self, keys)
+            prefer = None
         get = self.config.retrieve == "get"
         sink = self._sink()
         return self._spooling(sink, self._retrieve(keys, prefer, sink, get=get))

@@ -40,6 +40,7 @@ DIMSE_NAMES = {
     "find": "C-FIND",
     "move": "C-MOVE",
     "get": "C-GET",
+    "get-without-bulk-data": "C-GET without bulk data",
     "worklist": "C-FIND",
     "store": "C-STORE",
 }
@@ -49,6 +50,7 @@ OPERATIONS = {
     uids.STUDY_ROOT_FIND: "find",
     uids.STUDY_ROOT_MOVE: "move",
     uids.STUDY_ROOT_GET: "get",
+    uids.WITHOUT_BULK_DATA_GET: "get-without-bulk-data",
     uids.MODALITY_WORKLIST_FIND: "worklist",
 }
 """The operation an association is for, by its first abstract syntax (else a storage class:
