@@ -46,6 +46,7 @@ from rst.cache.files import (
     read_entries,
 )
 from rst.cache.flight import Arrival, Flight, Flights, State
+from rst.cache.freshness import Freshness
 from rst.cache.locks import Held
 from rst.cache.store import Entry
 from rst.config import AeConfig, Config
@@ -75,10 +76,18 @@ class _FallBack(Exception):
 
 class CachedBackend:
     """*inner* with the retrieve cache in front; *archive* names it in the cache. *metrics*
-    counts where each retrieve was served from (hit, joined, miss)."""
+    counts where each retrieve was served from (hit, joined, miss). A study or series served
+    from the cache is first checked with the PACS when last checked more than
+    *revalidate_seconds* ago (:mod:`rst.cache.freshness`); ``None``: never."""
 
     def __init__(
-        self, inner: Backend, cache: Cache, *, archive: str, metrics: Metrics | None = None
+        self,
+        inner: Backend,
+        cache: Cache,
+        *,
+        archive: str,
+        metrics: Metrics | None = None,
+        revalidate_seconds: float | None = None,
     ) -> None:
         self.inner = inner
         self.cache = cache
@@ -86,6 +95,11 @@ class CachedBackend:
         self.name = inner.name
         self.flights = Flights()
         self.metrics = metrics
+        self.freshness = (
+            None
+            if revalidate_seconds is None
+            else Freshness(inner, cache, archive=archive, every=revalidate_seconds, metrics=metrics)
+        )
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
@@ -234,9 +248,13 @@ class CachedBackend:
                     held.release()
 
     async def _cached(self, keys: RetrieveKeys) -> list[Entry] | None:
-        """The whole of *keys* from the cache, or from a flight of its series or study."""
+        """The whole of *keys* from the cache (a level still what the PACS holds), or from
+        a flight of its series or study."""
         if keys.sop_uid is None:
-            return await self.cache.level(self.archive, keys)
+            found = await self.cache.level(self.archive, keys)
+            if found is None or self.freshness is None:
+                return found
+            return await self.freshness.check(keys, found)
         covering = self.flights.covering(keys)
         arrival = None if covering is None else covering.arrival(keys.sop_uid)
         if arrival is not None and arrival.entry is not None:
@@ -442,7 +460,13 @@ def with_cache(
     for name, backend in backends.items():
         ae = config.ae(name)
         if isinstance(ae, AeConfig) and ae.cache:
-            wrapped[name] = CachedBackend(backend, cache, archive=archive_key(ae), metrics=metrics)
+            wrapped[name] = CachedBackend(
+                backend,
+                cache,
+                archive=archive_key(ae),
+                metrics=metrics,
+                revalidate_seconds=config.cache.revalidate_seconds,
+            )
         else:
             wrapped[name] = backend
     return wrapped
