@@ -15,6 +15,7 @@ import httpx
 import pydicom
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
 
 from rst.dicom.multipart import MultipartWriter
 from tests.support.download import DEFAULT, Download
@@ -33,6 +34,23 @@ def study_for(tmp_path: Path, name: str) -> StudyFiles:
     return write_ct_study(
         tmp_path / "study", images=IMAGES, series=2, seed=seed, patient_id=f"SCALE-{seed}"
     )
+
+
+def one_more_in_series(study: StudyFiles, series: int, path: Path) -> Path:
+    """A new instance of *study*'s series number *series* (a copy of its first instance under
+    a new SOP Instance UID), written to *path*."""
+    first = next(
+        p
+        for p, se in zip(study.paths, study.instance_series, strict=True)
+        if se == study.series_uids[series]
+    )
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[study.study_uid, str(series), "one more"]
+    )
+    ds.InstanceNumber = len(study.paths) + 1
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def http() -> httpx.AsyncClient:
