@@ -7,8 +7,9 @@ knowing. A retrieve is served, in this order:
 1. by following a flight of the same study, series or instance already under way in this
    process (:mod:`rst.cache.flight`): the instances are read from the cache files as they
    arrive;
-2. from the cache, if it holds the whole level fresh — for an instance, also when it is on its
-   way in a flight of its series or study (the request waits for that instance only);
+2. from the cache, if it holds the whole level fresh — a study or series still what the PACS
+   holds (:mod:`rst.cache.freshness`); for an instance, also when it is on its way in a flight
+   of its series or study (the request waits for that instance only);
 3. from the cache once another process has retrieved it: while another worker retrieves the
    same level (or, for an instance, its series or study), the request waits for it
    (:mod:`rst.cache.locks`; an instance as soon as that worker has cached it);
