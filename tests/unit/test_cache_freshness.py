@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from pydantic import ValidationError
 from pydicom import Dataset
 
-from rst.cache import Cache, CachedBackend, Store
+from rst.cache import Cache, CachedBackend, Store, with_cache
 from rst.cache.freshness import Change, compare, instances_query, is_due
+from rst.config import CacheConfig, load_config
 from rst.dicom.query import QidoQuery
 from rst.errors import PacsUnreachable
 from rst.metrics import Metrics
@@ -338,3 +340,27 @@ def test_a_new_retrieve_of_a_level_drops_its_old_check(store: Store, clock: Cloc
     assert store.validation(ARCHIVE, SERIES_KEYS) is not None
     store.outdated(archive=ARCHIVE, keys=SERIES_KEYS, stored_at=clock.now + 20)
     assert store.validation(ARCHIVE, SERIES_KEYS) is None
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def test_revalidate_seconds_defaults_to_ten_and_takes_zero_not_less(tmp_path: Path) -> None:
+    assert CacheConfig().revalidate_seconds == 10.0
+    assert CacheConfig(revalidate_seconds=0).revalidate_seconds == 0.0
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        CacheConfig(revalidate_seconds=-1)
+
+
+def test_the_served_archives_check_as_configured(tmp_path: Path) -> None:
+    (tmp_path / "rst.toml").write_text('[cache]\nrevalidate_seconds = 2.5\n\n[[aets]]\naet = "P"\n')
+    config = load_config(tmp_path / "rst.toml", environ={})
+    store = open_store(tmp_path / "cache", Clock())
+    try:
+        served = with_cache(config, {"P": ScriptedBackend(name="P")}, Cache(store))
+    finally:
+        store.close()
+    backend = served["P"]
+    assert isinstance(backend, CachedBackend)
+    assert backend.freshness is not None
+    assert backend.freshness.every == 2.5
