@@ -10,8 +10,13 @@ instance search). DIMSE has no "changed since"; that list is the cheapest honest
 
 - **Same set**: the level is fresh; when it was validated is recorded in the index (shared by
   worker processes, so one process's check counts for the others).
-- **Another set** (instances added or removed): the level is forgotten, and the request is a
-  miss — it retrieves the level again through the usual single flight.
+- **Instances added, none removed**, at most :data:`MAX_TOP_UP` of them: only those are
+  retrieved (one instance-level retrieve each, written to the cache as they arrive), and the
+  level is recorded again with them after the cached ones — a modality that adds images to a
+  series, or a store through another replica, costs the new instances, not the whole series.
+- **Any other change** (more added, any removed), or a top-up that fails: the level is
+  forgotten, and the request is a miss — it retrieves the level again through the usual single
+  flight.
 - **No answer** (the C-FIND fails or takes longer than :data:`CHECK_TIMEOUT`): the cache is
   served as it is and one warning is logged; for :data:`RETRY_AFTER` seconds this archive's
   levels are then served without a check (a PACS that hangs must not make every cached study
@@ -36,13 +41,22 @@ import trio
 from pydicom import Dataset
 
 from rst.cache.cache import Cache
+from rst.cache.files import Recording
 from rst.cache.store import Entry
 from rst.dicom.query import QidoQuery
 from rst.errors import RstError
 from rst.metrics import Metrics
-from rst.services.protocols import Backend, RetrieveKeys
+from rst.services.protocols import Backend, Instance, RetrieveKeys
 
-__all__ = ["CHECK_TIMEOUT", "RETRY_AFTER", "Change", "Freshness", "compare", "instances_query"]
+__all__ = [
+    "CHECK_TIMEOUT",
+    "MAX_TOP_UP",
+    "RETRY_AFTER",
+    "Change",
+    "Freshness",
+    "compare",
+    "instances_query",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,9 @@ CHECK_TIMEOUT = 10.0
 """Seconds a revalidation C-FIND may take before the cache is served unchecked."""
 RETRY_AFTER = 30.0
 """Seconds after a failed revalidation during which the archive's levels are not checked."""
+MAX_TOP_UP = 8
+"""Most instances added to a cached level that are retrieved one by one; past it (one
+association each) the whole level is retrieved again."""
 
 
 def is_due(validated_at: float, now: float, every: float) -> bool:
@@ -68,6 +85,11 @@ class Change:
     @property
     def fresh(self) -> bool:
         return not self.added and not self.removed
+
+    @property
+    def top_up(self) -> bool:
+        """Whether retrieving only the added instances brings the level up to date."""
+        return not self.removed and 0 < len(self.added) <= MAX_TOP_UP
 
 
 def compare(cached: Iterable[str], found: Iterable[str]) -> Change:
@@ -145,26 +167,96 @@ class Freshness:
             return entries
         self._count("changed")
         log.info(
-            "cache: %s %s changed on %s (%d instances added, %d removed); retrieving it again",
+            "cache: %s %s changed on %s (%d instances added, %d removed); retrieving %s",
             keys.level.lower(),
             keys.uid,
             self.inner.name,
             len(change.added),
             len(change.removed),
+            "the added ones" if change.top_up else "it again",
         )
+        if change.top_up:
+            added = [(uid, found[uid]) for uid in sorted(change.added)]
+            topped = await self._top_up(keys, entries, added, stored_at, started)
+            if topped is not None:
+                return topped
         await self.cache.outdated(archive=self.archive, keys=keys, stored_at=stored_at)
         return None
 
-    async def _find(self, keys: RetrieveKeys) -> set[str] | None:
-        """The SOP Instance UIDs the PACS has under *keys*; ``None`` if it did not say."""
-        found: set[str] = set()
+    async def _top_up(
+        self,
+        keys: RetrieveKeys,
+        entries: list[Entry],
+        added: list[tuple[str, str | None]],
+        stored_at: float,
+        started: float,
+    ) -> list[Entry] | None:
+        """*entries* and the *added* instances (SOP Instance UID, series UID if the C-FIND
+        said), each from the cache or else retrieved and cached; the level recorded so.
+        ``None`` if any of them could not be had (the whole level is then retrieved)."""
+        more = []
+        for sop_uid, series_uid in added:
+            series = keys.series_uid or series_uid
+            if not series:
+                return None
+            one = RetrieveKeys(keys.study_uid, series, sop_uid)
+            entry = await self.cache.instance(self.archive, one) or await self._retrieve(one)
+            if entry is None:
+                return None
+            more.append(entry)
+        whole = [*entries, *more]
+        await self.cache.complete(
+            archive=self.archive,
+            keys=keys,
+            started=stored_at,
+            sop_uids=[entry.sop_uid for entry in whole],
+        )
+        await self.cache.validated(archive=self.archive, keys=keys, stored_at=stored_at, at=started)
+        return whole
+
+    async def _retrieve(self, keys: RetrieveKeys) -> Entry | None:
+        """Retrieve the one instance *keys* from the archive into the cache; its entry, or
+        ``None`` if it could not be retrieved (logged) or cached."""
+        entry = None
+        try:
+            async with self.inner.retrieve(keys) as instances:
+                async for instance in instances:
+                    if instance.sop_instance_uid != keys.sop_uid or entry is not None:
+                        return None
+                    entry = await self._write(keys, instance)
+                    if entry is None:
+                        return None
+        except RstError as exc:
+            log.info("cache: cannot retrieve instance %s alone (%s)", keys.sop_uid, exc)
+            return None
+        return entry
+
+    async def _write(self, keys: RetrieveKeys, instance: Instance) -> Entry | None:
+        """Cache *instance*, its ``rest`` read to its end as it arrives (never all of it in
+        memory); its entry, or ``None`` if it could not be cached."""
+        recording = Recording(
+            self.cache, await self.cache.begin(instance.data), self.archive, keys, instance
+        )
+        try:
+            if instance.rest is not None:
+                async for chunk in instance.rest:
+                    await recording.append(chunk)
+            return await recording.finish()
+        finally:
+            recording.discard()  # unless finished
+
+    async def _find(self, keys: RetrieveKeys) -> dict[str, str | None] | None:
+        """The SOP Instance UIDs the PACS has under *keys*, each with its series UID if the
+        PACS said; ``None`` if it did not answer."""
+        found: dict[str, str | None] = {}
         try:
             with trio.fail_after(CHECK_TIMEOUT):
                 async with self.inner.search(instances_query(keys)) as matches:
                     async for match in matches:
                         uid = match.get("SOPInstanceUID")
                         if uid:
-                            found.add(str(uid))
+                            series = match.get("SeriesInstanceUID")
+                            found[str(uid)] = str(series) if series else None
         except (RstError, OSError, trio.TooSlowError) as exc:
             what = "no answer" if isinstance(exc, trio.TooSlowError) else exc
             log.warning(

@@ -214,3 +214,4 @@ async def test_a_store_through_one_replica_shows_through_the_others_cache(
             )
             assert response.status_code == 200
             assert len(parts(response)) == len(in_series) + 1
+            assert await retrieved_instances(reader) == moved + 1  # the new instance alone

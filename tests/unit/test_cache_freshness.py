@@ -20,12 +20,12 @@ from pydantic import ValidationError
 from pydicom import Dataset
 
 from rst.cache import Cache, CachedBackend, Store, with_cache
-from rst.cache.freshness import Change, compare, instances_query, is_due
+from rst.cache.freshness import MAX_TOP_UP, Change, compare, instances_query, is_due
 from rst.config import CacheConfig, load_config
 from rst.dicom.query import QidoQuery
 from rst.errors import PacsUnreachable
 from rst.metrics import Metrics
-from rst.services.protocols import RetrieveKeys
+from rst.services.protocols import Instance, RetrieveKeys
 from rst.services.wado import whole
 from tests.support.scripted_backend import ScriptedBackend, part10
 
@@ -62,6 +62,10 @@ def test_the_comparison_is_of_sets() -> None:
     assert compare(["a", "b"], ["a", "b", "c"]) == Change(frozenset({"c"}), frozenset())
     assert compare(["a", "b"], ["a"]) == Change(frozenset(), frozenset({"b"}))
     assert not compare(["a"], []).fresh
+    assert compare(["a"], ["a", "b"]).top_up
+    assert not compare(["a"], ["b"]).top_up  # one removed: the whole level again
+    assert not compare([], [str(n) for n in range(MAX_TOP_UP + 1)]).top_up
+    assert compare([], [str(n) for n in range(MAX_TOP_UP)]).top_up
 
 
 def test_the_query_asks_for_the_instance_uids_under_the_level() -> None:
@@ -92,6 +96,8 @@ class Archive(ScriptedBackend):
     """A scripted archive whose searches can be held until a test lets them go."""
 
     hold: trio.Event | None = None
+    fail_instances: bool = False
+    """Retrieves of one instance fail (an archive that moves whole series only)."""
     searching: int = 0
     searched: trio.Event = field(default_factory=trio.Event)
     searches: list[QidoQuery] = field(default_factory=list)
@@ -99,6 +105,7 @@ class Archive(ScriptedBackend):
     def add(self, uid: str) -> None:
         self.instances.append(part10(uid, study=STUDY, series=SERIES))
         match = Dataset()
+        match.SeriesInstanceUID = SERIES
         match.SOPInstanceUID = uid
         self.matches.append(match)
 
@@ -115,6 +122,16 @@ class Archive(ScriptedBackend):
             await self.hold.wait()
         async with super().search(query) as found:
             yield found
+
+    @asynccontextmanager
+    async def retrieve(
+        self, keys: RetrieveKeys, prefer: str | None = None
+    ) -> AsyncIterator[AsyncIterator[Instance]]:
+        if self.fail_instances and keys.sop_uid is not None:
+            self.retrieves.append((keys, prefer))
+            raise PacsUnreachable("no instance-level retrieves here")
+        async with super().retrieve(keys, prefer) as instances:
+            yield instances
 
 
 @pytest.fixture
@@ -221,18 +238,55 @@ async def test_concurrent_requests_share_one_check(
     assert (len(archive.retrieves), len(archive.searches)) == (1, 1)
 
 
-async def test_an_instance_added_on_the_pacs_is_seen_once_due(
-    cached: CachedBackend, archive: Archive, clock: Clock, metrics: Metrics
+@pytest.mark.parametrize("level", [SERIES_KEYS, STUDY_KEYS], ids=["series", "study"])
+async def test_instances_added_on_the_pacs_are_retrieved_alone_once_due(
+    cached: CachedBackend, archive: Archive, clock: Clock, metrics: Metrics, level: RetrieveKeys
+) -> None:
+    await fetch(cached, level)
+    added = ["1.2.3.4.98", "1.2.3.4.99"]
+    for uid in added:
+        archive.add(uid)
+    assert await fetch(cached, level) == UIDS  # within the interval: as cached
+    clock.now += EVERY
+    assert await fetch(cached, level) == [*UIDS, *added]
+    assert [keys for keys, _ in archive.retrieves] == [
+        level,
+        *(RetrieveKeys(STUDY, SERIES, uid) for uid in added),  # the series from the C-FIND
+    ]
+    assert counted(metrics, "changed") == 1
+    assert await fetch(cached, level) == [*UIDS, *added]  # cached with them, checked
+    assert (len(archive.retrieves), len(archive.searches)) == (3, 1)
+    clock.now += EVERY
+    assert await fetch(cached, level) == [*UIDS, *added]
+    assert (len(archive.retrieves), len(archive.searches)) == (3, 2)
+    assert counted(metrics, "fresh") == 1
+
+
+async def test_many_instances_added_retrieve_the_whole_level_again(
+    cached: CachedBackend, archive: Archive, clock: Clock
+) -> None:
+    await fetch(cached, SERIES_KEYS)
+    added = [f"1.2.3.4.{100 + n}" for n in range(MAX_TOP_UP + 1)]
+    for uid in added:
+        archive.add(uid)
+    clock.now += EVERY
+    assert await fetch(cached, SERIES_KEYS) == [*UIDS, *added]
+    assert [keys for keys, _ in archive.retrieves] == [SERIES_KEYS, SERIES_KEYS]
+
+
+async def test_an_added_instance_that_cannot_be_retrieved_alone_retrieves_the_level(
+    cached: CachedBackend, archive: Archive, clock: Clock
 ) -> None:
     await fetch(cached, SERIES_KEYS)
     archive.add("1.2.3.4.99")
-    assert await fetch(cached, SERIES_KEYS) == UIDS  # within the interval: as cached
+    archive.fail_instances = True
     clock.now += EVERY
     assert await fetch(cached, SERIES_KEYS) == [*UIDS, "1.2.3.4.99"]
-    assert (len(archive.retrieves), len(archive.searches)) == (2, 1)
-    assert counted(metrics, "changed") == 1
-    assert await fetch(cached, SERIES_KEYS) == [*UIDS, "1.2.3.4.99"]  # cached again, fresh
-    assert (len(archive.retrieves), len(archive.searches)) == (2, 1)
+    assert [keys for keys, _ in archive.retrieves] == [
+        SERIES_KEYS,
+        RetrieveKeys(STUDY, SERIES, "1.2.3.4.99"),
+        SERIES_KEYS,
+    ]
 
 
 async def test_an_instance_removed_on_the_pacs_is_gone_once_due(
