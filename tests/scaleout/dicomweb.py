@@ -82,9 +82,13 @@ async def instances_found(
     return sorted(item["00080018"]["Value"][0] for item in response.json())
 
 
-async def retrieved(replica: Replica, aet: str, study: str, accept: str = DEFAULT) -> list[bytes]:
-    """The instances of a WADO-RS retrieve of *study* through *replica*: each part's bytes."""
-    download = Download(f"{replica.archive(aet)}/studies/{study}", accept=accept)
+async def retrieved(
+    replica: Replica, aet: str, study: str, accept: str = DEFAULT, *, series: str | None = None
+) -> list[bytes]:
+    """The instances of a WADO-RS retrieve of *study* (or of its *series*) through *replica*:
+    each part's bytes."""
+    url = f"{replica.archive(aet)}/studies/{study}" + (f"/series/{series}" if series else "")
+    download = Download(url, accept=accept)
     await download.run()
     assert download.status == 200, (replica.aet, bytes(download.body[:500]))
     return [data for _, data in download.parts()]
