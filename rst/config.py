@@ -215,6 +215,9 @@ class CacheConfig(_Section):
     """Bytes of instances kept; past it the least recently used are evicted."""
     ttl_seconds: Seconds = 3600.0
     """An entry older than this is not served any more (the PACS is asked again)."""
+    revalidate_seconds: Annotated[float, Field(ge=0)] = 10.0
+    """A study or series served from the cache is first checked against the PACS (a C-FIND
+    of its SOP Instance UIDs) when last checked longer ago than this; 0: every time."""
 
 
 class HealthConfig(_Section):

@@ -247,6 +247,12 @@ class Metrics:
             "joined (followed a retrieve of the same level under way), miss (from the archive)",
             ["aet", "result"],
         )
+        self.cache_revalidations = counter(
+            "rst_cache_revalidations",
+            "Checks of a cached study or series against the PACS (C-FIND) by AE and result: "
+            "fresh, changed (retrieved again), failed (served unchecked)",
+            ["aet", "result"],
+        )
         self.cache_evicted_instances = counter(
             "rst_cache_evicted_instances",
             "Instances evicted from the cache to stay under max_bytes",

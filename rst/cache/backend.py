@@ -7,8 +7,9 @@ knowing. A retrieve is served, in this order:
 1. by following a flight of the same study, series or instance already under way in this
    process (:mod:`rst.cache.flight`): the instances are read from the cache files as they
    arrive;
-2. from the cache, if it holds the whole level fresh — for an instance, also when it is on its
-   way in a flight of its series or study (the request waits for that instance only);
+2. from the cache, if it holds the whole level fresh — a study or series still what the PACS
+   holds (:mod:`rst.cache.freshness`); for an instance, also when it is on its way in a flight
+   of its series or study (the request waits for that instance only);
 3. from the cache once another process has retrieved it: while another worker retrieves the
    same level (or, for an instance, its series or study), the request waits for it
    (:mod:`rst.cache.locks`; an instance as soon as that worker has cached it);
@@ -46,6 +47,7 @@ from rst.cache.files import (
     read_entries,
 )
 from rst.cache.flight import Arrival, Flight, Flights, State
+from rst.cache.freshness import Freshness
 from rst.cache.locks import Held
 from rst.cache.store import Entry
 from rst.config import AeConfig, Config
@@ -75,10 +77,18 @@ class _FallBack(Exception):
 
 class CachedBackend:
     """*inner* with the retrieve cache in front; *archive* names it in the cache. *metrics*
-    counts where each retrieve was served from (hit, joined, miss)."""
+    counts where each retrieve was served from (hit, joined, miss). A study or series served
+    from the cache is first checked with the PACS when last checked more than
+    *revalidate_seconds* ago (:mod:`rst.cache.freshness`); ``None``: never."""
 
     def __init__(
-        self, inner: Backend, cache: Cache, *, archive: str, metrics: Metrics | None = None
+        self,
+        inner: Backend,
+        cache: Cache,
+        *,
+        archive: str,
+        metrics: Metrics | None = None,
+        revalidate_seconds: float | None = None,
     ) -> None:
         self.inner = inner
         self.cache = cache
@@ -86,6 +96,11 @@ class CachedBackend:
         self.name = inner.name
         self.flights = Flights()
         self.metrics = metrics
+        self.freshness = (
+            None
+            if revalidate_seconds is None
+            else Freshness(inner, cache, archive=archive, every=revalidate_seconds, metrics=metrics)
+        )
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
@@ -234,9 +249,13 @@ class CachedBackend:
                     held.release()
 
     async def _cached(self, keys: RetrieveKeys) -> list[Entry] | None:
-        """The whole of *keys* from the cache, or from a flight of its series or study."""
+        """The whole of *keys* from the cache (a level still what the PACS holds), or from
+        a flight of its series or study."""
         if keys.sop_uid is None:
-            return await self.cache.level(self.archive, keys)
+            found = await self.cache.level(self.archive, keys)
+            if found is None or self.freshness is None:
+                return found
+            return await self.freshness.check(keys, found)
         covering = self.flights.covering(keys)
         arrival = None if covering is None else covering.arrival(keys.sop_uid)
         if arrival is not None and arrival.entry is not None:
@@ -442,7 +461,13 @@ def with_cache(
     for name, backend in backends.items():
         ae = config.ae(name)
         if isinstance(ae, AeConfig) and ae.cache:
-            wrapped[name] = CachedBackend(backend, cache, archive=archive_key(ae), metrics=metrics)
+            wrapped[name] = CachedBackend(
+                backend,
+                cache,
+                archive=archive_key(ae),
+                metrics=metrics,
+                revalidate_seconds=config.cache.revalidate_seconds,
+            )
         else:
             wrapped[name] = backend
     return wrapped

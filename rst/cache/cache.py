@@ -155,6 +155,24 @@ class Cache:
             ),
         )
 
+    # -- freshness (rst.cache.freshness): a failure is a level not revalidated -----------------
+
+    async def validation(self, archive: str, keys: RetrieveKeys) -> tuple[float, float] | None:
+        return await self._attempt("look up", lambda: self.store.validation(archive, keys))
+
+    async def validated(
+        self, *, archive: str, keys: RetrieveKeys, stored_at: float, at: float
+    ) -> None:
+        await self._attempt(
+            "update",
+            lambda: self.store.validated(archive=archive, keys=keys, stored_at=stored_at, at=at),
+        )
+
+    async def outdated(self, *, archive: str, keys: RetrieveKeys, stored_at: float) -> None:
+        await self._attempt(
+            "update", lambda: self.store.outdated(archive=archive, keys=keys, stored_at=stored_at)
+        )
+
     # -- internals ------------------------------------------------------------------------------
 
     async def _attempt(self, what: str, call: Callable[[], T]) -> T | None:

@@ -112,6 +112,13 @@ CREATE TABLE IF NOT EXISTS members (
     sop_uid TEXT NOT NULL,
     PRIMARY KEY (archive, level, uid, position)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS validations (
+    archive TEXT NOT NULL,
+    level TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    validated_at REAL NOT NULL,
+    PRIMARY KEY (archive, level, uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     bytes INTEGER NOT NULL
@@ -457,6 +464,47 @@ class Store:
             )
         return entries
 
+    # -- freshness (see rst.cache.freshness) ----------------------------------------------------
+
+    def validation(self, archive: str, keys: RetrieveKeys) -> tuple[float, float] | None:
+        """When the record of the study or series *keys* was made (its retrieve began) and
+        when its set of instances was last found to be the archive's; ``None`` without one."""
+        level, uid = _level_of(keys)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT l.stored_at, max(l.stored_at, coalesce(v.validated_at, l.stored_at)) "
+                "FROM levels l LEFT JOIN validations v "
+                "ON v.archive = l.archive AND v.level = l.level AND v.uid = l.uid "
+                "WHERE l.archive = ? AND l.level = ? AND l.uid = ?",
+                (archive, level, uid),
+            ).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
+
+    def validated(self, *, archive: str, keys: RetrieveKeys, stored_at: float, at: float) -> None:
+        """Record that the level *keys* recorded at *stored_at* was still the archive's at
+        *at* (nothing if that record has been replaced or forgotten meanwhile)."""
+        level, uid = _level_of(keys)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO validations SELECT archive, level, uid, ? FROM levels "
+                "WHERE archive = ? AND level = ? AND uid = ? AND stored_at = ? "
+                "ON CONFLICT (archive, level, uid) DO UPDATE SET "
+                "validated_at = max(validated_at, excluded.validated_at)",
+                (at, archive, level, uid, stored_at),
+            )
+
+    def outdated(self, *, archive: str, keys: RetrieveKeys, stored_at: float) -> None:
+        """Forget the level *keys* recorded at *stored_at*: the archive's set of instances
+        differs (a record made since by another retrieve stays)."""
+        level, uid = _level_of(keys)
+        with self._write() as db:
+            found = db.execute(
+                "SELECT stored_at FROM levels WHERE archive = ? AND level = ? AND uid = ?",
+                (archive, level, uid),
+            ).fetchone()
+            if found is not None and found[0] == stored_at:
+                self._forget_level(db, archive, level, uid)
+
     def usage(self) -> int:
         """Bytes of the instances in the index."""
         with self._lock:
@@ -604,7 +652,7 @@ class Store:
 
     @staticmethod
     def _forget_level(db: sqlite3.Connection, archive: str, level: str, uid: str) -> None:
-        for table in ("levels", "members"):
+        for table in ("levels", "members", "validations"):
             db.execute(
                 f"DELETE FROM {table} WHERE archive = ? AND level = ? AND uid = ?",
                 (archive, level, uid),

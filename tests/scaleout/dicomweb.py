@@ -15,6 +15,7 @@ import httpx
 import pydicom
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
 
 from rst.dicom.multipart import MultipartWriter
 from tests.support.download import DEFAULT, Download
@@ -33,6 +34,23 @@ def study_for(tmp_path: Path, name: str) -> StudyFiles:
     return write_ct_study(
         tmp_path / "study", images=IMAGES, series=2, seed=seed, patient_id=f"SCALE-{seed}"
     )
+
+
+def one_more_in_series(study: StudyFiles, series: int, path: Path) -> Path:
+    """A new instance of *study*'s series number *series* (a copy of its first instance under
+    a new SOP Instance UID), written to *path*."""
+    first = next(
+        p
+        for p, se in zip(study.paths, study.instance_series, strict=True)
+        if se == study.series_uids[series]
+    )
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(
+        entropy_srcs=[study.study_uid, str(series), "one more"]
+    )
+    ds.InstanceNumber = len(study.paths) + 1
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def http() -> httpx.AsyncClient:
@@ -64,9 +82,13 @@ async def instances_found(
     return sorted(item["00080018"]["Value"][0] for item in response.json())
 
 
-async def retrieved(replica: Replica, aet: str, study: str, accept: str = DEFAULT) -> list[bytes]:
-    """The instances of a WADO-RS retrieve of *study* through *replica*: each part's bytes."""
-    download = Download(f"{replica.archive(aet)}/studies/{study}", accept=accept)
+async def retrieved(
+    replica: Replica, aet: str, study: str, accept: str = DEFAULT, *, series: str | None = None
+) -> list[bytes]:
+    """The instances of a WADO-RS retrieve of *study* (or of its *series*) through *replica*:
+    each part's bytes."""
+    url = f"{replica.archive(aet)}/studies/{study}" + (f"/series/{series}" if series else "")
+    download = Download(url, accept=accept)
     await download.run()
     assert download.status == 200, (replica.aet, bytes(download.body[:500]))
     return [data for _, data in download.parts()]

@@ -1,6 +1,7 @@
 """nginx in front of the replicas, with the configuration ``deploy/kubernetes/nginx.yaml``
 deploys (:mod:`tests.support.nginx`): each study stays on one replica, so it is moved from the
-PACS once, and a store into it reaches the replica whose cache holds it.
+PACS once, and a store into it reaches the replica whose cache holds it (a store elsewhere is
+seen too: a replica checks a cached study with the PACS before serving it).
 """
 
 from __future__ import annotations
@@ -100,15 +101,19 @@ async def test_nginx_keeps_each_study_on_one_replica_so_each_is_moved_once(
     assert all(count % IMAGES == 0 for count in moved), moved  # whole studies, per replica
 
 
+@pytest.mark.parametrize("store_via", ["nginx", "other-replica"])
 async def test_through_nginx_a_store_into_a_cached_study_is_seen_by_the_next_retrieve(
-    deployment: Deployment, tmp_path: Path
+    deployment: Deployment, tmp_path: Path, store_via: str
 ) -> None:
     """Each replica caches for itself, and a store makes only its own cache forget the study.
     Through nginx, a store into a study (``POST …/studies/{study}``) reaches the replica whose
-    cache holds it: the next retrieve of the study has the new instance."""
-    study = study_for(tmp_path, "store-into-cached")
+    cache holds it; a store through the other replica (``POST …/studies`` lands anywhere) does
+    not, and the replica holding the study sees it when it checks its cache with the PACS
+    (``[cache] revalidate_seconds``, 0 here). Either way the next retrieve of the study has the
+    new instance."""
+    study = study_for(tmp_path, f"store-into-cached-{store_via}")
     await upload(deployment.orthanc, study.paths)
-    seed = zlib.crc32(b"store-into-cached")
+    seed = zlib.crc32(f"store-into-cached-{store_via}".encode())
     added = write_ct_study(
         tmp_path / "added",
         images=1,
@@ -116,16 +121,22 @@ async def test_through_nginx_a_store_into_a_cached_study_is_seen_by_the_next_ret
         seed=seed + 1,
         patient_id=f"SCALE-{seed}",
     )
+    replicas = deployment.replicas
     async with nginx(deployment, tmp_path / "nginx") as url, http() as client:
         base = f"{url}/aets/{DIMSE_AET}/studies/{study.study_uid}"
         with trio.fail_after(TIMEOUT):
+            before = [await retrieved_instances(replica) for replica in replicas]
             first = await client.get(base, headers={"Accept": DEFAULT})  # now in one cache
             assert first.status_code == 200
             assert len(parts(first)) == IMAGES
+            after = [await retrieved_instances(replica) for replica in replicas]
+            (holder,) = [n for n in range(len(replicas)) if after[n] > before[n]]
+            other = replicas[1 - holder].archive(DIMSE_AET)
+            target = base if store_via == "nginx" else f"{other}/studies/{study.study_uid}"
             writer = MultipartWriter()
             body = writer.part_head("application/dicom") + added.paths[0].read_bytes()
             stored = await client.post(
-                base,
+                target,
                 content=body + writer.close(),
                 headers={"Content-Type": writer.content_type("application/dicom")},
             )

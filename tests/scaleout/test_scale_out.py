@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pydicom
 import pytest
 import trio
 
 from tests.support.download import AS_STORED, download_all
 from tests.support.frames import parts
 from tests.support.orthanc import upload
-from tests.support.replicas import DIMSE_AET, S3_AET, Deployment
+from tests.support.replicas import DIMSE_AET, S3_AET, Deployment, Replica
 
 from .dicomweb import (
     ARCHIVES,
@@ -27,6 +29,7 @@ from .dicomweb import (
     by_sop,
     http,
     instances_found,
+    one_more_in_series,
     retrieved,
     retrieved_instances,
     stow,
@@ -157,3 +160,53 @@ async def test_metadata_and_frames_are_the_same_from_every_replica(
                         assert response.status_code == 200, (replica.aet, response.text)
                         frames.append([data for _, data in parts(response)])
                     assert frames[0] == frames[1] == [pixels[sop]]
+
+
+async def sop_uids_of_metadata(client: httpx.AsyncClient, replica: Replica, url: str) -> list[str]:
+    response = await client.get(f"{replica.archive(DIMSE_AET)}/{url}/metadata")
+    assert response.status_code == 200, (replica.aet, response.text)
+    return sorted(item["00080018"]["Value"][0] for item in response.json())
+
+
+@pytest.mark.parametrize("writer", [0, 1], ids=["stow-A-cached-B", "stow-B-cached-A"])
+async def test_a_store_through_one_replica_shows_through_the_others_cache(
+    deployment: Deployment, tmp_path: Path, writer: int
+) -> None:
+    """Each replica caches for itself, and a store makes only its own cache forget the study.
+    The other one checks a cached study or series with the PACS (one C-FIND, ``[cache]
+    revalidate_seconds``, 0 in this harness) before serving it: a STOW-RS through replica A
+    into a study that replica B has cached is in B's next study retrieve, series retrieve and
+    metadata."""
+    study = study_for(tmp_path, f"revalidated-{writer}")
+    added = one_more_in_series(study, 0, tmp_path / "added.dcm")
+    await upload(deployment.orthanc, study.paths)  # straight into the PACS
+    stored_by = deployment.replicas[writer]
+    reader = deployment.replicas[1 - writer]
+    series_uid = study.series_uids[0]
+    series = f"studies/{study.study_uid}/series/{series_uid}"
+    in_series = sorted(
+        s
+        for s, se in zip(study.sop_uids, study.instance_series, strict=True)
+        if se == study.series_uids[0]
+    )
+    with trio.fail_after(TIMEOUT):
+        async with http() as client:
+            assert by_sop(await retrieved(reader, DIMSE_AET, study.study_uid)) == by_sop(
+                study.paths
+            )
+            assert await sop_uids_of_metadata(client, reader, series) == in_series
+            moved = await retrieved_instances(reader)
+            assert len(await retrieved(reader, DIMSE_AET, study.study_uid)) == IMAGES  # cached
+            assert await retrieved_instances(reader) == moved
+
+            await stow(client, stored_by, DIMSE_AET, added)
+
+            served = await retrieved(reader, DIMSE_AET, study.study_uid)
+            assert by_sop(served) == by_sop([*study.paths, added])
+            added_uid = str(pydicom.dcmread(added).SOPInstanceUID)
+            assert await sop_uids_of_metadata(client, reader, series) == sorted(
+                [*in_series, added_uid]
+            )
+            in_series_now = await retrieved(reader, DIMSE_AET, study.study_uid, series=series_uid)
+            assert sorted(by_sop(in_series_now)) == sorted([*in_series, added_uid])
+            assert await retrieved_instances(reader) == moved + 1  # the new instance alone

@@ -102,6 +102,10 @@ interval = 1.0
 timeout = 2.0
 max_age = 5.0
 
+[cache]
+revalidate_seconds = 0.0  # a cached study is checked with the PACS at every request: a store
+                          # through one replica shows through the other's cache at once
+
 [[aets]]
 aet = "{DIMSE_AET}"
 host = "127.0.0.1"
