@@ -34,9 +34,6 @@ def _setup_logging(config: Config, worker: int | None = None) -> None:
     logs.setup(config.log.level, worker, config.log.format)
     if config.log_level is not None and worker is None:
         log.warning('log_level is deprecated: write [log] level = "%s" instead', config.log.level)
-    if worker is None:
-        for key in config.dimse.deprecated_keys():
-            log.warning("%s is deprecated and has no effect (one DIMSE stack): delete it", key)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -139,6 +139,11 @@ class HttpConfig(_Section):
         return self
 
 
+REMOVED_DIMSE_KEYS = ("receiver", "client")
+"""Keys of ``[dimse]`` that chose between two DIMSE stacks; rst has one, and a config that still
+sets them is refused, naming the key."""
+
+
 class DimseConfig(_Section):
     """rst's own DIMSE identity and its built-in C-STORE receiver (the C-MOVE destination)."""
 
@@ -159,10 +164,6 @@ class DimseConfig(_Section):
     """Instances buffered in memory between the receiver and each HTTP response."""
     transfer_syntaxes: tuple[str, ...] = DEFAULT_TRANSFER_SYNTAXES
     """Transfer syntaxes the receiver accepts, most preferred first."""
-    receiver: Literal["trio"] | None = None
-    """Deprecated, no effect: rst has one C-STORE receiver (``"pynetdicom"`` was removed)."""
-    client: Literal["trio"] | None = None
-    """Deprecated, no effect: rst has one DIMSE client (``"pynetdicom"`` was removed)."""
     max_connections: Annotated[int, Field(ge=1)] = 64
     """Connections the (trio) receiver serves at once, per process; further ones are turned away
     with an A-ASSOCIATE-RJ (transient, local limit exceeded)."""
@@ -192,18 +193,17 @@ class DimseConfig(_Section):
             )
         return self
 
-    @field_validator("receiver", "client", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _one_implementation(cls, value: object) -> object:
-        if value == "pynetdicom":
-            raise ValueError(
-                "pynetdicom's DIMSE implementation was removed (rst has one): delete the key"
-            )
-        return value
-
-    def deprecated_keys(self) -> list[str]:
-        """The deprecated keys this section sets (rst warns about them at start-up)."""
-        return [f"dimse.{key}" for key in ("receiver", "client") if getattr(self, key) is not None]
+    def _one_implementation(cls, data: object) -> object:
+        if isinstance(data, Mapping):
+            for key in REMOVED_DIMSE_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"dimse.{key} was removed: rst has one DIMSE implementation "
+                        "(the pynetdicom one and the choice between them are gone); delete the key"
+                    )
+        return data
 
 
 class CacheConfig(_Section):
