@@ -35,10 +35,10 @@ What the listing finds:
 - **Any other change** (more added, any removed), or a top-up that fails: the level is
   forgotten, and the request is a miss — it retrieves the level again through the usual single
   flight.
-- **No answer** (either C-FIND fails or takes longer than :data:`CHECK_TIMEOUT`): the cache is
-  served as it is and one warning is logged; for :data:`RETRY_AFTER` seconds this archive's
-  levels are then served without a check (a PACS that hangs must not make every cached study
-  wait for it).
+- **No answer** (either C-FIND fails, or the check takes longer than :data:`CHECK_TIMEOUT`):
+  the cache is served as it is and one warning is logged; for :data:`RETRY_AFTER` seconds this
+  archive's levels are then served without a check (a PACS that hangs must not make every
+  cached study wait for it).
 
 Instances need no check: a SOP Instance UID names one content, so an instance-level request
 (frames, instance metadata, rendered) is served from the cache for ``ttl_seconds`` as before.
@@ -86,7 +86,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 10.0
-"""Seconds a revalidation C-FIND may take before the cache is served unchecked."""
+"""Seconds a revalidation (its count and listing C-FINDs together) may take before the cache
+is served unchecked."""
 RETRY_AFTER = 30.0
 """Seconds after a failed revalidation during which the archive's levels are not checked."""
 MAX_TOP_UP = 8
@@ -267,8 +268,9 @@ class Freshness:
             log.debug("cache: not revalidating %s %s (a check failed)", keys.level, keys.uid)
             return entries
         counted: int | str | None = None
+        deadline = trio.current_time() + CHECK_TIMEOUT
         if how == "count":
-            counted = await self._count_instances(keys)
+            counted = await self._count_instances(keys, deadline)
             if counted is None:
                 return self._failed("count", entries)
             if counted == len({entry.sop_uid for entry in entries}):
@@ -279,7 +281,7 @@ class Freshness:
                 return entries
             if counted == NO_COUNT:
                 self._uncount(keys, "not given")
-        found = await self._find(keys)
+        found = await self._find(keys, deadline)
         if found is None:
             return self._failed("list", entries)
         change = compare((entry.sop_uid for entry in entries), found)
@@ -393,16 +395,16 @@ class Freshness:
         finally:
             recording.discard()  # unless finished
 
-    async def _count_instances(self, keys: RetrieveKeys) -> int | str | None:
+    async def _count_instances(self, keys: RetrieveKeys, deadline: float) -> int | str | None:
         """The number of instances the PACS counts under *keys*, or why it gave none
-        (:func:`read_count`); ``None`` if it did not answer."""
-        matches = await self._ask(keys, count_query(keys))
+        (:func:`read_count`); ``None`` if it did not answer by *deadline*."""
+        matches = await self._ask(keys, count_query(keys), deadline)
         return None if matches is None else read_count(keys, matches)
 
-    async def _find(self, keys: RetrieveKeys) -> dict[str, str | None] | None:
+    async def _find(self, keys: RetrieveKeys, deadline: float) -> dict[str, str | None] | None:
         """The SOP Instance UIDs the PACS has under *keys*, each with its series UID if the
-        PACS said; ``None`` if it did not answer."""
-        matches = await self._ask(keys, instances_query(keys))
+        PACS said; ``None`` if it did not answer by *deadline*."""
+        matches = await self._ask(keys, instances_query(keys), deadline)
         if matches is None:
             return None
         found: dict[str, str | None] = {}
@@ -413,11 +415,13 @@ class Freshness:
                 found[str(uid)] = str(series) if series else None
         return found
 
-    async def _ask(self, keys: RetrieveKeys, query: QidoQuery) -> list[Dataset] | None:
+    async def _ask(
+        self, keys: RetrieveKeys, query: QidoQuery, deadline: float
+    ) -> list[Dataset] | None:
         """The matches of the C-FIND *query* about the level *keys*; ``None`` (warned) if the
-        PACS did not answer it."""
+        PACS did not answer it by *deadline* (trio time)."""
         try:
-            with trio.fail_after(CHECK_TIMEOUT):
+            with trio.fail_at(deadline):
                 async with self.inner.search(query) as matches:
                     return [match async for match in matches]
         except (RstError, OSError, trio.TooSlowError) as exc:

@@ -25,6 +25,7 @@ from rst.cache import Cache, CachedBackend, Store, with_cache
 from rst.cache.freshness import (
     MAX_TOP_UP,
     NO_COUNT,
+    RETRY_AFTER,
     Change,
     compare,
     count_query,
@@ -35,7 +36,7 @@ from rst.cache.freshness import (
 )
 from rst.config import CacheConfig, load_config
 from rst.dicom.query import QidoQuery
-from rst.errors import PacsUnreachable
+from rst.errors import NotFound, PacsUnreachable
 from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
 from rst.services.wado import whole
@@ -198,6 +199,12 @@ class Archive(ScriptedBackend):
     with the count left empty, as a PACS that does not compute it."""
     miscount: int = 0
     """Added to each count given (a PACS whose counts are wrong)."""
+    count_delay: float = 0.0
+    """Seconds a count C-FIND takes (a PACS slow to count)."""
+    list_hold: trio.Event | None = None
+    """Listing C-FINDs wait for it."""
+    gone: bool = False
+    """Count C-FINDs match nothing (the level deleted from the PACS)."""
 
     @property
     def asked(self) -> list[str]:
@@ -223,16 +230,20 @@ class Archive(ScriptedBackend):
         if self.hold is not None:
             await self.hold.wait()
         if query.level == "IMAGE":
+            if self.list_hold is not None:
+                await self.list_hold.wait()
             async with super().search(query) as found:
                 yield found
             return
         if self.fail_search_after is not None:
             raise self.error()
+        await trio.sleep(self.count_delay)
         keys = RetrieveKeys(STUDY, SERIES if query.level == "SERIES" else None)
         count = len(self.matches) + self.miscount if self.counts else ""
 
         async def one() -> AsyncIterator[Dataset]:
-            yield count_match(keys, count)
+            if not self.gone:
+                yield count_match(keys, count)
 
         yield one()
 
@@ -421,6 +432,56 @@ async def test_a_pacs_that_gives_no_count_is_listed_and_not_asked_to_count_again
     assert counted(metrics, "fresh", "list") == 1
     assert counted(metrics, "changed", "list") == 1
     assert counted(metrics, "fresh", "count") == 0
+
+
+async def test_a_pacs_is_remembered_without_counts_per_level(
+    cached: CachedBackend, archive: Archive, clock: Clock
+) -> None:
+    await fetch(cached, SERIES_KEYS)
+    await fetch(cached, STUDY_KEYS)
+    archive.counts = False
+    clock.now += EVERY
+    await fetch(cached, SERIES_KEYS)
+    assert cached.freshness is not None
+    assert cached.freshness.uncounted == {"SERIES"}
+    archive.counts = True  # say, a PACS that counts the instances of a study only
+    assert await fetch(cached, STUDY_KEYS) == UIDS
+    assert archive.asked == ["SERIES", "IMAGE", "STUDY"]
+
+
+async def test_a_level_the_count_does_not_find_is_listed_and_counts_stay_in_use(
+    cached: CachedBackend, archive: Archive, clock: Clock
+) -> None:
+    await fetch(cached, SERIES_KEYS)
+    archive.gone = True  # no match: the series deleted from the PACS (the listing says)
+    for uid in UIDS:
+        archive.remove(uid)
+    clock.now += EVERY
+    with pytest.raises(NotFound):
+        await fetch(cached, SERIES_KEYS)
+    assert archive.asked == ["SERIES", "IMAGE"]
+    assert cached.freshness is not None
+    assert cached.freshness.uncounted == set()
+
+
+async def test_a_slow_count_and_listing_share_one_timeout(
+    cached: CachedBackend, archive: Archive, clock: Clock, autojump_clock: trio.testing.MockClock
+) -> None:
+    await fetch(cached, SERIES_KEYS)
+    archive.count_delay = 6.0
+    archive.miscount = 1  # then the listing, which never answers
+    archive.list_hold = trio.Event()
+    clock.now += EVERY
+    started = trio.current_time()
+    assert await fetch(cached, SERIES_KEYS) == UIDS
+    assert trio.current_time() - started == pytest.approx(10.0)  # not 6 + 10
+    assert archive.asked == ["SERIES", "IMAGE"]
+    archive.count_delay = 20.0  # a count alone too slow
+    clock.now += EVERY
+    autojump_clock.jump(RETRY_AFTER)  # the archive is checked again
+    started = trio.current_time()
+    assert await fetch(cached, SERIES_KEYS) == UIDS
+    assert trio.current_time() - started == pytest.approx(10.0)
 
 
 async def test_a_count_its_listing_contradicts_is_not_asked_for_again(
@@ -628,6 +689,21 @@ def test_a_new_retrieve_of_a_level_drops_its_old_check(store: Store, clock: Cloc
     assert store.validation(ARCHIVE, SERIES_KEYS) is not None
     store.outdated(archive=ARCHIVE, keys=SERIES_KEYS, stored_at=clock.now + 20)
     assert store.validation(ARCHIVE, SERIES_KEYS) is None
+
+
+def test_a_listing_of_an_older_record_of_a_level_does_not_count(store: Store, clock: Clock) -> None:
+    """As an older rst (which knows no listings) would leave it: a row for a record it replaced."""
+    store.complete(archive=ARCHIVE, keys=SERIES_KEYS, started=clock.now, sop_uids=UIDS)
+    with sqlite3.connect(store.folder / "index.sqlite3") as db:
+        db.execute(
+            "INSERT INTO listings VALUES (?, 'SERIES', ?, ?, ?)",
+            (ARCHIVE, SERIES, clock.now - 100, clock.now + 500),
+        )
+    assert store.validation(ARCHIVE, SERIES_KEYS) == (clock.now, clock.now, clock.now)
+    store.validated(
+        archive=ARCHIVE, keys=SERIES_KEYS, stored_at=clock.now, at=clock.now + 5, listed=True
+    )
+    assert store.validation(ARCHIVE, SERIES_KEYS) == (clock.now, clock.now + 5, clock.now + 5)
 
 
 # -- configuration -----------------------------------------------------------------------------
