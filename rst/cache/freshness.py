@@ -13,8 +13,8 @@ since"; rst asks in two steps, the cheap one first:
    left it empty or out, or answered no single match of the level): step 2.
 2. **List** (:func:`instances_query`): one C-FIND at IMAGE level under the level, asking only
    for SOP Instance UIDs (the inner backend's ``search``, as a QIDO-RS instance search) —
-   one match per instance, each decoded: for a 200-instance series, 10 to 100 times the count's
-   cost, mostly the PACS's.
+   one match per instance, each decoded: for a 200-instance series from Orthanc, about ten
+   times the count's cost (docs/discussion/cache.md), and growing with the series.
 
 A count cannot see an instance deleted and another sent in its place (a QC "delete and
 re-send"): the same number. So a level last *listed* (its retrieve counts as a listing) more
