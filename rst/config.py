@@ -217,7 +217,12 @@ class CacheConfig(_Section):
     """An entry older than this is not served any more (the PACS is asked again)."""
     revalidate_seconds: Annotated[float, Field(ge=0)] = 10.0
     """A study or series served from the cache is first checked against the PACS (a C-FIND
-    of its SOP Instance UIDs) when last checked longer ago than this; 0: every time."""
+    of its number of instances, then of its SOP Instance UIDs if needed) when last checked
+    longer ago than this; 0: every time."""
+    relist_seconds: Annotated[float, Field(ge=0)] = 300.0
+    """A check lists the SOP Instance UIDs of a level last listed longer ago than this even
+    when its number of instances is unchanged (an instance deleted and another sent in its
+    place is missed until then); 0: every check lists."""
 
 
 class HealthConfig(_Section):

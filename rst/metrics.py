@@ -249,9 +249,10 @@ class Metrics:
         )
         self.cache_revalidations = counter(
             "rst_cache_revalidations",
-            "Checks of a cached study or series against the PACS (C-FIND) by AE and result: "
-            "fresh, changed (retrieved again), failed (served unchecked)",
-            ["aet", "result"],
+            "Checks of a cached study or series against the PACS (C-FIND) by AE, check (the "
+            "C-FIND that decided: count of instances, or list of them) and result: fresh, "
+            "changed (retrieved again), failed (served unchecked)",
+            ["aet", "check", "result"],
         )
         self.cache_evicted_instances = counter(
             "rst_cache_evicted_instances",

@@ -79,7 +79,8 @@ class CachedBackend:
     """*inner* with the retrieve cache in front; *archive* names it in the cache. *metrics*
     counts where each retrieve was served from (hit, joined, miss). A study or series served
     from the cache is first checked with the PACS when last checked more than
-    *revalidate_seconds* ago (:mod:`rst.cache.freshness`); ``None``: never."""
+    *revalidate_seconds* ago, by a list of its instances if last listed more than
+    *relist_seconds* ago (0: always; :mod:`rst.cache.freshness`); ``None``: never."""
 
     def __init__(
         self,
@@ -89,6 +90,7 @@ class CachedBackend:
         archive: str,
         metrics: Metrics | None = None,
         revalidate_seconds: float | None = None,
+        relist_seconds: float = 0.0,
     ) -> None:
         self.inner = inner
         self.cache = cache
@@ -99,7 +101,14 @@ class CachedBackend:
         self.freshness = (
             None
             if revalidate_seconds is None
-            else Freshness(inner, cache, archive=archive, every=revalidate_seconds, metrics=metrics)
+            else Freshness(
+                inner,
+                cache,
+                archive=archive,
+                every=revalidate_seconds,
+                relist=relist_seconds,
+                metrics=metrics,
+            )
         )
 
     def _count(self, result: str) -> None:
@@ -467,6 +476,7 @@ def with_cache(
                 archive=archive_key(ae),
                 metrics=metrics,
                 revalidate_seconds=config.cache.revalidate_seconds,
+                relist_seconds=config.cache.relist_seconds,
             )
         else:
             wrapped[name] = backend

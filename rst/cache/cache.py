@@ -157,15 +157,25 @@ class Cache:
 
     # -- freshness (rst.cache.freshness): a failure is a level not revalidated -----------------
 
-    async def validation(self, archive: str, keys: RetrieveKeys) -> tuple[float, float] | None:
+    async def validation(
+        self, archive: str, keys: RetrieveKeys
+    ) -> tuple[float, float, float] | None:
         return await self._attempt("look up", lambda: self.store.validation(archive, keys))
 
     async def validated(
-        self, *, archive: str, keys: RetrieveKeys, stored_at: float, at: float
+        self,
+        *,
+        archive: str,
+        keys: RetrieveKeys,
+        stored_at: float,
+        at: float,
+        listed: bool = False,
     ) -> None:
         await self._attempt(
             "update",
-            lambda: self.store.validated(archive=archive, keys=keys, stored_at=stored_at, at=at),
+            lambda: self.store.validated(
+                archive=archive, keys=keys, stored_at=stored_at, at=at, listed=listed
+            ),
         )
 
     async def outdated(self, *, archive: str, keys: RetrieveKeys, stored_at: float) -> None:

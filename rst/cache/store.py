@@ -119,6 +119,14 @@ CREATE TABLE IF NOT EXISTS validations (
     validated_at REAL NOT NULL,
     PRIMARY KEY (archive, level, uid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS listings (
+    archive TEXT NOT NULL,
+    level TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    listed_at REAL NOT NULL,
+    PRIMARY KEY (archive, level, uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     bytes INTEGER NOT NULL
@@ -466,23 +474,36 @@ class Store:
 
     # -- freshness (see rst.cache.freshness) ----------------------------------------------------
 
-    def validation(self, archive: str, keys: RetrieveKeys) -> tuple[float, float] | None:
-        """When the record of the study or series *keys* was made (its retrieve began) and
-        when its set of instances was last found to be the archive's; ``None`` without one."""
+    def validation(self, archive: str, keys: RetrieveKeys) -> tuple[float, float, float] | None:
+        """When the record of the study or series *keys* was made (its retrieve began), when
+        its set of instances was last found to be the archive's, and when by a list of its
+        instances (not a count: see :mod:`rst.cache.freshness`); ``None`` without one."""
         level, uid = _level_of(keys)
         with self._lock:
             row = self._db.execute(
-                "SELECT l.stored_at, max(l.stored_at, coalesce(v.validated_at, l.stored_at)) "
+                "SELECT l.stored_at, max(l.stored_at, coalesce(v.validated_at, l.stored_at)), "
+                "max(l.stored_at, coalesce(s.listed_at, l.stored_at)) "
                 "FROM levels l LEFT JOIN validations v "
                 "ON v.archive = l.archive AND v.level = l.level AND v.uid = l.uid "
+                "LEFT JOIN listings s ON s.archive = l.archive AND s.level = l.level "
+                "AND s.uid = l.uid AND s.stored_at = l.stored_at "
                 "WHERE l.archive = ? AND l.level = ? AND l.uid = ?",
                 (archive, level, uid),
             ).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
+        return None if row is None else (float(row[0]), float(row[1]), float(row[2]))
 
-    def validated(self, *, archive: str, keys: RetrieveKeys, stored_at: float, at: float) -> None:
+    def validated(
+        self,
+        *,
+        archive: str,
+        keys: RetrieveKeys,
+        stored_at: float,
+        at: float,
+        listed: bool = False,
+    ) -> None:
         """Record that the level *keys* recorded at *stored_at* was still the archive's at
-        *at* (nothing if that record has been replaced or forgotten meanwhile)."""
+        *at*, found so by a list of its instances if *listed* (nothing if that record has been
+        replaced or forgotten meanwhile)."""
         level, uid = _level_of(keys)
         with self._write() as db:
             db.execute(
@@ -492,6 +513,16 @@ class Store:
                 "validated_at = max(validated_at, excluded.validated_at)",
                 (at, archive, level, uid, stored_at),
             )
+            if listed:  # a row of an older record of the level (stored_at) is replaced
+                db.execute(
+                    "INSERT INTO listings SELECT archive, level, uid, stored_at, ? FROM levels "
+                    "WHERE archive = ? AND level = ? AND uid = ? AND stored_at = ? "
+                    "ON CONFLICT (archive, level, uid) DO UPDATE SET "
+                    "listed_at = CASE WHEN stored_at = excluded.stored_at "
+                    "THEN max(listed_at, excluded.listed_at) ELSE excluded.listed_at END, "
+                    "stored_at = excluded.stored_at",
+                    (at, archive, level, uid, stored_at),
+                )
 
     def outdated(self, *, archive: str, keys: RetrieveKeys, stored_at: float) -> None:
         """Forget the level *keys* recorded at *stored_at*: the archive's set of instances
@@ -652,7 +683,7 @@ class Store:
 
     @staticmethod
     def _forget_level(db: sqlite3.Connection, archive: str, level: str, uid: str) -> None:
-        for table in ("levels", "members", "validations"):
+        for table in ("levels", "members", "validations", "listings"):
             db.execute(
                 f"DELETE FROM {table} WHERE archive = ? AND level = ? AND uid = ?",
                 (archive, level, uid),

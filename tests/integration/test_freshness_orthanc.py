@@ -1,7 +1,8 @@
 """The retrieve cache notices an instance stored into a cached series directly at the PACS (a
 modality sending to it): rst in front of a real Orthanc, the new instance uploaded through
 Orthanc's REST API, never through rst. With ``[cache] revalidate_seconds = 0`` the next series
-retrieve and metadata show it; with a long interval the cache is served as it was (documented
+retrieve and metadata show it (Orthanc's count of the series' instances differs: rst lists
+them); with a long interval the cache is served as it was (documented
 in docs/discussion/cache.md)."""
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rst.config import AeConfig
 from rst.dicom.multipart import MultipartReader, parse_content_type
 from rst.server import Running
 from tests.support.gateway import run_gateway
-from tests.support.orthanc import Orthanc, add_modality, upload
+from tests.support.orthanc import Orthanc, add_modality, http_client, upload
 from tests.support.sample import StudyFiles, write_ct_study
 
 pytestmark = pytest.mark.integration
@@ -35,9 +36,12 @@ def study(tmp_path: Path) -> StudyFiles:
 
 
 @asynccontextmanager
-async def gateway(orthanc: Orthanc, revalidate_seconds: float) -> AsyncIterator[Running]:
+async def gateway(
+    orthanc: Orthanc, revalidate_seconds: float, relist_seconds: float = 300
+) -> AsyncIterator[Running]:
     config = AeConfig(aet=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port)
-    async with run_gateway(config, cache={"revalidate_seconds": revalidate_seconds}) as running:
+    cache = {"revalidate_seconds": revalidate_seconds, "relist_seconds": relist_seconds}
+    async with run_gateway(config, cache=cache) as running:
         await add_modality(orthanc, "rst", "RST", *running.dimse_address)
         yield running
 
@@ -65,12 +69,16 @@ async def metadata_uids(client: httpx.AsyncClient, url: str) -> list[str]:
     return sorted(item["00080018"]["Value"][0] for item in response.json())
 
 
-def counted(running: Running, result: str) -> float:
+def counted(running: Running, result: str, check: str | None = None) -> float:
+    """Checks by *result*, decided by a count or a listing (*check*) or either."""
     assert running.metrics is not None
-    value = running.metrics.registry.get_sample_value(
-        "rst_cache_revalidations_total", {"aet": "ORTHANC", "result": result}
-    )
-    return 0.0 if value is None else value
+    total = 0.0
+    for how in ("count", "list") if check is None else (check,):
+        value = running.metrics.registry.get_sample_value(
+            "rst_cache_revalidations_total", {"aet": "ORTHANC", "check": how, "result": result}
+        )
+        total += 0.0 if value is None else value
+    return total
 
 
 def lookups(running: Running, result: str) -> float:
@@ -99,16 +107,16 @@ async def test_an_instance_stored_at_the_pacs_is_seen_through_the_cache(
         assert await instance_uids(client, url) == sorted(study.sop_uids[:3])
         assert await metadata_uids(client, url) == sorted(study.sop_uids[:3])
         assert (lookups(running, "miss"), lookups(running, "hit")) == (1, 1)
-        assert counted(running, "fresh") == 1  # the metadata: checked, unchanged, cached
+        assert counted(running, "fresh", "count") == 1  # the metadata: counted, unchanged
 
         assert moved(running) == 3
 
         await upload(orthanc, study.paths[3:])  # a modality's C-STORE, not through rst
         assert await metadata_uids(client, url) == sorted(study.sop_uids)
-        assert counted(running, "changed") == 1
+        assert counted(running, "changed", "list") == 1  # counted 4: listed, topped up
         assert moved(running) == 4  # the new instance alone
         assert await instance_uids(client, url) == sorted(study.sop_uids)
-        assert (counted(running, "fresh"), lookups(running, "miss")) == (2, 1)
+        assert (counted(running, "fresh", "count"), lookups(running, "miss")) == (2, 1)
         assert moved(running) == 4
 
 
@@ -135,3 +143,31 @@ async def test_an_unreachable_pacs_leaves_cached_series_readable(
         os.kill(orthanc.pid, signal.SIGKILL)  # gone: every association is refused
         assert await metadata_uids(client, url) == sorted(study.sop_uids)
         assert counted(running, "failed") == 1
+
+
+@pytest.mark.parametrize("relist_seconds", [3600, 0])
+async def test_an_instance_replaced_at_the_pacs_is_seen_at_the_next_listing(
+    orthanc: Orthanc, study: StudyFiles, relist_seconds: float
+) -> None:
+    """A QC "delete and re-send": one instance deleted, another stored, the same number. The
+    count cannot see it; the next listing (every check with ``relist_seconds = 0``; with
+    3600, not within this test) does — the blind spot docs/discussion/cache.md describes."""
+    ids = await upload(orthanc, study.paths[:3])
+    async with (
+        gateway(orthanc, 0, relist_seconds) as running,
+        httpx.AsyncClient(timeout=60) as client,
+    ):
+        url = series_url(running, orthanc, study)
+        assert await instance_uids(client, url) == sorted(study.sop_uids[:3])
+        async with http_client(orthanc) as rest:
+            (await rest.delete(f"/instances/{ids[0]}")).raise_for_status()
+        await upload(orthanc, study.paths[3:])
+        replaced = sorted(study.sop_uids[1:])
+        if relist_seconds:
+            assert await metadata_uids(client, url) == sorted(study.sop_uids[:3])
+            assert counted(running, "fresh", "count") == 1
+        else:
+            assert await metadata_uids(client, url) == replaced
+            assert counted(running, "changed", "list") == 1
+            assert counted(running, "fresh", "count") + counted(running, "fresh", "list") == 0
+            assert await instance_uids(client, url) == replaced

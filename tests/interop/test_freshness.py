@@ -1,7 +1,9 @@
-"""The retrieve cache's check of a cached study or series (one IMAGE-level C-FIND of its SOP
-Instance UIDs, :mod:`rst.cache.freshness`) against each of the three PACS: every one answers
-it, at study and at series level, with the instances it holds — so the check finds a warm
-study fresh (no C-MOVE) rather than failing (served unchecked, with a warning)."""
+"""The retrieve cache's check of a cached study or series (:mod:`rst.cache.freshness`: a C-FIND
+of its number of instances, then one at IMAGE level of its SOP Instance UIDs if the number is
+not given or differs) against each of the three PACS: every one answers it, at study and at
+series level, with the instances it holds — so the check finds a warm study fresh (no C-MOVE)
+rather than failing (served unchecked, with a warning). Orthanc and the pynetdicom PACS count;
+dcmqrscp does not, is remembered as such, and its levels are listed."""
 
 from __future__ import annotations
 
@@ -45,13 +47,18 @@ async def fetch(backend: CachedBackend, keys: RetrieveKeys) -> list[str]:
 
 @pytest.mark.parametrize("route", ["MOVE", "GET"])
 async def test_every_pacs_answers_the_check_of_a_cached_study_and_series(
-    gateway: Running, ct_study: StudyFiles, route: str
+    gateway: Running, archive: Archive, ct_study: StudyFiles, route: str
 ) -> None:
     assert gateway.cache is not None
     metrics = Metrics()
     inner = gateway.backends[route]
     cached = CachedBackend(
-        inner, gateway.cache, archive=f"freshness-{route}", metrics=metrics, revalidate_seconds=0
+        inner,
+        gateway.cache,
+        archive=f"freshness-{route}",
+        metrics=metrics,
+        revalidate_seconds=0,
+        relist_seconds=3600,
     )
     series = ct_study.series_uids[0]
     levels = {
@@ -63,17 +70,28 @@ async def test_every_pacs_answers_the_check_of_a_cached_study_and_series(
         ),
     }
     for keys, expected in levels.items():
-        for _ in range(2):  # the second from the cache, checked
+        for _ in range(3):  # the second and third from the cache, checked
             assert await fetch(cached, keys) == expected
 
-    def count(name: str, result: str) -> float:
-        value = metrics.registry.get_sample_value(name, {"aet": inner.name, "result": result})
+    def count(name: str, result: str, **labels: str) -> float:
+        value = metrics.registry.get_sample_value(
+            name, {"aet": inner.name, "result": result, **labels}
+        )
         return 0.0 if value is None else value
 
-    assert count("rst_cache_revalidations_total", "fresh") == 2
-    assert count("rst_cache_revalidations_total", "failed") == 0
-    assert count("rst_cache_revalidations_total", "changed") == 0
+    def checks(result: str, check: str) -> float:
+        return count("rst_cache_revalidations_total", result, check=check)
+
+    assert cached.freshness is not None
+    uncounted = cached.freshness.uncounted
+    # Orthanc and rst's development PACS count; dcmqrscp leaves both counts out
+    assert uncounted == ({"STUDY", "SERIES"} if archive.kind == "dcmqrscp" else set())
+    # a level whose count is given is counted at each check; one without, listed
+    assert checks("fresh", "count") == 2 * (2 - len(uncounted))
+    assert checks("fresh", "list") == 2 * len(uncounted)
+    for result in ("failed", "changed"):
+        assert checks(result, "count") + checks(result, "list") == 0
     assert (count("rst_cache_lookups_total", "miss"), count("rst_cache_lookups_total", "hit")) == (
         2,
-        2,
+        4,
     )
