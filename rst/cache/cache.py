@@ -54,7 +54,17 @@ class Cache:
     # -- lookups: a failure is a miss -----------------------------------------------------------
 
     async def instance(self, archive: str, keys: RetrieveKeys) -> Entry | None:
+        """The fresh, whole instance *keys* names: from this process's memory of the index
+        (:mod:`rst.cache.memo`, no trip to a worker thread), else from the index."""
+        known = self.store.memo.instance(archive, keys, self.now(), self.store.ttl)
+        if known is not None:
+            return known
         return await self._attempt("look up", lambda: self.store.instance(archive, keys))
+
+    def forget(self, archive: str, entry: Entry) -> None:
+        """*entry*'s file was found gone (evicted or replaced by another process): look it
+        up in the index next time."""
+        self.store.memo.forget(archive, entry.sop_uid)
 
     async def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
         return await self._attempt("look up", lambda: self.store.level(archive, keys))

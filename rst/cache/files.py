@@ -35,6 +35,7 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.cache import Cache
+from rst.cache.memo import Memo
 from rst.cache.store import Entry, Pending, sidecar_path, write_sidecar
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
@@ -78,15 +79,18 @@ def batch(entries: Sequence[Entry]) -> int:
     return len(entries)
 
 
-async def read_entries(entries: Sequence[Entry]) -> tuple[list[Instance], Gone | None]:
+async def read_entries(
+    entries: Sequence[Entry], memo: Memo | None = None
+) -> tuple[list[Instance], Gone | None]:
     """The cached instances *entries* (see :func:`batch`), each with its first :data:`CHUNK`
-    bytes read; reading stops at the first whose file is gone, returned with those before it."""
+    bytes read; reading stops at the first whose file is gone, returned with those before it.
+    *memo*: where their sidecars are remembered."""
 
     def read() -> tuple[list[Instance], Gone | None]:
         found = []
         for entry in entries:
             try:
-                found.append(_open(entry))
+                found.append(_open(entry, memo))
             except Gone as gone:
                 return found, gone
         return found, None
@@ -94,7 +98,7 @@ async def read_entries(entries: Sequence[Entry]) -> tuple[list[Instance], Gone |
     return await run_sync(read)
 
 
-def _open(entry: Entry) -> Instance:
+def _open(entry: Entry, memo: Memo | None) -> Instance:
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -121,7 +125,7 @@ def _open(entry: Entry) -> Instance:
         entry.sop_uid,
         entry.transfer_syntax,
         rest=rest,
-        sidecars=EntrySidecars(entry.path, FileRanges(data, rest, size)),
+        sidecars=EntrySidecars(entry.path, FileRanges(data, rest, size), memo),
     )
 
 
@@ -142,28 +146,42 @@ class FileRanges:
 
 
 class EntrySidecars:
-    """The sidecars of a cached instance: files beside its file (blocking). ``ranges``: reads
-    of the file itself, where it is open (what a sidecar that says where things are in the
-    file is used with)."""
+    """The sidecars of a cached instance: files beside its file (blocking), remembered in
+    *memo* once read or written. ``ranges``: reads of the file itself, where it is open (what
+    a sidecar that says where things are in the file is used with)."""
 
-    def __init__(self, path: Path, ranges: FileRanges | None = None) -> None:
+    def __init__(
+        self, path: Path, ranges: FileRanges | None = None, memo: Memo | None = None
+    ) -> None:
         self._path = path
         self.ranges = ranges
+        self._memo = memo
+
+    def peek(self, kind: str) -> bytes | None:
+        return None if self._memo is None else self._memo.sidecar(self._path, kind)
 
     def load(self, kind: str) -> bytes | None:
+        if (known := self.peek(kind)) is not None:
+            return known
         try:
-            return sidecar_path(self._path, kind).read_bytes()
+            data = sidecar_path(self._path, kind).read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             log.warning("cache: cannot read the %s of %s: %s", kind, self._path, exc)
             return None
+        if self._memo is not None:
+            self._memo.keep_sidecar(self._path, kind, data)
+        return data
 
     def save(self, kind: str, data: bytes) -> None:
         try:
             write_sidecar(self._path, kind, data)
         except OSError as exc:  # the cache still serves the instance; it is derived again
             log.warning("cache: cannot write the %s of %s: %s", kind, self._path, exc)
+            return
+        if self._memo is not None:
+            self._memo.keep_sidecar(self._path, kind, data)
 
 
 class PendingSidecars:
@@ -180,6 +198,11 @@ class PendingSidecars:
         self.ranges: FileRanges | None = None
         """Never: the instance is read as it arrives (what is derived here, no layout)."""
 
+    def peek(self, kind: str) -> bytes | None:
+        with self._lock:
+            home, saved = self._home, self._saved.get(kind)
+        return saved if home is None else home.peek(kind)
+
     def load(self, kind: str) -> bytes | None:
         with self._lock:
             home, saved = self._home, self._saved.get(kind)
@@ -194,11 +217,12 @@ class PendingSidecars:
         if home is not None:
             home.save(kind, data)
 
-    def settle(self, entry: Entry | None) -> None:
-        """The instance is cached as *entry* (``None``: not cached, what was saved goes)."""
+    def settle(self, entry: Entry | None, memo: Memo | None = None) -> None:
+        """The instance is cached as *entry* (``None``: not cached, what was saved goes);
+        *memo*: where its sidecars are remembered."""
         with self._lock:
             saved, self._saved = self._saved, {}
-            self._home = None if entry is None else EntrySidecars(entry.path)
+            self._home = None if entry is None else EntrySidecars(entry.path, memo=memo)
             self._settled = True
             home = self._home
         if home is not None:
@@ -302,7 +326,7 @@ class Writer:
                 if isinstance(instance.sidecars, PendingSidecars)
             ]
             if pending:
-                await run_sync(partial(_settle, pending))
+                await run_sync(partial(_settle, pending, self._cache.store.memo))
             for instance, entry in zip(instances, entries, strict=True):
                 self._queue.popleft()
                 self._queued -= len(instance.data)
@@ -335,9 +359,9 @@ class Writer:
         self._changed = trio.Event()
 
 
-def _settle(pending: list[tuple[PendingSidecars, Entry | None]]) -> None:
+def _settle(pending: list[tuple[PendingSidecars, Entry | None]], memo: Memo) -> None:
     for sidecars, entry in pending:
-        sidecars.settle(entry)
+        sidecars.settle(entry, memo)
 
 
 RECORD_BATCH = 1 << 20

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rst.cache.memo import Memo
 from rst.services.protocols import RetrieveKeys
 
 __all__ = [
@@ -229,6 +230,8 @@ class Store:
         self._db = connection
         self._lock = threading.Lock()
         self._swept_at = float("-inf")
+        self.memo = Memo()
+        """What this process remembers of the index and the sidecars (:mod:`rst.cache.memo`)."""
 
     @classmethod
     def open(
@@ -311,6 +314,7 @@ class Store:
                 moved.append((n, relative, pending.size, meta))
             now = self.clock()
             entries: list[Entry | None] = [None] * len(written)
+            fresh: list[tuple[Meta, Entry | None]] = []
             with self._write() as db:
                 doomed = []
                 for n, relative, size, meta in moved:
@@ -341,6 +345,7 @@ class Store:
                         size,
                         now,
                     )
+                    fresh.append((meta, entries[n]))
                 doomed += self._evict(db, now)
                 doomed += self._sweep_if_due(db, now)
         except BaseException:
@@ -348,6 +353,9 @@ class Store:
                 pending.discard()
             self._unlink([relative for _, relative, _, _ in moved])
             raise
+        for meta, entry in fresh:
+            if entry is not None:
+                self.memo.remember(meta.archive, entry, meta.study_uid, meta.series_uid, now)
         self._unlink(doomed)
         return entries
 
@@ -420,6 +428,7 @@ class Store:
                     "UPDATE instances SET used_at = ? WHERE archive = ? AND sop_uid = ?",
                     (now, archive, keys.sop_uid),
                 )
+        self.memo.remember(archive, entry, study, series, now)
         return entry
 
     def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
@@ -455,6 +464,8 @@ class Store:
                 "IN (SELECT sop_uid FROM members WHERE archive = ? AND level = ? AND uid = ?)",
                 (now, archive, now - TOUCH_EVERY, archive, level, uid),
             )
+        for entry in entries:
+            self.memo.remember(archive, entry, keys.study_uid, keys.series_uid, now)
         return entries
 
     def usage(self) -> int:
@@ -547,6 +558,8 @@ class Store:
             "DELETE FROM instances WHERE archive = ? AND sop_uid = ?",
             ((archive, sop) for archive, sop, _, _ in rows),
         )
+        for archive, sop, _, _ in rows:
+            self.memo.forget(archive, sop)
         self._add_usage(db, -sum(int(size) for *_, size in rows))
         return [file for _, _, file, _ in rows]
 
@@ -613,6 +626,7 @@ class Store:
     def _unlink(self, files: list[str]) -> None:
         for file in files:
             path = self.folder / file
+            self.memo.forget_file(path)
             for doomed in (path, *(sidecar_path(path, kind) for kind in SIDECARS)):
                 try:
                     os.unlink(doomed)
