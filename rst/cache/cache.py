@@ -19,7 +19,15 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.locks import Held, Locks
-from rst.cache.store import CacheUnavailable, Entry, Meta, Pending, Store, default_folder
+from rst.cache.store import (
+    CacheUnavailable,
+    Entry,
+    Meta,
+    Pending,
+    Store,
+    default_folder,
+    written_from,
+)
 from rst.config import CacheConfig
 from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
@@ -91,10 +99,17 @@ class Cache:
     # -- writes: a failure is an instance not cached --------------------------------------------
 
     async def put(
-        self, *, archive: str, keys: RetrieveKeys, instances: Sequence[Instance]
+        self,
+        *,
+        archive: str,
+        keys: RetrieveKeys,
+        instances: Sequence[Instance],
+        then: Callable[[list[tuple[Entry | None, bool]]], None] | None = None,
     ) -> list[Entry | None]:
         """Cache whole instances (in one trip to a worker thread, one index transaction); the
-        entry of each, ``None`` for those not cached."""
+        entry of each, ``None`` for those not cached. *then*, if they were written, is called
+        in the same trip with each one's entry and whether that entry is the file just
+        written (not a copy another retrieve cached first); it must not raise."""
 
         def put() -> list[Entry | None]:
             written = []
@@ -107,7 +122,15 @@ class Cache:
                 for pending, _ in written:
                     pending.discard()
                 raise
-            return self.store.commit_many(written)
+            entries = self.store.commit_many(written)
+            if then is not None:
+                then(
+                    [
+                        (entry, entry is not None and written_from(entry, pending, meta))
+                        for entry, (pending, meta) in zip(entries, written, strict=True)
+                    ]
+                )
+            return entries
 
         return await self._attempt("write", put) or [None] * len(instances)
 

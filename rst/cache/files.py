@@ -37,6 +37,8 @@ from rst.bridge import run_sync
 from rst.cache.cache import Cache
 from rst.cache.memo import Memo
 from rst.cache.store import Entry, Pending, sidecar_path, write_sidecar
+from rst.dicom.frames import FrameSource
+from rst.dicom.layout import FRAMES, derive
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -317,16 +319,18 @@ class Writer:
                     return
                 await self._wait()
             instances = list(self._queue)
+            memo = self._cache.store.memo
+            settled: list[bool] = []
             entries = await self._cache.put(
-                archive=self._archive, keys=self._keys, instances=instances
+                archive=self._archive,
+                keys=self._keys,
+                instances=instances,
+                then=partial(_derive_and_settle, instances, memo, settled),
             )
-            pending = [
-                (instance.sidecars, entry)
-                for instance, entry in zip(instances, entries, strict=True)
-                if isinstance(instance.sidecars, PendingSidecars)
-            ]
-            if pending:
-                await run_sync(partial(_settle, pending, self._cache.store.memo))
+            if not settled:  # not cached: what waits in memory goes (no I/O)
+                for instance in instances:
+                    if isinstance(instance.sidecars, PendingSidecars):
+                        instance.sidecars.settle(None)
             for instance, entry in zip(instances, entries, strict=True):
                 self._queue.popleft()
                 self._queued -= len(instance.data)
@@ -359,9 +363,33 @@ class Writer:
         self._changed = trio.Event()
 
 
-def _settle(pending: list[tuple[PendingSidecars, Entry | None]], memo: Memo) -> None:
-    for sidecars, entry in pending:
-        sidecars.settle(entry, memo)
+def _derive_and_settle(
+    instances: list[Instance],
+    memo: Memo,
+    settled: list[bool],
+    written: list[tuple[Entry | None, bool]],
+) -> None:
+    """Once *instances* are cached (on the same worker thread): the frame layout of each whose
+    entry is the file just written from its bytes (not another process's copy, whose offsets
+    may differ) is derived from those bytes and kept — a first frame request then reads just
+    its frame —, and what waited in memory is written beside each."""
+    for instance, (entry, ours) in zip(instances, written, strict=True):
+        if entry is not None and ours:
+            layout = frame_layout(instance.data)
+            if layout is not None:
+                EntrySidecars(entry.path, memo=memo).save(FRAMES, layout)
+        if isinstance(instance.sidecars, PendingSidecars):
+            instance.sidecars.settle(entry, memo)
+    settled.append(True)
+
+
+def frame_layout(data: bytes) -> bytes | None:
+    """The frame layout of the whole Part 10 file *data* to keep (:func:`rst.dicom.layout.derive`);
+    ``None`` where it has no frames to serve (no pixel data, unreadable)."""
+    try:
+        return derive(data, FrameSource(data))
+    except Exception:  # pydicom raises many kinds on odd data: a frame request will say why
+        return None
 
 
 RECORD_BATCH = 1 << 20

@@ -57,6 +57,7 @@ __all__ = [
     "default_folder",
     "sidecar_path",
     "write_sidecar",
+    "written_from",
 ]
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,7 @@ class Store:
                 if pending.size > self.max_bytes:
                     pending.discard()
                     continue
-                digest = _digest(meta.archive, meta.sop_uid)
-                relative = f"objects/{digest[:2]}/{digest}-{pending.path.stem}.dcm"
+                relative = _file_name(meta, pending)
                 final = self.folder / relative
                 final.parent.mkdir(mode=0o700, exist_ok=True)
                 os.replace(pending.path, final)
@@ -666,6 +666,18 @@ def write_sidecar(path: Path, kind: str, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
         raise
+
+
+def written_from(entry: Entry, pending: Pending, meta: Meta) -> bool:
+    """Whether *entry* is the file *pending* became when committed with *meta* (and not a copy
+    of the same instance that another retrieve cached first)."""
+    return entry.path.parts[-3:] == tuple(_file_name(meta, pending).split("/"))
+
+
+def _file_name(meta: Meta, pending: Pending) -> str:
+    """Where, relative to the folder, the instance written to *pending* is committed."""
+    digest = _digest(meta.archive, meta.sop_uid)
+    return f"objects/{digest[:2]}/{digest}-{pending.path.stem}.dcm"
 
 
 def _digest(archive: str, sop_uid: str) -> str:
