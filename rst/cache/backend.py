@@ -47,8 +47,7 @@ from rst.cache.files import (
 )
 from rst.cache.flight import Arrival, Flight, Flights, State
 from rst.cache.locks import Held
-from rst.cache.memo import Memo
-from rst.cache.store import Entry
+from rst.cache.store import Entry, Store
 from rst.config import AeConfig, Config
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
@@ -174,7 +173,7 @@ class CachedBackend:
                             break
                         entries.append(later.entry)
                     instances, gone = await read_entries(
-                        entries[: batch(entries)], self.cache.store.memo
+                        entries[: batch(entries)], self.cache.store
                     )
                     for current in instances:
                         seen += 1
@@ -358,7 +357,7 @@ class CachedBackend:
                     tee = Tee(
                         instance.rest,
                         Recording(self.cache, pending, self.archive, keys, instance),
-                        on_end=partial(_recorded, flight, uid, sidecars, self.cache.store.memo),
+                        on_end=partial(_recorded, flight, uid, sidecars, self.cache.store),
                         on_error=flight.fail,
                     )
                     if wanted:
@@ -412,11 +411,11 @@ def _arrive(flight: Flight, sop_uid: str, entry: Entry | None) -> None:
 
 
 def _recorded(
-    flight: Flight, sop_uid: str, sidecars: PendingSidecars, memo: Memo, entry: Entry | None
+    flight: Flight, sop_uid: str, sidecars: PendingSidecars, store: Store, entry: Entry | None
 ) -> None:
     """A streamed instance has its entry. Its consumer has had only its beginning so far and
     has saved no sidecar yet: settling writes nothing (no blocking on the trio thread)."""
-    sidecars.settle(entry, memo)
+    sidecars.settle(entry, store)
     _arrive(flight, sop_uid, entry)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,7 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.cache import Cache
-from rst.cache.memo import Memo
-from rst.cache.store import Entry, Pending, sidecar_path, write_sidecar
+from rst.cache.store import Entry, Pending, Store
 from rst.dicom.frames import FrameSource
 from rst.dicom.layout import FRAMES, derive
 from rst.errors import IncompleteRetrieve, RstError
@@ -82,17 +82,17 @@ def batch(entries: Sequence[Entry]) -> int:
 
 
 async def read_entries(
-    entries: Sequence[Entry], memo: Memo | None = None
+    entries: Sequence[Entry], store: Store
 ) -> tuple[list[Instance], Gone | None]:
-    """The cached instances *entries* (see :func:`batch`), each with its first :data:`CHUNK`
-    bytes read; reading stops at the first whose file is gone, returned with those before it.
-    *memo*: where their sidecars are remembered."""
+    """The cached instances *entries* of *store* (see :func:`batch`), each with its first
+    :data:`CHUNK` bytes read; reading stops at the first whose file is gone, returned with
+    those before it."""
 
     def read() -> tuple[list[Instance], Gone | None]:
         found = []
         for entry in entries:
             try:
-                found.append(_open(entry, memo))
+                found.append(_open(entry, store))
             except Gone as gone:
                 return found, gone
         return found, None
@@ -100,7 +100,7 @@ async def read_entries(
     return await run_sync(read)
 
 
-def _open(entry: Entry, memo: Memo | None) -> Instance:
+def _open(entry: Entry, store: Store) -> Instance:
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -127,7 +127,7 @@ def _open(entry: Entry, memo: Memo | None) -> Instance:
         entry.sop_uid,
         entry.transfer_syntax,
         rest=rest,
-        sidecars=EntrySidecars(entry.path, FileRanges(data, rest, size), memo),
+        sidecars=EntrySidecars(store, entry.path, FileRanges(data, rest, size)),
     )
 
 
@@ -148,42 +148,38 @@ class FileRanges:
 
 
 class EntrySidecars:
-    """The sidecars of a cached instance: files beside its file (blocking), remembered in
-    *memo* once read or written. ``ranges``: reads of the file itself, where it is open (what
-    a sidecar that says where things are in the file is used with)."""
+    """The sidecars of a cached instance: rows of the index (blocking), remembered by the
+    process (:mod:`rst.cache.memo`). ``ranges``: reads of the file itself, where it is open
+    (what a sidecar that says where things are in the file is used with)."""
 
-    def __init__(
-        self, path: Path, ranges: FileRanges | None = None, memo: Memo | None = None
-    ) -> None:
+    def __init__(self, store: Store, path: Path, ranges: FileRanges | None = None) -> None:
+        self._store = store
         self._path = path
         self.ranges = ranges
-        self._memo = memo
 
     def peek(self, kind: str) -> bytes | None:
-        return None if self._memo is None else self._memo.sidecar(self._path, kind)
+        return self._store.memo.sidecar(self._path, kind)
 
     def load(self, kind: str) -> bytes | None:
-        if (known := self.peek(kind)) is not None:
-            return known
         try:
-            data = sidecar_path(self._path, kind).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
+            return self._store.sidecar(self._path, kind)
+        except sqlite3.Error as exc:
             log.warning("cache: cannot read the %s of %s: %s", kind, self._path, exc)
             return None
-        if self._memo is not None:
-            self._memo.keep_sidecar(self._path, kind, data)
-        return data
 
     def save(self, kind: str, data: bytes) -> None:
-        try:
-            write_sidecar(self._path, kind, data)
-        except OSError as exc:  # the cache still serves the instance; it is derived again
-            log.warning("cache: cannot write the %s of %s: %s", kind, self._path, exc)
-            return
-        if self._memo is not None:
-            self._memo.keep_sidecar(self._path, kind, data)
+        save_sidecars(self._store, [(self._path, kind, data)])
+
+
+def save_sidecars(store: Store, sidecars: list[tuple[Path, str, bytes]]) -> None:
+    """Keep *sidecars* (instance file, kind, data) in *store*, in one transaction; best effort
+    (the cache still serves the instances; what is lost is derived again)."""
+    if not sidecars:
+        return
+    try:
+        store.save_sidecars(sidecars)
+    except sqlite3.Error as exc:
+        log.warning("cache: cannot keep what was derived from %s: %s", sidecars[0][0], exc)
 
 
 class PendingSidecars:
@@ -219,17 +215,27 @@ class PendingSidecars:
         if home is not None:
             home.save(kind, data)
 
-    def settle(self, entry: Entry | None, memo: Memo | None = None) -> None:
-        """The instance is cached as *entry* (``None``: not cached, what was saved goes);
-        *memo*: where its sidecars are remembered."""
+    def settle(
+        self,
+        entry: Entry | None,
+        store: Store | None = None,
+        gathered: list[tuple[Path, str, bytes]] | None = None,
+    ) -> None:
+        """The instance is cached as *entry* in *store* (``None``: not cached, what was saved
+        goes). What was saved is kept there — or added to *gathered*, for the caller to keep
+        with others in one transaction."""
         with self._lock:
             saved, self._saved = self._saved, {}
-            self._home = None if entry is None else EntrySidecars(entry.path, memo=memo)
+            home = None if entry is None or store is None else EntrySidecars(store, entry.path)
+            self._home = home
             self._settled = True
-            home = self._home
-        if home is not None:
-            for kind, data in saved.items():
-                home.save(kind, data)
+        if home is None or entry is None or store is None:
+            return
+        found = [(entry.path, kind, data) for kind, data in saved.items()]
+        if gathered is not None:
+            gathered += found
+        else:
+            save_sidecars(store, found)
 
 
 class FileChunks:
@@ -319,13 +325,12 @@ class Writer:
                     return
                 await self._wait()
             instances = list(self._queue)
-            memo = self._cache.store.memo
             settled: list[bool] = []
             entries = await self._cache.put(
                 archive=self._archive,
                 keys=self._keys,
                 instances=instances,
-                then=partial(_derive_and_settle, instances, memo, settled),
+                then=partial(_derive_and_settle, instances, self._cache.store, settled),
             )
             if not settled:  # not cached: what waits in memory goes (no I/O)
                 for instance in instances:
@@ -365,21 +370,23 @@ class Writer:
 
 def _derive_and_settle(
     instances: list[Instance],
-    memo: Memo,
+    store: Store,
     settled: list[bool],
     written: list[tuple[Entry | None, bool]],
 ) -> None:
     """Once *instances* are cached (on the same worker thread): the frame layout of each whose
     entry is the file just written from its bytes (not another process's copy, whose offsets
-    may differ) is derived from those bytes and kept — a first frame request then reads just
-    its frame —, and what waited in memory is written beside each."""
+    may differ) is derived from those bytes — a first frame request then reads just its
+    frame —, and kept with what waited in memory, all in one transaction."""
+    gathered: list[tuple[Path, str, bytes]] = []
     for instance, (entry, ours) in zip(instances, written, strict=True):
         if entry is not None and ours:
             layout = frame_layout(instance.data)
             if layout is not None:
-                EntrySidecars(entry.path, memo=memo).save(FRAMES, layout)
+                gathered.append((entry.path, FRAMES, layout))
         if isinstance(instance.sidecars, PendingSidecars):
-            instance.sidecars.settle(entry, memo)
+            instance.sidecars.settle(entry, store, gathered)
+    save_sidecars(store, gathered)
     settled.append(True)
 
 

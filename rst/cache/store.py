@@ -55,14 +55,14 @@ __all__ = [
     "Pending",
     "Store",
     "default_folder",
-    "sidecar_path",
-    "write_sidecar",
     "written_from",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: sidecars in the index (1 kept them in files beside each instance; an index of version 1
+is upgraded in place, its sidecar files are removed with their instances)."""
 BUSY_TIMEOUT = 10.0
 """Seconds a process waits for another one's write transaction on the index."""
 LOW_WATER = 0.9
@@ -75,8 +75,8 @@ STALE_TEMP = 600.0
 """A temporary file untouched for this long belongs to a writer that died: removed at open."""
 SIDECARS = ("metadata.json", "frames.json")
 """The kinds of sidecar an instance file may have (see :class:`~rst.services.protocols.Sidecars`):
-each is removed with its file. Each file is immutable (a new version of an instance is a new
-file), so a sidecar is valid as long as its file exists."""
+rows of the ``sidecars`` table, deleted with their instance's row. Each file is immutable (a
+new version of an instance is a new file), so a sidecar is valid as long as its file exists."""
 TOUCH_EVERY = 10.0
 """An entry's last use is recorded at most this often (each record is a write transaction)."""
 EVICT_BATCH = 256
@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS instances (
     PRIMARY KEY (archive, sop_uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_by_use ON instances (used_at);
+CREATE INDEX IF NOT EXISTS instances_by_file ON instances (file);
 CREATE INDEX IF NOT EXISTS instances_by_age ON instances (stored_at);
 CREATE TABLE IF NOT EXISTS levels (
     archive TEXT NOT NULL,
@@ -113,6 +114,12 @@ CREATE TABLE IF NOT EXISTS members (
     position INTEGER NOT NULL,
     sop_uid TEXT NOT NULL,
     PRIMARY KEY (archive, level, uid, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sidecars (
+    file TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (file, kind)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -336,7 +343,9 @@ class Store:
                         continue
                     db.execute(_UPSERT, (*meta.row(relative, size), now, now))
                     self._add_usage(db, size - (old[4] if old else 0))
-                    doomed += [old[3]] if old else []
+                    if old:  # replaced: its file goes, and what was derived from it
+                        doomed.append(old[3])
+                        db.execute("DELETE FROM sidecars WHERE file = ?", (old[3],))
                     entries[n] = Entry(
                         meta.sop_uid,
                         meta.sop_class_uid,
@@ -400,7 +409,45 @@ class Store:
             doomed = self._sweep(db, now)
         self._unlink(doomed)
 
+    def save_sidecars(self, sidecars: Sequence[tuple[Path, str, bytes]]) -> None:
+        """Keep each (instance file, kind, data), in one transaction; not for a file no longer
+        in the index (evicted meanwhile, maybe by another process: a sidecar never outlives
+        its file). Raises sqlite3.Error."""
+        rows = []
+        for path, kind, data in sidecars:
+            if kind not in SIDECARS:
+                raise ValueError(f"unknown sidecar kind {kind!r}")
+            file = str(path.relative_to(self.folder))
+            rows.append((file, kind, data, file))
+        kept = []
+        with self._write() as db:
+            for row, sidecar in zip(rows, sidecars, strict=True):
+                cursor = db.execute(
+                    "INSERT OR REPLACE INTO sidecars SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM instances WHERE file = ?)",
+                    row,
+                )
+                if cursor.rowcount > 0:
+                    kept.append(sidecar)
+        for path, kind, data in kept:
+            self.memo.keep_sidecar(path, kind, data)
+
     # -- reading -------------------------------------------------------------------------------
+
+    def sidecar(self, path: Path, kind: str) -> bytes | None:
+        """The sidecar *kind* of the instance file *path*, or ``None``."""
+        if (known := self.memo.sidecar(path, kind)) is not None:
+            return known
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM sidecars WHERE file = ? AND kind = ?",
+                (str(path.relative_to(self.folder)), kind),
+            ).fetchone()
+        if row is None:
+            return None
+        data = bytes(row[0])
+        self.memo.keep_sidecar(path, kind, data)
+        return data
 
     def instance(self, archive: str, keys: RetrieveKeys) -> Entry | None:
         """The fresh, whole instance *keys* names (an IMAGE-level key), or ``None``."""
@@ -485,7 +532,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version not in (0, 1, SCHEMA_VERSION):  # 1: upgraded by the schema below
                     raise CacheUnavailable(
                         f"the cache index in {self.folder} was made by another version of rst "
                         f"(schema {version}, this one uses {SCHEMA_VERSION}); remove the folder"
@@ -558,6 +605,7 @@ class Store:
             "DELETE FROM instances WHERE archive = ? AND sop_uid = ?",
             ((archive, sop) for archive, sop, _, _ in rows),
         )
+        db.executemany("DELETE FROM sidecars WHERE file = ?", ((file,) for _, _, file, _ in rows))
         for archive, sop, _, _ in rows:
             self.memo.forget(archive, sop)
         self._add_usage(db, -sum(int(size) for *_, size in rows))
@@ -627,7 +675,7 @@ class Store:
         for file in files:
             path = self.folder / file
             self.memo.forget_file(path)
-            for doomed in (path, *(sidecar_path(path, kind) for kind in SIDECARS)):
+            for doomed in (path, *_legacy_sidecars(path)):
                 try:
                     os.unlink(doomed)
                 except FileNotFoundError:
@@ -643,29 +691,9 @@ class Store:
                     path.unlink()
 
 
-def sidecar_path(path: Path, kind: str) -> Path:
-    """Where the sidecar *kind* of the instance file *path* lies."""
-    if kind not in SIDECARS:
-        raise ValueError(f"unknown sidecar kind {kind!r}")
-    return path.with_name(f"{path.name}.{kind}")
-
-
-def write_sidecar(path: Path, kind: str, data: bytes) -> None:
-    """Write the sidecar *kind* of the instance file *path* (``objects/ab/…``): to a temporary
-    file first, then renamed, so a reader sees all of it or nothing. Raises OSError."""
-    folder = path.parent.parent.parent  # objects/ab/file -> the cache folder
-    fd, name = tempfile.mkstemp(dir=folder / "tmp", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(name, sidecar_path(path, kind))
-        if not path.exists():  # evicted meanwhile (by another process): do not outlive it
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sidecar_path(path, kind))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
+def _legacy_sidecars(path: Path) -> list[Path]:
+    """The sidecar files an index of version 1 kept beside the instance file *path*."""
+    return [path.with_name(f"{path.name}.{kind}") for kind in SIDECARS]
 
 
 def written_from(entry: Entry, pending: Pending, meta: Meta) -> bool:

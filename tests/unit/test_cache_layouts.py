@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from rst.cache import Cache, CachedBackend, Store
-from rst.cache.store import Meta, sidecar_path
+from rst.cache.store import Meta
 from rst.dicom.accept import negotiate_frames
 from rst.dicom.frames import FrameSource
 from rst.dicom.layout import FRAMES, FrameLayout
@@ -36,6 +36,15 @@ def store(folder: Path) -> Iterator[Store]:
     store.close()
 
 
+def kept_layout(folder: Path, path: Path) -> bytes:
+    """The frame layout kept for the file *path*, as another process finds it (empty: none)."""
+    other = Store.open(folder, max_bytes=1 << 30, ttl=3600)
+    try:
+        return other.sidecar(path, FRAMES) or b""
+    finally:
+        other.close()
+
+
 @pytest.fixture
 def multiframe(tmp_path: Path) -> bytes:
     study = write_multiframe(tmp_path / "mf", frames=4, rows=32, columns=32, seed=3)
@@ -43,14 +52,14 @@ def multiframe(tmp_path: Path) -> bytes:
 
 
 async def test_a_written_instance_has_its_layout_and_frames_are_read_without_parsing(
-    store: Store, multiframe: bytes, monkeypatch: pytest.MonkeyPatch
+    folder: Path, store: Store, multiframe: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive = FakeArchive({UIDS[0]: multiframe})
     backend = CachedBackend(archive, Cache(store), archive=ARCHIVE)
     await fetch(backend, SERIES_KEYS)
     entry = store.instance(ARCHIVE, RetrieveKeys(STUDY, SERIES, UIDS[0]))
     assert entry is not None
-    layout = FrameLayout.from_json(sidecar_path(entry.path, FRAMES).read_bytes())
+    layout = FrameLayout.from_json(kept_layout(folder, entry.path))
     assert layout is not None
     assert layout.number_of_frames == 4
     assert layout.size == entry.size
@@ -95,11 +104,11 @@ async def test_no_layout_is_kept_for_a_copy_another_retrieve_cached_first(
     entry = store.instance(ARCHIVE, RetrieveKeys(STUDY, SERIES, UIDS[0]))
     assert entry is not None
     assert entry.path == first.path
-    assert not sidecar_path(first.path, FRAMES).exists()
+    assert kept_layout(folder, first.path) == b""
     assert archive.calls == [RetrieveKeys(STUDY)]
 
 
-async def test_an_instance_without_frames_gets_no_layout(store: Store) -> None:
+async def test_an_instance_without_frames_gets_no_layout(folder: Path, store: Store) -> None:
     archive = FakeArchive({UIDS[0]: b"not DICOM at all" * 100})
     backend = CachedBackend(archive, Cache(store), archive=ARCHIVE)
 
@@ -107,4 +116,4 @@ async def test_an_instance_without_frames_gets_no_layout(store: Store) -> None:
 
     entry = store.instance(ARCHIVE, RetrieveKeys(STUDY, SERIES, UIDS[0]))
     assert entry is not None
-    assert not sidecar_path(entry.path, FRAMES).exists()
+    assert kept_layout(folder, entry.path) == b""
