@@ -68,6 +68,19 @@ async def retrieve_frames(
     # A hint for the archive: what the client likes best (None, as stored, for "*").
     prefer = choices[0].transfer_syntax if choices else None
     held, data, derive_into = await _retrieve_one(backend, keys, prefer, numbers)
+    if held is not None and derive_into is None:
+        # Only the frames asked for were read: their source is made without parsing a file
+        # (a fraction of a millisecond), so on trio's thread — as is the cutting, where the
+        # frames go as stored (slices; no decoding): no trip to a worker thread, whose
+        # handover costs more than that.
+        source = held()
+        source.check(numbers)
+        fmt = choose_frame_format(choices, source.transfer_syntax, frames=len(numbers))
+        if fmt.transfer_syntax == source.transfer_syntax:
+            return FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
+        return await run_sync(
+            lambda: FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
+        )
 
     def cut() -> FramesAnswer:
         source = held() if held is not None else FrameSource(data)
