@@ -13,11 +13,12 @@ instance to disk overlaps with passing on the next; the ``rest`` of a large one 
 (:class:`Recording`). A file is committed to the cache only once its instance is whole; a
 write that fails stops the recording, never the instance.
 
-Sidecars: a cached instance carries :class:`EntrySidecars` (files beside its own); one on its
-way in carries :class:`PendingSidecars`, which hold what is saved in memory until the instance
-has its entry, then write it there (or drop it if the instance is not cached). A cached
-instance's sidecars also read parts of its file (:class:`FileRanges`): what a frame layout
-is used with.
+Sidecars: a cached instance carries :class:`EntrySidecars` (rows of the index, remembered by
+the process); one on its way in carries :class:`PendingSidecars`, which hold what is saved in
+memory until the instance has its entry, then keep it there (or drop it if the instance is not
+cached). A whole instance written by the :class:`Writer` has its frame layout derived from its
+bytes on the way. A cached instance's sidecars also read parts of its file
+(:class:`FileRanges`): what a frame layout is used with.
 """
 
 from __future__ import annotations

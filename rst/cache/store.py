@@ -3,12 +3,12 @@
 Blocking code, no trio: :class:`~rst.cache.cache.Cache` runs it on worker threads, the unit
 tests call it directly. The folder::
 
-    index.sqlite3            the index (WAL: several processes read and write it at once)
+    index.sqlite3            the index (WAL: several processes read and write it at once),
+                             with what rst derived from each file (its sidecars, see
+                             SIDECARS: rows kept while its instance's row exists, deleted
+                             with it, not counted in ``max_bytes``)
     tmp/…​.part               instances being written (never served)
     objects/ab/abcd…-x.dcm   instances, whole; named by a hash of (archive, SOP Instance UID)
-    objects/ab/abcd…-x.dcm.metadata.json, ….dcm.frames.json
-                             what rst derived from that file (its sidecars, see SIDECARS);
-                             written after it, removed with it, not counted in ``max_bytes``
 
 **Nothing incomplete looks complete.** An instance is written to a file in ``tmp/`` and moved
 into ``objects/`` (an atomic rename) only once all its bytes have arrived; its index row is

@@ -3,11 +3,12 @@
 The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it
 — or, where the archive reads parts of a stored instance (a large S3 object), only the frames
 asked for are read (:mod:`rst.services.ranged`), and where the instance's frame layout is kept
-beside it (a cached file, :mod:`rst.dicom.layout`), only those frames' bytes are read and the
-file is not parsed again (the first frame request of a cached instance keeps its layout);
-cutting, decoding and encoding run on a worker thread. Everything that can fail — a frame beyond
-the last, a syntax rst cannot produce for this instance — fails before the response starts, so
-the client gets a status and a message rather than a broken body.
+with it (a cached file, :mod:`rst.dicom.layout`), only those frames' bytes are read and the
+file is not parsed again (the cache derives it as it writes the instance, else the first frame
+request keeps it); cutting, decoding and encoding run on a worker thread — except frames read
+by ranges and sent as stored, which are mere slices, cut on trio's thread. Everything that can
+fail — a frame beyond the last, a syntax rst cannot produce for this instance — fails before the
+response starts, so the client gets a status and a message rather than a broken body.
 """
 
 from __future__ import annotations
