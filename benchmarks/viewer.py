@@ -41,6 +41,7 @@ from .common import (
     median,
     open_rst,
 )
+from .procfs import cpu_tree_s
 
 NAME = "viewer"
 TITLE = "A viewer opening a study: rst cold, warm and without cache against Orthanc's DICOMweb"
@@ -140,13 +141,18 @@ class _Viewing:
             self.first_frame = self._since()
 
 
-async def view(root: str, study_uid: str) -> dict[str, float | int]:
-    """One viewing through ``CONNECTIONS`` keep-alive connections (a fresh client: no reuse)."""
+async def view(root: str, study_uid: str, server_pid: int) -> dict[str, float | int]:
+    """One viewing through ``CONNECTIONS`` keep-alive connections (a fresh client: no reuse).
+    ``cpu_s``: the CPU seconds the server (*server_pid* and its children) spent on it — what
+    a busy machine distorts least."""
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     timeout = httpx.Timeout(RETRIEVE_TIMEOUT, pool=RETRIEVE_TIMEOUT)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
         with trio.fail_after(RETRIEVE_TIMEOUT):
-            return await _Viewing(client, root, study_uid).run()
+            cpu = cpu_tree_s(server_pid)
+            result = await _Viewing(client, root, study_uid).run()
+            result["cpu_s"] = cpu_tree_s(server_pid) - cpu
+            return result
 
 
 async def run(ctx: Context) -> dict[str, Any]:
@@ -158,27 +164,29 @@ async def run(ctx: Context) -> dict[str, Any]:
         print(
             f"[viewer] {LABELS[way]:<36} series {r['series_s'] * 1000:6.0f} ms, metadata "
             f"{r['metadata_s']:6.2f} s, first frame {r['ttff_s']:6.2f} s, last frame "
-            f"{r['ttlf_s']:6.2f} s ({r['frames']} frames)",
+            f"{r['ttlf_s']:6.2f} s ({r['frames']} frames), server CPU {r['cpu_s']:5.2f} s",
             flush=True,
         )
 
-    await view(ctx.orthanc.dicomweb_url, uid)  # warm-up: Orthanc's caches, the OS page cache
+    orthanc = ctx.orthanc.pid
+    # warm-up: Orthanc's caches, the OS page cache
+    await view(ctx.orthanc.dicomweb_url, uid, orthanc)
     async with open_rst(ctx, "viewer-nocache") as rst:
         root = f"{rst.url}/aets/{ORTHANC_AET}"
-        await view(root, uid)  # warm-up
+        await view(root, uid, rst.pid)  # warm-up
         for _ in range(ctx.runs):
-            out["rst_nocache"].append(r := await view(root, uid))
+            out["rst_nocache"].append(r := await view(root, uid, rst.pid))
             show("rst_nocache", r)
-            out["orthanc"].append(r := await view(ctx.orthanc.dicomweb_url, uid))
+            out["orthanc"].append(r := await view(ctx.orthanc.dicomweb_url, uid, orthanc))
             show("orthanc", r)
     for i in range(ctx.runs):
         for workers, prefix in ((1, "rst"), (WORKERS, "rst2")):
             name = f"viewer-cache-{workers}-{i}"
             async with open_rst(ctx, name, workers=workers, cache=True) as rst:
                 root = f"{rst.url}/aets/{ORTHANC_AET}"
-                out[f"{prefix}_cold"].append(r := await view(root, uid))
+                out[f"{prefix}_cold"].append(r := await view(root, uid, rst.pid))
                 show(f"{prefix}_cold", r)
-                out[f"{prefix}_warm"].append(r := await view(root, uid))
+                out[f"{prefix}_warm"].append(r := await view(root, uid, rst.pid))
                 show(f"{prefix}_warm", r)
     expected = {r["frames"] for way in WAYS for r in out[way]}
     if expected != {study.count}:
@@ -201,8 +209,9 @@ def table(result: dict[str, Any]) -> str:
     ref = m["orthanc"]
     lines = [
         "| server | series list ms | all metadata s | first frame s (min-max) "
-        "| last frame s (min-max) | frames/s | last frame / Orthanc | first frame / Orthanc |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| last frame s (min-max) | frames/s | last frame / Orthanc | first frame / Orthanc "
+        "| server CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for way in WAYS:
         r = m[way]
@@ -211,7 +220,8 @@ def table(result: dict[str, Any]) -> str:
             f"| {LABELS[way]} | {r['series_s'] * 1000:.0f} | {r['metadata_s']:.2f} "
             f"| {r['ttff_s']:.2f} ({_spread(runs, 'ttff_s')}) "
             f"| {r['ttlf_s']:.2f} ({_spread(runs, 'ttlf_s')}) | {r['frames'] / r['ttlf_s']:.0f} "
-            f"| {r['ttlf_s'] / ref['ttlf_s']:.2f} | {r['ttff_s'] / ref['ttff_s']:.2f} |"
+            f"| {r['ttlf_s'] / ref['ttlf_s']:.2f} | {r['ttff_s'] / ref['ttff_s']:.2f} "
+            f"| {r['cpu_s']:.2f} |"
         )
     verdicts = [
         f"{LABELS[way]} last frame ≤ {target:.1f} x Orthanc: "

@@ -49,7 +49,7 @@ from rst.cache.files import (
 from rst.cache.flight import Arrival, Flight, Flights, State
 from rst.cache.freshness import Freshness
 from rst.cache.locks import Held
-from rst.cache.store import Entry
+from rst.cache.store import Entry, Store
 from rst.config import AeConfig, Config
 from rst.dicom.part10 import Upload
 from rst.dicom.query import QidoQuery
@@ -196,7 +196,9 @@ class CachedBackend:
                         if later.entry is None or later.sop_uid in delivered:
                             break
                         entries.append(later.entry)
-                    instances, gone = await read_entries(entries[: batch(entries)])
+                    instances, gone = await read_entries(
+                        entries[: batch(entries)], self.cache.store
+                    )
                     for current in instances:
                         seen += 1
                         if current.sop_instance_uid not in delivered:
@@ -205,6 +207,7 @@ class CachedBackend:
                         _close(current)
                     current = None
                     if gone is not None:
+                        self.cache.forget(self.archive, entries[len(instances)])
                         raise _FallBack(f"a cached instance is gone ({gone})")
                 if flight.state is State.DONE:
                     return
@@ -382,7 +385,7 @@ class CachedBackend:
                     tee = Tee(
                         instance.rest,
                         Recording(self.cache, pending, self.archive, keys, instance),
-                        on_end=partial(_recorded, flight, uid, sidecars),
+                        on_end=partial(_recorded, flight, uid, sidecars, self.cache.store),
                         on_error=flight.fail,
                     )
                     if wanted:
@@ -435,10 +438,12 @@ def _arrive(flight: Flight, sop_uid: str, entry: Entry | None) -> None:
     flight.arrive(Arrival(sop_uid, entry))
 
 
-def _recorded(flight: Flight, sop_uid: str, sidecars: PendingSidecars, entry: Entry | None) -> None:
+def _recorded(
+    flight: Flight, sop_uid: str, sidecars: PendingSidecars, store: Store, entry: Entry | None
+) -> None:
     """A streamed instance has its entry. Its consumer has had only its beginning so far and
     has saved no sidecar yet: settling writes nothing (no blocking on the trio thread)."""
-    sidecars.settle(entry)
+    sidecars.settle(entry, store)
     _arrive(flight, sop_uid, entry)
 
 

@@ -19,7 +19,15 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.locks import Held, Locks
-from rst.cache.store import CacheUnavailable, Entry, Meta, Pending, Store, default_folder
+from rst.cache.store import (
+    CacheUnavailable,
+    Entry,
+    Meta,
+    Pending,
+    Store,
+    default_folder,
+    written_from,
+)
 from rst.config import CacheConfig
 from rst.metrics import Metrics
 from rst.services.protocols import Instance, RetrieveKeys
@@ -54,7 +62,17 @@ class Cache:
     # -- lookups: a failure is a miss -----------------------------------------------------------
 
     async def instance(self, archive: str, keys: RetrieveKeys) -> Entry | None:
+        """The fresh, whole instance *keys* names: from this process's memory of the index
+        (:mod:`rst.cache.memo`, no trip to a worker thread), else from the index."""
+        known = self.store.memo.instance(archive, keys, self.now(), self.store.ttl)
+        if known is not None:
+            return known
         return await self._attempt("look up", lambda: self.store.instance(archive, keys))
+
+    def forget(self, archive: str, entry: Entry) -> None:
+        """*entry*'s file was found gone (evicted or replaced by another process): look it
+        up in the index next time."""
+        self.store.memo.forget(archive, entry.sop_uid)
 
     async def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
         return await self._attempt("look up", lambda: self.store.level(archive, keys))
@@ -81,10 +99,17 @@ class Cache:
     # -- writes: a failure is an instance not cached --------------------------------------------
 
     async def put(
-        self, *, archive: str, keys: RetrieveKeys, instances: Sequence[Instance]
+        self,
+        *,
+        archive: str,
+        keys: RetrieveKeys,
+        instances: Sequence[Instance],
+        then: Callable[[list[tuple[Entry | None, bool]]], None] | None = None,
     ) -> list[Entry | None]:
         """Cache whole instances (in one trip to a worker thread, one index transaction); the
-        entry of each, ``None`` for those not cached."""
+        entry of each, ``None`` for those not cached. *then*, if they were written, is called
+        in the same trip with each one's entry and whether that entry is the file just
+        written (not a copy another retrieve cached first); it must not raise."""
 
         def put() -> list[Entry | None]:
             written = []
@@ -97,7 +122,15 @@ class Cache:
                 for pending, _ in written:
                     pending.discard()
                 raise
-            return self.store.commit_many(written)
+            entries = self.store.commit_many(written)
+            if then is not None:
+                then(
+                    [
+                        (entry, entry is not None and written_from(entry, pending, meta))
+                        for entry, (pending, meta) in zip(entries, written, strict=True)
+                    ]
+                )
+            return entries
 
         return await self._attempt("write", put) or [None] * len(instances)
 

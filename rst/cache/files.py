@@ -13,11 +13,12 @@ instance to disk overlaps with passing on the next; the ``rest`` of a large one 
 (:class:`Recording`). A file is committed to the cache only once its instance is whole; a
 write that fails stops the recording, never the instance.
 
-Sidecars: a cached instance carries :class:`EntrySidecars` (files beside its own); one on its
-way in carries :class:`PendingSidecars`, which hold what is saved in memory until the instance
-has its entry, then write it there (or drop it if the instance is not cached). A cached
-instance's sidecars also read parts of its file (:class:`FileRanges`): what a frame layout
-is used with.
+Sidecars: a cached instance carries :class:`EntrySidecars` (rows of the index, remembered by
+the process); one on its way in carries :class:`PendingSidecars`, which hold what is saved in
+memory until the instance has its entry, then keep it there (or drop it if the instance is not
+cached). A whole instance written by the :class:`Writer` has its frame layout derived from its
+bytes on the way. A cached instance's sidecars also read parts of its file
+(:class:`FileRanges`): what a frame layout is used with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +37,9 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.cache import Cache
-from rst.cache.store import Entry, Pending, sidecar_path, write_sidecar
+from rst.cache.store import Entry, Pending, Store
+from rst.dicom.frames import FrameSource
+from rst.dicom.layout import FRAMES, derive
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -78,15 +82,18 @@ def batch(entries: Sequence[Entry]) -> int:
     return len(entries)
 
 
-async def read_entries(entries: Sequence[Entry]) -> tuple[list[Instance], Gone | None]:
-    """The cached instances *entries* (see :func:`batch`), each with its first :data:`CHUNK`
-    bytes read; reading stops at the first whose file is gone, returned with those before it."""
+async def read_entries(
+    entries: Sequence[Entry], store: Store
+) -> tuple[list[Instance], Gone | None]:
+    """The cached instances *entries* of *store* (see :func:`batch`), each with its first
+    :data:`CHUNK` bytes read; reading stops at the first whose file is gone, returned with
+    those before it."""
 
     def read() -> tuple[list[Instance], Gone | None]:
         found = []
         for entry in entries:
             try:
-                found.append(_open(entry))
+                found.append(_open(entry, store))
             except Gone as gone:
                 return found, gone
         return found, None
@@ -94,7 +101,7 @@ async def read_entries(entries: Sequence[Entry]) -> tuple[list[Instance], Gone |
     return await run_sync(read)
 
 
-def _open(entry: Entry) -> Instance:
+def _open(entry: Entry, store: Store) -> Instance:
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -121,7 +128,7 @@ def _open(entry: Entry) -> Instance:
         entry.sop_uid,
         entry.transfer_syntax,
         rest=rest,
-        sidecars=EntrySidecars(entry.path, FileRanges(data, rest, size)),
+        sidecars=EntrySidecars(store, entry.path, FileRanges(data, rest, size)),
     )
 
 
@@ -142,28 +149,38 @@ class FileRanges:
 
 
 class EntrySidecars:
-    """The sidecars of a cached instance: files beside its file (blocking). ``ranges``: reads
-    of the file itself, where it is open (what a sidecar that says where things are in the
-    file is used with)."""
+    """The sidecars of a cached instance: rows of the index (blocking), remembered by the
+    process (:mod:`rst.cache.memo`). ``ranges``: reads of the file itself, where it is open
+    (what a sidecar that says where things are in the file is used with)."""
 
-    def __init__(self, path: Path, ranges: FileRanges | None = None) -> None:
+    def __init__(self, store: Store, path: Path, ranges: FileRanges | None = None) -> None:
+        self._store = store
         self._path = path
         self.ranges = ranges
 
+    def peek(self, kind: str) -> bytes | None:
+        return self._store.memo.sidecar(self._path, kind)
+
     def load(self, kind: str) -> bytes | None:
         try:
-            return sidecar_path(self._path, kind).read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
+            return self._store.sidecar(self._path, kind)
+        except sqlite3.Error as exc:
             log.warning("cache: cannot read the %s of %s: %s", kind, self._path, exc)
             return None
 
     def save(self, kind: str, data: bytes) -> None:
-        try:
-            write_sidecar(self._path, kind, data)
-        except OSError as exc:  # the cache still serves the instance; it is derived again
-            log.warning("cache: cannot write the %s of %s: %s", kind, self._path, exc)
+        save_sidecars(self._store, [(self._path, kind, data)])
+
+
+def save_sidecars(store: Store, sidecars: list[tuple[Path, str, bytes]]) -> None:
+    """Keep *sidecars* (instance file, kind, data) in *store*, in one transaction; best effort
+    (the cache still serves the instances; what is lost is derived again)."""
+    if not sidecars:
+        return
+    try:
+        store.save_sidecars(sidecars)
+    except sqlite3.Error as exc:
+        log.warning("cache: cannot keep what was derived from %s: %s", sidecars[0][0], exc)
 
 
 class PendingSidecars:
@@ -180,6 +197,11 @@ class PendingSidecars:
         self.ranges: FileRanges | None = None
         """Never: the instance is read as it arrives (what is derived here, no layout)."""
 
+    def peek(self, kind: str) -> bytes | None:
+        with self._lock:
+            home, saved = self._home, self._saved.get(kind)
+        return saved if home is None else home.peek(kind)
+
     def load(self, kind: str) -> bytes | None:
         with self._lock:
             home, saved = self._home, self._saved.get(kind)
@@ -194,16 +216,27 @@ class PendingSidecars:
         if home is not None:
             home.save(kind, data)
 
-    def settle(self, entry: Entry | None) -> None:
-        """The instance is cached as *entry* (``None``: not cached, what was saved goes)."""
+    def settle(
+        self,
+        entry: Entry | None,
+        store: Store | None = None,
+        gathered: list[tuple[Path, str, bytes]] | None = None,
+    ) -> None:
+        """The instance is cached as *entry* in *store* (``None``: not cached, what was saved
+        goes). What was saved is kept there — or added to *gathered*, for the caller to keep
+        with others in one transaction."""
         with self._lock:
             saved, self._saved = self._saved, {}
-            self._home = None if entry is None else EntrySidecars(entry.path)
+            home = None if entry is None or store is None else EntrySidecars(store, entry.path)
+            self._home = home
             self._settled = True
-            home = self._home
-        if home is not None:
-            for kind, data in saved.items():
-                home.save(kind, data)
+        if home is None or entry is None or store is None:
+            return
+        found = [(entry.path, kind, data) for kind, data in saved.items()]
+        if gathered is not None:
+            gathered += found
+        else:
+            save_sidecars(store, found)
 
 
 class FileChunks:
@@ -293,16 +326,17 @@ class Writer:
                     return
                 await self._wait()
             instances = list(self._queue)
+            settled: list[bool] = []
             entries = await self._cache.put(
-                archive=self._archive, keys=self._keys, instances=instances
+                archive=self._archive,
+                keys=self._keys,
+                instances=instances,
+                then=partial(_derive_and_settle, instances, self._cache.store, settled),
             )
-            pending = [
-                (instance.sidecars, entry)
-                for instance, entry in zip(instances, entries, strict=True)
-                if isinstance(instance.sidecars, PendingSidecars)
-            ]
-            if pending:
-                await run_sync(partial(_settle, pending))
+            if not settled:  # not cached: what waits in memory goes (no I/O)
+                for instance in instances:
+                    if isinstance(instance.sidecars, PendingSidecars):
+                        instance.sidecars.settle(None)
             for instance, entry in zip(instances, entries, strict=True):
                 self._queue.popleft()
                 self._queued -= len(instance.data)
@@ -335,9 +369,35 @@ class Writer:
         self._changed = trio.Event()
 
 
-def _settle(pending: list[tuple[PendingSidecars, Entry | None]]) -> None:
-    for sidecars, entry in pending:
-        sidecars.settle(entry)
+def _derive_and_settle(
+    instances: list[Instance],
+    store: Store,
+    settled: list[bool],
+    written: list[tuple[Entry | None, bool]],
+) -> None:
+    """Once *instances* are cached (on the same worker thread): the frame layout of each whose
+    entry is the file just written from its bytes (not another process's copy, whose offsets
+    may differ) is derived from those bytes — a first frame request then reads just its
+    frame —, and kept with what waited in memory, all in one transaction."""
+    gathered: list[tuple[Path, str, bytes]] = []
+    for instance, (entry, ours) in zip(instances, written, strict=True):
+        if entry is not None and ours:
+            layout = frame_layout(instance.data)
+            if layout is not None:
+                gathered.append((entry.path, FRAMES, layout))
+        if isinstance(instance.sidecars, PendingSidecars):
+            instance.sidecars.settle(entry, store, gathered)
+    save_sidecars(store, gathered)
+    settled.append(True)
+
+
+def frame_layout(data: bytes) -> bytes | None:
+    """The frame layout of the whole Part 10 file *data* to keep (:func:`rst.dicom.layout.derive`);
+    ``None`` where it has no frames to serve (no pixel data, unreadable)."""
+    try:
+        return derive(data, FrameSource(data))
+    except Exception:  # pydicom raises many kinds on odd data: a frame request will say why
+        return None
 
 
 RECORD_BATCH = 1 << 20

@@ -3,12 +3,12 @@
 Blocking code, no trio: :class:`~rst.cache.cache.Cache` runs it on worker threads, the unit
 tests call it directly. The folder::
 
-    index.sqlite3            the index (WAL: several processes read and write it at once)
+    index.sqlite3            the index (WAL: several processes read and write it at once),
+                             with what rst derived from each file (its sidecars, see
+                             SIDECARS: rows kept while its instance's row exists, deleted
+                             with it, not counted in ``max_bytes``)
     tmp/…​.part               instances being written (never served)
     objects/ab/abcd…-x.dcm   instances, whole; named by a hash of (archive, SOP Instance UID)
-    objects/ab/abcd…-x.dcm.metadata.json, ….dcm.frames.json
-                             what rst derived from that file (its sidecars, see SIDECARS);
-                             written after it, removed with it, not counted in ``max_bytes``
 
 **Nothing incomplete looks complete.** An instance is written to a file in ``tmp/`` and moved
 into ``objects/`` (an atomic rename) only once all its bytes have arrived; its index row is
@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rst.cache.memo import Memo
 from rst.services.protocols import RetrieveKeys
 
 __all__ = [
@@ -54,13 +55,14 @@ __all__ = [
     "Pending",
     "Store",
     "default_folder",
-    "sidecar_path",
-    "write_sidecar",
+    "written_from",
 ]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: sidecars in the index (1 kept them in files beside each instance; an index of version 1
+is upgraded in place, its sidecar files are removed with their instances)."""
 BUSY_TIMEOUT = 10.0
 """Seconds a process waits for another one's write transaction on the index."""
 LOW_WATER = 0.9
@@ -73,8 +75,8 @@ STALE_TEMP = 600.0
 """A temporary file untouched for this long belongs to a writer that died: removed at open."""
 SIDECARS = ("metadata.json", "frames.json")
 """The kinds of sidecar an instance file may have (see :class:`~rst.services.protocols.Sidecars`):
-each is removed with its file. Each file is immutable (a new version of an instance is a new
-file), so a sidecar is valid as long as its file exists."""
+rows of the ``sidecars`` table, deleted with their instance's row. Each file is immutable (a
+new version of an instance is a new file), so a sidecar is valid as long as its file exists."""
 TOUCH_EVERY = 10.0
 """An entry's last use is recorded at most this often (each record is a write transaction)."""
 EVICT_BATCH = 256
@@ -94,6 +96,7 @@ CREATE TABLE IF NOT EXISTS instances (
     PRIMARY KEY (archive, sop_uid)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS instances_by_use ON instances (used_at);
+CREATE INDEX IF NOT EXISTS instances_by_file ON instances (file);
 CREATE INDEX IF NOT EXISTS instances_by_age ON instances (stored_at);
 CREATE TABLE IF NOT EXISTS levels (
     archive TEXT NOT NULL,
@@ -126,6 +129,12 @@ CREATE TABLE IF NOT EXISTS listings (
     stored_at REAL NOT NULL,
     listed_at REAL NOT NULL,
     PRIMARY KEY (archive, level, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sidecars (
+    file TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (file, kind)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -244,6 +253,8 @@ class Store:
         self._db = connection
         self._lock = threading.Lock()
         self._swept_at = float("-inf")
+        self.memo = Memo()
+        """What this process remembers of the index and the sidecars (:mod:`rst.cache.memo`)."""
 
     @classmethod
     def open(
@@ -318,14 +329,14 @@ class Store:
                 if pending.size > self.max_bytes:
                     pending.discard()
                     continue
-                digest = _digest(meta.archive, meta.sop_uid)
-                relative = f"objects/{digest[:2]}/{digest}-{pending.path.stem}.dcm"
+                relative = _file_name(meta, pending)
                 final = self.folder / relative
                 final.parent.mkdir(mode=0o700, exist_ok=True)
                 os.replace(pending.path, final)
                 moved.append((n, relative, pending.size, meta))
             now = self.clock()
             entries: list[Entry | None] = [None] * len(written)
+            fresh: list[tuple[Meta, Entry | None]] = []
             with self._write() as db:
                 doomed = []
                 for n, relative, size, meta in moved:
@@ -347,7 +358,9 @@ class Store:
                         continue
                     db.execute(_UPSERT, (*meta.row(relative, size), now, now))
                     self._add_usage(db, size - (old[4] if old else 0))
-                    doomed += [old[3]] if old else []
+                    if old:  # replaced: its file goes, and what was derived from it
+                        doomed.append(old[3])
+                        db.execute("DELETE FROM sidecars WHERE file = ?", (old[3],))
                     entries[n] = Entry(
                         meta.sop_uid,
                         meta.sop_class_uid,
@@ -356,6 +369,7 @@ class Store:
                         size,
                         now,
                     )
+                    fresh.append((meta, entries[n]))
                 doomed += self._evict(db, now)
                 doomed += self._sweep_if_due(db, now)
         except BaseException:
@@ -363,6 +377,9 @@ class Store:
                 pending.discard()
             self._unlink([relative for _, relative, _, _ in moved])
             raise
+        for meta, entry in fresh:
+            if entry is not None:
+                self.memo.remember(meta.archive, entry, meta.study_uid, meta.series_uid, now)
         self._unlink(doomed)
         return entries
 
@@ -407,7 +424,45 @@ class Store:
             doomed = self._sweep(db, now)
         self._unlink(doomed)
 
+    def save_sidecars(self, sidecars: Sequence[tuple[Path, str, bytes]]) -> None:
+        """Keep each (instance file, kind, data), in one transaction; not for a file no longer
+        in the index (evicted meanwhile, maybe by another process: a sidecar never outlives
+        its file). Raises sqlite3.Error."""
+        rows = []
+        for path, kind, data in sidecars:
+            if kind not in SIDECARS:
+                raise ValueError(f"unknown sidecar kind {kind!r}")
+            file = str(path.relative_to(self.folder))
+            rows.append((file, kind, data, file))
+        kept = []
+        with self._write() as db:
+            for row, sidecar in zip(rows, sidecars, strict=True):
+                cursor = db.execute(
+                    "INSERT OR REPLACE INTO sidecars SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM instances WHERE file = ?)",
+                    row,
+                )
+                if cursor.rowcount > 0:
+                    kept.append(sidecar)
+        for path, kind, data in kept:
+            self.memo.keep_sidecar(path, kind, data)
+
     # -- reading -------------------------------------------------------------------------------
+
+    def sidecar(self, path: Path, kind: str) -> bytes | None:
+        """The sidecar *kind* of the instance file *path*, or ``None``."""
+        if (known := self.memo.sidecar(path, kind)) is not None:
+            return known
+        with self._lock:
+            row = self._db.execute(
+                "SELECT data FROM sidecars WHERE file = ? AND kind = ?",
+                (str(path.relative_to(self.folder)), kind),
+            ).fetchone()
+        if row is None:
+            return None
+        data = bytes(row[0])
+        self.memo.keep_sidecar(path, kind, data)
+        return data
 
     def instance(self, archive: str, keys: RetrieveKeys) -> Entry | None:
         """The fresh, whole instance *keys* names (an IMAGE-level key), or ``None``."""
@@ -435,6 +490,7 @@ class Store:
                     "UPDATE instances SET used_at = ? WHERE archive = ? AND sop_uid = ?",
                     (now, archive, keys.sop_uid),
                 )
+        self.memo.remember(archive, entry, study, series, now)
         return entry
 
     def level(self, archive: str, keys: RetrieveKeys) -> list[Entry] | None:
@@ -470,6 +526,8 @@ class Store:
                 "IN (SELECT sop_uid FROM members WHERE archive = ? AND level = ? AND uid = ?)",
                 (now, archive, now - TOUCH_EVERY, archive, level, uid),
             )
+        for entry in entries:
+            self.memo.remember(archive, entry, keys.study_uid, keys.series_uid, now)
         return entries
 
     # -- freshness (see rst.cache.freshness) ----------------------------------------------------
@@ -553,7 +611,7 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
+                if version not in (0, 1, SCHEMA_VERSION):  # 1: upgraded by the schema below
                     raise CacheUnavailable(
                         f"the cache index in {self.folder} was made by another version of rst "
                         f"(schema {version}, this one uses {SCHEMA_VERSION}); remove the folder"
@@ -626,6 +684,9 @@ class Store:
             "DELETE FROM instances WHERE archive = ? AND sop_uid = ?",
             ((archive, sop) for archive, sop, _, _ in rows),
         )
+        db.executemany("DELETE FROM sidecars WHERE file = ?", ((file,) for _, _, file, _ in rows))
+        for archive, sop, _, _ in rows:
+            self.memo.forget(archive, sop)
         self._add_usage(db, -sum(int(size) for *_, size in rows))
         return [file for _, _, file, _ in rows]
 
@@ -692,7 +753,8 @@ class Store:
     def _unlink(self, files: list[str]) -> None:
         for file in files:
             path = self.folder / file
-            for doomed in (path, *(sidecar_path(path, kind) for kind in SIDECARS)):
+            self.memo.forget_file(path)
+            for doomed in (path, *_legacy_sidecars(path)):
                 try:
                     os.unlink(doomed)
                 except FileNotFoundError:
@@ -708,29 +770,21 @@ class Store:
                     path.unlink()
 
 
-def sidecar_path(path: Path, kind: str) -> Path:
-    """Where the sidecar *kind* of the instance file *path* lies."""
-    if kind not in SIDECARS:
-        raise ValueError(f"unknown sidecar kind {kind!r}")
-    return path.with_name(f"{path.name}.{kind}")
+def _legacy_sidecars(path: Path) -> list[Path]:
+    """The sidecar files an index of version 1 kept beside the instance file *path*."""
+    return [path.with_name(f"{path.name}.{kind}") for kind in SIDECARS]
 
 
-def write_sidecar(path: Path, kind: str, data: bytes) -> None:
-    """Write the sidecar *kind* of the instance file *path* (``objects/ab/…``): to a temporary
-    file first, then renamed, so a reader sees all of it or nothing. Raises OSError."""
-    folder = path.parent.parent.parent  # objects/ab/file -> the cache folder
-    fd, name = tempfile.mkstemp(dir=folder / "tmp", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(name, sidecar_path(path, kind))
-        if not path.exists():  # evicted meanwhile (by another process): do not outlive it
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(sidecar_path(path, kind))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
+def written_from(entry: Entry, pending: Pending, meta: Meta) -> bool:
+    """Whether *entry* is the file *pending* became when committed with *meta* (and not a copy
+    of the same instance that another retrieve cached first)."""
+    return entry.path.parts[-3:] == tuple(_file_name(meta, pending).split("/"))
+
+
+def _file_name(meta: Meta, pending: Pending) -> str:
+    """Where, relative to the folder, the instance written to *pending* is committed."""
+    digest = _digest(meta.archive, meta.sop_uid)
+    return f"objects/{digest[:2]}/{digest}-{pending.path.stem}.dcm"
 
 
 def _digest(archive: str, sop_uid: str) -> str:

@@ -156,7 +156,7 @@ def _derive(data: bytes, source: FrameSource) -> FrameLayout | None:
         if not frame or pixels.length is None or count * frame > pixels.length:
             return None
         native = (pixels.value, frame, count)
-        if any(data[pixels.value + (n - 1) * frame :][:frame] != frames[n] for n in every):
+        if any(_at(data, pixels.value + (n - 1) * frame, frame) != frames[n] for n in every):
             return None
         return FrameLayout(len(data), syntax, source.keyword, vr, attributes, native, [])
     if pixels.length is not None and pixels.length != UNDEFINED:
@@ -192,3 +192,9 @@ def _items(data: bytes, value: int) -> list[tuple[int, int]]:
             found.append((pos, length))
         first = False
         pos += length
+
+
+def _at(data: bytes, start: int, length: int) -> bytes:
+    """The *length* bytes of *data* from *start* (fewer where it ends): one copy of those
+    bytes only (a memoryview would compare byte by byte, far slower)."""
+    return data[start : start + length]

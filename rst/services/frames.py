@@ -3,11 +3,12 @@
 The instance is retrieved alone (IMAGE level) and held whole while its frames are cut out of it
 — or, where the archive reads parts of a stored instance (a large S3 object), only the frames
 asked for are read (:mod:`rst.services.ranged`), and where the instance's frame layout is kept
-beside it (a cached file, :mod:`rst.dicom.layout`), only those frames' bytes are read and the
-file is not parsed again (the first frame request of a cached instance keeps its layout);
-cutting, decoding and encoding run on a worker thread. Everything that can fail — a frame beyond
-the last, a syntax rst cannot produce for this instance — fails before the response starts, so
-the client gets a status and a message rather than a broken body.
+with it (a cached file, :mod:`rst.dicom.layout`), only those frames' bytes are read and the
+file is not parsed again (the cache derives it as it writes the instance, else the first frame
+request keeps it); cutting, decoding and encoding run on a worker thread — except frames read
+by ranges and sent as stored, which are mere slices, cut on trio's thread. Everything that can
+fail — a frame beyond the last, a syntax rst cannot produce for this instance — fails before the
+response starts, so the client gets a status and a message rather than a broken body.
 """
 
 from __future__ import annotations
@@ -68,9 +69,22 @@ async def retrieve_frames(
     # A hint for the archive: what the client likes best (None, as stored, for "*").
     prefer = choices[0].transfer_syntax if choices else None
     held, data, derive_into = await _retrieve_one(backend, keys, prefer, numbers)
+    if held is not None and derive_into is None:
+        # Only the frames asked for were read: their source is made without parsing a file
+        # (a fraction of a millisecond), so on trio's thread — as is the cutting, where the
+        # frames go as stored (slices; no decoding): no trip to a worker thread, whose
+        # handover costs more than that.
+        source = held()
+        source.check(numbers)
+        fmt = choose_frame_format(choices, source.transfer_syntax, frames=len(numbers))
+        if fmt.transfer_syntax == source.transfer_syntax:
+            return FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
+        return await run_sync(
+            lambda: FramesAnswer(fmt, source.frames(numbers, fmt.transfer_syntax))
+        )
 
     def cut() -> FramesAnswer:
-        source = held or FrameSource(data)
+        source = held() if held is not None else FrameSource(data)
         if derive_into is not None:
             derive_into.save(FRAMES, derive(data, source))
         source.check(numbers)
@@ -80,14 +94,19 @@ async def retrieve_frames(
     return await run_sync(cut)
 
 
+Held = Callable[[], FrameSource]
+"""What makes a source of the frames read by ranges (blocking: run in the same trip to a
+worker thread as the cutting)."""
+
+
 async def _retrieve_one(
     backend: Backend, keys: RetrieveKeys, prefer: str | None, numbers: Sequence[int]
-) -> tuple[FrameSource | None, bytes, Sidecars | None]:
+) -> tuple[Held | None, bytes, Sidecars | None]:
     """The frames *numbers* of the instance *keys* names, held by a source (read by ranges),
     else the whole instance — and the sidecars its frame layout is to be derived into. The
     retrieve runs to its end (the archive's final status is checked); anything else it
     delivers is read and dropped."""
-    found: tuple[FrameSource | None, bytes, Sidecars | None] | None = None
+    found: tuple[Held | None, bytes, Sidecars | None] | None = None
     async with backend.retrieve(keys, prefer) as instances:
         async for received in instances:
             if found is None and received.sop_instance_uid == keys.sop_uid:
@@ -101,14 +120,16 @@ async def _retrieve_one(
 
 async def _prepare(
     instance: Instance, numbers: Sequence[int]
-) -> tuple[FrameSource | None, bytes, Sidecars | None]:
+) -> tuple[Held | None, bytes, Sidecars | None]:
     """Read what the frames *numbers* need, while *instance* is the retrieve's current one
     (a cached file is open only until then): by its frame layout where one is kept, by ranges
     where the archive reads parts, else whole."""
     sidecars = instance.sidecars
     ranges = sidecars.ranges if sidecars is not None else None
     if sidecars is not None and ranges is not None:
-        kept = await run_sync(partial(sidecars.load, FRAMES))
+        kept = sidecars.peek(FRAMES)  # remembered: no trip to a worker thread
+        if kept is None:
+            kept = await run_sync(partial(sidecars.load, FRAMES))
         if kept is None:  # derived from this whole file, kept beside it
             return None, (await whole(instance)).data, sidecars
         layout = FrameLayout.from_json(kept)
@@ -117,22 +138,27 @@ async def _prepare(
             if held is not None:
                 return held, b"", None
     if instance.ranges is not None:
-        held = await frame_source(instance, numbers)
-        if held is not None:
-            return held, b"", None
+        source = await frame_source(instance, numbers)
+        if source is not None:
+            return partial(_itself, source), b"", None
     return None, (await whole(instance)).data, None
+
+
+def _itself(source: FrameSource) -> FrameSource:
+    return source
 
 
 async def _by_layout(
     layout: FrameLayout, ranges: ByteRanges, numbers: Sequence[int]
-) -> FrameSource | None:
-    """A source holding the frames *numbers*, each read by its ranges in the layout; ``None``
-    where a number is beyond the last frame (the whole file's source says so)."""
+) -> Held | None:
+    """What makes a source holding the frames *numbers*, each read by its ranges in the
+    layout; ``None`` where a number is beyond the last frame (the whole file's source says
+    so)."""
     wanted = sorted(set(numbers))
     if wanted[-1] > layout.number_of_frames:
         return None
     frames = {}
     for n in wanted:
         parts = [await ranges.read(start, length) for start, length in layout.spans(n)]
-        frames[n] = b"".join(parts)
-    return await run_sync(partial(layout.source, frames))
+        frames[n] = parts[0] if len(parts) == 1 else b"".join(parts)
+    return partial(layout.source, frames)

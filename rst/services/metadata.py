@@ -132,7 +132,10 @@ async def produce_metadata(
             instance = await whole(received) if head is None else replace(received, data=head)
             if instance.transfer_syntax == str(ExplicitVRBigEndian):  # InlineBinary is LE
                 instance = await as_requested(instance, RetrieveFormat(EXPLICIT_VR_LITTLE_ENDIAN))
-            relative = await run_sync(partial(relative_metadata, instance, keys))
+            sidecars = instance.sidecars
+            relative = sidecars.peek(METADATA) if sidecars is not None else None
+            if relative is None:  # not remembered: read or made on a worker thread
+                relative = await run_sync(partial(relative_metadata, instance, keys))
             await send((b"," if sent else b"[", under(base, relative)))
             sent += 1
     if not sent:  # a backend raises NotFound itself; this keeps the array well-formed

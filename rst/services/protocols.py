@@ -33,6 +33,10 @@ class Sidecars(Protocol):
     is computed once: the retrieve cache keeps these next to its files. Blocking: called on
     worker threads."""
 
+    def peek(self, kind: str) -> bytes | None:
+        """What is kept under *kind* if it is at hand in memory (not blocking: callable from
+        trio's thread), else ``None`` (then :meth:`load` may still find it)."""
+
     def load(self, kind: str) -> bytes | None:
         """What was kept under *kind*, or ``None``."""
 

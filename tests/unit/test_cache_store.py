@@ -22,8 +22,6 @@ from rst.cache.store import (
     Meta,
     Pending,
     Store,
-    sidecar_path,
-    write_sidecar,
 )
 from rst.services.protocols import RetrieveKeys
 
@@ -426,11 +424,16 @@ def test_a_folder_that_cannot_be_made_is_unavailable(tmp_path: Path) -> None:
 # -- sidecars ----------------------------------------------------------------------------------
 
 
-def test_a_sidecar_lies_beside_its_file_and_goes_with_it(store: Store, clock: Clock) -> None:
+def sidecar_rows(store: Store) -> list[tuple[str, str]]:
+    with sqlite3.connect(store.folder / "index.sqlite3") as db:
+        return sorted(db.execute("SELECT file, kind FROM sidecars").fetchall())
+
+
+def test_a_sidecar_is_kept_in_the_index_and_goes_with_its_file(store: Store, clock: Clock) -> None:
     old = put(store, "1.1", b"old" * 10)
     assert old is not None
-    write_sidecar(old.path, "metadata.json", b"{}")
-    assert sidecar_path(old.path, "metadata.json").read_bytes() == b"{}"
+    store.save_sidecars([(old.path, "metadata.json", b"{}")])
+    assert store.sidecar(old.path, "metadata.json") == b"{}"
     assert files(store, "tmp") == []
 
     clock.advance(TTL)
@@ -438,6 +441,8 @@ def test_a_sidecar_lies_beside_its_file_and_goes_with_it(store: Store, clock: Cl
 
     assert new is not None
     assert files(store, "objects") == [new.path]
+    assert sidecar_rows(store) == []
+    assert store.sidecar(old.path, "metadata.json") is None
 
 
 def test_a_sidecar_of_a_file_already_evicted_is_not_left_behind(store: Store) -> None:
@@ -445,14 +450,39 @@ def test_a_sidecar_of_a_file_already_evicted_is_not_left_behind(store: Store) ->
     assert entry is not None
     store.invalidate(archive=ARCHIVE, study_uid=STUDY, series_uid=SERIES, sop_uid="1.1")
 
-    write_sidecar(entry.path, "metadata.json", b"{}")
+    store.save_sidecars([(entry.path, "metadata.json", b"{}")])
 
     assert files(store, "objects") == []
-    assert files(store, "tmp") == []
+    assert sidecar_rows(store) == []
+    assert store.sidecar(entry.path, "metadata.json") is None
 
 
-def test_only_known_sidecar_kinds_have_a_place(store: Store) -> None:
+def test_only_known_sidecar_kinds_are_kept(store: Store) -> None:
     entry = put(store, "1.1")
     assert entry is not None
     with pytest.raises(ValueError, match="unknown sidecar"):
-        sidecar_path(entry.path, "../../escape")
+        store.save_sidecars([(entry.path, "../../escape", b"")])
+
+
+def test_an_index_of_the_previous_version_is_upgraded_and_its_sidecar_files_removed(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "old"
+    store = Store.open(folder, max_bytes=10_000, ttl=TTL)
+    entry = put(store, "1.1")
+    store.close()
+    assert entry is not None
+    with sqlite3.connect(folder / "index.sqlite3") as db:  # what rst of schema 1 left
+        db.execute("DROP TABLE sidecars")
+        db.execute("PRAGMA user_version = 1")
+    legacy = entry.path.with_name(f"{entry.path.name}.metadata.json")
+    legacy.write_bytes(b"{}")
+
+    store = Store.open(folder, max_bytes=10_000, ttl=TTL)
+    try:
+        assert store.sidecar(entry.path, "metadata.json") is None
+        store.invalidate(archive=ARCHIVE, study_uid=STUDY, series_uid=SERIES, sop_uid="1.1")
+    finally:
+        store.close()
+    assert not legacy.exists()
+    assert not entry.path.exists()

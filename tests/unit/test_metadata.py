@@ -163,6 +163,9 @@ class Kept:
         self.loads = 0
         self.ranges: ByteRanges | None = None
 
+    def peek(self, kind: str) -> bytes | None:
+        return None  # nothing in memory: every use loads
+
     def load(self, kind: str) -> bytes | None:
         self.loads += 1
         return self.kept.get(kind)
