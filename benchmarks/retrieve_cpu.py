@@ -11,6 +11,8 @@ per MB for each batch (user and system apart) and the median. ``--attach`` runs 
 during the last batch, ``{pid}`` replaced by rst's process id, and stops it with SIGINT after
 the batch, e.g. ``"py-spy record --native -r 200 -f raw -o spy.txt -p {pid}"``, ``"perf record
 -g -p {pid} -o perf.data"`` or ``"perf stat -e syscalls:sys_enter_recvfrom -p {pid}"``.
+``--rst-from DIR`` runs rst from another checkout (a before/after comparison on the same
+machine, minutes apart: the only fair one on a busy machine).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ async def run(args: argparse.Namespace) -> None:
                 timed_storescp_log=workdir / "none.log",
                 fork_storescp_port=fork_port,
             )
-            async with _open_rst(ctx, "cpu", mode="move", max_associations=16) as rst:
+            env = {"PYTHONPATH": args.rst_from} if args.rst_from else None
+            async with _open_rst(ctx, "cpu", mode="move", max_associations=16, env=env) as rst:
                 await add_modality(orthanc, "RST", RST_AET, "127.0.0.1", rst.dimse_port)
                 url = rst.ae_url(f"studies/{study.files.study_uid}")
                 await _batch(1, url, study.bytes)  # warm-up
@@ -138,6 +141,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrent", type=int, default=16)
     parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument(
+        "--rst-from", default="", help="run rst from this checkout (PYTHONPATH), e.g. main's"
+    )
     parser.add_argument(
         "--attach", default="", help="a command watching the last batch ({pid}: rst's pid)"
     )
