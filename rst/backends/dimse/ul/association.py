@@ -383,9 +383,10 @@ class Association:
 
     def keep_fragments(self, copy_out: Callable[[], None] | None) -> None:
         """Keep the data of the :class:`DataFragment` events returned from now on valid past
-        the next read, until ``copy_out()`` is called: the association calls it (once) just
-        before it would move or overwrite them, and the shell copies out what it still holds.
-        ``None``: the shell holds nothing any more (views die with the next read again).
+        the next read, until ``copy_out()`` is called: the association calls it each time
+        just before it would move or overwrite them, and the shell copies out what it still
+        holds. ``None``: the shell holds nothing any more (views die with the next read
+        again).
 
         A data set can so be reassembled with one copy instead of two (fragment, then join):
         the fragments stay in the read buffer until the data set is complete, which with a

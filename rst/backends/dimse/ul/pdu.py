@@ -581,10 +581,10 @@ class PduReader:
 
     Keeping views. A P-DATA's views are valid until the next :meth:`writable` — unless
     :attr:`keep` is set: then the reader leaves the bytes it has returned where they are (it
-    reads on behind them instead of going back to the front) and calls ``keep()`` once, and
-    clears it, just before it moves or overwrites them (or hands them on,
-    :meth:`take_buffered`). A shell that keeps a data set's fragments without copying them
-    sets it to a function that copies them out.
+    reads on behind them instead of going back to the front) and calls ``keep()`` each time
+    just before it moves or overwrites them (or hands them on, :meth:`take_buffered`). A shell
+    that keeps a data set's fragments without copying them sets it to a function that copies
+    out what it holds, and back to ``None`` once it holds nothing.
     """
 
     _MIN_READ = 65536
@@ -612,13 +612,12 @@ class PduReader:
         self._error: UpperLayerError | None = None
         self._grow_to = grow_to
         self.keep: Callable[[], None] | None = None
-        """Called (once, then cleared) before returned bytes are moved or overwritten; while
-        set, the views of returned PDUs stay valid (see the class docstring)."""
+        """Called before returned bytes are moved or overwritten; while set, the views of
+        returned PDUs stay valid until it is called (see the class docstring)."""
 
     def _release(self) -> None:
-        keep, self.keep = self.keep, None
-        if keep is not None:
-            keep()
+        if self.keep is not None:
+            self.keep()
 
     @property
     def capacity(self) -> int:
