@@ -60,6 +60,11 @@ class IncomingInstance:
 
     *locate* names the sink that wants the instance (``None``: nobody) and is called once, when
     the instance is first handed over; it may read :meth:`study_series` from what has arrived.
+
+    *borrow*: the fragments :meth:`add` gets are views the caller keeps valid until it calls
+    :meth:`copy_out` (:meth:`Association.keep_fragments
+    <rst.backends.dimse.ul.association.Association.keep_fragments>`): they are held as they
+    are and copied once, when the instance is joined, instead of once each and again then.
     """
 
     def __init__(
@@ -71,8 +76,10 @@ class IncomingInstance:
         locate: Callable[[IncomingInstance], InstanceSink | None],
         stream_after: int = STREAM_AFTER,
         unrouted_max: int = MAX_UNROUTED,
+        borrow: bool = False,
     ) -> None:
         self.request = request
+        self._borrow = borrow
         self.transfer_syntax = transfer_syntax
         self._locate = locate
         header = part10_header(
@@ -95,8 +102,8 @@ class IncomingInstance:
         """Nobody wanted the instance (the caller logs it)."""
 
     async def add(self, fragment: memoryview | bytes, *, last: bool = False) -> None:
-        """One more fragment of the data set (copied: the caller may reuse its buffer); then,
-        after the *last*, :meth:`finish`."""
+        """One more fragment of the data set (copied: the caller may reuse its buffer — unless
+        it lends it, see *borrow*); then, after the *last*, :meth:`finish`."""
         if self._status is not None:
             return
         if self._body is not None:
@@ -110,7 +117,7 @@ class IncomingInstance:
                 self._status = OUT_OF_RESOURCES
             return
         # The last fragment is joined before the caller reads again: no copy of it needed.
-        self._parts.append(fragment if last else bytes(fragment))
+        self._parts.append(fragment if last or self._borrow else bytes(fragment))
         self._size += len(fragment)
         self._complete = last
         if self._size > self._stream_at and not last:
@@ -128,6 +135,10 @@ class IncomingInstance:
         if sink is None:
             return NOT_AUTHORIZED
         return await hand_off(sink, self._instance())
+
+    def copy_out(self) -> None:
+        """The borrowed fragments held are about to be overwritten: copy them (*borrow*)."""
+        self._parts = [bytes(p) if isinstance(p, memoryview) else p for p in self._parts]
 
     def abandon(self, reason: str) -> None:
         """The data set will not be completed (the association broke off, the task was

@@ -28,6 +28,7 @@ import socket
 from dataclasses import dataclass, field
 
 import trio
+from prometheus_client import Counter
 
 from rst.backends.dimse import wire
 from rst.backends.dimse.admission import MAX_TURNING_AWAY, accept_loop, peer_of, turn_away
@@ -388,6 +389,7 @@ class _Connection:
     calling_aet: str = ""
     command_set: bytes = b""  # of the pending C-STORE, to replay it when passing it on
     hops: int = 0  # how many workers passed the pending C-STORE on
+    _counted: tuple[str, Counter] | None = None  # (calling AET, its rst_receiver_bytes)
 
     def __post_init__(self) -> None:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
@@ -535,16 +537,25 @@ class _Connection:
     async def _on_fragment(self, fragment: DataFragment) -> None:
         pending = self.pending
         assert pending is not None  # the association checks that a C-STORE came first
-        self.journal.bytes += len(fragment.data)
-        self.receiver.metrics.receiver_bytes.labels(
-            self.receiver.caller_label(self.calling_aet)
-        ).inc(len(fragment.data))
+        size = len(fragment.data)
+        self.journal.bytes += size
+        self._bytes_counter().inc(size)
         await pending.add(fragment.data, last=fragment.last)
         if fragment.last:
             status = await self._deliver(pending)
+            self.association.keep_fragments(None)  # joined (or dropped): nothing borrowed
             self.pending, self.hops = None, 0
             response = encode_c_store_rsp(pending.request, status)
             await self._send(self.association.send_command(fragment.context_id, response))
+
+    def _bytes_counter(self) -> Counter:
+        """``rst_receiver_bytes`` for this caller, looked up once (not once per fragment)."""
+        counted = self._counted
+        if counted is None or counted[0] != self.calling_aet:
+            label = self.receiver.caller_label(self.calling_aet)
+            counted = (self.calling_aet, self.receiver.metrics.receiver_bytes.labels(label))
+            self._counted = counted
+        return counted[1]
 
     async def _on_command(
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int
@@ -552,8 +563,14 @@ class _Connection:
         if isinstance(command, CStoreRequest):
             syntax = self.association.accepted[context_id].transfer_syntax
             self.pending = IncomingInstance(
-                command, syntax, source_aet=self.calling_aet or None, locate=self._route
+                command,
+                syntax,
+                source_aet=self.calling_aet or None,
+                locate=self._route,
+                borrow=True,
             )
+            # its fragments stay in the read buffer until it is joined (one copy, not two)
+            self.association.keep_fragments(self.pending.copy_out)
             self.pending_context = context_id
             ring, message_id = self.receiver.ring, command.move_originator_message_id
             if ring is not None and message_id is not None and self.hops == 0:

@@ -101,8 +101,11 @@ async def _store(
         connection.transfer_syntax(context_id),
         source_aet=connection.accept.called_aet or None,
         locate=lambda _: sink,
+        borrow=True,
     )
     journal = connection.journal
+    # the fragments stay in the read buffer until the instance is joined (one copy, not two)
+    connection.association.keep_fragments(incoming.copy_out)
     try:
         while True:
             pdv = await connection.dataset_fragment()
@@ -116,6 +119,8 @@ async def _store(
     except BaseException as exc:
         incoming.abandon(f"the C-GET association broke off ({exc!r})")
         raise
+    finally:
+        connection.association.keep_fragments(None)
 
 
 async def cancel_operation(

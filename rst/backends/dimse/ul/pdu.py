@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -571,11 +571,20 @@ class PduReader:
     always offer a number. ``max_associate_length`` caps the PDU-length of A-ASSOCIATE-RQ/AC
     (not limited by PS3.8; ours). RJ, release and abort PDUs must have a PDU-length of 4.
 
-    The buffer starts at ``buffer_size`` bytes and grows (to exactly one PDU) only if a single
-    validated PDU does not fit; it never exceeds ``max(buffer_size, 6 + largest PDU allowed)``.
-    Reading happens straight into it; a PDU is decoded in place, and the unread tail is moved
-    to the front only when free space runs short (< 64 KiB, or the pending PDU would not fit),
-    so with the default 4 MiB buffer and 128 KiB PDUs about one byte in thirty is copied once.
+    The buffer starts at ``buffer_size`` bytes and grows only if a single validated PDU does
+    not fit: to that PDU, or to ``grow_to`` bytes if larger (a requestor starts small and gets
+    its data buffer only if data comes); it never exceeds ``max(buffer_size, grow_to, 6 +
+    largest PDU allowed)``. Reading happens straight into it; a PDU is decoded in place, and
+    the unread tail is moved to the front only when free space runs short (< 64 KiB, or the
+    pending PDU would not fit), so with the default 4 MiB buffer and 128 KiB PDUs about one
+    byte in thirty is copied once.
+
+    Keeping views. A P-DATA's views are valid until the next :meth:`writable` — unless
+    :attr:`keep` is set: then the reader leaves the bytes it has returned where they are (it
+    reads on behind them instead of going back to the front) and calls ``keep()`` each time
+    just before it moves or overwrites them (or hands them on, :meth:`take_buffered`). A shell
+    that keeps a data set's fragments without copying them sets it to a function that copies
+    out what it holds, and back to ``None`` once it holds nothing.
     """
 
     _MIN_READ = 65536
@@ -586,6 +595,7 @@ class PduReader:
         max_pdu_length: int,
         max_associate_length: int = 65536,
         buffer_size: int = 4 * 1024 * 1024,
+        grow_to: int = 0,
     ) -> None:
         if not 1 <= max_pdu_length <= MAX_PDU_LENGTH_FIELD - HEADER_LENGTH:
             raise ValueError(f"max_pdu_length must be a positive 32-bit count: {max_pdu_length}")
@@ -600,6 +610,14 @@ class PduReader:
         self._start = 0  # first unread byte
         self._end = 0  # one past the last byte received
         self._error: UpperLayerError | None = None
+        self._grow_to = grow_to
+        self.keep: Callable[[], None] | None = None
+        """Called before returned bytes are moved or overwritten; while set, the views of
+        returned PDUs stay valid until it is called (see the class docstring)."""
+
+    def _release(self) -> None:
+        if self.keep is not None:
+            self.keep()
 
     @property
     def capacity(self) -> int:
@@ -638,15 +656,17 @@ class PduReader:
         """
         start, end = self._start, self._end
         pending = end - start
-        if pending == 0:
+        if pending == 0 and self.keep is None:
             self._start = self._end = start = end = 0
         need = self._pending_size()
         capacity = len(self._buf)
         if start and (start + need > capacity or capacity - end < self._MIN_READ):
+            self._release()
             self._buf[:pending] = self._view[start:end]
             self._start, self._end = 0, pending
         if need > capacity:  # validated against our limits: bounded growth
-            grown = bytearray(need)
+            # (the old buffer lives on as long as views of it do: nothing to release)
+            grown = bytearray(max(need, self._grow_to))
             grown[:pending] = self._view[self._start : self._end]
             self._buf, self._view = grown, memoryview(grown)
             self._start, self._end = 0, pending
@@ -663,6 +683,7 @@ class PduReader:
     def take_buffered(self) -> bytes:
         """The bytes received but not yet returned as PDUs, removed from the buffer (to hand
         the connection to another reader)."""
+        self._release()
         data = bytes(self._view[self._start : self._end])
         self._start = self._end = 0
         return data
@@ -696,6 +717,26 @@ class PduReader:
         except UpperLayerError as failed:
             self._error = failed.copy()
             raise
+
+    def next_data_pdv(self) -> tuple[int, int, memoryview] | None:
+        """The hot path's shortcut: if the next PDU is complete, is a P-DATA-TF and holds exactly
+        one valid PDV (what peers send for data), take it and return its presentation context
+        id, message control header and a view of its data (as in :class:`Pdv`), without
+        building :class:`PData` and :class:`Pdv` objects. Anything else — an incomplete PDU,
+        another type, several PDVs, anything invalid — returns ``None`` having taken nothing:
+        :meth:`next_pdu` then decodes it (and reports what is wrong with it)."""
+        start = self._start
+        if self._end - start < HEADER_LENGTH + PDV_HEADER_LENGTH or self._error is not None:
+            return None
+        pdu_type, length = _HEADER.unpack_from(self._buf, start)
+        end = start + HEADER_LENGTH + length
+        if pdu_type != T_PDATA or length > self.max_pdu_length or end > self._end:
+            return None
+        pdv_length, context_id, control = _PDV.unpack_from(self._buf, start + HEADER_LENGTH)
+        if pdv_length != length - 4 or pdv_length < 2 or not context_id & 1 or control & 0xFC:
+            return None  # more than one PDV, or one next_pdu() will refuse
+        self._start = end
+        return context_id, control, self._view[start + HEADER_LENGTH + PDV_HEADER_LENGTH : end]
 
     def _next_pdu(self) -> Pdu | None:
         start = self._start
