@@ -279,22 +279,26 @@ class Connection:
             view = memoryview(data)
             # Shielded as in hypercorn (a write cut halfway would garble the stream); the
             # send timeout and the closing of the socket still end it.
+            # One timeout scope per write, its deadline moved on after each slice (not one
+            # scope per slice; measured neutral within noise at 16 retrieves at once).
             with trio.CancelScope(shield=True):
-                for start in range(0, len(view), SEND_SLICE):
-                    with trio.move_on_after(self.send_timeout) as stalled:
+                with trio.move_on_after(self.send_timeout) as stalled:
+                    for start in range(0, len(view), SEND_SLICE):
                         try:
                             await self.stream.send_all(view[start : start + SEND_SLICE])
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._drop()
                             return
-                    if stalled.cancelled_caught:
-                        log.info(
-                            "a client accepted no data for %g s (http.send_timeout): "
-                            "closing its connection",
-                            self.send_timeout,
-                        )
-                        self._drop()
-                        return
+                        if start + SEND_SLICE < len(view):
+                            stalled.deadline = trio.current_time() + self.send_timeout
+                if stalled.cancelled_caught:
+                    log.info(
+                        "a client accepted no data for %g s (http.send_timeout): "
+                        "closing its connection",
+                        self.send_timeout,
+                    )
+                    self._drop()
+                    return
 
     async def _close(self) -> None:
         """Close once everything asked to be sent before is sent: end of file after the
