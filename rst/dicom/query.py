@@ -40,6 +40,7 @@ __all__ = [
     "Path",
     "QidoQuery",
     "decode_match",
+    "decoded_form",
     "default_keys",
     "encode_match",
     "parse_qido",
@@ -712,6 +713,12 @@ def decode_match(identifier: Dataset) -> None:
     setattr(identifier, _ENCODED, encode_match(identifier))
 
 
+def decoded_form(identifier: Dataset) -> dict[str, Any] | None:
+    """The DICOM JSON form :func:`decode_match` kept with a match, if it did."""
+    encoded: dict[str, Any] | None = getattr(identifier, _ENCODED, None)
+    return encoded
+
+
 def _single_uid(query: QidoQuery, tag: int) -> str | None:
     """The UID the query pins ``tag`` to (path or single-valued matching key), if any."""
     elem = query.identifier.get(tag)
@@ -732,7 +739,7 @@ def to_dicom_json(
     attributes are not invented, except Study/Series Instance UID when the query pins them.
     Uses the form :func:`decode_match` kept with the match, else encodes it now.
     """
-    encoded: dict[str, Any] | None = getattr(identifier, _ENCODED, None)
+    encoded = decoded_form(identifier)
     if encoded is None:
         encoded = encode_match(identifier)
     if query.include_all:

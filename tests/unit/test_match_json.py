@@ -32,6 +32,7 @@ from rst.dicom.part10 import data_set_start
 from rst.dicom.query import QidoQuery, _single_uid, _strip_binary, parse_qido, to_dicom_json
 from rst.dicom.vr import BINARY_VRS
 from rst.errors import PeerProtocolError
+from rst.services.qido import retrieve_url_for
 from tests.unit.test_dicom_json import CORPUS, datasets
 
 URL = "http://rst.test/aets/ORTHANC/studies/1.2.3"
@@ -108,6 +109,9 @@ def agree(data: bytes, syntax: UID) -> None:
                 # a plain data set (another backend's match) is encoded on the spot, alike
                 plain = read_dataset(BytesIO(data), syntax.is_implicit_VR, True)
                 assert json.dumps(to_dicom_json(query, plain, url)) == expected, name
+        for level in ("STUDY", "SERIES", "IMAGE"):  # the UIDs come from the decoded form
+            expected_url = retrieve_url_for("http://rst.test", old, level)
+            assert retrieve_url_for("http://rst.test", new, level) == expected_url
 
 
 def _body(part10: bytes) -> tuple[bytes, UID] | None:
