@@ -26,6 +26,7 @@ index) steps and its tag) and says whether it is bulk, *uri* gives its ``BulkDat
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import struct
@@ -69,6 +70,10 @@ _NUMBERS = {
 _IS = re.compile(r"\s*[+-]?[0-9]+\s*")
 _DS = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
 _CHARSET = 0x00080005
+_LUT_DESCRIPTORS = frozenset(int(tag) for tag in _LUT_DESCRIPTOR_TAGS)
+"""pydicom's tuple as a set: looked up by hash, not by a comparison with each."""
+_dictionary_vr = functools.lru_cache(maxsize=4096)(dictionary_VR)
+"""The dictionary's VR of a tag (implicit VR: every element asks), remembered."""
 _ASCII_CHARSETS = frozenset(
     {
         "",
@@ -146,11 +151,12 @@ def _encode(
     uri: Uri,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in list(dataset.keys()):
+    for tag, element in list(dataset.items()):  # raw, as read (converted if read before)
         key = f"{tag:08X}"
         try:
             try:
-                element = _raw(dataset, tag, strict)
+                if element.value is None:  # a deferred read: pydicom reads and converts it
+                    element = _raw(dataset, tag, strict)
                 out[key] = _element(
                     dataset, element, path, ascii_safe, strict=strict, bulk=bulk, uri=uri
                 )
@@ -186,7 +192,7 @@ def _element(
         if tag.is_private:
             raise _Fallback
         try:
-            vr = dictionary_VR(tag)
+            vr = _dictionary_vr(int(tag))
         except KeyError:
             raise _Fallback from None
     value = element.value
@@ -207,7 +213,7 @@ def _element(
         return {"vr": vr}
     number = _NUMBERS.get(vr)
     if number is not None:
-        if len(value) % number.size or tag in _LUT_DESCRIPTOR_TAGS:
+        if len(value) % number.size or tag in _LUT_DESCRIPTORS:
             raise _Fallback
         values = [item[0] for item in number.iter_unpack(value)]
         return {"vr": vr, "Value": values}
