@@ -17,7 +17,9 @@ elements, UN, AT, odd numbers, lengths that do not fit the VR — is handed to p
 element, so the result is pydicom's own (``tests/unit/test_dicom_json.py`` checks this on
 pydicom's test files and on generated data sets). An element pydicom cannot encode is left out
 (logged), and an error inside a sequence drops that whole top-level element, as
-``to_json_dict(suppress_invalid_tags=True)`` does.
+``to_json_dict(suppress_invalid_tags=True)`` does. Encoding *strictly* (C-FIND matches, see
+:func:`rst.dicom.query.decode_match`), an element pydicom cannot even read raises instead, as
+reading the whole data set with pydicom would have.
 
 The caller decides what is bulk data: *bulk* names a value (its path of (sequence tag, item
 index) steps and its tag) and says whether it is bulk, *uri* gives its ``BulkDataURI``.
