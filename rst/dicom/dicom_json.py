@@ -17,7 +17,9 @@ elements, UN, AT, odd numbers, lengths that do not fit the VR — is handed to p
 element, so the result is pydicom's own (``tests/unit/test_dicom_json.py`` checks this on
 pydicom's test files and on generated data sets). An element pydicom cannot encode is left out
 (logged), and an error inside a sequence drops that whole top-level element, as
-``to_json_dict(suppress_invalid_tags=True)`` does.
+``to_json_dict(suppress_invalid_tags=True)`` does. Encoding *strictly* (C-FIND matches, see
+:func:`rst.dicom.query.decode_match`), an element pydicom cannot even read raises instead, as
+reading the whole data set with pydicom would have.
 
 The caller decides what is bulk data: *bulk* names a value (its path of (sequence tag, item
 index) steps and its tag) and says whether it is bulk, *uri* gives its ``BulkDataURI``.
@@ -26,6 +28,7 @@ index) steps and its tag) and says whether it is bulk, *uri* gives its ``BulkDat
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import struct
@@ -36,6 +39,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filewriter import correct_ambiguous_vr_element
 from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.valuerep import AMBIGUOUS_VR, BYTES_VR, VR
 
@@ -68,6 +72,10 @@ _NUMBERS = {
 _IS = re.compile(r"\s*[+-]?[0-9]+\s*")
 _DS = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")
 _CHARSET = 0x00080005
+_LUT_DESCRIPTORS = frozenset(int(tag) for tag in _LUT_DESCRIPTOR_TAGS)
+"""pydicom's tuple as a set: looked up by hash, not by a comparison with each."""
+_dictionary_vr = functools.lru_cache(maxsize=4096)(dictionary_VR)
+"""The dictionary's VR of a tag (implicit VR: every element asks), remembered."""
 _ASCII_CHARSETS = frozenset(
     {
         "",
@@ -100,9 +108,19 @@ class _Fallback(Exception):
     """This element is pydicom's to encode."""
 
 
-def encode_dataset(dataset: Dataset, bulk: IsBulk, uri: Uri) -> dict[str, Any]:
-    """*dataset* (as read by ``dcmread``, Little Endian) as a DICOM JSON object."""
-    return _encode(dataset, (), _ascii_safe(dataset, parent=True), top=True, bulk=bulk, uri=uri)
+class _Unreadable(ValueError):
+    """pydicom cannot read this element (only raised when encoding strictly)."""
+
+
+def encode_dataset(
+    dataset: Dataset, bulk: IsBulk, uri: Uri, *, strict: bool = False
+) -> dict[str, Any]:
+    """*dataset* (as read by ``dcmread`` or ``read_dataset``, Little Endian) as a DICOM JSON
+    object. With *strict*, an element that pydicom cannot read (a value, or one in its items)
+    raises, as reading the whole data set with pydicom would, instead of being left out; one it
+    reads but cannot write is left out all the same."""
+    safe = _ascii_safe(dataset, parent=True)
+    return _encode(dataset, (), safe, top=True, strict=strict, bulk=bulk, uri=uri)
 
 
 def _ascii_safe(dataset: Dataset, *, parent: bool) -> bool:
@@ -125,17 +143,30 @@ def _ascii_safe(dataset: Dataset, *, parent: bool) -> bool:
 
 
 def _encode(
-    dataset: Dataset, path: Path, ascii_safe: bool, *, top: bool, bulk: IsBulk, uri: Uri
+    dataset: Dataset,
+    path: Path,
+    ascii_safe: bool,
+    *,
+    top: bool,
+    strict: bool,
+    bulk: IsBulk,
+    uri: Uri,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in list(dataset.keys()):
+    for tag, element in list(dataset.items()):  # raw, as read (converted if read before)
         key = f"{tag:08X}"
         try:
             try:
-                element = dataset.get_item(tag)  # raw, as read (converted if read before)
-                out[key] = _element(dataset, element, path, ascii_safe, bulk=bulk, uri=uri)
+                if element.value is None:  # a deferred read: pydicom reads and converts it
+                    element = _raw(dataset, tag, strict)
+                out[key] = _element(
+                    dataset, element, path, ascii_safe, strict=strict, bulk=bulk, uri=uri
+                )
             except _Fallback:
-                out[key] = _pydicom(dataset, tag, path, ascii_safe, bulk=bulk, uri=uri)
+                _read(dataset, tag, strict)
+                out[key] = _pydicom(dataset, tag, path, ascii_safe, strict, bulk=bulk, uri=uri)
+        except _Unreadable:
+            raise
         except Exception as exc:  # pydicom raises many kinds on bad values
             if not top:
                 raise  # the whole top-level element goes, as with pydicom's writer
@@ -149,6 +180,7 @@ def _element(
     path: Path,
     ascii_safe: bool,
     *,
+    strict: bool,
     bulk: IsBulk,
     uri: Uri,
 ) -> dict[str, Any]:
@@ -156,20 +188,21 @@ def _element(
     vr = element.VR
     if isinstance(element, DataElement):
         if vr == VR.SQ:
-            return _sequence(dataset, element, path, ascii_safe, bulk=bulk, uri=uri)
+            return _sequence(element, path, ascii_safe, strict, bulk=bulk, uri=uri)
         raise _Fallback
     if vr is None:  # implicit VR: public elements by the dictionary; private ones by pydicom
         if tag.is_private:
             raise _Fallback
         try:
-            vr = dictionary_VR(tag)
+            vr = _dictionary_vr(int(tag))
         except KeyError:
             raise _Fallback from None
     value = element.value
     if value is None:  # a deferred read
         raise _Fallback
     if vr == VR.SQ:
-        return _sequence(dataset, dataset[tag], path, ascii_safe, bulk=bulk, uri=uri)
+        _read(dataset, tag, strict)
+        return _sequence(dataset[tag], path, ascii_safe, strict, bulk=bulk, uri=uri)
     if vr in _BINARY:
         if vr not in BYTES_VR or vr == VR.UN:  # ambiguous, or UN pydicom may resolve
             raise _Fallback
@@ -182,7 +215,7 @@ def _element(
         return {"vr": vr}
     number = _NUMBERS.get(vr)
     if number is not None:
-        if len(value) % number.size or tag in _LUT_DESCRIPTOR_TAGS:
+        if len(value) % number.size or tag in _LUT_DESCRIPTORS:
             raise _Fallback
         values = [item[0] for item in number.iter_unpack(value)]
         return {"vr": vr, "Value": values}
@@ -245,29 +278,54 @@ def _person_name(name: str) -> dict[str, str]:
 
 
 def _sequence(
-    dataset: Dataset,
-    element: DataElement,
-    path: Path,
-    ascii_safe: bool,
-    *,
-    bulk: IsBulk,
-    uri: Uri,
+    element: DataElement, path: Path, ascii_safe: bool, strict: bool, *, bulk: IsBulk, uri: Uri
 ) -> dict[str, Any]:
     items = []
     for index, item in enumerate(element.value):
         inner = (*path, (element.tag, index))
         safe = _ascii_safe(item, parent=ascii_safe)
-        items.append(_encode(item, inner, safe, top=False, bulk=bulk, uri=uri))
+        items.append(_encode(item, inner, safe, top=False, strict=strict, bulk=bulk, uri=uri))
     return {"vr": VR.SQ, "Value": items}
 
 
+def _raw(dataset: Dataset, tag: int, strict: bool) -> DataElement | RawDataElement:
+    """Element *tag* of *dataset*, raw as read (converted if read before, or if its value is
+    missing, when pydicom converts it and may fail: :class:`_Unreadable` if *strict*)."""
+    try:
+        return dataset.get_item(tag)
+    except Exception as exc:
+        if strict:
+            raise _Unreadable(str(exc)) from exc
+        raise
+
+
+def _read(dataset: Dataset, tag: int, strict: bool) -> None:
+    """Have pydicom read (convert) element *tag* of *dataset*, if *strict*: what it cannot read
+    raises :class:`_Unreadable` (only the first reading of an element raises)."""
+    if strict:
+        try:
+            dataset[tag]
+        except Exception as exc:
+            raise _Unreadable(str(exc)) from exc
+
+
 def _pydicom(
-    dataset: Dataset, tag: int, path: Path, ascii_safe: bool, *, bulk: IsBulk, uri: Uri
+    dataset: Dataset,
+    tag: int,
+    path: Path,
+    ascii_safe: bool,
+    strict: bool,
+    *,
+    bulk: IsBulk,
+    uri: Uri,
 ) -> dict[str, Any]:
-    """pydicom's own encoding of one element (converted as for reading, leniently)."""
+    """pydicom's own encoding of one element (converted as for reading, leniently; an ambiguous
+    VR resolved as pydicom's writer would, as reading does only for a raw element)."""
     element = dataset[tag]
+    if element.VR in AMBIGUOUS_VR:
+        correct_ambiguous_vr_element(element, dataset, True)  # in place for a DataElement
     if element.VR == VR.SQ:
-        return _sequence(dataset, element, path, ascii_safe, bulk=bulk, uri=uri)
+        return _sequence(element, path, ascii_safe, strict, bulk=bulk, uri=uri)
 
     def handler(element: DataElement) -> str:
         return uri(path, element.tag)

@@ -19,10 +19,11 @@ from pydicom import Dataset, config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr_element, write_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from rst.dicom.dicom_json import encode_dataset
 from rst.dicom.uid import check_uid
 from rst.dicom.vr import BINARY_VRS, is_bulk, matching_value, shown
 from rst.errors import BadRequest
@@ -38,7 +39,10 @@ __all__ = [
     "Model",
     "Path",
     "QidoQuery",
+    "decode_match",
+    "decoded_form",
     "default_keys",
+    "encode_match",
     "parse_qido",
     "parse_search",
     "resolve_path",
@@ -656,6 +660,10 @@ def _needs_utf8(dataset: Dataset) -> bool:
 
 # --- Results → DICOM JSON ----------------------------------------------------------------------
 
+_ENCODED = "_rst_dicom_json"
+"""The attribute of a C-FIND match holding its DICOM JSON form (see :func:`decode_match`)."""
+_DROPPED = frozenset(f"{tag:08X}" for tag in (_QUERY_RETRIEVE_LEVEL, _RETRIEVE_URL))
+
 
 def _strip_binary(json_value: dict[str, Any]) -> None:
     """Drop binary-VR attributes inside sequence items of a DICOM JSON element (in place)."""
@@ -666,6 +674,49 @@ def _strip_binary(json_value: dict[str, Any]) -> None:
             del item[key]
         for value in item.values():
             _strip_binary(value)
+
+
+def _no_uri(path: tuple[tuple[int, int], ...], tag: int) -> str:
+    return ""  # binary values are dropped: no need to base64 them first
+
+
+def encode_match(identifier: Dataset) -> dict[str, Any]:
+    """Every returnable attribute of a C-FIND response identifier as DICOM JSON, whatever the
+    query: groups 0000/0002, QueryRetrieveLevel, RetrieveURL, binary VRs and ambiguous VRs
+    pydicom cannot resolve are left out.
+
+    Encoded by :mod:`rst.dicom.dicom_json` from the raw elements (pydicom's writer for what it
+    does not handle itself), strictly: a value that cannot be read raises.
+    """
+    encoded = encode_dataset(identifier, _always_bulk, _no_uri, strict=True)
+    for key in list(encoded):
+        value = encoded[key]
+        vr = value.get("vr", "")
+        if key[:4] in ("0000", "0002") or key in _DROPPED or vr in BINARY_VRS or " or " in vr:
+            del encoded[key]
+        else:
+            _strip_binary(value)
+    return encoded
+
+
+def _always_bulk(path: tuple[tuple[int, int], ...], tag: int, length: int) -> bool:
+    return True
+
+
+def decode_match(identifier: Dataset) -> None:
+    """Encode a C-FIND match as it arrives (:func:`encode_match`) and keep that form with it for
+    :func:`to_dicom_json`: one decoding, and a value that cannot be read fails now rather than
+    while the response streams. The match must not be changed afterwards.
+
+    :raises Exception: whatever pydicom raises on a value it cannot read.
+    """
+    setattr(identifier, _ENCODED, encode_match(identifier))
+
+
+def decoded_form(identifier: Dataset) -> dict[str, Any] | None:
+    """The DICOM JSON form :func:`decode_match` kept with a match, if it did."""
+    encoded: dict[str, Any] | None = getattr(identifier, _ENCODED, None)
+    return encoded
 
 
 def _single_uid(query: QidoQuery, tag: int) -> str | None:
@@ -686,29 +737,19 @@ def to_dicom_json(
     resource's default keys) or everything with ``includefield=all``; drops QueryRetrieveLevel,
     groups 0000/0002 and binary VRs; adds RetrieveURL when ``retrieve_url`` is given. Missing
     attributes are not invented, except Study/Series Instance UID when the query pins them.
+    Uses the form :func:`decode_match` kept with the match, else encodes it now.
     """
-    wanted = set(query.identifier.keys()) - {_QUERY_RETRIEVE_LEVEL}
-    out: dict[str, Any] = {}
-    for tag in list(identifier.keys()):
-        group = tag >> 16
-        if group in (0x0000, 0x0002) or tag in (_QUERY_RETRIEVE_LEVEL, _RETRIEVE_URL):
-            continue
-        if not query.include_all and tag not in wanted:
-            continue
-        elem: DataElement = identifier[tag]
-        if " or " in elem.VR:
-            try:
-                correct_ambiguous_vr_element(elem, identifier, True)  # fixes elem.VR in place
-            except Exception:  # pydicom cannot decide: leave the attribute out
-                continue
-        if elem.VR in BINARY_VRS or " or " in elem.VR:
-            continue
-        value = elem.to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1024)
-        _strip_binary(value)
-        out[f"{tag:08X}"] = value
+    encoded = decoded_form(identifier)
+    if encoded is None:
+        encoded = encode_match(identifier)
+    if query.include_all:
+        out = dict(encoded)
+    else:
+        wanted = {f"{tag:08X}" for tag in query.identifier.keys()}  # noqa: SIM118 (no decoding)
+        out = {key: value for key, value in encoded.items() if key in wanted}
     for uid_tag in (_STUDY_UID, _SERIES_UID):
         key = f"{uid_tag:08X}"
-        if uid_tag in wanted and not out.get(key, {}).get("Value"):
+        if uid_tag in query.identifier and not out.get(key, {}).get("Value"):
             uid = _single_uid(query, uid_tag)
             if uid is not None:
                 out[key] = {"vr": "UI", "Value": [uid]}

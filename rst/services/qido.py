@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from pydicom import Dataset
 
-from rst.dicom.query import QidoQuery, to_dicom_json
+from rst.dicom.query import QidoQuery, decoded_form, to_dicom_json
 from rst.services.protocols import Backend
 
 __all__ = ["MORE", "SearchPlan", "json_array", "produce_matches", "retrieve_url_for"]
@@ -30,19 +31,37 @@ class SearchPlan:
         return cls(prefetch=query.limit + 1 if query.limit is not None else 1)
 
 
-def retrieve_url_for(base: str, row: Any, level: str) -> str | None:
+_UID_KEYS = {
+    "StudyInstanceUID": "0020000D",
+    "SeriesInstanceUID": "0020000E",
+    "SOPInstanceUID": "00080018",
+}
+
+
+def _uid(row: Dataset, keyword: str) -> Any:
+    """A UID of a match: from the JSON form decoded at arrival when it holds one value (asking
+    pydicom would decode the element a second time), else as pydicom reads it."""
+    encoded = decoded_form(row)
+    if encoded is not None:
+        values = encoded.get(_UID_KEYS[keyword], {}).get("Value")
+        if values is not None and len(values) == 1:
+            return values[0]
+    return row.get(keyword)
+
+
+def retrieve_url_for(base: str, row: Dataset, level: str) -> str | None:
     """The WADO-RS URL of a C-FIND match (``base`` ends with ``/aets/{aet}``)."""
-    study = row.get("StudyInstanceUID")
+    study = _uid(row, "StudyInstanceUID")
     if not study:
         return None
     url = f"{base}/studies/{study}"
     if level in ("SERIES", "IMAGE"):
-        series = row.get("SeriesInstanceUID")
+        series = _uid(row, "SeriesInstanceUID")
         if not series:
             return None
         url += f"/series/{series}"
     if level == "IMAGE":
-        sop = row.get("SOPInstanceUID")
+        sop = _uid(row, "SOPInstanceUID")
         if not sop:
             return None
         url += f"/instances/{sop}"

@@ -1,6 +1,7 @@
 """C-FIND on a trio association: QIDO-RS.
 
-Matches are decoded as they arrive and handed on one at a time. Leaving the block before the
+Matches are decoded as they arrive, once, into the DICOM JSON form a QIDO-RS response sends
+(:func:`rst.dicom.query.decode_match`), and handed on one at a time. Leaving the block before the
 final response (the ``limit`` was reached, the client went away) sends C-CANCEL and drains the
 remaining responses under a shielded scope, for at most ``cancel_timeout``.
 """
@@ -25,6 +26,7 @@ from rst.backends.dimse.client import (
 from rst.backends.dimse.outcome import check_find_status, status_of
 from rst.backends.dimse.retrieve import cancel_operation
 from rst.backends.dimse.ul import OtherCommand, encode_c_find_rq
+from rst.dicom.query import decode_match
 from rst.dicom.statuses import is_pending
 from rst.errors import BackendTimeout, PeerProtocolError
 
@@ -102,8 +104,7 @@ def _match(data: bytearray, syntax: UID, pacs: str) -> Dataset:
     found here rather than later while the response streams."""
     try:
         match = read_dataset(BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
-        for _ in match.iterall():  # pydicom decodes values lazily
-            pass
+        decode_match(match)
     except Exception as exc:
         raise PeerProtocolError(
             f"the PACS {pacs} sent a C-FIND match that is not a valid data set: {exc}"
