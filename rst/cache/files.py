@@ -39,7 +39,7 @@ from rst.bridge import run_sync
 from rst.cache.cache import Cache
 from rst.cache.store import Entry, Pending, Store
 from rst.dicom.frames import FrameSource
-from rst.dicom.layout import FRAMES, derive
+from rst.dicom.layout import FRAMES, derive, native_layout
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -392,8 +392,13 @@ def _derive_and_settle(
 
 
 def frame_layout(data: bytes) -> bytes | None:
-    """The frame layout of the whole Part 10 file *data* to keep (:func:`rst.dicom.layout.derive`);
+    """The frame layout of the whole Part 10 file *data* to keep: read from its element headers
+    where its pixel data is native and in place (:func:`rst.dicom.layout.native_layout`, no
+    pydicom), else derived from the data set pydicom reads (:func:`rst.dicom.layout.derive`);
     ``None`` where it has no frames to serve (no pixel data, unreadable)."""
+    quick = native_layout(data)
+    if quick is not None:
+        return quick
     try:
         return derive(data, FrameSource(data))
     except Exception:  # pydicom raises many kinds on odd data: a frame request will say why
