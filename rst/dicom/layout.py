@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from rst.dicom.bulkless import PIXEL_DATA
 from rst.dicom.frames import FrameSource
 from rst.dicom.head import UNDEFINED, locate_pixel_data, top_level_values
 from rst.dicom.part10 import data_set_start, dataset_offset
@@ -184,7 +185,6 @@ def _derive(data: bytes, source: FrameSource) -> FrameLayout | None:
     return FrameLayout(len(data), syntax, source.keyword, vr, attributes, None, layout)
 
 
-_PIXEL_DATA = 0x7FE00010
 _UI, _IS, _US, _CS = "UI", "IS", "US", "CS"
 _NATIVE_ATTRIBUTES = {
     "SOPInstanceUID": (0x00080018, _UI),
@@ -228,7 +228,7 @@ def _native_layout(data: bytes) -> bytes | None:
     offset, syntax = start
     implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
     pixels = locate_pixel_data(data, offset, implicit=implicit, size=len(data))
-    if pixels is None or pixels.tag != _PIXEL_DATA or pixels.length is None:
+    if pixels is None or pixels.tag != PIXEL_DATA or pixels.length is None:
         return None
     if pixels.value + pixels.length > len(data):
         return None  # cut short
