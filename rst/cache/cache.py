@@ -24,9 +24,9 @@ from rst.cache.store import (
     Entry,
     Meta,
     Pending,
+    Sidecar,
     Store,
     default_folder,
-    written_from,
 )
 from rst.config import CacheConfig
 from rst.metrics import Metrics
@@ -104,12 +104,16 @@ class Cache:
         archive: str,
         keys: RetrieveKeys,
         instances: Sequence[Instance],
-        then: Callable[[list[tuple[Entry | None, bool]]], None] | None = None,
+        derive: Callable[[Instance], list[tuple[str, bytes]]] | None = None,
+        then: Callable[[list[tuple[Entry | None, bool]]], list[Sidecar]] | None = None,
     ) -> list[Entry | None]:
         """Cache whole instances (in one trip to a worker thread, one index transaction); the
-        entry of each, ``None`` for those not cached. *then*, if they were written, is called
-        in the same trip with each one's entry and whether that entry is the file just
-        written (not a copy another retrieve cached first); it must not raise."""
+        entry of each, ``None`` for those not cached. *derive* gives the sidecars (kind, data)
+        of an instance's bytes, made before the transaction and kept with the instance where
+        its entry is the file just written (not a copy another retrieve cached first). *then*
+        is called inside the transaction with each one's entry and whether it is the file
+        just written; the sidecars it returns are kept in the same transaction. Neither may
+        raise."""
 
         def put() -> list[Entry | None]:
             written = []
@@ -122,15 +126,18 @@ class Cache:
                 for pending, _ in written:
                     pending.discard()
                 raise
-            entries = self.store.commit_many(written)
-            if then is not None:
-                then(
-                    [
-                        (entry, entry is not None and written_from(entry, pending, meta))
-                        for entry, (pending, meta) in zip(entries, written, strict=True)
-                    ]
-                )
-            return entries
+            derived = [derive(instance) if derive is not None else [] for instance in instances]
+
+            def sidecars(results: list[tuple[Entry | None, bool]]) -> list[Sidecar]:
+                found = [
+                    (entry.path, kind, data)
+                    for (entry, ours), made in zip(results, derived, strict=True)
+                    if entry is not None and ours
+                    for kind, data in made
+                ]
+                return found + (then(results) if then is not None else [])
+
+            return self.store.commit_many(written, sidecars)
 
         return await self._attempt("write", put) or [None] * len(instances)
 

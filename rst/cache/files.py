@@ -37,9 +37,9 @@ import trio
 
 from rst.bridge import run_sync
 from rst.cache.cache import Cache
-from rst.cache.store import Entry, Pending, Store
+from rst.cache.store import Entry, Pending, Sidecar, Store
 from rst.dicom.frames import FrameSource
-from rst.dicom.layout import FRAMES, derive
+from rst.dicom.layout import FRAMES, derive, native_layout
 from rst.errors import IncompleteRetrieve, RstError
 from rst.services.protocols import Instance, RetrieveKeys
 
@@ -172,7 +172,7 @@ class EntrySidecars:
         save_sidecars(self._store, [(self._path, kind, data)])
 
 
-def save_sidecars(store: Store, sidecars: list[tuple[Path, str, bytes]]) -> None:
+def save_sidecars(store: Store, sidecars: list[Sidecar]) -> None:
     """Keep *sidecars* (instance file, kind, data) in *store*, in one transaction; best effort
     (the cache still serves the instances; what is lost is derived again)."""
     if not sidecars:
@@ -220,7 +220,7 @@ class PendingSidecars:
         self,
         entry: Entry | None,
         store: Store | None = None,
-        gathered: list[tuple[Path, str, bytes]] | None = None,
+        gathered: list[Sidecar] | None = None,
     ) -> None:
         """The instance is cached as *entry* in *store* (``None``: not cached, what was saved
         goes). What was saved is kept there — or added to *gathered*, for the caller to keep
@@ -326,17 +326,16 @@ class Writer:
                     return
                 await self._wait()
             instances = list(self._queue)
-            settled: list[bool] = []
             entries = await self._cache.put(
                 archive=self._archive,
                 keys=self._keys,
                 instances=instances,
-                then=partial(_derive_and_settle, instances, self._cache.store, settled),
+                derive=_layout,
+                then=partial(_settle, instances, self._cache.store),
             )
-            if not settled:  # not cached: what waits in memory goes (no I/O)
-                for instance in instances:
-                    if isinstance(instance.sidecars, PendingSidecars):
-                        instance.sidecars.settle(None)
+            for instance, entry in zip(instances, entries, strict=True):
+                if entry is None and isinstance(instance.sidecars, PendingSidecars):
+                    instance.sidecars.settle(None)  # not cached: what waits in memory goes
             for instance, entry in zip(instances, entries, strict=True):
                 self._queue.popleft()
                 self._queued -= len(instance.data)
@@ -369,31 +368,37 @@ class Writer:
         self._changed = trio.Event()
 
 
-def _derive_and_settle(
+def _layout(instance: Instance) -> list[tuple[str, bytes]]:
+    """The frame layout of a whole instance, derived from its bytes as it is written to the
+    cache (before the index transaction) — a first frame request then reads just its frame. It
+    is kept only for the file written from those bytes (not another process's copy, whose
+    offsets may differ): see :meth:`~rst.cache.cache.Cache.put`."""
+    layout = frame_layout(instance.data)
+    return [] if layout is None else [(FRAMES, layout)]
+
+
+def _settle(
     instances: list[Instance],
     store: Store,
-    settled: list[bool],
     written: list[tuple[Entry | None, bool]],
-) -> None:
-    """Once *instances* are cached (on the same worker thread): the frame layout of each whose
-    entry is the file just written from its bytes (not another process's copy, whose offsets
-    may differ) is derived from those bytes — a first frame request then reads just its
-    frame —, and kept with what waited in memory, all in one transaction."""
-    gathered: list[tuple[Path, str, bytes]] = []
-    for instance, (entry, ours) in zip(instances, written, strict=True):
-        if entry is not None and ours:
-            layout = frame_layout(instance.data)
-            if layout is not None:
-                gathered.append((entry.path, FRAMES, layout))
+) -> list[Sidecar]:
+    """Once *instances* have their entries (inside the index transaction that gives them):
+    what waited in memory for each is handed back, to be kept in that same transaction."""
+    gathered: list[Sidecar] = []
+    for instance, (entry, _) in zip(instances, written, strict=True):
         if isinstance(instance.sidecars, PendingSidecars):
             instance.sidecars.settle(entry, store, gathered)
-    save_sidecars(store, gathered)
-    settled.append(True)
+    return gathered
 
 
 def frame_layout(data: bytes) -> bytes | None:
-    """The frame layout of the whole Part 10 file *data* to keep (:func:`rst.dicom.layout.derive`);
+    """The frame layout of the whole Part 10 file *data* to keep: read from its element headers
+    where its pixel data is native and in place (:func:`rst.dicom.layout.native_layout`, no
+    pydicom), else derived from the data set pydicom reads (:func:`rst.dicom.layout.derive`);
     ``None`` where it has no frames to serve (no pixel data, unreadable)."""
+    quick = native_layout(data)
+    if quick is not None:
+        return quick
     try:
         return derive(data, FrameSource(data))
     except Exception:  # pydicom raises many kinds on odd data: a frame request will say why

@@ -53,9 +53,9 @@ __all__ = [
     "Entry",
     "Meta",
     "Pending",
+    "Sidecar",
     "Store",
     "default_folder",
-    "written_from",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ SIDECARS = ("metadata.json", "frames.json")
 """The kinds of sidecar an instance file may have (see :class:`~rst.services.protocols.Sidecars`):
 rows of the ``sidecars`` table, deleted with their instance's row. Each file is immutable (a
 new version of an instance is a new file), so a sidecar is valid as long as its file exists."""
+Sidecar = tuple[Path, str, bytes]
+"""A sidecar to keep: the instance file it belongs to, its kind, its data."""
 TOUCH_EVERY = 10.0
 """An entry's last use is recorded at most this often (each record is a write transaction)."""
 EVICT_BATCH = 256
@@ -319,10 +321,21 @@ class Store:
         sqlite3.Error (*pending* is then discarded)."""
         return self.commit_many([(pending, meta)])[0]
 
-    def commit_many(self, written: Sequence[tuple[Pending, Meta]]) -> list[Entry | None]:
+    def commit_many(
+        self,
+        written: Sequence[tuple[Pending, Meta]],
+        sidecars: Callable[[list[tuple[Entry | None, bool]]], Sequence[Sidecar]] | None = None,
+    ) -> list[Entry | None]:
         """:meth:`commit` for several instances, indexed in one transaction. If anything fails,
-        nothing of them is cached (every file is removed) and the error is raised."""
+        nothing of them is cached (every file is removed) and the error is raised.
+
+        *sidecars*, if given, is called inside that transaction with each instance's entry and
+        whether it is the file just written (not a copy another retrieve cached first); the
+        sidecars it returns are kept in the same transaction (:meth:`save_sidecars`: one trip
+        to the index for a batch of instances and all that was derived from them)."""
         moved: list[tuple[int, str, int, Meta]] = []
+        ours: set[int] = set()
+        kept: list[Sidecar] = []
         try:
             for n, (pending, meta) in enumerate(written):
                 pending.close()
@@ -370,8 +383,12 @@ class Store:
                         now,
                     )
                     fresh.append((meta, entries[n]))
+                    ours.add(n)
                 doomed += self._evict(db, now)
                 doomed += self._sweep_if_due(db, now)
+                if sidecars is not None:
+                    found = sidecars([(entry, n in ours) for n, entry in enumerate(entries)])
+                    kept = self._insert_sidecars(db, found)
         except BaseException:
             for pending, _ in written:
                 pending.discard()
@@ -380,6 +397,8 @@ class Store:
         for meta, entry in fresh:
             if entry is not None:
                 self.memo.remember(meta.archive, entry, meta.study_uid, meta.series_uid, now)
+        for path, kind, data in kept:
+            self.memo.keep_sidecar(path, kind, data)
         self._unlink(doomed)
         return entries
 
@@ -424,28 +443,32 @@ class Store:
             doomed = self._sweep(db, now)
         self._unlink(doomed)
 
-    def save_sidecars(self, sidecars: Sequence[tuple[Path, str, bytes]]) -> None:
+    def save_sidecars(self, sidecars: Sequence[Sidecar]) -> None:
         """Keep each (instance file, kind, data), in one transaction; not for a file no longer
         in the index (evicted meanwhile, maybe by another process: a sidecar never outlives
         its file). Raises sqlite3.Error."""
-        rows = []
-        for path, kind, data in sidecars:
-            if kind not in SIDECARS:
-                raise ValueError(f"unknown sidecar kind {kind!r}")
-            file = str(path.relative_to(self.folder))
-            rows.append((file, kind, data, file))
-        kept = []
         with self._write() as db:
-            for row, sidecar in zip(rows, sidecars, strict=True):
-                cursor = db.execute(
-                    "INSERT OR REPLACE INTO sidecars SELECT ?, ?, ? "
-                    "WHERE EXISTS (SELECT 1 FROM instances WHERE file = ?)",
-                    row,
-                )
-                if cursor.rowcount > 0:
-                    kept.append(sidecar)
+            kept = self._insert_sidecars(db, sidecars)
         for path, kind, data in kept:
             self.memo.keep_sidecar(path, kind, data)
+
+    def _insert_sidecars(
+        self, db: sqlite3.Connection, sidecars: Sequence[Sidecar]
+    ) -> list[Sidecar]:
+        """Insert *sidecars* in the transaction of *db*; those kept (their file is indexed)."""
+        kept = []
+        for sidecar in sidecars:
+            if sidecar[1] not in SIDECARS:
+                raise ValueError(f"unknown sidecar kind {sidecar[1]!r}")
+            file = str(sidecar[0].relative_to(self.folder))
+            cursor = db.execute(
+                "INSERT OR REPLACE INTO sidecars SELECT ?, ?, ? "
+                "WHERE EXISTS (SELECT 1 FROM instances WHERE file = ?)",
+                (file, sidecar[1], sidecar[2], file),
+            )
+            if cursor.rowcount > 0:
+                kept.append(sidecar)
+        return kept
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -773,12 +796,6 @@ class Store:
 def _legacy_sidecars(path: Path) -> list[Path]:
     """The sidecar files an index of version 1 kept beside the instance file *path*."""
     return [path.with_name(f"{path.name}.{kind}") for kind in SIDECARS]
-
-
-def written_from(entry: Entry, pending: Pending, meta: Meta) -> bool:
-    """Whether *entry* is the file *pending* became when committed with *meta* (and not a copy
-    of the same instance that another retrieve cached first)."""
-    return entry.path.parts[-3:] == tuple(_file_name(meta, pending).split("/"))
 
 
 def _file_name(meta: Meta, pending: Pending) -> str:

@@ -9,6 +9,13 @@ once from the whole file and the source parsed from it (:func:`derive`), and che
 way: every frame's bytes as the ranges give them must equal the frame pydicom cut, or there is
 no layout (1-bit data, Big Endian or deflated files, fragments shared by frames) and the
 instance is read whole as before. Sans-IO: bytes in, JSON out.
+
+The common case of a cold series — native, Little Endian pixel data of 8, 16 or 32 bits — has
+a layout that follows from the element headers and a few short values alone
+(:func:`native_layout`): the frames lie one after the other from the Pixel Data value's offset.
+It is read without pydicom (no data set is built, no frame compared: about ten times less CPU
+than :func:`derive`), and gives the same JSON as :func:`derive` or nothing (then :func:`derive`
+decides).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from rst.dicom.bulkless import PIXEL_DATA
 from rst.dicom.frames import FrameSource
-from rst.dicom.head import UNDEFINED, locate_pixel_data
-from rst.dicom.part10 import dataset_offset
+from rst.dicom.head import UNDEFINED, locate_pixel_data, top_level_values
+from rst.dicom.part10 import data_set_start, dataset_offset
 from rst.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
@@ -29,7 +37,7 @@ from rst.dicom.uids import (
     NATIVE_SYNTAXES,
 )
 
-__all__ = ["FRAMES", "FrameLayout", "derive"]
+__all__ = ["FRAMES", "FrameLayout", "derive", "native_layout"]
 
 FRAMES = "frames.json"
 """The sidecar kind of an instance's frame layout (:class:`~rst.services.protocols.Sidecars`)."""
@@ -39,6 +47,7 @@ _IN_PLACE = frozenset({IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN})
 _ITEM = b"\xfe\xff\x00\xe0"
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0"
 _U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +183,102 @@ def _derive(data: bytes, source: FrameSource) -> FrameLayout | None:
             return None
         layout.append(spans)
     return FrameLayout(len(data), syntax, source.keyword, vr, attributes, None, layout)
+
+
+_UI, _IS, _US, _CS = "UI", "IS", "US", "CS"
+_NATIVE_ATTRIBUTES = {
+    "SOPInstanceUID": (0x00080018, _UI),
+    "NumberOfFrames": (0x00280008, _IS),
+    "Rows": (0x00280010, _US),
+    "Columns": (0x00280011, _US),
+    "SamplesPerPixel": (0x00280002, _US),
+    "BitsAllocated": (0x00280100, _US),
+    "BitsStored": (0x00280101, _US),
+    "HighBit": (0x00280102, _US),
+    "PixelRepresentation": (0x00280103, _US),
+    "PhotometricInterpretation": (0x00280004, _CS),
+    "PlanarConfiguration": (0x00280006, _US),
+}
+"""The elements of :data:`~rst.dicom.frames.LAYOUT_ATTRIBUTES`, in its order: tag and VR."""
+_NATIVE_TAGS = frozenset(tag for tag, _ in _NATIVE_ATTRIBUTES.values())
+_UID_CHARACTERS = frozenset(b"0123456789.")
+_CS_CHARACTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_ ")
+
+
+class _Unusual(Exception):
+    """A value not in the one plain form :func:`native_layout` reads: :func:`derive` decides."""
+
+
+def native_layout(data: bytes) -> bytes | None:
+    """The layout of the Part 10 file *data* as :func:`derive` keeps it, read from its element
+    headers and the short values of :data:`~rst.dicom.frames.LAYOUT_ATTRIBUTES` alone — for
+    native pixel data in place (Implicit or Explicit VR Little Endian, Pixel Data of whole
+    bytes per sample) whose values have their plain form; ``None`` for anything else (or
+    anything that does not add up), which :func:`derive` then reads whole."""
+    try:
+        return _native_layout(data)
+    except (_Unusual, ValueError, struct.error):  # head's readers: headers that do not add up
+        return None
+
+
+def _native_layout(data: bytes) -> bytes | None:
+    start = data_set_start(data)
+    if start is None or start[1] not in _IN_PLACE:
+        return None
+    offset, syntax = start
+    implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
+    pixels = locate_pixel_data(data, offset, implicit=implicit, size=len(data))
+    if pixels is None or pixels.tag != PIXEL_DATA or pixels.length is None:
+        return None
+    if pixels.value + pixels.length > len(data):
+        return None  # cut short
+    raw = top_level_values(data, offset, _NATIVE_TAGS, implicit=implicit)
+    attributes: dict[str, Any] = {}
+    for keyword, (tag, vr) in _NATIVE_ATTRIBUTES.items():
+        value = _value(raw[tag], vr) if tag in raw else None
+        if value is not None and value != "":
+            attributes[keyword] = value
+    bits = attributes.get("BitsAllocated", 0)
+    if bits % 8 or bits == 0:
+        return None
+    samples = attributes.get("SamplesPerPixel", 1) or 1
+    if attributes.get("PhotometricInterpretation") == "YBR_FULL_422":
+        samples = 2  # as FrameSource counts them
+    frame = attributes.get("Rows", 0) * attributes.get("Columns", 0) * samples * bits // 8
+    count = attributes.get("NumberOfFrames", 1) or 1
+    if not frame or count * frame > pixels.length:
+        return None
+    vr = "OW"  # what pydicom makes of implicit VR Pixel Data
+    if not implicit:
+        vr = data[pixels.start + 4 : pixels.start + 6].decode("ascii")
+        if vr not in ("OB", "OW"):
+            return None
+    native = (pixels.value, frame, count)
+    layout = FrameLayout(len(data), syntax, "PixelData", vr, attributes, native, [])
+    return layout.to_json()
+
+
+def _value(raw: bytes, vr: str) -> int | str | None:
+    """*raw* as pydicom gives it (``None``: empty); :class:`_Unusual` where it might not."""
+    if not raw:
+        return None
+    if vr == _US:
+        if len(raw) != 2:
+            raise _Unusual
+        return int(_U16.unpack(raw)[0])
+    text = raw.rstrip(b"\0 ")
+    if vr == _IS:
+        text = text.lstrip(b" ")
+        if not text.isdigit() or len(text) > 10:
+            raise _Unusual
+        return int(text)
+    if vr == _UI:
+        if not set(text) <= _UID_CHARACTERS:
+            raise _Unusual
+        return text.decode("ascii")
+    if not set(text) <= _CS_CHARACTERS or text.startswith(b" "):
+        raise _Unusual
+    return text.decode("ascii")
 
 
 def _items(data: bytes, value: int) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ from rst.cache.store import (
     Entry,
     Meta,
     Pending,
+    Sidecar,
     Store,
 )
 from rst.services.protocols import RetrieveKeys
@@ -486,3 +487,45 @@ def test_an_index_of_the_previous_version_is_upgraded_and_its_sidecar_files_remo
         store.close()
     assert not legacy.exists()
     assert not entry.path.exists()
+
+
+def test_sidecars_of_a_batch_are_kept_in_its_commit_for_the_files_just_written(
+    store: Store,
+) -> None:
+    first = put(store, "1.1", b"first" * 10)  # cached before: a new copy of it is dropped
+    assert first is not None
+    written = []
+    for sop in ("1.1", "1.2"):
+        pending = store.begin()
+        pending.write(sop.encode() * 10)
+        written.append((pending, meta(sop)))
+    told: list[tuple[Entry | None, bool]] = []
+
+    def sidecars(results: list[tuple[Entry | None, bool]]) -> list[Sidecar]:
+        told.extend(results)
+        assert sidecar_rows(store) == []  # not committed yet: the same transaction
+        return [(e.path, "frames.json", b"{}") for e, ours in results if e is not None and ours]
+
+    entries = store.commit_many(written, sidecars)
+
+    assert [(e.sop_uid if e else None, ours) for e, ours in told] == [("1.1", False), ("1.2", True)]
+    assert entries[0] == first
+    second = entries[1]
+    assert second is not None
+    assert sidecar_rows(store) == [(str(second.path.relative_to(store.folder)), "frames.json")]
+    assert store.memo.sidecar(second.path, "frames.json") == b"{}"
+
+
+def test_a_batch_whose_sidecars_cannot_be_kept_is_not_cached(store: Store) -> None:
+    pending = store.begin()
+    pending.write(b"x" * 10)
+
+    def wrong(results: list[tuple[Entry | None, bool]]) -> list[Sidecar]:
+        return [(e.path, "../../escape", b"") for e, _ in results if e is not None]
+
+    with pytest.raises(ValueError, match="unknown sidecar kind"):
+        store.commit_many([(pending, meta("1.1"))], wrong)
+
+    assert files(store, "objects") == files(store, "tmp") == []
+    assert sidecar_rows(store) == []
+    assert store.usage() == 0

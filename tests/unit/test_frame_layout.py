@@ -11,9 +11,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
 
-from rst.dicom.frames import Frame, FrameSource
-from rst.dicom.layout import NO_LAYOUT, FrameLayout, derive
+from rst.dicom.frames import LAYOUT_ATTRIBUTES, Frame, FrameSource
+from rst.dicom.layout import _NATIVE_ATTRIBUTES, NO_LAYOUT, FrameLayout, derive, native_layout
 from tests.support.frames import EVLE, JLS, encapsulated, image, native, part10, volume
+
+IVLE = str(ImplicitVRLittleEndian)
 
 
 def layout_of(data: bytes) -> FrameLayout:
@@ -109,3 +111,40 @@ def test_no_layout_for_one_bit_or_big_endian_files() -> None:
 def test_unreadable_layouts_are_none() -> None:
     for kept in (b"", b"[]", b'{"version": 1}', b"{", b'{"version": 99}'):
         assert FrameLayout.from_json(kept) is None
+
+
+def _native_cases() -> list[bytes]:
+    cases = [native(volume(n), syntax=s) for n in (1, 5) for s in (EVLE, IVLE)]
+    cases += [native(volume(2, dtype="u1"), syntax=s) for s in (EVLE, IVLE)]
+    folder = Path(str(get_testdata_file("CT_small.dcm"))).parent
+    cases += [path.read_bytes() for path in sorted(folder.glob("*.dcm"))]
+    return cases
+
+
+def test_native_layouts_read_from_headers_are_what_derive_keeps() -> None:
+    """Every file the header reader gives a layout for gets the one pydicom's way keeps; the
+    others (encapsulated, Big Endian, 1-bit, cut short...) are left to pydicom's way."""
+    read = 0
+    for data in _native_cases():
+        quick = native_layout(data)
+        if quick is None:
+            continue
+        read += 1
+        assert quick == derive(data, FrameSource(data))
+    assert read >= 12  # the generated ones and pydicom's native test files
+
+
+def test_the_header_reader_names_what_a_source_reads() -> None:
+    assert tuple(_NATIVE_ATTRIBUTES) == LAYOUT_ATTRIBUTES
+
+
+def test_no_header_layout_for_what_derive_reads_whole() -> None:
+    data = native(volume(3), syntax=EVLE)
+    cut = data[:-10]
+    encapsulated_data, _ = encapsulated(volume(2))
+    ds = image(volume(3, rows=3, columns=3) % 2, bits_allocated=1)
+    ds.PixelData = np.packbits(volume(3, rows=3, columns=3) % 2, bitorder="little").tobytes()
+    big = native(volume(2), syntax=str(ExplicitVRBigEndian))
+    for odd in (cut, encapsulated_data, part10(ds), big, b"", data[:200]):
+        assert native_layout(odd) is None
+    assert native_layout(data) is not None
