@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, ExitStack, aclosing, asynccontextmanager
 
 import trio
@@ -159,10 +159,10 @@ class DimseBackend:
         ]
         async with self.peer.connect(contexts) as connection:
             self._offers(model, any(a == model for a, _ in connection.accepted.values()))
-            async with self._find_on(connection, identifier, model) as matches:
+            async with self.find_on(connection, identifier, model) as matches:
                 yield matches
 
-    def _find_on(
+    def find_on(
         self, connection: Connection, identifier: Dataset, model: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Dataset]]:
         """One C-FIND on an open association, with this PACS's message IDs and timeouts."""
@@ -208,9 +208,22 @@ class DimseBackend:
         """Raise unless the PACS lets rst take C-STOREs on this C-GET association."""
         self._can_receive(connection, proposed, needed)
 
-    def arrivals(self, sink: InstanceSink) -> AsyncGenerator[Instance]:
-        """*sink*'s instances, each waited for within the AE's timeouts."""
-        return self._arrivals(sink)
+    @asynccontextmanager
+    async def streaming(
+        self, sink: InstanceSink, run: Callable[[], Awaitable[None]]
+    ) -> AsyncIterator[AsyncGenerator[Instance]]:
+        """Run *run* (the operation that fills *sink*) beside the block, which gets *sink*'s
+        instances as they arrive, each waited for within the AE's timeouts; leaving the block
+        closes the sink and cancels *run*."""
+        with collapse():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                try:
+                    async with aclosing(self._arrivals(sink)) as instances:
+                        yield instances
+                finally:
+                    sink.close()
+                    nursery.cancel_scope.cancel()
 
     def _sink(self) -> InstanceSink:
         return InstanceSink(
@@ -328,15 +341,8 @@ class DimseBackend:
                     )
                     sink.finish(verdict)
 
-                with collapse():
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(run)
-                        try:
-                            async with aclosing(self._arrivals(sink)) as instances:
-                                yield instances
-                        finally:
-                            sink.close()
-                            nursery.cancel_scope.cancel()
+                async with self.streaming(sink, run) as instances:
+                    yield instances
 
     async def _get_contexts(
         self, keys: RetrieveKeys, prefer: str | None
@@ -376,7 +382,7 @@ class DimseBackend:
                 log.info("C-GET from %s: no SOP classes (no C-FIND)", self.name)
                 return []
             try:
-                async with self._find_on(connection, identifier, FIND_MODEL) as matches:
+                async with self.find_on(connection, identifier, FIND_MODEL) as matches:
                     async for match in matches:
                         classes += _values(match.get("SOPClassesInStudy"))
             except DimseFailure as error:

@@ -43,11 +43,9 @@ from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanage
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import trio
 from pydicom import Dataset
 
 from rst.backends.dimse.client import Connection, encode_identifier
-from rst.backends.dimse.find import find
 from rst.backends.dimse.proposal import (
     broad_contexts,
     get_syntaxes,
@@ -69,7 +67,6 @@ from rst.errors import (
     PeerProtocolError,
     RstError,
 )
-from rst.groups import collapse
 from rst.services.protocols import (
     METADATA_ONLY,
     Backend,
@@ -250,16 +247,7 @@ def _query(level: str, study_uid: str, **keys: str) -> Dataset:
 async def _matches(
     backend: DimseBackend, connection: Connection, identifier: Dataset
 ) -> list[Dataset]:
-    async with find(
-        connection,
-        identifier,
-        model=FIND_MODEL,
-        msg_id=backend.message_ids.next(backend.peer.calling_aet),
-        find_timeout=backend.config.find_timeout,
-        cancel_timeout=backend.config.cancel_timeout,
-        calling_aet=backend.peer.calling_aet,
-        pacs=backend.name,
-    ) as matches:
+    async with backend.find_on(connection, identifier, FIND_MODEL) as matches:
         return [match async for match in matches]
 
 
@@ -299,15 +287,8 @@ async def _get(
                 else:
                     sink.finish()
 
-            with collapse():
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(run)
-                    try:
-                        async with aclosing(backend.arrivals(sink)) as instances:
-                            yield instances
-                    finally:
-                        sink.close()
-                        nursery.cancel_scope.cancel()
+            async with backend.streaming(sink, run) as instances:
+                yield instances
     except AssociationRejected as error:
         raise _Fallback(error.message, "refused") from None
 
