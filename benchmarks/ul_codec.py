@@ -14,17 +14,15 @@ from collections.abc import Callable
 from io import BytesIO
 
 from rst.backends.dimse.ul import (
-    ContextResult,
     CStoreRequest,
     PduReader,
-    PresentationContextRQ,
     encode_c_store_rq,
     encode_c_store_rsp,
     encode_pdata,
     parse_command,
 )
-from rst.backends.dimse.ul.association import Association, Role
-from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
+from rst.backends.dimse.ul.association import Association
+from tests.support.ul_pair import accepted_acceptor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE = "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678"
@@ -39,22 +37,7 @@ def per_op(function: Callable[[], object], number: int) -> float:
 
 def _established(max_pdu: int) -> Association:
     """An acceptor with an accepted CT context, in the middle of a C-STORE's data set."""
-    requestor = Association(Role.REQUESTOR, max_pdu_length=max_pdu)
-    acceptor = Association(Role.ACCEPTOR, max_pdu_length=max_pdu)
-    acceptor.receive_data(
-        requestor.send_associate_rq(
-            called_aet="RST",
-            calling_aet="PACS",
-            contexts=[PresentationContextRQ(1, CT, (EXPLICIT,))],
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        )
-    )
-    acceptor.next_event()
-    acceptor.send_associate_ac(
-        [ContextResult(1, 0, EXPLICIT)],
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version="BENCH",
-    )
+    acceptor = accepted_acceptor(max_pdu=max_pdu, sop_class=CT, syntax=EXPLICIT, version="BENCH")
     command = encode_c_store_rq(message_id=1, sop_class_uid=CT, sop_instance_uid=INSTANCE)
     acceptor.receive_data(encode_pdata(1, True, True, command))
     acceptor.next_event()

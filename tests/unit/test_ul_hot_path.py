@@ -8,11 +8,9 @@ import pytest
 from rst.backends.dimse.incoming import IncomingInstance
 from rst.backends.dimse.sink import InstanceSink
 from rst.backends.dimse.ul import (
-    ContextResult,
     CStoreRequest,
     PData,
     PduReader,
-    PresentationContextRQ,
     UpperLayerError,
     encode_c_store_rq,
     encode_pdata,
@@ -25,7 +23,7 @@ from rst.backends.dimse.ul.association import (
     ProtocolViolation,
     Role,
 )
-from rst.dicom.uids import IMPLEMENTATION_CLASS_UID
+from tests.support.ul_pair import accepted_acceptor
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -163,24 +161,8 @@ def test_a_requestor_reads_into_a_small_buffer_until_data_comes() -> None:
 # --- through the association ------------------------------------------------------------------
 
 
-def _acceptor() -> Association:
-    requestor = Association(Role.REQUESTOR, max_pdu_length=MAX)
-    acceptor = Association(Role.ACCEPTOR, max_pdu_length=MAX)
-    acceptor.receive_data(
-        requestor.send_associate_rq(
-            called_aet="RST",
-            calling_aet="PACS",
-            contexts=[PresentationContextRQ(1, CT, (EXPLICIT,))],
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        )
-    )
-    acceptor.next_event()
-    acceptor.send_associate_ac(
-        [ContextResult(1, 0, EXPLICIT)],
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version="TEST",
-    )
-    return acceptor
+def _acceptor(buffer_size: int | None = None) -> Association:
+    return accepted_acceptor(max_pdu=MAX, sop_class=CT, syntax=EXPLICIT, buffer_size=buffer_size)
 
 
 def _store_rq() -> bytes:
@@ -244,22 +226,7 @@ async def test_an_instance_borrowing_fragments_is_copied_once_and_whole() -> Non
 async def test_borrowed_instances_come_out_whole_whatever_the_reads() -> None:
     """Instances smaller and larger than the read buffer, read in uneven pieces: the buffer is
     reused under borrowed fragments again and again, and every instance comes out exact."""
-    requestor = Association(Role.REQUESTOR, max_pdu_length=MAX)
-    acceptor = Association(Role.ACCEPTOR, max_pdu_length=MAX, buffer_size=300_000)
-    acceptor.receive_data(
-        requestor.send_associate_rq(
-            called_aet="RST",
-            calling_aet="PACS",
-            contexts=[PresentationContextRQ(1, CT, (EXPLICIT,))],
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        )
-    )
-    acceptor.next_event()
-    acceptor.send_associate_ac(
-        [ContextResult(1, 0, EXPLICIT)],
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version="TEST",
-    )
+    acceptor = _acceptor(buffer_size=300_000)
     datasets = [bytes([n]) * (50_000 + 150_000 * (n % 3)) + bytes(range(256)) for n in range(1, 8)]
     stream = b"".join(
         _store_rq() + b"".join(encode_pdata(1, False, last, chunk) for chunk, last in pieces)
