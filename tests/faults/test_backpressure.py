@@ -4,7 +4,6 @@ PACS, and the client still gets every instance, in order, byte for byte."""
 from __future__ import annotations
 
 import io
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import trio
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, FolderArchive, write_sample_study
 from tests.support.gateway import run_gateway, wait_until
+from tests.support.slow_client import slow_request
 
 
 async def test_slow_client_spools_and_still_gets_everything(tmp_path: Path) -> None:
@@ -27,18 +27,7 @@ async def test_slow_client_spools_and_still_gets_everything(tmp_path: Path) -> N
         ae = AeConfig(aet="SLOWPACS", host="127.0.0.1", port=pacs.port)
         async with run_gateway(ae, dimse={"stall_timeout": 0.2, "channel_size": 1}) as running:
             pacs.add_destination("RST", *running.dimse_address)
-            host, port = running.http_url.removeprefix("http://").split(":")
-            sock = trio.socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow, small client
-            await sock.connect((host, int(port)))
-            stream = trio.SocketStream(sock)
-            client = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="GET",
-                target=f"/aets/SLOWPACS/studies/{study}",
-                headers=[("Host", host), ("Accept", "multipart/related; type=application/dicom")],
-            )
-            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+            stream, client = await slow_request(running.http_url, f"/aets/SLOWPACS/studies/{study}")
             body = bytearray()
 
             async def read_event() -> Any:

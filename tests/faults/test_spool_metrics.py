@@ -3,19 +3,17 @@ C-MOVE — up while rst spools, back to 0 once the client has gone and the retri
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
-import h11
 import httpx
 import pydicom
-import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from rst.config import AeConfig
 from rst.devpacs import DevPacs, FolderArchive, write_sample_study
 from rst.metrics import Metrics
 from tests.support.gateway import run_gateway, wait_until
+from tests.support.slow_client import slow_request
 
 AET = "SLOWPACS"
 
@@ -39,18 +37,7 @@ async def test_the_spool_gauge_falls_back_to_zero_when_a_spooling_client_goes(
             metrics = running.metrics
             assert metrics is not None
             pacs.add_destination("RST", *running.dimse_address)
-            host, port = running.http_url.removeprefix("http://").split(":")
-            sock = trio.socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a slow, small client
-            await sock.connect((host, int(port)))
-            stream = trio.SocketStream(sock)
-            client = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="GET",
-                target=f"/aets/{AET}/studies/{study}",
-                headers=[("Host", host), ("Accept", "multipart/related; type=application/dicom")],
-            )
-            await stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+            stream, _ = await slow_request(running.http_url, f"/aets/{AET}/studies/{study}")
             # the client reads nothing more: the PACS keeps sending, rst spools
             await wait_until(lambda: held(metrics) > 0, within=20, what="spooling")
             sink = running.mediator.subscriptions()[0].sink
