@@ -29,6 +29,7 @@ __all__ = [
     "Window",
     "WindowFunction",
     "negotiate_rendered",
+    "parse_number",
     "parse_rendering",
 ]
 
@@ -192,13 +193,14 @@ def _is_uint(value: str) -> bool:
     return value.isascii() and value.isdigit()
 
 
-def _number(value: str, what: str) -> float:
+def parse_number(value: str, what: str, kind: str = "a number") -> float:
+    """*value* as a finite float; else 400 saying *what* must be *kind*."""
     try:
         number = float(value)
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise BadRequest(f"{what} must be a number, not {value!r}")
+        raise BadRequest(f"{what} must be {kind}, not {value!r}")
     return number
 
 
@@ -224,7 +226,7 @@ def _parse_viewport(value: str) -> Viewport:
     region = None
     if len(pieces) == 6:
         sx, sy, sw, sh = (
-            None if not p else round(_number(p, f"viewport {n}"))
+            None if not p else round(parse_number(p, f"viewport {n}"))
             for n, p in zip(("sx", "sy", "sw", "sh"), pieces[2:], strict=True)
         )
         if (sx or 0) < 0 or (sy or 0) < 0:
@@ -241,8 +243,8 @@ def _parse_window(value: str) -> Window:
     pieces = [p.strip() for p in value.split(",")]
     if len(pieces) not in (2, 3):
         raise BadRequest(f"window must be center,width,function, not {value!r}")
-    center = _number(pieces[0], "window center")
-    width = _number(pieces[1], "window width")
+    center = parse_number(pieces[0], "window center")
+    width = parse_number(pieces[1], "window width")
     function = WINDOW_FUNCTIONS.get(pieces[2].upper()) if len(pieces) == 3 else "LINEAR"
     if function is None:
         raise BadRequest(

@@ -38,6 +38,7 @@ from rst.dicom.render_params import (
     Rendering,
     Viewport,
     Window,
+    parse_number,
 )
 from rst.dicom.uid import check_uid
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
@@ -349,13 +350,7 @@ def _quality(value: str | None) -> int:
 
 
 def _decimal(value: str, what: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
-        raise BadRequest(f"{what} must be a decimal number, not {value!r}")
-    return number
+    return parse_number(value, what, "a decimal number")
 
 
 def _region(value: str | None) -> SourceRegion | None:
