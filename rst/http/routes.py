@@ -20,7 +20,7 @@ from rst.http import frame_routes, metadata_routes, rendered_routes, wado_uri_ro
 from rst.http.context import RouteContext
 from rst.http.multipart_body import PartSender, start_multipart
 from rst.http.request_scope import request_nursery
-from rst.http.streaming import start_stream
+from rst.http.streaming import ITEMS_AHEAD, start_stream
 from rst.metrics import Metrics
 from rst.services.protocols import Backend
 from rst.services.qido import MORE, SearchPlan, json_array, produce_matches
@@ -94,8 +94,13 @@ def dicomweb_blueprint(
         async def produce(send: trio.MemorySendChannel[Any]) -> None:
             await produce_matches(backend, query, base, send)
 
+        # Rows may wait ahead of the client (ITEMS_AHEAD), so that json_array finds several
+        # ready and sends them as one chunk.
         stream = await start_stream(
-            request_nursery(request), produce, prefetch=SearchPlan.of(query).prefetch
+            request_nursery(request),
+            produce,
+            prefetch=SearchPlan.of(query).prefetch,
+            buffer=ITEMS_AHEAD,
         )
         warnings = []
         if query.fuzzymatching:

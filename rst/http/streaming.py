@@ -3,7 +3,8 @@
 The producer sends items into a small bounded channel; the response body reads from it, so the
 producer runs only as fast as the client reads (backpressure). Bytes go through
 :func:`start_body` and its :mod:`.byte_channel` (bounded by items and bytes, coalescing what
-waits into larger HTTP chunks); small objects (QIDO-RS rows) through :func:`start_stream`. The
+waits into larger HTTP chunks); small objects (QIDO-RS rows) through :func:`start_stream`, whose
+consumer encodes them and may join the rows already waiting into one chunk the same way. The
 first items are awaited before the response is returned: an error that happens before any data
 (association rejected, nothing found) still becomes a proper status with a JSON body. An error
 after the first byte can only break off the stream: the client sees an incomplete response,
@@ -57,7 +58,9 @@ class _Failure:
 
 class Stream(Generic[T]):
     """The consumer side of an object stream (QIDO-RS rows, single bulk data values):
-    prefetched items first, then the rest as the producer sends them.
+    prefetched items first, then the rest as the producer sends them. :meth:`receive_nowait`
+    takes an item that is already waiting, so that a consumer can join what waits into one
+    HTTP chunk without waiting for more.
 
     A plain iterator class rather than an async generator, so that a response abandoned midway
     (client gone) leaves nothing for the garbage collector to finalize."""
@@ -68,6 +71,7 @@ class Stream(Generic[T]):
         self.prefetched = prefetched
         self._pending = list(reversed(prefetched))
         self._channel = channel
+        self._failure: _Failure | None = None
         if done:
             channel.close()
 
@@ -77,18 +81,40 @@ class Stream(Generic[T]):
     async def __anext__(self) -> T:
         if self._pending:
             return self._pending.pop()
-        try:
-            received = await self._channel.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            self._channel.close()
-            raise StopAsyncIteration from None
+        received: object = self._failure
+        if received is None:
+            try:
+                received = await self._channel.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                self._channel.close()
+                raise StopAsyncIteration from None
         if not isinstance(received, _Failure):
             return cast(T, received)
+        self._failure = None
         self._channel.close()
         try:
             raise _broken_off(received.error)
         finally:
             del received  # this frame is in the error's traceback: no cycle through it
+
+    def receive_nowait(self) -> T:
+        """The next item if it is already here. Raises :class:`trio.WouldBlock` if none waits
+        — also when the producer's failure waits: the next ``__anext__`` raises it, after the
+        consumer has sent what it took — and :class:`trio.EndOfChannel` once the producer has
+        finished and everything was taken."""
+        if self._pending:
+            return self._pending.pop()
+        if self._failure is not None:
+            raise trio.WouldBlock
+        try:
+            received = self._channel.receive_nowait()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self._channel.close()
+            raise trio.EndOfChannel from None
+        if isinstance(received, _Failure):
+            self._failure = received
+            raise trio.WouldBlock
+        return cast(T, received)
 
 
 class Body:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from pydicom import Dataset
@@ -13,10 +13,23 @@ from pydicom import Dataset
 from rst.dicom.query import QidoQuery, decoded_form, to_dicom_json
 from rst.services.protocols import Backend
 
-__all__ = ["MORE", "SearchPlan", "json_array", "produce_matches", "retrieve_url_for"]
+__all__ = [
+    "CHUNK_BYTES",
+    "MORE",
+    "Rows",
+    "SearchPlan",
+    "json_array",
+    "produce_matches",
+    "retrieve_url_for",
+]
 
 MORE = object()
 """Sent after the last row when the archive had more matches than ``limit``."""
+CHUNK_BYTES = 64 << 10
+"""Bytes of JSON rows joined into one HTTP chunk when several are waiting: enough to pay one
+gzip flush and one send for dozens of rows, small enough that memory stays flat."""
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -92,13 +105,46 @@ async def produce_matches(
             sent += 1
 
 
-async def json_array(rows: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """Encode rows as one JSON array, chunk by chunk."""
-    first = True
-    yield b"["
-    async for row in rows:
-        if row is MORE:
-            continue
-        yield (b"" if first else b",") + json.dumps(row, separators=(",", ":")).encode()
-        first = False
-    yield b"]"
+class Rows(Protocol):
+    """What :func:`json_array` reads: rows awaited one by one, and those already waiting taken
+    without waiting (:class:`rst.http.streaming.Stream`)."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    def receive_nowait(self) -> Any:
+        """A row already waiting; :class:`trio.WouldBlock` if none, :class:`trio.EndOfChannel`
+        after the last."""
+        ...
+
+
+async def json_array(rows: Rows) -> AsyncIterator[bytes]:
+    """Encode rows as one JSON array. Each chunk holds the row awaited and the rows already
+    waiting behind it, up to :data:`CHUNK_BYTES`: one gzip flush and one send for all of them,
+    while a row that arrives alone still goes out at once (nothing waits for company)."""
+    parts = [b"["]
+    size = 0
+    separator = b""
+    async for first in rows:
+        row = first
+        while True:
+            if row is not MORE:
+                data = _encode(row).encode()
+                parts += (separator, data)
+                separator = b","
+                size += len(data)
+            if size >= CHUNK_BYTES:
+                break
+            try:
+                row = rows.receive_nowait()
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                parts.append(b"]")
+                yield b"".join(parts)
+                return
+        if size:
+            yield b"".join(parts)
+            parts.clear()
+            size = 0
+    parts.append(b"]")
+    yield b"".join(parts)
