@@ -273,6 +273,9 @@ class Connection:
         )
 
     async def _write(self, data: bytes) -> None:
+        if not data:
+            # Nothing to send (h11's end of a body of known length): no lock, no checkpoint.
+            return
         async with self._send_lock:
             if self._gone or self._eof_sent:
                 return  # nothing can reach the client any more
