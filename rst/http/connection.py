@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from http import HTTPStatus
 
@@ -25,6 +26,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Response
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.task_group import TaskGroup
@@ -134,6 +137,11 @@ class Connection:
         self._eof_sent = False
         self._gone = False
         """Nothing can be sent any more: the client is gone, or is taken for gone."""
+        self._hold_head = False
+        """The next bytes the protocol sends are the head of a response whose body of known,
+        non-zero length follows at once (HTTP/1.1): hold them for the body's first write."""
+        self._held_head = b""
+        """A response head waiting to go out with the first bytes of its body."""
 
     async def run(self) -> None:
         """Serve the connection until it ends; the socket is closed and nothing of it runs
@@ -171,6 +179,7 @@ class Connection:
                     # hypercorn answers requests it cannot parse (400, 431) itself, with an
                     # empty body and in three writes; rst's answer is JSON, in one write.
                     inner._send_error_response = partial(_json_error_response, inner)  # type: ignore[method-assign]
+                    inner.stream_send = partial(self._stream_send, inner.stream_send)  # type: ignore[method-assign]
                 self._idle_timer.deadline = trio.current_time() + self.config.keep_alive_timeout
                 tasks.spawn(self._keep_alive)
                 await self.protocol.initiate()  # h2 sends its settings first
@@ -239,11 +248,32 @@ class Connection:
         self._reading.cancel()
         self._draining.cancel()
 
+    async def _stream_send(
+        self, stream_send: Callable[[StreamEvent], Awaitable[None]], event: StreamEvent
+    ) -> None:
+        """hypercorn's HTTP/1.1 ``stream_send``, with the head of a response whose body is
+        ready whole (a ``Content-Length``: rst's bodies of known size are bytes in hand, see
+        :mod:`rst.http.request_scope`) held back to go out in one write with the body's
+        first bytes — a small response is one socket send, not two."""
+        if isinstance(event, Response) and event.status_code >= 200:
+            self._hold_head = _known_length(event.headers)
+        try:
+            await stream_send(event)
+        finally:
+            self._hold_head = False
+
     async def _send(self, event: Event) -> None:
         """What the protocol asks of the connection: bytes to send, the end, idle or busy."""
         if isinstance(event, RawData):
+            if self._hold_head:
+                self._hold_head = False
+                self._held_head = event.data
+                return
             await self._write(event.data)
-        elif isinstance(event, Closed):
+            return
+        if self._held_head:
+            await self._write(b"")  # a head held back goes out before anything else happens
+        if isinstance(event, Closed):
             if self._response_in_flight():
                 # A protocol error from the reader (bytes after a ``Connection: close``
                 # request) while the request's response is being sent: read no more, and
@@ -273,23 +303,34 @@ class Connection:
         )
 
     async def _write(self, data: bytes) -> None:
+        head, self._held_head = self._held_head, b""
+        if not data and not head:
+            # Nothing to send (h11's end of a body of known length): no lock, no checkpoint.
+            return
         async with self._send_lock:
             if self._gone or self._eof_sent:
                 return  # nothing can reach the client any more
             view = memoryview(data)
+            pieces: list[bytes | memoryview] = [
+                view[start : start + SEND_SLICE] for start in range(0, len(view), SEND_SLICE)
+            ]
+            if head:
+                # The held head and the body's first slice in one send: copying those bytes
+                # costs less than a send of the head's own.
+                pieces[:1] = [head + pieces[0] if pieces else head]
             # Shielded as in hypercorn (a write cut halfway would garble the stream); the
             # send timeout and the closing of the socket still end it.
             # One timeout scope per write, its deadline moved on after each slice (not one
             # scope per slice; measured neutral within noise at 16 retrieves at once).
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self.send_timeout) as stalled:
-                    for start in range(0, len(view), SEND_SLICE):
+                    for number, piece in enumerate(pieces, 1):
                         try:
-                            await self.stream.send_all(view[start : start + SEND_SLICE])
+                            await self.stream.send_all(piece)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._drop()
                             return
-                        if start + SEND_SLICE < len(view):
+                        if number < len(pieces):
                             stalled.deadline = trio.current_time() + self.send_timeout
                 if stalled.cancelled_caught:
                     log.info(
@@ -371,3 +412,12 @@ async def _json_error_response(protocol: H11Protocol, status_code: int) -> None:
             if protocol.connection.their_state is not h11.ERROR:
                 raise
     await protocol.send(RawData(data=bytes(answer)))
+
+
+def _known_length(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a response head says its body has a length, and not zero: the body is then
+    in hand and follows the head at once (see :meth:`Connection._stream_send`)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            return value.strip() not in (b"0", b"")
+    return False

@@ -38,6 +38,7 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 
 from rst.config import HttpConfig
 from rst.http import tls
+from rst.http.access_log import AccessLogger
 from rst.http.connection import Connection
 
 __all__ = ["hypercorn_config", "serve_http"]
@@ -59,6 +60,7 @@ def hypercorn_config(http: HttpConfig, fd: int | None = None) -> HypercornConfig
         hc.bind = [f"fd://{fd}"]
     hc.graceful_timeout = http.graceful_timeout
     hc.accesslog = logging.getLogger("rst.access")
+    hc.logger_class = AccessLogger  # no copy of the environment per request
     hc.errorlog = logging.getLogger("rst.http")
     hc.keep_alive_timeout = http.keep_alive_timeout
     # What the parsers buffer at most; rst.http.limits answers 431 past the limit itself. h2

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, cast
 
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from prometheus_client import Counter, Histogram
 from quart import Request
 
 from rst.http.exchange import Exchange
@@ -34,6 +37,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"}
 _PARAMETER = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
+@lru_cache(maxsize=1024)  # the app's rules: a few dozen, each rewritten once
 def route_template(rule: str) -> str:
     """``/aets/<aet>/studies/<study>`` → ``/aets/{aet}/studies/{study}``."""
     return _PARAMETER.sub(r"{\1}", rule)
@@ -46,12 +50,40 @@ def note_route(request: Request) -> None:
         cast(dict[str, Any], request.scope)[ROUTE_KEY] = route_template(request.url_rule.rule)
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteChildren:
+    """The children of the metrics labelled by route alone, for one route."""
+
+    first_byte: Histogram
+    sent: Counter
+    received: Counter
+    broken: Counter
+
+
 class RequestMetrics:
     """ASGI middleware: counts each HTTP request once it is over (``app.asgi_app = ...``)."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled children, looked up once per label values (prometheus_client's
+        # ``labels`` takes a lock and rebuilds its key on every call): routes, methods and
+        # statuses are few, so these stay small.
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._by_route: dict[str, _RouteChildren] = {}
+
+    def _route(self, route: str) -> _RouteChildren:
+        children = self._by_route.get(route)
+        if children is None:
+            metrics = self.metrics
+            children = self._by_route[route] = _RouteChildren(
+                first_byte=metrics.http_first_byte.labels(route),
+                sent=metrics.http_sent.labels(route),
+                received=metrics.http_received.labels(route),
+                broken=metrics.http_broken.labels(route),
+            )
+        return children
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -71,7 +103,7 @@ class RequestMetrics:
             if first_byte and message["type"] == "http.response.body" and message.get("body"):
                 first_byte = False
                 route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
-                metrics.http_first_byte.labels(route).observe(time.monotonic() - started)
+                self._route(route).first_byte.observe(time.monotonic() - started)
 
         metrics.http_in_progress.inc()
         try:
@@ -86,11 +118,19 @@ class RequestMetrics:
             )
             route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
             method = scope["method"] if scope["method"] in METHODS else "other"
-            metrics.http_requests.labels(route, method, status).inc()
-            metrics.http_duration.labels(route, method).observe(time.monotonic() - started)
+            counted = self._requests.get((route, method, status))
+            if counted is None:
+                counted = metrics.http_requests.labels(route, method, status)
+                self._requests[route, method, status] = counted
+            counted.inc()
+            timed = self._durations.get((route, method))
+            if timed is None:
+                timed = self._durations[route, method] = metrics.http_duration.labels(route, method)
+            timed.observe(time.monotonic() - started)
+            children = self._route(route)
             if exchange.sent:
-                metrics.http_sent.labels(route).inc(exchange.sent)
+                children.sent.inc(exchange.sent)
             if exchange.received:
-                metrics.http_received.labels(route).inc(exchange.received)
+                children.received.inc(exchange.received)
             if exchange.broken:
-                metrics.http_broken.labels(route).inc()
+                children.broken.inc()

@@ -15,9 +15,17 @@ from __future__ import annotations
 import logging
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
-from quart.wrappers import Request
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPResponseBodyEvent,
+    HTTPResponseStartEvent,
+)
+from quart.utils import encode_headers
+from quart.wrappers import Request, Response
+from quart.wrappers.response import DataBody
 from quart_trio.asgi import TrioASGIHTTPConnection
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from rst.groups import collapse
 from rst.http.request_body import FlowControlledBody, RstRequest
@@ -97,3 +105,30 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
             # the same way: a broken-off stream, and the details in the log.
             log.exception("response to %s %s broken off", request.method, request.path)
             nursery.cancel_scope.cancel()
+
+    async def _send_response(
+        self, send: ASGISendCallable, response: Response | WerkzeugResponse
+    ) -> None:
+        """A body that is ready whole (bytes: a frame, a JSON answer, an error) goes out as
+        one ``http.response.body`` message that is also the last, where quart sends it and
+        then an empty one to end it: one message less through every layer below (metrics,
+        hypercorn, h11, the connection's writer) for each such response. Any other body is
+        sent as quart sends it."""
+        body = response.response if isinstance(response, Response) else None
+        if not isinstance(body, DataBody):
+            await super()._send_response(send, response)
+            return
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": encode_headers(response.headers),
+        }
+        await send(start)
+        # The range a conditional request asked for, as quart's own iterator gives it (the
+        # whole body is the very same bytes object: no copy).
+        whole: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": body.data[body.begin : body.end],
+            "more_body": False,
+        }
+        await send(whole)

@@ -363,3 +363,67 @@ async def test_shutdown_drops_idle_connections_at_once(sent: str) -> None:
             stop.set()
             with trio.fail_after(5):
                 await stopped.wait()
+
+
+# --- how answers are written -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def server_sends(
+    monkeypatch: pytest.MonkeyPatch, backends: Mapping[str, Backend]
+) -> AsyncIterator[tuple[Server, list[bytes]]]:
+    """A server, and the bytes of each socket send it makes (its client's sends left out)."""
+    sent: list[bytes] = []
+    send_all = trio.SocketStream.send_all
+    port = 0
+
+    async def counted(stream: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        if stream.socket.getsockname()[1] == port:
+            sent.append(bytes(data))
+        await send_all(stream, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    async with serving(backends) as server:
+        port = server.port
+        yield server, sent
+
+
+async def test_an_answer_of_known_length_is_one_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head and body of an answer that is ready whole (a frame, a JSON answer) go out in one
+    socket send, on a connection kept alive, and the client reads the whole answer."""
+    async with server_sends(monkeypatch, {"X": ScriptedBackend()}) as (server, sent):
+        answer = await exchange(server, AETS + b"\r\n")
+    assert answer.complete, answer
+    assert answer.status == 200, answer
+    assert answer.headers is not None
+    assert int(answer.headers[b"content-length"]) > 0
+    assert len(sent) == 1, sent
+    assert sent[0].startswith(b"HTTP/1.1 200")
+    assert sent[0].endswith(b"\r\n\r\n" + answer.body)
+
+
+async def test_the_head_of_an_answer_to_head_goes_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAD: a head that says a length, no body follows — it is still sent, once."""
+    async with server_sends(monkeypatch, {"X": ScriptedBackend()}) as (server, sent):
+        stream = await server.connect()
+        async with stream:
+            await stream.send_all(b"HEAD /aets HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            with trio.fail_after(SETTLE):
+                while not head.endswith(b"\r\n\r\n"):
+                    head += await stream.receive_some(1 << 16)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"content-length" in head.lower()
+    assert sent == [head]
+
+
+async def test_a_streamed_answer_sends_its_head_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body of unknown length (a streamed retrieve) is not waited for: its head goes out
+    on its own."""
+    async with server_sends(monkeypatch, {"X": big_backend()}) as (server, sent):
+        answer = await exchange(server, BIG_RETRIEVE + b"Connection: close\r\n\r\n")
+    assert answer.complete, answer
+    assert answer.status == 200, answer
+    assert sent[0].startswith(b"HTTP/1.1 200")
+    assert sent[0].endswith(b"\r\n\r\n"), sent[0][:300]  # the head alone
+    assert b"transfer-encoding: chunked" in sent[0].lower()
