@@ -193,9 +193,13 @@ class Connection:
     async def _read(self) -> None:
         """Hand what the client sends to the protocol, until the client is gone or the
         protocol is done with the connection (which cancels this)."""
+        read_timeout = self.config.read_timeout
         while True:
             try:
-                with trio.fail_after(self.config.read_timeout or math.inf):
+                if read_timeout:
+                    with trio.fail_after(read_timeout):
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                else:  # hypercorn's default, rst's: no scope that never fires, per read
                     data = await self.stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
                 self._drop()
