@@ -146,7 +146,8 @@ class CachedBackend:
                     async with aclosing(self._instances(keys, prefer, nursery)) as instances:
                         yield instances
                 finally:
-                    nursery.cancel_scope.cancel()
+                    if nursery.child_tasks:  # a writer still running; else nothing to stop
+                        nursery.cancel_scope.cancel()
 
     async def _instances(
         self, keys: RetrieveKeys, prefer: str | None, nursery: trio.Nursery

@@ -1,10 +1,11 @@
 """Instances into and out of cache files, with flat memory.
 
 Out: :func:`read_entries` makes :class:`~rst.services.protocols.Instance` objects of cached
-files — whole in ``data`` up to :data:`CHUNK` bytes (several small ones in one trip to a worker
-thread), else the first chunk there and the rest read chunk by chunk as the consumer asks
-(:class:`FileChunks`), raising :class:`~rst.errors.IncompleteRetrieve` if the file breaks off,
-as an instance arriving from a PACS would.
+files — whole in ``data`` up to :data:`CHUNK` bytes (on trio's thread where the page cache holds
+them, else several small ones in one trip to a worker thread), else the first chunk there and
+the rest read chunk by chunk as the consumer asks (:class:`FileChunks`), raising
+:class:`~rst.errors.IncompleteRetrieve` if the file breaks off, as an instance arriving from a
+PACS would.
 
 In: an instance coming from the archive passes through unchanged and is written to the cache
 on the way. A whole one goes to the :class:`Writer`, a task of its own, so that writing one
@@ -87,11 +88,27 @@ async def read_entries(
 ) -> tuple[list[Instance], Gone | None]:
     """The cached instances *entries* of *store* (see :func:`batch`), each with its first
     :data:`CHUNK` bytes read; reading stops at the first whose file is gone, returned with
-    those before it."""
+    those before it.
+
+    Files that are whole in the page cache are read on trio's thread (:func:`_resident`);
+    from the first that is not, the rest are read in one trip to a worker thread."""
+    found: list[Instance] = []
+    for entry in entries:
+        try:
+            instance = _resident(entry, store)
+        except Gone as gone:
+            await trio.lowlevel.checkpoint()
+            return found, gone
+        if instance is None:
+            break
+        found.append(instance)
+    rest = entries[len(found) :]
+    if not rest:
+        await trio.lowlevel.checkpoint()
+        return found, None
 
     def read() -> tuple[list[Instance], Gone | None]:
-        found = []
-        for entry in entries:
+        for entry in rest:
             try:
                 found.append(_open(entry, store))
             except Gone as gone:
@@ -101,6 +118,42 @@ async def read_entries(
     return await run_sync(read)
 
 
+def _resident(entry: Entry, store: Store) -> Instance | None:
+    """*entry*, read without blocking where its file is small (read whole) and all of it is in
+    the page cache (``RWF_NOWAIT``: the kernel answers ``EAGAIN`` rather than wait for the
+    disk); ``None`` where it is not, or cannot tell (a file system without ``RWF_NOWAIT``):
+    then a worker thread reads it. A warm frame request is then served without a trip to a
+    worker thread, whose handover costs more CPU than the read (about 0.1 ms against 0.05 ms
+    for 0.5 MB). What stays on trio's thread is opening a file of the cache's own folder,
+    whose directory entries a warm cache has in memory."""
+    if entry.size > CHUNK or _NOWAIT is None:
+        return None
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Gone(f"{entry.path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size != entry.size:
+            raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
+        buffer = bytearray(size)
+        try:
+            got = os.preadv(fd, [buffer], 0, _NOWAIT)
+        except OSError:  # EAGAIN: not in memory; EOPNOTSUPP: not on this file system
+            return None
+        if got != size:  # partly in memory (or cut short: the worker thread tells)
+            return None
+    except OSError as exc:
+        raise Gone(f"{entry.path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return _instance(entry, store, bytes(buffer), None, size)
+
+
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+"""``preadv``'s flag for a read that must not wait for the disk (Linux)."""
+
+
 def _open(entry: Entry, store: Store) -> Instance:
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -108,7 +161,11 @@ def _open(entry: Entry, store: Store) -> Instance:
         raise Gone(f"{entry.path}: {exc.strerror}") from None
     try:
         size = os.fstat(fd).st_size
-        data = os.pread(fd, CHUNK, 0)
+        # As many bytes as the entry says (a file that differs is caught below): asking for
+        # more would allocate CHUNK bytes and shrink them, a fresh mapping of memory per read
+        # whose page faults cost ten times the read itself (glibc serves so large a buffer
+        # with mmap).
+        data = os.pread(fd, min(entry.size, CHUNK), 0)
         if size != entry.size or len(data) != min(size, CHUNK):
             raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
     except OSError as exc:
@@ -122,6 +179,12 @@ def _open(entry: Entry, store: Store) -> Instance:
         os.close(fd)
     else:
         rest = FileChunks(fd, entry, offset=len(data))
+    return _instance(entry, store, data, rest, size)
+
+
+def _instance(
+    entry: Entry, store: Store, data: bytes, rest: FileChunks | None, size: int
+) -> Instance:
     return Instance(
         data,
         entry.sop_class_uid,

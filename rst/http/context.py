@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from quart import request
 from werkzeug.sansio.utils import host_is_trusted
@@ -42,16 +43,7 @@ class RouteContext:
         server or one of ``http.allowed_hosts``, else the address the request came in on — an
         arbitrary Host header must not end up in the URLs rst hands out."""
         server_host, server_port = request.server or ("localhost", None)
-        own = ("localhost", server_host)
-        host = request.host
-        if host and host_is_trusted(host, [*self.config.http.allowed_hosts, *own]):
-            if _port_of(host) is None and host in own and server_port not in (None, 80, 443):
-                # This server named without its port (dicomweb-client does that): the URLs
-                # must still reach it.
-                return f"{host}:{server_port}"
-            return host
-        name = f"[{server_host}]" if ":" in server_host else server_host
-        return name if server_port is None else f"{name}:{server_port}"
+        return _public_host(request.host, server_host, server_port, self.config.http.allowed_hosts)
 
     def base_url(self, aet: str) -> str:
         """rst's URL for the archive *aet* (``…/aets/{aet}``)."""
@@ -73,6 +65,23 @@ class RouteContext:
             None if series is None else check_uid("series", series),
             None if sop is None else check_uid("SOP instance", sop),
         )
+
+
+@lru_cache(maxsize=64)
+def _public_host(
+    host: str, server_host: str, server_port: int | None, allowed: tuple[str, ...]
+) -> str:
+    """:meth:`RouteContext.public_host` for one Host header and server address: the same few
+    for every request, so worked out once each (the check encodes each name in IDNA)."""
+    own = ("localhost", server_host)
+    if host and host_is_trusted(host, [*allowed, *own]):
+        if _port_of(host) is None and host in own and server_port not in (None, 80, 443):
+            # This server named without its port (dicomweb-client does that): the URLs
+            # must still reach it.
+            return f"{host}:{server_port}"
+        return host
+    name = f"[{server_host}]" if ":" in server_host else server_host
+    return name if server_port is None else f"{name}:{server_port}"
 
 
 def _port_of(host: str) -> str | None:

@@ -8,6 +8,8 @@ tell: :class:`Exchange` wraps the ASGI ``receive`` and ``send`` of one request a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from hypercorn.typing import (
     ASGIReceiveCallable,
     ASGIReceiveEvent,
@@ -21,9 +23,17 @@ __all__ = ["Exchange"]
 class Exchange:
     """Counts one request's messages; pass :meth:`receive` and :meth:`send` to the app."""
 
-    def __init__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+    def __init__(
+        self,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        first_byte: Callable[[], None] | None = None,
+    ) -> None:
         self._receive = receive
         self._send = send
+        self._first_byte = first_byte
+        """Called once, as the first body message with bytes has been sent (here rather than
+        in a wrapper of :meth:`send`: one coroutine less per message)."""
         self.status: int | None = None
         """The response's status, once the app began it."""
         self.sent = 0
@@ -53,5 +63,9 @@ class Exchange:
             self.status = message["status"]  # the app's answer, even if the client is gone
         await self._send(message)
         if message["type"] == "http.response.body":
-            self.sent += len(message.get("body", b""))
+            body = message.get("body", b"")
+            self.sent += len(body)
             self.complete = not message.get("more_body", False)
+            if body and self._first_byte is not None:
+                first_byte, self._first_byte = self._first_byte, None
+                first_byte()

@@ -6,9 +6,11 @@ archive; the answer is ready (every frame cut, decoded or encoded) before the re
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from quart import Blueprint, Response, request
 
-from rst.dicom.accept import negotiate_frames
+from rst.dicom.accept import FrameChoice, negotiate_frames
 from rst.dicom.frames import parse_frame_list
 from rst.http.context import RouteContext
 from rst.http.multipart_body import one_part, ready_multipart
@@ -22,7 +24,7 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         backend = ctx.backend_for(aet)
         keys = ctx.path_keys(study, series, sop)
         numbers = parse_frame_list(frames)
-        choices = negotiate_frames(request.headers.get("Accept"), ctx.accept_param())
+        choices = _negotiated(request.headers.get("Accept"), ctx.accept_param())
         answer = await retrieve_frames(backend, keys, numbers, choices)
         instance_url = f"{ctx.base_url(aet)}/studies/{study}/series/{series}/instances/{sop}"
 
@@ -45,3 +47,11 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         serve_frames,
         methods=["GET"],
     )
+
+
+@lru_cache(maxsize=64)
+def _negotiated(accept: str | None, accept_param: str | None) -> tuple[FrameChoice, ...]:
+    """:func:`negotiate_frames`, parsed once per ``Accept`` and ``accept`` parameter: a viewer
+    sends the same one with each of a study's hundreds of frame requests. The choices are
+    frozen; a refusal (:class:`~rst.errors.NotAcceptable`) is raised each time, never kept."""
+    return negotiate_frames(accept, accept_param)

@@ -12,7 +12,6 @@ connection (:mod:`.request_scope`) only hands it the receive callable.
 from __future__ import annotations
 
 import logging
-import math
 
 import trio
 from hypercorn.typing import ASGIReceiveCallable
@@ -67,9 +66,13 @@ class FlowControlledBody(TrioBody):
         the client sends nothing of an unfinished body for *stall* seconds, the reader gets a
         :class:`~rst.errors.RequestTimeout` (*what* names the request in the log)."""
         while True:
-            with trio.move_on_after(math.inf if self.complete else stall) as stalled:
+            stalled = None
+            if self.complete:  # only the disconnect is still to come: no timeout to keep
                 message = await receive()
-            if stalled.cancelled_caught:
+            else:
+                with trio.move_on_after(stall) as stalled:
+                    message = await receive()
+            if stalled is not None and stalled.cancelled_caught:
                 log.info("%s: the client stopped sending its body", what)
                 self.fail(
                     RequestTimeout(

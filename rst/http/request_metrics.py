@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
 
-from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, ASGISendEvent, Scope
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 from prometheus_client import Counter, Histogram
 from quart import Request
 
@@ -93,21 +93,16 @@ class RequestMetrics:
             return
         metrics = self.metrics
         started = time.monotonic()
-        exchange = Exchange(receive, send)
         failed = False
-        first_byte = True
 
-        async def send_counted(message: ASGISendEvent) -> None:
-            nonlocal first_byte
-            await exchange.send(message)
-            if first_byte and message["type"] == "http.response.body" and message.get("body"):
-                first_byte = False
-                route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
-                self._route(route).first_byte.observe(time.monotonic() - started)
+        def first_byte() -> None:
+            route = cast(dict[str, Any], scope).get(ROUTE_KEY, UNMATCHED)
+            self._route(route).first_byte.observe(time.monotonic() - started)
 
+        exchange = Exchange(receive, send, first_byte)
         metrics.http_in_progress.inc()
         try:
-            await self.app(scope, exchange.receive, send_counted)
+            await self.app(scope, exchange.receive, exchange.send)
         except Exception:
             failed = True  # hypercorn answers 500 for an app that raised before its answer
             raise

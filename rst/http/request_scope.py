@@ -94,7 +94,8 @@ class RequestScopedConnection(TrioASGIHTTPConnection):
                     finally:
                         if scoped is not None:
                             scoped.nursery = None
-                        work.cancel_scope.cancel()
+                        if work.child_tasks:  # a body still being produced; else a no-op
+                            work.cancel_scope.cancel()
         except StreamBrokenOff:
             # Already logged. Returning without finishing the response makes hypercorn close
             # the connection: the client sees a truncated body, never a complete-looking one.
