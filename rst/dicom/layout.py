@@ -27,7 +27,7 @@ from typing import Any
 
 from rst.dicom.bulkless import PIXEL_DATA
 from rst.dicom.frames import FrameSource
-from rst.dicom.head import UNDEFINED, locate_pixel_data, top_level_values
+from rst.dicom.head import UNDEFINED, locate_pixel_data, scan_to_pixel_data
 from rst.dicom.part10 import data_set_start, dataset_offset
 from rst.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
@@ -227,12 +227,11 @@ def _native_layout(data: bytes) -> bytes | None:
         return None
     offset, syntax = start
     implicit = syntax == IMPLICIT_VR_LITTLE_ENDIAN
-    pixels = locate_pixel_data(data, offset, implicit=implicit, size=len(data))
+    pixels, raw = scan_to_pixel_data(data, offset, _NATIVE_TAGS, implicit=implicit, size=len(data))
     if pixels is None or pixels.tag != PIXEL_DATA or pixels.length is None:
         return None
     if pixels.value + pixels.length > len(data):
         return None  # cut short
-    raw = top_level_values(data, offset, _NATIVE_TAGS, implicit=implicit)
     attributes: dict[str, Any] = {}
     for keyword, (tag, vr) in _NATIVE_ATTRIBUTES.items():
         value = _value(raw[tag], vr) if tag in raw else None

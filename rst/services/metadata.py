@@ -74,7 +74,7 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
     and whether the instance names itself (its own study, series and SOP Instance UIDs; only
     then are its URIs the same whatever the request, and may be kept)."""
     with readable(sop_uid):
-        dataset = read_dataset(data)
+        dataset = read_dataset(data, pixels=False)  # named by URI: its value is not read
         address = InstanceAddress.of("", dataset, keys, sop_uid)
         named = all(top_string(dataset, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))
 
