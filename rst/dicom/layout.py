@@ -13,8 +13,9 @@ instance is read whole as before. Sans-IO: bytes in, JSON out.
 The common case of a cold series — native, Little Endian pixel data of 8, 16 or 32 bits — has
 a layout that follows from the element headers and a few short values alone
 (:func:`native_layout`): the frames lie one after the other from the Pixel Data value's offset.
-It is read without pydicom (no data set is built, no frame compared: about ten times less CPU
-than :func:`derive`), and gives the same JSON as :func:`derive` or nothing (then :func:`derive`
+It is read without pydicom (no data set is built, no frame compared: one walk over the element
+headers, :func:`~rst.dicom.head.scan_to_pixel_data`, about twenty times less CPU than
+:func:`derive`), and gives the same JSON as :func:`derive` or nothing (then :func:`derive`
 decides).
 """
 

@@ -4,7 +4,8 @@ A DIMSE archive has no metadata service: the instances themselves are retrieved 
 and each is turned into one object of the JSON array as soon as it has arrived, so a viewer
 sees the first instances of a series while the PACS still sends the rest. Where the archive
 reads parts of a stored instance (a large S3 object), only its head and tail are read
-(:func:`~rst.services.ranged.metadata_file`). pydicom reads the instance and
+(:func:`~rst.services.ranged.metadata_file`). pydicom reads the instance — all but its pixel
+data's value, which the metadata names by URI (:mod:`rst.dicom.without_pixels`) — and
 :mod:`rst.dicom.dicom_json` encodes its raw elements (pydicom's own JSON writer costs several
 times more, and gives the same answer); bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
