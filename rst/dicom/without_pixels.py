@@ -28,6 +28,7 @@ from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from rst.dicom.head import PIXEL_DATA_TAGS, UNDEFINED
@@ -73,7 +74,7 @@ def _read(data: bytes, offset: int, *, implicit: bool) -> Dataset | None:
     fp = BytesIO(data)  # shares the bytes: only what is read is copied
     fp.seek(offset)
     head = read_dataset(fp, implicit, True, defer_size=DEFER_BYTES)
-    elements = dict(head.items())  # raw, in the order read
+    read: dict[BaseTag, RawDataElement] = {}  # skipped values, as the reader would read them
     for tag, element in head.items():
         if not isinstance(element, RawDataElement) or element.value is not None:
             continue
@@ -81,11 +82,17 @@ def _read(data: bytes, offset: int, *, implicit: bool) -> Dataset | None:
         if not length:
             continue  # an empty binary value: None as read
         if tag in PIXEL_DATA_TAGS and (length == UNDEFINED or start + length <= len(data)):
-            elements[tag] = element._replace(value=STAND_IN)
+            read[tag] = element._replace(value=STAND_IN)
         elif length != UNDEFINED:  # another long value: read it (cut short where the file is)
-            elements[tag] = element._replace(value=data[start : start + length])
+            read[tag] = element._replace(value=data[start : start + length])
         else:
             return None
-    dataset = Dataset(elements)
+    if all(tag in PIXEL_DATA_TAGS for tag in read):  # the common case: in place
+        for pixel_tag, stand_in in read.items():
+            head[pixel_tag] = stand_in  # (not private: kept raw, in its place)
+        return head
+    # a private element would be converted by ``head[tag] = …``: a data set made as the
+    # reader makes it, from the raw elements in their order
+    dataset = Dataset({**dict(head.items()), **read})
     dataset.set_original_encoding(head.original_encoding[0], True, head.original_character_set)
     return dataset
