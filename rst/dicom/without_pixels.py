@@ -29,7 +29,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
 from rst.dicom.head import PIXEL_DATA_TAGS, UNDEFINED
 from rst.dicom.part10 import data_set_start, read_part10
@@ -40,6 +39,7 @@ __all__ = ["DEFER_BYTES", "STAND_IN", "read_without_pixels"]
 STAND_IN = bytes(8)
 """The value the pixel data is read with: not empty (so it is bulk data, like the real value),
 a whole number of samples of any width."""
+_SYNTAX = BaseTag(0x00020010)
 DEFER_BYTES = 64 * 1024
 """Top-level values longer than this are skipped by the reader (pydicom's ``defer_size``): the
 pixel data's gets :data:`STAND_IN`, any other is then read from the bytes (a copy of those
@@ -62,8 +62,11 @@ def read_without_pixels(data: bytes) -> Dataset:
         dataset = None
     if dataset is None:
         return read_part10(data)
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = UID(syntax)
+    # the transfer syntax as read_part10 gives it, kept raw (converted when first asked for:
+    # setting it as a UID costs more than a tenth of the rest)
+    value = syntax.encode("ascii")
+    meta = RawDataElement(_SYNTAX, "UI", len(value), value, 0, False, True)
+    dataset.file_meta = FileMetaDataset({_SYNTAX: meta})
     return dataset
 
 

@@ -224,7 +224,11 @@ def read_dataset(data: bytes, tags: set[int] | None = None, *, pixels: bool = Tr
         dataset = read_without_pixels(data)
     else:
         raise ValueError("read_dataset: either some tags or no pixel data, not both")
-    del dataset[0x00020000:0x00030000]
+    # group 0002 in the data set itself (it has none but in odd files): by the tags' group, an
+    # int operation (a slice ``del`` sorts every tag, comparing them in Python; iterating the
+    # data set itself would convert and sort its elements)
+    for tag in [tag for tag in dataset.keys() if tag >> 16 == 0x0002]:  # noqa: SIM118
+        del dataset[tag]
     return dataset
 
 

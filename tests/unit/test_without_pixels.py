@@ -7,6 +7,7 @@ that the stand-in and the values read back from the bytes meet every element of 
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 import rst.dicom.without_pixels as without_pixels
 import rst.services.metadata as metadata
+from rst.dicom.part10 import data_set_start
 from rst.dicom.without_pixels import DEFER_BYTES, STAND_IN, read_without_pixels
 from rst.services.bulkdata import read_dataset
 from rst.services.metadata import _derive
@@ -101,6 +103,12 @@ def _generated(tmp: Path) -> dict[str, bytes]:
         ds = image(big)
         ds.PixelData = b""
         cases[f"empty-{label}"] = part10(ds, syntax)
+    plain = cases["native-explicit"]  # a group 0002 element in the data set itself: left out
+    start = data_set_start(plain)
+    assert start is not None
+    after = start[0] + 8 + int.from_bytes(plain[start[0] + 6 : start[0] + 8], "little")
+    element = b"\x02\x00\x13\x00SH\x04\x00RST "  # after the first element, not in the meta
+    cases["group-2-in-data-set"] = plain[:after] + element + plain[after:]
     cases["encapsulated"], _ = encapsulated(volume(4, rows=128, columns=128))
     cases["encapsulated-trailing"] = _trailing(cases["encapsulated"], False)
     cases["encapsulated-no-delimiter"] = cases["encapsulated"][:-8]
@@ -127,6 +135,7 @@ def test_same_metadata_on_generated_instances(
         ours, whole = both(data, monkeypatch)
         assert ours == whole, name
         assert isinstance(ours, tuple), name  # each of them has metadata
+        assert not [key for key in json.loads(ours[0]) if key.startswith("0002")], name
 
 
 def test_the_pixel_data_is_not_read(tmp_path: Path) -> None:
