@@ -83,7 +83,9 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
             return address.value(TagPath(path, tag))
 
         result = encode_dataset(dataset, _is_bulk, uri)
-        removed = removed_pixel_data(dataset, _syntax_of(dataset))
+        removed = None
+        if not any(f"{tag:08X}" in result for tag in PIXEL_DATA_TAGS):  # the syntax: only then
+            removed = removed_pixel_data(dataset, _syntax_of(dataset))
         if removed is not None:  # retrieved without bulk data (:mod:`rst.dicom.bulkless`)
             tag, vr = removed
             result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri((), tag)}
