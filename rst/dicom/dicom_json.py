@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 Path = tuple[tuple[int, int], ...]
 """The (sequence tag, 0-based item index) steps from the top of the data set to an item."""
 
-_BINARY = frozenset((BYTES_VR | AMBIGUOUS_VR) - {VR.US_SS})
+_SQ, _UN = str(VR.SQ), str(VR.UN)
+"""As plain strings: an enum member's lookup (``VR.SQ``) costs more than the comparison, once
+per element."""
+_BYTES = frozenset(str(vr) for vr in BYTES_VR)
+_BINARY = frozenset(str(vr) for vr in (BYTES_VR | AMBIGUOUS_VR) - {VR.US_SS})
 """What pydicom's writer encodes as ``InlineBinary`` / ``BulkDataURI``."""
 _SPLIT = frozenset({"AS", "CS", "DA", "DT", "TM"})
 """Text split on backslashes after the whole value lost its trailing spaces and NULs."""
@@ -187,7 +191,7 @@ def _element(
     tag = element.tag
     vr = element.VR
     if isinstance(element, DataElement):
-        if vr == VR.SQ:
+        if vr == _SQ:
             return _sequence(element, path, ascii_safe, strict, bulk=bulk, uri=uri)
         raise _Fallback
     if vr is None:  # implicit VR: public elements by the dictionary; private ones by pydicom
@@ -200,11 +204,11 @@ def _element(
     value = element.value
     if value is None:  # a deferred read
         raise _Fallback
-    if vr == VR.SQ:
+    if vr == _SQ:
         _read(dataset, tag, strict)
         return _sequence(dataset[tag], path, ascii_safe, strict, bulk=bulk, uri=uri)
     if vr in _BINARY:
-        if vr not in BYTES_VR or vr == VR.UN:  # ambiguous, or UN pydicom may resolve
+        if vr not in _BYTES or vr == _UN:  # ambiguous, or UN pydicom may resolve
             raise _Fallback
         if not value:
             return {"vr": vr}

@@ -11,7 +11,9 @@ the caller then reads the object whole, and the whole object's reader says what 
 
 Little Endian only (Implicit or Explicit VR): the syntaxes whose data sets can be read in place
 (not those of :data:`rst.dicom.uids.NOT_IN_PLACE`). :func:`top_level_values` reads a few short
-values near the start of a data set the same way (the patient of an instance, for the audit trail).
+values near the start of a data set the same way (the patient of an instance, for the audit trail);
+:func:`scan_to_pixel_data` finds the pixel data and reads the short values a frame layout needs
+in one walk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "fragments",
     "frame_spans",
     "locate_pixel_data",
+    "scan_to_pixel_data",
     "top_level_values",
 ]
 
@@ -87,20 +90,50 @@ def locate_pixel_data(
     :raises NeedMore: *data* ends before the element's header does.
     :raises ValueError: the element headers do not add up.
     """
+    return scan_to_pixel_data(data, start, (), implicit=implicit, size=size)[0]
+
+
+def scan_to_pixel_data(
+    data: bytes, start: int, tags: Collection[int], *, implicit: bool, size: int
+) -> tuple[PixelPosition | None, dict[int, bytes]]:
+    """:func:`locate_pixel_data`, and the values of those top-level elements of *tags* that
+    come before the pixel data, read in the same walk (one walk over the element headers
+    instead of two: the common case is unrolled, with the element header read in one unpack).
+
+    :raises NeedMore: *data* ends before the pixel data element's header does.
+    :raises ValueError: the element headers do not add up.
+    """
     reader = _Reader(data, size)
+    found: dict[int, bytes] = {}
+    head, u32 = _EXPLICIT_HEAD.unpack_from, _U32.unpack_from  # the loop runs per instance
+    whole = min(len(data), size) - 12  # where a header still has all its 12 bytes in *data*
     pos = start
     while pos < size:
-        tag, vr, length, header = reader.element(pos, implicit=implicit)
+        if pos > whole:  # near the end of *data*: the careful reader (NeedMore, the size)
+            tag, vr, length, header = reader.element(pos, implicit=implicit)
+        else:
+            group, element, vr, length = head(data, pos)
+            tag, header = group << 16 | element, 8
+            if implicit or group == 0xFFFE:  # items and delimiters have no VR
+                vr, length = b"", u32(data, pos + 4)[0]
+            elif vr not in _SHORT_VRS:
+                if vr not in _LONG_VRS:
+                    raise ValueError(f"element ({group:04X},{element:04X}) has no valid VR {vr!r}")
+                length, header = u32(data, pos + 8)[0], 12
         if tag in PIXEL_DATA_TAGS:
-            return PixelPosition(tag, pos, pos + header, None if length == UNDEFINED else length)
+            value = pos + header
+            return PixelPosition(tag, pos, value, None if length == UNDEFINED else length), found
         pos += header
         if length == UNDEFINED:
             pos = reader.skip_sequence(pos, implicit=implicit or vr == b"UN")
-        else:
-            pos += length
+            continue
+        if tag in tags:
+            reader.need(pos + length)
+            found[tag] = data[pos : pos + length]
+        pos += length
     if pos != size:
         raise ValueError(f"the last element runs {pos - size} bytes past the end of the file")
-    return None
+    return None, found
 
 
 def dataset_start(data: bytes) -> int:

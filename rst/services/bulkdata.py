@@ -45,6 +45,7 @@ from rst.dicom.accept import BulkdataFormat, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM, bulk_media_type, is_encapsulated, is_video
 from rst.dicom.part10 import read_part10
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from rst.dicom.without_pixels import read_without_pixels
 from rst.errors import BadRequest, NotFound, RstError, UnreadableInstance
 from rst.services.protocols import Backend, Instance, RetrieveKeys
 from rst.services.ranged import FrameReader, frame_reader, ranges_of
@@ -211,11 +212,23 @@ def readable(sop_uid: str) -> Iterator[None]:
         ) from exc
 
 
-def read_dataset(data: bytes, tags: set[int] | None = None) -> Dataset:
+def read_dataset(data: bytes, tags: set[int] | None = None, *, pixels: bool = True) -> Dataset:
     """The data set of a Part 10 file, without group 0002; only the top-level elements *tags*
-    (and the Specific Character Set) when given — pydicom skips the others unread."""
-    dataset = read_part10(data, tags)
-    del dataset[0x00020000:0x00030000]
+    (and the Specific Character Set) when given — pydicom skips the others unread. Without
+    *pixels*, the top-level pixel data's value is a stand-in, not read
+    (:func:`~rst.dicom.without_pixels.read_without_pixels`: for metadata, which names it by
+    URI)."""
+    if pixels:
+        dataset = read_part10(data, tags)
+    elif tags is None:
+        dataset = read_without_pixels(data)
+    else:
+        raise ValueError("read_dataset: either some tags or no pixel data, not both")
+    # group 0002 in the data set itself (it has none but in odd files): by the tags' group, an
+    # int operation (a slice ``del`` sorts every tag, comparing them in Python; iterating the
+    # data set itself would convert and sort its elements)
+    for tag in [tag for tag in dataset.keys() if tag >> 16 == 0x0002]:  # noqa: SIM118
+        del dataset[tag]
     return dataset
 
 

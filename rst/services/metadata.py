@@ -4,7 +4,8 @@ A DIMSE archive has no metadata service: the instances themselves are retrieved 
 and each is turned into one object of the JSON array as soon as it has arrived, so a viewer
 sees the first instances of a series while the PACS still sends the rest. Where the archive
 reads parts of a stored instance (a large S3 object), only its head and tail are read
-(:func:`~rst.services.ranged.metadata_file`). pydicom reads the instance and
+(:func:`~rst.services.ranged.metadata_file`). pydicom reads the instance — all but its pixel
+data's value, which the metadata names by URI (:mod:`rst.dicom.without_pixels`) — and
 :mod:`rst.dicom.dicom_json` encodes its raw elements (pydicom's own JSON writer costs several
 times more, and gives the same answer); bulk data values (the rule and their URIs are in
 :mod:`rst.services.bulkdata`) become ``BulkDataURI`` entries that rst itself resolves. Group
@@ -74,7 +75,7 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
     and whether the instance names itself (its own study, series and SOP Instance UIDs; only
     then are its URIs the same whatever the request, and may be kept)."""
     with readable(sop_uid):
-        dataset = read_dataset(data)
+        dataset = read_dataset(data, pixels=False)  # named by URI: its value is not read
         address = InstanceAddress.of("", dataset, keys, sop_uid)
         named = all(top_string(dataset, tag) for tag in (0x0020000D, 0x0020000E, 0x00080018))
 
@@ -82,7 +83,9 @@ def _derive(data: bytes, keys: RetrieveKeys, sop_uid: str) -> tuple[bytes, bool]
             return address.value(TagPath(path, tag))
 
         result = encode_dataset(dataset, _is_bulk, uri)
-        removed = removed_pixel_data(dataset, _syntax_of(dataset))
+        removed = None
+        if not any(f"{tag:08X}" in result for tag in PIXEL_DATA_TAGS):  # the syntax: only then
+            removed = removed_pixel_data(dataset, _syntax_of(dataset))
         if removed is not None:  # retrieved without bulk data (:mod:`rst.dicom.bulkless`)
             tag, vr = removed
             result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": uri((), tag)}

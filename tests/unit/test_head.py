@@ -12,7 +12,14 @@ from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from rst.dicom.head import NeedMore, basic_offsets, fragments, locate_pixel_data
+from rst.dicom.head import (
+    NeedMore,
+    basic_offsets,
+    fragments,
+    locate_pixel_data,
+    scan_to_pixel_data,
+    top_level_values,
+)
 from rst.dicom.part10 import dataset_offset
 
 
@@ -87,3 +94,31 @@ def test_offsets_and_fragments_of_encapsulated_data() -> None:
     assert fragments(data[first : first + offsets[1]], last=False)[0] == b"\1\2" * 50
     with pytest.raises(ValueError, match="no whole fragment item"):
         fragments(data[first : first + offsets[1] - 2], last=False)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_one_walk_finds_the_pixel_data_and_the_values_before_it(syntax: str) -> None:
+    data = _file(syntax)
+    start = dataset_offset(data)
+    implicit = syntax == ImplicitVRLittleEndian
+    tags = {0x00080016, 0x00080018, 0x00091010, 0x00280010}  # the last one is not there
+    pixels, values = scan_to_pixel_data(data, start, tags, implicit=implicit, size=len(data))
+    assert pixels == locate_pixel_data(data, start, implicit=implicit, size=len(data))
+    assert values == {
+        0x00080016: b"1.2.840.10008.5.1.4.1.1.7\0",
+        0x00080018: b"1.2.3\0",
+        0x00091010: b"\0" * 3000,  # after the sequences of undefined length it skipped
+    }
+    assert values == top_level_values(data, start, tags, implicit=implicit)
+    # from the first bytes only: the same, or how many bytes it needs
+    head = data[: pixels.start + 4] if pixels is not None else data
+    with pytest.raises(NeedMore):
+        scan_to_pixel_data(head, start, tags, implicit=implicit, size=len(data))
+    none, _ = scan_to_pixel_data(
+        _file(syntax, pixels=None),
+        start,
+        tags,
+        implicit=implicit,
+        size=len(_file(syntax, pixels=None)),
+    )
+    assert none is None
