@@ -229,6 +229,11 @@ class _SpillingFifo(ABC, Generic[T]):
 
     # -- consumer side -------------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """Whether an item is queued: :meth:`receive` returns it without waiting for one."""
+        return bool(self._queue)
+
     async def receive(self) -> T | None:
         """The next item, or ``None`` once finished and drained."""
         while not self._queue:
