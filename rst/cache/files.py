@@ -306,12 +306,12 @@ class Writer:
     :data:`WRITE_AHEAD` bytes of instances not yet written: :meth:`put` waits beyond.
 
     Instances are written in batches, each in one trip to a worker thread and one index
-    transaction: a PACS sends one instance at a time, and writing each as it comes cost a trip
-    and a transaction per instance (most of what the cache added to a cold retrieve). A batch
-    is written once *batch* bytes wait (:data:`WRITE_BATCH`), *window* seconds after its
-    first instance came (:data:`WRITE_WINDOW`), or at once when :meth:`flush` or :meth:`close` asks. The request that
-    leads the retrieve never waits for it (it gets each instance as it arrives); what waits is
-    another request following the flight, by at most the window."""
+    transaction: a PACS sends one instance at a time, and writing each as it came cost a trip
+    and a transaction per instance (and the thread switches around them). A batch is written
+    once *batch* bytes wait (:data:`WRITE_BATCH`), *window* seconds after its first instance
+    came (:data:`WRITE_WINDOW`), or at once when :meth:`flush`, :meth:`close` or a full queue
+    asks. The request that leads the retrieve never waits for it (it gets each instance as it
+    arrives); what waits is another request following the flight, by at most the window."""
 
     def __init__(
         self,

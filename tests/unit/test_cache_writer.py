@@ -78,7 +78,8 @@ async def test_instances_arriving_one_by_one_are_written_in_one_batch(store: Sto
     assert cache.batches == [["1.2.3.0", "1.2.3.1", "1.2.3.2"]]
     for n in range(3):
         entry = announced.entries[f"1.2.3.{n}"]
-        assert entry is not None and entry.path.read_bytes() == instance(n).data
+        assert entry is not None
+        assert entry.path.read_bytes() == instance(n).data
 
 
 async def test_the_window_bounds_how_long_an_instance_waits(store: Store) -> None:

@@ -133,9 +133,7 @@ async def arrivals(
                     instance = await sink.receive()
             except trio.TooSlowError:
                 first = timeout == first_timeout and sink.delivered == 0
-                raise silence(
-                    pacs, waited=timeout, received=sink.delivered, first=first
-                ) from None
+                raise silence(pacs, waited=timeout, received=sink.delivered, first=first) from None
         if instance is None:
             return
         yield instance
