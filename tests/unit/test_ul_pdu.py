@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import mmap
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -50,7 +49,6 @@ from rst.backends.dimse.ul import (
     encode_release_rp,
     encode_release_rq,
 )
-from rst.backends.dimse.ul.pdu import MAPPED_BUFFER
 from tests.support.garbage import cyclic_collection_paused, cyclic_garbage
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -384,28 +382,6 @@ def test_large_reads_land_in_place() -> None:
         assert isinstance(got, PData)
         assert reader.next_pdu() is None
     assert reader.capacity == 4 * 1024 * 1024
-
-
-def test_a_mapped_buffer_moves_unread_bytes_to_the_front_intact() -> None:
-    """A large buffer is a memory map (zeroed by the kernel as it is filled, off the GIL); a
-    stream of PDUs that keeps moving its unread, overlapping tail to the front reads intact."""
-    reader = PduReader(max_pdu_length=MAX, buffer_size=MAPPED_BUFFER)
-    assert isinstance(reader.writable().obj, mmap.mmap)
-    pdus = [encode_pdata(1, False, n == 39, bytes([n]) * (50_000 + 997 * n)) for n in range(40)]
-    stream = b"".join(pdus)
-    got: list[bytes] = []
-    offset = 0
-    while offset < len(stream):
-        target = reader.writable()
-        n = min(len(target), len(stream) - offset, 70_001)  # PDUs straddle the reads
-        target[:n] = stream[offset : offset + n]
-        reader.advance(n)
-        offset += n
-        while (pdu := reader.next_pdu()) is not None:
-            assert isinstance(pdu, PData)
-            got.append(bytes(pdu.pdvs[0].data))
-    assert got == [bytes([n]) * (50_000 + 997 * n) for n in range(40)]
-    assert reader.capacity == MAPPED_BUFFER
 
 
 def test_writable_refuses_an_undrained_full_buffer() -> None:

@@ -18,7 +18,6 @@ Two interpretations of PS3.8 made here, deliberately stricter than "not tested":
 from __future__ import annotations
 
 import enum
-import mmap
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -578,10 +577,7 @@ class PduReader:
     largest PDU allowed)``. Reading happens straight into it; a PDU is decoded in place, and
     the unread tail is moved to the front only when free space runs short (< 64 KiB, or the
     pending PDU would not fit), so with the default 4 MiB buffer and 128 KiB PDUs about one
-    byte in thirty is copied once. A large buffer is an anonymous memory map
-    (:func:`_allocate`): its pages are zeroed by the kernel as ``recv_into`` first fills them,
-    off the GIL, where a ``bytearray`` is zeroed whole when it is made, under it (4 MiB per
-    association: page faults that showed in profiles of the receiver).
+    byte in thirty is copied once.
 
     Keeping views. A P-DATA's views are valid until the next :meth:`writable` — unless
     :attr:`keep` is set: then the reader leaves the bytes it has returned where they are (it
@@ -609,7 +605,7 @@ class PduReader:
             raise ValueError(f"buffer_size too small: {buffer_size}")
         self.max_pdu_length = max_pdu_length
         self.max_associate_length = max_associate_length
-        self._buf = _allocate(buffer_size)
+        self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
         self._start = 0  # first unread byte
         self._end = 0  # one past the last byte received
@@ -666,14 +662,13 @@ class PduReader:
         capacity = len(self._buf)
         if start and (start + need > capacity or capacity - end < self._MIN_READ):
             self._release()
-            self._view[:pending] = self._view[start:end]  # a memmove where they overlap
+            self._buf[:pending] = self._view[start:end]
             self._start, self._end = 0, pending
         if need > capacity:  # validated against our limits: bounded growth
             # (the old buffer lives on as long as views of it do: nothing to release)
-            grown = _allocate(max(need, self._grow_to))
-            view = memoryview(grown)
-            view[:pending] = self._view[self._start : self._end]
-            self._buf, self._view = grown, view
+            grown = bytearray(max(need, self._grow_to))
+            grown[:pending] = self._view[self._start : self._end]
+            self._buf, self._view = grown, memoryview(grown)
             self._start, self._end = 0, pending
         if self._end == len(self._buf):
             raise BufferError("PDU buffer full: call next_pdu() until it returns None first")
@@ -775,15 +770,6 @@ class PduReader:
         if pdu_type == T_RELEASE_RP:
             return _RELEASE_RP
         return Abort(b[body_start + 2], b[body_start + 3])
-
-
-MAPPED_BUFFER = 256 * 1024
-"""Read buffers of at least this size are anonymous memory maps, smaller ones bytearrays."""
-
-
-def _allocate(size: int) -> bytearray | mmap.mmap:
-    """A zeroed, writable buffer of *size* bytes (see :class:`PduReader`)."""
-    return mmap.mmap(-1, size) if size >= MAPPED_BUFFER else bytearray(size)
 
 
 # --- encoding -------------------------------------------------------------------------------
