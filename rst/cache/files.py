@@ -357,12 +357,24 @@ class FileChunks:
 
 WRITE_AHEAD = 16 << 20
 """Bytes of whole instances the :class:`Writer` may have queued (one larger instance passes)."""
+WRITE_BATCH = 4 << 20
+"""Bytes of queued instances the :class:`Writer` writes at once without waiting any longer."""
+WRITE_WINDOW = 0.05
+"""Seconds the :class:`Writer` lets a batch gather after its first instance was queued."""
 
 
 class Writer:
     """Writes whole instances to the cache in the order given, on a task of its own (:meth:`run`),
     and tells *written* each one's entry (``None``: not cached). Holds at most
-    :data:`WRITE_AHEAD` bytes of instances not yet written: :meth:`put` waits beyond."""
+    :data:`WRITE_AHEAD` bytes of instances not yet written: :meth:`put` waits beyond.
+
+    Instances are written in batches, each in one trip to a worker thread and one index
+    transaction: a PACS sends one instance at a time, and writing each as it came cost a trip
+    and a transaction per instance (and the thread switches around them). A batch is written
+    once *batch* bytes wait (:data:`WRITE_BATCH`), *window* seconds after its first instance
+    came (:data:`WRITE_WINDOW`), or at once when :meth:`flush`, :meth:`close` or a full queue
+    asks. The request that leads the retrieve never waits for it (it gets each instance as it
+    arrives); what waits is another request following the flight, by at most the window."""
 
     def __init__(
         self,
@@ -371,23 +383,30 @@ class Writer:
         archive: str,
         keys: RetrieveKeys,
         written: Callable[[str, Entry | None], None],
+        batch: int = WRITE_BATCH,
+        window: float = WRITE_WINDOW,
     ) -> None:
         self._cache = cache
+        self._batch = batch
+        self._window = window
         self._archive = archive
         self._keys = keys
         self._written = written
         self._queue: collections.deque[Instance] = collections.deque()
         self._queued = 0
         self._closed = False
+        self._hurry = 0
+        """Tasks waiting for the queue to be written (a flush, a full queue): no gathering."""
         self._changed = trio.Event()
 
     async def run(self) -> None:
-        """Write what is put, until :meth:`close`: all that waits at once, in one trip."""
+        """Write what is put, until :meth:`close`: in batches (see the class docstring)."""
         while True:
             while not self._queue:
                 if self._closed:
                     return
                 await self._wait()
+            await self._gather()
             instances = list(self._queue)
             entries = await self._cache.put(
                 archive=self._archive,
@@ -406,22 +425,41 @@ class Writer:
             self._signal()
 
     async def put(self, instance: Instance) -> None:
-        """Queue a whole instance (``rest`` is ``None``) to be written."""
-        while self._queue and self._queued + len(instance.data) > WRITE_AHEAD:
-            await self._wait()
+        """Queue a whole instance (``rest`` is ``None``) to be written (first waiting, while
+        :data:`WRITE_AHEAD` bytes are queued, for what is queued to be written)."""
+        if self._queue and self._queued + len(instance.data) > WRITE_AHEAD:
+            self._hurry += 1  # the batch is as large as it may get
+            try:
+                self._signal()
+                while self._queue and self._queued + len(instance.data) > WRITE_AHEAD:
+                    await self._wait()
+            finally:
+                self._hurry -= 1
         self._queue.append(instance)
         self._queued += len(instance.data)
         self._signal()
 
     async def flush(self) -> None:
-        """Wait until everything put has been written."""
-        while self._queue:
-            await self._wait()
+        """Write what is queued now, and wait until everything put has been written."""
+        self._hurry += 1
+        try:
+            self._signal()
+            while self._queue:
+                await self._wait()
+        finally:
+            self._hurry -= 1
 
     def close(self) -> None:
         """No more instances: :meth:`run` returns once the queue is written."""
         self._closed = True
         self._signal()
+
+    async def _gather(self) -> None:
+        """Let the batch that has begun grow, up to *batch* bytes and *window* seconds
+        (:data:`WRITE_BATCH`, :data:`WRITE_WINDOW`), unless it is wanted now."""
+        with trio.move_on_after(self._window):
+            while self._queued < self._batch and not self._closed and not self._hurry:
+                await self._wait()
 
     async def _wait(self) -> None:
         await self._changed.wait()

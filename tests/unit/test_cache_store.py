@@ -529,3 +529,32 @@ def test_a_batch_whose_sidecars_cannot_be_kept_is_not_cached(store: Store) -> No
     assert files(store, "objects") == files(store, "tmp") == []
     assert sidecar_rows(store) == []
     assert store.usage() == 0
+
+
+# -- buckets and batches -----------------------------------------------------------------------
+
+
+def test_the_buckets_are_made_when_the_cache_is_opened(store: Store) -> None:
+    made = sorted(p.name for p in (store.folder / "objects").iterdir() if p.is_dir())
+    assert made == [f"{n:02x}" for n in range(256)]
+
+
+def test_an_instance_is_committed_though_its_bucket_was_removed(store: Store) -> None:
+    for bucket in (store.folder / "objects").iterdir():
+        bucket.rmdir()  # a cleaner emptied the folder while rst ran
+    entry = put(store, "1.1", b"DICM" * 50)
+    assert entry is not None
+    assert entry.path.read_bytes() == b"DICM" * 50
+    assert store.instance(ARCHIVE, image("1.1")) == entry
+
+
+def test_a_batch_counts_the_bytes_of_each_instance_once(store: Store) -> None:
+    put(store, "1.1", b"x" * 1000)  # cached first: the batch's copy of it is dropped
+    written = []
+    for sop, size in (("1.1", 300), ("1.2", 200), ("1.3", 100)):
+        pending = store.begin()
+        pending.write(b"y" * size)
+        written.append((pending, meta(sop)))
+    entries = store.commit_many(written)
+    assert [e.size if e is not None else None for e in entries] == [1000, 200, 100]
+    assert store.usage() == 1300

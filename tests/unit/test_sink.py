@@ -71,6 +71,20 @@ async def test_offer_with_room_returns_at_once(autojump_clock: trio.abc.Clock) -
     assert trio.current_time() == start
 
 
+async def test_ready_says_whether_receive_has_an_instance_at_hand(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    sink = InstanceSink(capacity=2, stall_timeout=4.0)
+    assert not sink.ready
+    assert await sink.offer(instance(1))
+    assert sink.ready
+    assert (await sink.receive()) == instance(1)
+    assert not sink.ready
+    sink.finish()
+    assert not sink.ready  # finished and drained: receive returns None
+    assert await sink.receive() is None
+
+
 async def test_offer_gives_up_after_stall_timeout_when_full(
     autojump_clock: trio.abc.Clock,
 ) -> None:

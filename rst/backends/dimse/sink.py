@@ -171,17 +171,25 @@ class _SpillingFifo(ABC, Generic[T]):
             # spool at once (they may not overtake the spooled ones), the PACS is not held.
             self._check_open()
             return False
+        if self._take(item):  # room at once (the usual case): no timer to set up
+            return True
         with trio.move_on_after(self.stall_timeout):
             while True:
-                self._check_open()
-                # Spooled entries ahead of this one keep it out of memory: order is preserved.
-                if self._in_memory < self._capacity and not self._spooled_queued:
-                    self._queue.append(item)
-                    self._in_memory += 1
-                    self._accepted(item)
-                    return True
                 await self._wait_change()
+                if self._take(item):
+                    return True
         self._check_open()
+        return False
+
+    def _take(self, item: T) -> bool:
+        """Queue *item* in memory if there is room; raises :class:`SinkClosed` once closed."""
+        self._check_open()
+        # Spooled entries ahead of this one keep it out of memory: order is preserved.
+        if self._in_memory < self._capacity and not self._spooled_queued:
+            self._queue.append(item)
+            self._in_memory += 1
+            self._accepted(item)
+            return True
         return False
 
     def spool(self, item: T) -> _Spooled[T]:
@@ -220,6 +228,11 @@ class _SpillingFifo(ABC, Generic[T]):
             self._signal()
 
     # -- consumer side -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether an item is queued: :meth:`receive` returns it without waiting for one."""
+        return bool(self._queue)
 
     async def receive(self) -> T | None:
         """The next item, or ``None`` once finished and drained."""

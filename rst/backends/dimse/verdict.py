@@ -125,12 +125,15 @@ async def arrivals(
     has come) or *idle_timeout* (after that); :func:`silence` when one does not come."""
     timeout = first_timeout
     while True:
-        try:
-            with trio.fail_after(timeout):
-                instance = await sink.receive()
-        except trio.TooSlowError:
-            first = timeout == first_timeout and sink.delivered == 0
-            raise silence(pacs, waited=timeout, received=sink.delivered, first=first) from None
+        if sink.ready:  # queued already (the usual case): no wait, so no timer to set up
+            instance = await sink.receive()
+        else:
+            try:
+                with trio.fail_after(timeout):
+                    instance = await sink.receive()
+            except trio.TooSlowError:
+                first = timeout == first_timeout and sink.delivered == 0
+                raise silence(pacs, waited=timeout, received=sink.delivered, first=first) from None
         if instance is None:
             return
         yield instance
