@@ -51,14 +51,15 @@ METADATA = "metadata.json"
 """The sidecar kind of an instance's DICOM JSON (see :class:`~rst.services.protocols.Sidecars`):
 kept with ``BulkDataURI`` values relative to the AE's URL, so one copy serves any base."""
 _URI_KEY = b'"BulkDataURI":"'
-INLINE_BYTES = 16 << 10
-"""The most bytes of an instance's data set, but for its pixel data's value, whose metadata is
-derived on trio's thread: a CT image's few kilobytes take about half a millisecond, a worker
-thread's round trip a quarter of that again (CPU, under the GIL) — and on a cold series the
-instances come one at a time, so there is never a batch to share a trip. Larger ones (a
-structured report, an RT structure set, an odd syntax read whole) go to a worker thread."""
 """How every BulkDataURI starts in the compact encoding. It cannot occur inside a JSON string,
 where every ``"`` is escaped, so it marks exactly the places where the base URL goes."""
+INLINE_BYTES = 16 << 10
+"""The most bytes of an instance's data set, but for its pixel data's value, whose metadata is
+derived on trio's thread (where it has no sidecars: their lookup may block): a CT image's few
+kilobytes take about half a millisecond, a worker thread's round trip a quarter of that again
+(CPU, under the GIL) — and on a cold series the instances come one at a time, so there is
+never a batch to share a trip. Larger ones (a structured report, an RT structure set, an odd
+syntax read whole) go to a worker thread."""
 
 
 def instance_metadata(data: bytes, *, base: str, keys: RetrieveKeys, sop_uid: str) -> bytes:
