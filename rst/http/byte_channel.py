@@ -9,8 +9,12 @@ returns a send end and a receive end, in the manner of ``trio.open_memory_channe
   ``max(max_bytes, one item)`` bytes are ever buffered.
 * **Coalescing.** Each item is a tuple of pieces (a part head with its instance, say).
   ``receive`` returns the next item's pieces joined with the items already waiting, up to
-  *chunk* bytes (more if one item is larger); it never waits for more to join. A single piece
-  is returned without a copy. Each chunk of a response body costs quart, hypercorn and h11 a
+  *chunk* bytes (more if one item is larger). A single piece is returned without a copy. By
+  default it never waits for more to join; with *linger* it waits, while the chunk is not full
+  (and the buffer has room for more), up to *linger* seconds after the first byte it would
+  return was sent — for a body a client reads only as a whole (a JSON array), whose producer
+  sends many small items a few milliseconds apart: one chunk per item would cost far more
+  than the wait. Each chunk of a response body costs quart, hypercorn and h11 a
   round of Python, far more than copying a few hundred kilobytes: when the client is the slow
   side, chunks grow and their number falls.
 * **Ends like trio's memory channels.** Closing the send end makes ``receive`` raise
@@ -39,7 +43,9 @@ class _State:
     __slots__ = (
         "chunk",
         "failure",
+        "first_at",
         "items",
+        "linger",
         "max_bytes",
         "max_items",
         "receive_closed",
@@ -47,12 +53,18 @@ class _State:
         "send_closed",
         "senders",
         "size",
+        "wanted",
     )
 
-    def __init__(self, max_items: int, max_bytes: int, chunk: int) -> None:
+    def __init__(self, max_items: int, max_bytes: int, chunk: int, linger: float | None) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.chunk = chunk
+        self.linger = linger
+        self.first_at = 0.0
+        """When the oldest waiting item was sent (kept only with *linger*)."""
+        self.wanted = 1
+        """The bytes waiting that wake a parked receiver (a full buffer does too)."""
         self.items: deque[tuple[tuple[bytes, ...], int]] = deque()
         self.size = 0
         self.send_closed = False
@@ -63,13 +75,16 @@ class _State:
 
 
 def open_byte_channel(
-    max_items: int, max_bytes: int, *, chunk: int
+    max_items: int, max_bytes: int, *, chunk: int, linger: float | None = None
 ) -> tuple[ByteSendChannel, ByteReceiveChannel]:
     """A channel holding at most *max_items* items and *max_bytes* bytes (one larger item
-    passes alone), received in chunks of up to *chunk* bytes."""
+    passes alone), received in chunks of up to *chunk* bytes; with *linger*, a chunk that is
+    not full waits for more up to *linger* seconds after its first byte was sent."""
     if max_items < 1 or max_bytes < 1 or chunk < 1:
         raise ValueError("max_items, max_bytes and chunk must be positive")
-    state = _State(max_items, max_bytes, chunk)
+    if linger is not None and linger < 0:
+        raise ValueError("linger must not be negative")
+    state = _State(max_items, max_bytes, chunk, linger)
     return ByteSendChannel(state), ByteReceiveChannel(state)
 
 
@@ -101,10 +116,14 @@ class ByteSendChannel:
                 len(state.items) < state.max_items and state.size + size <= state.max_bytes
             ):
                 break
+            if state.receivers:  # a lingering receiver takes what waits now
+                state.receivers.unpark_all()
             await state.senders.park()
+        if not state.items and state.linger is not None:
+            state.first_at = trio.current_time()
         state.items.append((item, size))
         state.size += size
-        if state.receivers:
+        if state.receivers and (state.size >= state.wanted or len(state.items) >= state.max_items):
             state.receivers.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -172,6 +191,8 @@ class ByteReceiveChannel:
                 self._raise_failure()
                 raise trio.EndOfChannel
             await state.receivers.park()
+        if state.linger is not None:
+            await self._linger()
         items = state.items
         first, size = items.popleft()
         if not items or size >= state.chunk:
@@ -188,6 +209,28 @@ class ByteReceiveChannel:
             state.senders.unpark_all()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chunk
+
+    async def _linger(self) -> None:
+        """Wait until a chunk's worth waits (or the buffer is full — a sender waits for room —
+        or the send end closed), at most *linger* seconds after the oldest waiting item came."""
+        state = self._state
+        full = min(state.chunk, state.max_bytes)
+        if state.size >= full or len(state.items) >= state.max_items or state.send_closed:
+            return
+        assert state.linger is not None
+        with trio.move_on_at(state.first_at + state.linger):
+            state.wanted = full
+            try:
+                while (
+                    state.size < full
+                    and len(state.items) < state.max_items
+                    and not (state.senders or state.send_closed or state.receive_closed)
+                ):
+                    await state.receivers.park()
+            finally:
+                state.wanted = 1
+        if state.receive_closed:
+            raise trio.ClosedResourceError("the receive end is closed")
 
     def _raise_failure(self) -> None:
         state = self._state

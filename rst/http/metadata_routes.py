@@ -28,7 +28,17 @@ from rst.http.streaming import start_body, start_stream
 from rst.services.bulkdata import BulkPart, Selection, TagPath, produce_bulkdata
 from rst.services.metadata import produce_metadata
 
-__all__ = ["register"]
+__all__ = ["METADATA_CHUNK", "METADATA_ITEMS", "METADATA_LINGER", "register"]
+
+METADATA_CHUNK = 64 << 10
+"""Bytes of a metadata response's JSON objects gathered into one HTTP chunk..."""
+METADATA_LINGER = 0.025
+"""...or the seconds a chunk may wait for more after its first byte. A viewer parses the array
+only once it has all of it, while each chunk costs gzip a flush and quart, hypercorn and h11 a
+round of Python: a cold series' instances arrive a few milliseconds apart, each object a few
+kilobytes, and would otherwise go out one chunk each."""
+METADATA_ITEMS = 64
+"""JSON objects a metadata producer may be ahead of the client (enough for a chunk of them)."""
 
 _LEVELS = (
     "studies/<study>",
@@ -49,7 +59,13 @@ def register(bp: Blueprint, ctx: RouteContext) -> None:
         async def produce(channel: ByteSendChannel) -> None:
             await produce_metadata(backend, keys, base, channel.send)
 
-        body = await start_body(request_nursery(request), produce)
+        body = await start_body(
+            request_nursery(request),
+            produce,
+            items=METADATA_ITEMS,
+            chunk=METADATA_CHUNK,
+            linger=METADATA_LINGER,
+        )
         response = Response(body, content_type=media_type)
         response.timeout = None
         return response

@@ -254,15 +254,17 @@ async def start_body(
     items: int = ITEMS_AHEAD,
     ahead: int = BYTES_AHEAD,
     chunk: int = CHUNK,
+    linger: float | None = None,
     tail: Callable[[], bytes] | None = None,
 ) -> Body:
     """Start ``produce(channel)`` in *nursery* (the request's), sending tuples of byte pieces
     into a channel of at most *items* items and *ahead* bytes, read as chunks of up to *chunk*
-    bytes; wait until its first item.
+    bytes — with *linger*, a chunk not yet full waits for more up to *linger* seconds after
+    its first byte was sent (see :mod:`.byte_channel`); wait until its first item.
 
     Raises the producer's error if it fails before sending anything.
     """
-    send, receive = open_byte_channel(items, ahead, chunk=chunk)
+    send, receive = open_byte_channel(items, ahead, chunk=chunk, linger=linger)
 
     async def fail(error: BaseException) -> None:
         send.fail(error)

@@ -28,7 +28,9 @@ from rst.bridge import run_sync
 from rst.dicom.accept import RetrieveFormat
 from rst.dicom.bulkless import removed_pixel_data
 from rst.dicom.dicom_json import Path, encode_dataset
-from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN
+from rst.dicom.head import NeedMore, locate_pixel_data
+from rst.dicom.part10 import data_set_start
+from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN, NOT_IN_PLACE
 from rst.errors import NotFound
 from rst.services.bulkdata import (
     BULK_MIN_BYTES,
@@ -51,6 +53,13 @@ kept with ``BulkDataURI`` values relative to the AE's URL, so one copy serves an
 _URI_KEY = b'"BulkDataURI":"'
 """How every BulkDataURI starts in the compact encoding. It cannot occur inside a JSON string,
 where every ``"`` is escaped, so it marks exactly the places where the base URL goes."""
+INLINE_BYTES = 16 << 10
+"""The most bytes of an instance's data set, but for its pixel data's value, whose metadata is
+derived on trio's thread (where it has no sidecars: their lookup may block): a CT image's few
+kilobytes take about half a millisecond, a worker thread's round trip a quarter of that again
+(CPU, under the GIL) — and on a cold series the instances come one at a time, so there is
+never a batch to share a trip. Larger ones (a structured report, an RT structure set, an odd
+syntax read whole) go to a worker thread."""
 
 
 def instance_metadata(data: bytes, *, base: str, keys: RetrieveKeys, sop_uid: str) -> bytes:
@@ -104,6 +113,28 @@ def _is_bulk(path: Path, tag: int, length: int) -> bool:
     return (not path and tag in PIXEL_DATA_TAGS) or length >= BULK_MIN_BYTES
 
 
+def _derived_inline(data: bytes) -> bool:
+    """Whether the metadata of the Part 10 file *data* is cheap enough to derive on trio's
+    thread: it is read in place (:mod:`rst.dicom.without_pixels`) and its elements but the pixel
+    data's value (of a known length: skipping encapsulated fragments walks them) come to at most
+    :data:`INLINE_BYTES`. One walk over the element headers, a twentieth of the derivation."""
+    start = data_set_start(data)
+    if start is None or start[1] in NOT_IN_PLACE:
+        return False
+    offset, syntax = start
+    try:
+        pixels = locate_pixel_data(
+            data, offset, implicit=syntax == IMPLICIT_VR_LITTLE_ENDIAN, size=len(data)
+        )
+    except (NeedMore, ValueError):  # the derivation reports it, on a worker thread
+        return False
+    if pixels is None:
+        return len(data) <= INLINE_BYTES
+    if pixels.length is None:
+        return False
+    return len(data) - pixels.length <= INLINE_BYTES
+
+
 def relative_metadata(instance: Instance, keys: RetrieveKeys) -> bytes:
     """The relative metadata of a whole *instance*: kept from before, or made (and kept, where
     the instance has a home for sidecars). Blocking."""
@@ -123,8 +154,10 @@ async def produce_metadata(
     send: Callable[[tuple[bytes, ...]], Awaitable[None]],
 ) -> None:
     """Send the JSON array of the metadata of every instance *keys* names, piece by piece:
-    ``[`` with the first object, ``,`` with each next one, then ``]``. Each instance is parsed
-    on a worker thread (pydicom's JSON writer takes milliseconds even for a small one).
+    ``[`` with the first object, ``,`` with each next one, then ``]``. An instance's metadata
+    kept in memory is taken as it is; one without a home for sidecars and a small data set is
+    derived on trio's thread (:data:`INLINE_BYTES`); any other is read or derived, and kept, on
+    a worker thread (a kept copy may have to be read from disk).
 
     :raises NotFound: the archive has no such instance.
     """
@@ -137,7 +170,9 @@ async def produce_metadata(
                 instance = await as_requested(instance, RetrieveFormat(EXPLICIT_VR_LITTLE_ENDIAN))
             sidecars = instance.sidecars
             relative = sidecars.peek(METADATA) if sidecars is not None else None
-            if relative is None:  # not remembered: read or made on a worker thread
+            if relative is None and sidecars is None and _derived_inline(instance.data):
+                relative = _derive(instance.data, keys, instance.sop_instance_uid)[0]
+            elif relative is None:  # not remembered: read or made on a worker thread
                 relative = await run_sync(partial(relative_metadata, instance, keys))
             await send((b"," if sent else b"[", under(base, relative)))
             sent += 1

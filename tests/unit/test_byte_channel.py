@@ -153,6 +153,101 @@ async def test_cancelled_sends_and_receives_lose_nothing() -> None:
     assert [chunk async for chunk in receive] == [b"a"]  # b was not queued, a not lost
 
 
+async def _lingering(
+    items: list[tuple[float, int]], *, max_items: int = 64, max_bytes: int = 1000, chunk: int = 100
+) -> list[tuple[float, int]]:
+    """(time, size) of each chunk a lingering receiver (linger 0.5 s) takes while a producer
+    sends an item of *size* bytes after each pause of the given seconds."""
+    send, receive = open_byte_channel(max_items, max_bytes, chunk=chunk, linger=0.5)
+    start = trio.current_time()
+
+    async def produce() -> None:
+        async with send:
+            for pause, size in items:
+                await trio.sleep(pause)
+                await send.send((bytes(size),))
+
+    chunks = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        async for taken in receive:
+            chunks.append((round(trio.current_time() - start, 6), len(taken)))
+    return chunks
+
+
+async def test_a_lingering_receiver_waits_for_a_chunk_at_most_linger_after_its_first_byte(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Items of 10 bytes every 0.15 s: each chunk takes those of the 0.5 s after its first.
+    chunks = await _lingering([(0.15, 10)] * 11)
+
+    assert chunks == [(0.65, 40), (1.25, 40), (1.65, 30)]  # the last at the end, not at 1.85
+
+
+async def test_a_lingering_receiver_takes_a_full_chunk_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # 40-byte items: the third fills the 100-byte chunk; the fourth waits its 0.5 s; the last
+    # goes out with the end of the channel.
+    chunks = await _lingering([(0.1, 40)] * 4 + [(1, 40)])
+
+    assert chunks == [(0.3, 120), (0.9, 40), (1.4, 40)]
+
+
+async def test_a_lingering_receiver_does_not_hold_up_a_full_buffer(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Three items fill the channel by count; then by bytes (25 + 30 > 50) — each time the
+    # receiver takes what waits at once, long before its linger, so the producer goes on.
+    by_items = await _lingering([(0.1, 10)] * 4, max_items=3)
+    by_bytes = await _lingering([(0.1, 25), (0.1, 20), (0.1, 30)], max_bytes=50)
+
+    assert by_items == [(0.3, 30), (0.4, 10)]
+    assert by_bytes == [(0.3, 45), (0.3, 30)]
+
+
+async def test_a_lingering_receiver_stops_at_the_end_or_a_failure(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    send, receive = open_byte_channel(8, 1000, chunk=100, linger=10)
+    await send.send((b"a",))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send.send, (b"b",))
+        await trio.testing.wait_all_tasks_blocked()
+        send.fail(IncompleteRetrieve("the PACS went away"))
+    start = trio.current_time()
+
+    assert await receive.receive() == b"ab"
+    with pytest.raises(IncompleteRetrieve):
+        await receive.receive()
+    assert trio.current_time() == start  # no linger once the send end is closed
+
+
+async def test_a_lingering_receiver_closed_or_cancelled_loses_nothing_it_took(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    send, receive = open_byte_channel(8, 1000, chunk=100, linger=10)
+    await send.send((b"a",))
+    with trio.move_on_after(1):
+        await receive.receive()  # cancelled while lingering: a stays
+    await send.send((b"b",))
+    send.close()
+    assert [chunk async for chunk in receive] == [b"ab"]
+
+    send, receive = open_byte_channel(8, 1000, chunk=100, linger=10)
+    await send.send((b"a",))
+    with pytest.RaisesGroup(trio.ClosedResourceError, allow_unwrapped=True):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive.receive)
+            await trio.testing.wait_all_tasks_blocked()
+            receive.close()
+
+
+def test_linger_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        open_byte_channel(1, 1, chunk=1, linger=-1)
+
+
 @pytest.mark.parametrize(("max_items", "max_bytes", "chunk"), [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
 def test_bounds_must_be_positive(max_items: int, max_bytes: int, chunk: int) -> None:
     with pytest.raises(ValueError, match="positive"):

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -15,6 +16,8 @@ import trio
 
 from rst.dicom.multipart import MultipartReader, Part, parse_content_type
 from rst.errors import NotFound
+from rst.http import metadata_routes
+from rst.http.streaming import start_body
 from rst.services.protocols import Instance, RetrieveKeys
 from tests.gateway.test_containment import serving
 from tests.support.sample import StudyFiles, write_ct_study, write_multiframe
@@ -214,3 +217,30 @@ async def test_metadata_streams_while_the_archive_still_sends(study: StudyFiles)
         rest = b"".join([chunk async for chunk in chunks])
     rows = json.loads(first + rest)
     assert [row["00080018"]["Value"][0] for row in rows] == study.sop_uids
+
+
+async def test_metadata_objects_go_out_in_few_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The objects of instances that come faster than the linger share HTTP chunks (each chunk
+    # costs a gzip flush and a round of quart, hypercorn and h11).
+    study = write_ct_study(tmp_path / "ct", images=12)
+    backend = ScriptedBackend(instances=[instance(p) for p in study.paths])
+    chunks: list[int] = []
+
+    async def counting_start_body(*args: Any, **kwargs: Any) -> AsyncIterator[bytes]:
+        body = await start_body(*args, **kwargs)
+
+        async def counted() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                chunks.append(len(chunk))
+                yield chunk
+
+        return counted()
+
+    monkeypatch.setattr(metadata_routes, "start_body", counting_start_body)
+    async with serving({"X": backend}) as client:
+        response = await client.get(f"/aets/X/studies/{study.study_uid}/metadata")
+    rows = response.json()
+    assert [row["00080018"]["Value"][0] for row in rows] == study.sop_uids
+    assert 1 <= len(chunks) < len(rows) / 2  # one chunk per object without the linger

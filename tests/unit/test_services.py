@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from pydicom import Dataset, dcmread
 
+from rst.bridge import run_sync
 from rst.dicom.accept import FrameChoice, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM
 from rst.dicom.multipart import MultipartWriter
@@ -20,12 +22,14 @@ from rst.dicom.query import parse_qido
 from rst.dicom.uids import EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN
 from rst.errors import BackendTimeout, IncompleteRetrieve, NotFound
 from rst.http.multipart_body import PartSender
+from rst.services import metadata as metadata_module
 from rst.services.frames import retrieve_frames
 from rst.services.metadata import produce_metadata
 from rst.services.protocols import Instance, RetrieveKeys
 from rst.services.qido import MORE, produce_matches
 from rst.services.wado import produce_parts
 from tests.support import frames
+from tests.support.sample import write_ct_study
 from tests.support.scripted_backend import ScriptedBackend, part10
 
 BASE = "http://rst/aets/FAKE"
@@ -237,6 +241,39 @@ async def test_partial_metadata_never_closes_its_array() -> None:
 
     assert len(sent) == 2
     assert not b"".join(sent).endswith(b"]")
+
+
+async def test_small_instances_metadata_is_derived_without_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    trips = 0
+
+    async def counted(fn: Callable[[], Any]) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run_sync(fn)
+
+    monkeypatch.setattr(metadata_module, "run_sync", counted)
+    [path] = write_ct_study(tmp_path, images=1, rows=256, columns=256, study_uid=STUDY).paths
+    ct = dcmread(path, stop_before_pixels=True)
+    syntax = ct.file_meta.TransferSyntaxUID
+    instances = [
+        # a CT image: a small data set before 128 KiB of pixel data
+        Instance(path.read_bytes(), ct.SOPClassUID, ct.SOPInstanceUID, syntax),
+        part10(f"{SERIES}.1", study=STUDY, series=SERIES),  # small, no pixel data
+        part10(f"{SERIES}.2", study=STUDY, series=SERIES, size=1 << 20),  # a 1 MiB document
+    ]
+    keys = RetrieveKeys(STUDY)
+
+    inline = await metadata(ScriptedBackend(instances=instances), keys)
+    assert trips == 1  # the document only
+    monkeypatch.setattr(metadata_module, "INLINE_BYTES", 100)  # now none is small
+    on_threads = await metadata(ScriptedBackend(instances=instances), keys)
+    assert trips == 1 + 3
+
+    assert inline == on_threads
+    sops = [item["00080018"]["Value"][0] for item in json.loads(b"".join(inline))]
+    assert sops == [ct.SOPInstanceUID, f"{SERIES}.1", f"{SERIES}.2"]
 
 
 # -- frames ------------------------------------------------------------------------------------
