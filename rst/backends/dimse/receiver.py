@@ -395,6 +395,7 @@ class _Connection:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
         self.tcp = self.stream
         self.peer = peer_of(self.tcp)
+        self._reads = wire.ReadBudget()
         self.journal = AssociationJournal(INCOMING, self.peer)
         """What the association did, for its log line (:mod:`.journal`)."""
         self.max_pdu = self.receiver.config.max_pdu or 1 << 20
@@ -418,14 +419,21 @@ class _Connection:
 
     async def _send(self, data: bytes) -> None:
         # a peer that stops reading must not hold the association (and its buffer) for ever
-        with trio.fail_after(NETWORK_TIMEOUT):
+        # (a plain scope: fail_after's context manager costs more than the send, once per
+        # instance)
+        scope = trio.CancelScope(deadline=trio.current_time() + NETWORK_TIMEOUT)
+        with scope:
             await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
 
     async def abort(self, source: AbortSource, reason: AbortReason) -> None:
         await wire.abort(self.stream, self.association, source, reason)
 
     async def _next_event(self) -> AssociationEvent:
-        return await wire.receive_event(self.stream, self.association, read_timeout=NETWORK_TIMEOUT)
+        return await wire.receive_event(
+            self.stream, self.association, read_timeout=NETWORK_TIMEOUT, budget=self._reads
+        )
 
     async def resume(self, state: Handover, replay: bytes) -> None:
         """Carry on an association another worker established and passed on."""
