@@ -13,10 +13,10 @@ through, so every shell answers every violation the same way.
 
 A shell may lend :func:`receive_event` a :class:`ReadBudget`: bytes already waiting in a plain
 socket are then read at once (``readv`` into the same buffer), without the scheduling point
-trio's ``recv_into`` takes after every read. A C-MOVE of a few hundred instances takes tens of
-reads per instance, and most find bytes waiting; the budget bounds how many reads in a row skip
-the scheduling point (:data:`QUICK_READS`), so a fast peer cannot keep other tasks waiting, and
-cancellation is honoured at each of them.
+trio's ``recv_into`` takes after every read (and without its timeout scope): while a PACS
+sends a C-MOVE's instances faster than rst takes them, most reads find bytes waiting. The budget
+bounds how many reads in a row skip the scheduling point (:data:`QUICK_READS`), so a fast peer
+cannot keep other tasks waiting, and cancellation is honoured at each of them.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ ABORT_GRACE = 1.0
 """Seconds an A-ABORT may take to go out before the connection is closed anyway."""
 QUICK_READS = 32
 """Reads in a row that may skip the scheduling point when bytes are already waiting (at most
-32 × the read buffer before other tasks run again)."""
+32 times the read buffer before other tasks run again)."""
 
 
 class ReadBudget:
