@@ -555,7 +555,8 @@ class _Connection:
         self._unreported += size
         if fragment.last or self._unreported >= BYTES_REPORTED_EVERY:
             self._report_bytes()
-        await pending.add(fragment.data, last=fragment.last)
+        if fragment.last or not pending.hold(fragment.data):
+            await pending.add(fragment.data, last=fragment.last)
         if fragment.last:
             status = await self._deliver(pending)
             self.association.keep_fragments(None)  # joined (or dropped): nothing borrowed

@@ -111,7 +111,8 @@ async def _store(
         while True:
             pdv = await connection.dataset_fragment()
             journal.bytes += len(pdv.data)
-            await incoming.add(pdv.data, last=pdv.last)
+            if pdv.last or not incoming.hold(pdv.data):
+                await incoming.add(pdv.data, last=pdv.last)
             if pdv.last:
                 status = await incoming.finish()
                 journal.stores += 1
