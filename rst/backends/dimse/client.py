@@ -112,7 +112,6 @@ class Connection:
     send_timeout: float = math.inf
     journal: AssociationJournal = field(default_factory=lambda: AssociationJournal(OUTGOING, "?"))
     """What the association did, for its log line (:mod:`.journal`)."""
-    reads: wire.ReadBudget = field(default_factory=wire.ReadBudget, repr=False)
 
     @property
     def accept(self) -> AssociateAccept:
@@ -194,7 +193,7 @@ class Connection:
     async def _next(self) -> CommandReceived | DataFragment:
         """The next DIMSE event; the end of the association, in the middle of an operation,
         as an :class:`~rst.backends.dimse.ul.association.AssociationError`."""
-        event = await wire.receive_event(self.stream, self.association, budget=self.reads)
+        event = await wire.receive_event(self.stream, self.association)
         if isinstance(event, (CommandReceived, DataFragment)):
             return event
         if isinstance(event, ReleaseRequested):

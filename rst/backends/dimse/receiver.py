@@ -400,7 +400,6 @@ class _Connection:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
         self.tcp = self.stream
         self.peer = peer_of(self.tcp)
-        self._reads = wire.ReadBudget()
         self.journal = AssociationJournal(INCOMING, self.peer)
         """What the association did, for its log line (:mod:`.journal`)."""
         self.max_pdu = self.receiver.config.max_pdu or 1 << 20
@@ -436,9 +435,7 @@ class _Connection:
         await wire.abort(self.stream, self.association, source, reason)
 
     async def _next_event(self) -> AssociationEvent:
-        return await wire.receive_event(
-            self.stream, self.association, read_timeout=NETWORK_TIMEOUT, budget=self._reads
-        )
+        return await wire.receive_event(self.stream, self.association, read_timeout=NETWORK_TIMEOUT)
 
     async def resume(self, state: Handover, replay: bytes) -> None:
         """Carry on an association another worker established and passed on."""

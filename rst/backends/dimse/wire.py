@@ -10,20 +10,12 @@ receiver's connections — read here and nowhere else. The stream is any
 What the sans-IO object decides stays there: a :class:`ProtocolViolation` it raises comes with
 the A-ABORT to send, and :func:`receive_event` sends it (best effort) before letting the error
 through, so every shell answers every violation the same way.
-
-A shell may lend :func:`receive_event` a :class:`ReadBudget`: bytes already waiting in a plain
-socket are then read at once (``readv`` into the same buffer), without the scheduling point
-trio's ``recv_into`` takes after every read (and without its timeout scope): while a PACS
-sends a C-MOVE's instances faster than rst takes them, most reads find bytes waiting. The budget
-bounds how many reads in a row skip the scheduling point (:data:`QUICK_READS`), so a fast peer
-cannot keep other tasks waiting, and cancellation is honoured at each of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import trio
 
@@ -36,31 +28,10 @@ from rst.backends.dimse.ul.association import (
 )
 from rst.backends.dimse.ul.pdu import AbortReason, AbortSource
 
-__all__ = [
-    "ABORT_GRACE",
-    "QUICK_READS",
-    "ReadBudget",
-    "abort",
-    "read_into",
-    "receive_event",
-    "send_quietly",
-]
+__all__ = ["ABORT_GRACE", "abort", "read_into", "receive_event", "send_quietly"]
 
 ABORT_GRACE = 1.0
 """Seconds an A-ABORT may take to go out before the connection is closed anyway."""
-QUICK_READS = 32
-"""Reads in a row that may skip the scheduling point when bytes are already waiting (at most
-32 times the read buffer before other tasks run again)."""
-
-
-class ReadBudget:
-    """How many more reads of one connection may skip the scheduling point (see the module
-    docstring); each shell keeps one per connection."""
-
-    __slots__ = ("left",)
-
-    def __init__(self) -> None:
-        self.left = QUICK_READS
 
 
 async def read_into(stream: trio.abc.Stream, association: Association) -> None:
@@ -68,31 +39,13 @@ async def read_into(stream: trio.abc.Stream, association: Association) -> None:
     association.advance(await receive_into(stream, association.writable()))
 
 
-def _read_waiting(stream: trio.abc.Stream, association: Association) -> int | None:
-    """Read the bytes already waiting in a plain socket into *association*'s buffer, without
-    waiting; ``None`` if none are (or it is not a plain socket, or the read failed: the usual
-    read then finds out and raises as it always has)."""
-    if stream.__class__ is not trio.SocketStream:
-        return None
-    assert isinstance(stream, trio.SocketStream)
-    try:
-        return os.readv(stream.socket.fileno(), [association.writable()])
-    except OSError:  # BlockingIOError: nothing waiting
-        return None
-
-
 async def receive_event(
-    stream: trio.abc.Stream,
-    association: Association,
-    *,
-    read_timeout: float = math.inf,
-    budget: ReadBudget | None = None,
+    stream: trio.abc.Stream, association: Association, *, read_timeout: float = math.inf
 ) -> AssociationEvent:
     """The association's next event, reading as needed; a read that waits longer than
     *read_timeout* raises :class:`trio.TooSlowError` (the timer runs only around a read: most
     events come out of bytes already buffered). A :class:`ProtocolViolation` is answered with
-    its A-ABORT before it is raised. With a *budget*, bytes already waiting are read without a
-    scheduling point (but cancellation is honoured), up to :data:`QUICK_READS` in a row."""
+    its A-ABORT before it is raised."""
     while True:
         try:
             event = association.next_event()
@@ -102,15 +55,6 @@ async def receive_event(
         if event is not NEED_DATA:
             assert not isinstance(event, type(NEED_DATA))
             return event
-        if budget is not None:
-            if budget.left > 0:
-                await trio.lowlevel.checkpoint_if_cancelled()
-                nbytes = _read_waiting(stream, association)
-                if nbytes is not None:
-                    budget.left -= 1
-                    association.advance(nbytes)
-                    continue
-            budget.left = QUICK_READS  # the read below is a scheduling point
         if read_timeout == math.inf:
             await read_into(stream, association)
         else:
