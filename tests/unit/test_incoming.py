@@ -352,3 +352,59 @@ async def test_a_body_closed_with_its_sink_never_ends_cleanly(
     with pytest.raises(IncompleteRetrieve):
         async for _ in handed.rest:
             pass
+
+
+async def test_hold_takes_fragments_until_streaming_would_begin(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """What the shells do: :meth:`hold` each fragment but the last, :meth:`add` what it
+    declines; the result is the same as adding them all."""
+    sink = InstanceSink(capacity=4, stall_timeout=4.0)
+    dataset = dataset_bytes(20_000)
+    parts = fragments(dataset, 1000)
+    receiving = incoming(sink, stream_after=2500)
+    header = receiving.held  # the Part 10 header
+    assert receiving.hold(parts[0])
+    assert receiving.hold(parts[1])
+    assert receiving.held == header + 2000
+    assert not receiving.hold(parts[2])  # past stream_after: add() hands it over
+    await receiving.add(parts[2])
+    handed = await sink.receive()
+    assert handed is not None
+    assert handed.rest is not None
+    assert not receiving.hold(parts[3])  # streaming: each fragment goes to the body
+    received: list[bytes] = []
+
+    async def consume() -> None:
+        assert handed is not None
+        assert handed.rest is not None
+        async for chunk in handed.rest:
+            received.append(chunk)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        for index, chunk in enumerate(parts[3:], start=3):
+            last = index == len(parts) - 1
+            if last or not receiving.hold(chunk):
+                await receiving.add(chunk, last=last)
+        assert await receiving.finish() == 0x0000
+    check_file(handed.data + b"".join(received), dataset)
+
+
+async def test_hold_keeps_a_small_instance_whole(autojump_clock: trio.abc.Clock) -> None:
+    sink = InstanceSink(capacity=4, stall_timeout=4.0)
+    dataset = dataset_bytes(1000)
+    parts = fragments(dataset, 300)
+    receiving = incoming(sink, stream_after=len(dataset))
+    for chunk in parts[:-1]:
+        buffer = bytearray(chunk)
+        assert receiving.hold(memoryview(buffer))
+        buffer[:] = bytes(len(buffer))  # the caller reuses its buffer: what was held is a copy
+    await receiving.add(parts[-1], last=True)
+    assert sink.delivered == 0
+    assert await receiving.finish() == 0x0000
+    sink.finish()
+    got = await sink.receive()
+    assert got is not None
+    assert got.rest is None
+    check_file(got.data, dataset)

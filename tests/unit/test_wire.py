@@ -104,3 +104,15 @@ async def test_a_violation_is_answered_with_an_a_abort_and_reads_as_502() -> Non
     await client.aclose()
     assert await server.receive_some() == b""  # the end of the stream: no second A-ABORT
     assert acceptor.state is State.ESTABLISHED
+
+
+async def test_a_read_that_waits_past_read_timeout_raises_too_slow(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    acceptor = Association(Role.ACCEPTOR, max_pdu_length=16384)
+    start = trio.current_time()
+    with pytest.raises(trio.TooSlowError):
+        await wire.receive_event(server, acceptor, read_timeout=30.0)
+    assert trio.current_time() - start == pytest.approx(30.0)
+    await client.aclose()

@@ -27,7 +27,6 @@ from pydicom.uid import UID
 
 from rst.backends.dimse import wire
 from rst.backends.dimse.journal import OUTGOING, AssociationJournal
-from rst.backends.dimse.outcome import status_of
 from rst.backends.dimse.tls import connect
 from rst.backends.dimse.ul import (
     AssociateAccept,
@@ -167,9 +166,9 @@ class Connection:
                 reason=AbortReason.UNEXPECTED_PDU,
             )
         if isinstance(event.command, OtherCommand):
-            status = status_of(event.command)
-            if status is not None and not is_pending(status.code):
-                self.journal.status = status.code  # a final response: what the log line shows
+            code = event.command.status
+            if code is not None and not is_pending(code):
+                self.journal.status = code  # a final response: what the log line shows
         return event.context_id, event.command
 
     async def receive_dataset(self, into: bytearray) -> None:

@@ -91,6 +91,10 @@ fits (pynetdicom's with 128 storage contexts: about 17 KB), a larger one grows i
 MAX_ASSOCIATE_RQ = 64 * 1024
 """Largest A-ASSOCIATE-RQ taken (and largest PDU of any type before the association is
 accepted): what a connection that has not been accepted may make rst allocate."""
+BYTES_REPORTED_EVERY = 1 << 20
+"""``rst_receiver_bytes`` grows at the end of each instance, and every this many bytes within
+one (a large instance shows its progress): not at each fragment, where the counter's lock cost
+more than the rest of the fragment's handling."""
 
 
 class StoreReceiver:
@@ -390,6 +394,7 @@ class _Connection:
     command_set: bytes = b""  # of the pending C-STORE, to replay it when passing it on
     hops: int = 0  # how many workers passed the pending C-STORE on
     _counted: tuple[str, Counter] | None = None  # (calling AET, its rst_receiver_bytes)
+    _unreported: int = 0  # bytes read but not yet added to rst_receiver_bytes
 
     def __post_init__(self) -> None:
         assert isinstance(self.stream, trio.SocketStream)  # TLS comes later, in run()
@@ -418,8 +423,13 @@ class _Connection:
 
     async def _send(self, data: bytes) -> None:
         # a peer that stops reading must not hold the association (and its buffer) for ever
-        with trio.fail_after(NETWORK_TIMEOUT):
+        # (a plain scope: fail_after's context manager costs more than the send, once per
+        # instance)
+        scope = trio.CancelScope(deadline=trio.current_time() + NETWORK_TIMEOUT)
+        with scope:
             await self.stream.send_all(data)
+        if scope.cancelled_caught:
+            raise trio.TooSlowError
 
     async def abort(self, source: AbortSource, reason: AbortReason) -> None:
         await wire.abort(self.stream, self.association, source, reason)
@@ -539,8 +549,11 @@ class _Connection:
         assert pending is not None  # the association checks that a C-STORE came first
         size = len(fragment.data)
         self.journal.bytes += size
-        self._bytes_counter().inc(size)
-        await pending.add(fragment.data, last=fragment.last)
+        self._unreported += size
+        if fragment.last or self._unreported >= BYTES_REPORTED_EVERY:
+            self._report_bytes()
+        if fragment.last or not pending.hold(fragment.data):
+            await pending.add(fragment.data, last=fragment.last)
         if fragment.last:
             status = await self._deliver(pending)
             self.association.keep_fragments(None)  # joined (or dropped): nothing borrowed
@@ -548,14 +561,18 @@ class _Connection:
             response = encode_c_store_rsp(pending.request, status)
             await self._send(self.association.send_command(fragment.context_id, response))
 
-    def _bytes_counter(self) -> Counter:
-        """``rst_receiver_bytes`` for this caller, looked up once (not once per fragment)."""
+    def _report_bytes(self) -> None:
+        """Add the bytes read since the last report to ``rst_receiver_bytes`` (for this
+        caller, its labelled child looked up once, not once per report)."""
+        if not self._unreported:
+            return
         counted = self._counted
         if counted is None or counted[0] != self.calling_aet:
             label = self.receiver.caller_label(self.calling_aet)
             counted = (self.calling_aet, self.receiver.metrics.receiver_bytes.labels(label))
             self._counted = counted
-        return counted[1]
+        counted[1].inc(self._unreported)
+        self._unreported = 0
 
     async def _on_command(
         self, command: CStoreRequest | CEchoRequest | OtherCommand, context_id: int
@@ -590,6 +607,7 @@ class _Connection:
 
     def abandon(self, reason: str) -> None:
         """The association ended: an instance still arriving will not be completed."""
+        self._report_bytes()
         if self.pending is not None:
             self.pending.abandon(reason)
             self.pending = None

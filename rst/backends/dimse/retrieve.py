@@ -81,11 +81,12 @@ async def _responses(
             )
         if command.has_dataset:  # e.g. a failed SOP instance list: read and drop it
             await connection.receive_dataset(bytearray())
-        final = status_of(command)
-        if final is None:
+        if command.status is None:
             raise CommandError("a C-MOVE/C-GET response without a Status")
-        if is_pending(final.code):
+        if is_pending(command.status):  # one after each sub-operation: only its code is read
             continue
+        final = status_of(command)
+        assert final is not None
         return final
 
 
@@ -110,7 +111,8 @@ async def _store(
         while True:
             pdv = await connection.dataset_fragment()
             journal.bytes += len(pdv.data)
-            await incoming.add(pdv.data, last=pdv.last)
+            if pdv.last or not incoming.hold(pdv.data):
+                await incoming.add(pdv.data, last=pdv.last)
             if pdv.last:
                 status = await incoming.finish()
                 journal.stores += 1
