@@ -128,14 +128,9 @@ def _resident(entry: Entry, store: Store) -> Instance | None:
     whose directory entries a warm cache has in memory."""
     if entry.size > CHUNK or _NOWAIT is None:
         return None
+    fd = _open_whole(entry)
+    size = entry.size
     try:
-        fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise Gone(f"{entry.path}: {exc.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
-        if size != entry.size:
-            raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
         buffer = bytearray(size)
         try:
             got = os.preadv(fd, [buffer], 0, _NOWAIT)
@@ -154,20 +149,33 @@ _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 """``preadv``'s flag for a read that must not wait for the disk (Linux)."""
 
 
-def _open(entry: Entry, store: Store) -> Instance:
+def _open_whole(entry: Entry) -> int:
+    """A descriptor of *entry*'s file, which has the entry's size (else :class:`Gone`)."""
     try:
         fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise Gone(f"{entry.path}: {exc.strerror}") from None
     try:
         size = os.fstat(fd).st_size
-        # As many bytes as the entry says (a file that differs is caught below): asking for
-        # more would allocate CHUNK bytes and shrink them, a fresh mapping of memory per read
-        # whose page faults cost ten times the read itself (glibc serves so large a buffer
-        # with mmap).
-        data = os.pread(fd, min(entry.size, CHUNK), 0)
-        if size != entry.size or len(data) != min(size, CHUNK):
-            raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
+    except OSError as exc:
+        os.close(fd)
+        raise Gone(f"{entry.path}: {exc.strerror}") from None
+    if size != entry.size:
+        os.close(fd)
+        raise Gone(f"{entry.path} has {size} bytes instead of {entry.size}")
+    return fd
+
+
+def _open(entry: Entry, store: Store) -> Instance:
+    fd = _open_whole(entry)
+    size = entry.size
+    try:
+        # As many bytes as the entry says: asking for more would allocate CHUNK bytes and
+        # shrink them, a fresh mapping of memory per read whose page faults cost ten times the
+        # read itself (glibc serves so large a buffer with mmap).
+        data = os.pread(fd, min(size, CHUNK), 0)
+        if len(data) != min(size, CHUNK):
+            raise Gone(f"{entry.path} was cut short while it was read")
     except OSError as exc:
         os.close(fd)
         raise Gone(f"{entry.path}: {exc.strerror}") from None
@@ -234,6 +242,11 @@ class EntrySidecars:
     def save(self, kind: str, data: bytes) -> None:
         save_sidecars(self._store, [(self._path, kind, data)])
 
+    arriving = False
+
+    def keep_nowait(self, kind: str, data: bytes) -> bool:
+        return False
+
 
 def save_sidecars(store: Store, sidecars: list[Sidecar]) -> None:
     """Keep *sidecars* (instance file, kind, data) in *store*, in one transaction; best effort
@@ -271,13 +284,24 @@ class PendingSidecars:
         return saved if home is None else home.load(kind)
 
     def save(self, kind: str, data: bytes) -> None:
+        if self.keep_nowait(kind, data):
+            return
         with self._lock:
-            if not self._settled:
-                self._saved[kind] = data
-                return
             home = self._home
         if home is not None:
             home.save(kind, data)
+
+    @property
+    def arriving(self) -> bool:
+        with self._lock:
+            return not self._settled
+
+    def keep_nowait(self, kind: str, data: bytes) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._saved[kind] = data
+            return True
 
     def settle(
         self,

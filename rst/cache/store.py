@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import sqlite3
 import tempfile
 import threading
@@ -252,6 +253,7 @@ class Store:
         on_evict: Callable[[int, int], None] | None = None,
     ) -> None:
         self.folder = folder
+        self._tmp = os.fspath(folder / "tmp")
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.clock = clock
@@ -316,9 +318,17 @@ class Store:
     # -- writing -------------------------------------------------------------------------------
 
     def begin(self) -> Pending:
-        """A new temporary file for one instance (raises OSError)."""
-        fd, name = tempfile.mkstemp(dir=self.folder / "tmp", suffix=".part")
-        return Pending(fd, Path(name))
+        """A new temporary file for one instance (raises OSError), private to rst's user. Its
+        random name goes on into the committed file's (:func:`_file_name`): two copies of one
+        instance never share a file. (``tempfile.mkstemp`` does the same at several times the
+        cost, a cold cache making one per instance.)"""
+        while True:
+            name = f"{self._tmp}/{secrets.token_hex(8)}.part"
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:  # 2**64 names: not again
+                continue
+            return Pending(fd, Path(name))
 
     def commit(self, pending: Pending, meta: Meta) -> Entry | None:
         """Move the whole instance written to *pending* into the cache and index it.

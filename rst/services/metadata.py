@@ -155,8 +155,9 @@ async def produce_metadata(
 ) -> None:
     """Send the JSON array of the metadata of every instance *keys* names, piece by piece:
     ``[`` with the first object, ``,`` with each next one, then ``]``. An instance's metadata
-    kept in memory is taken as it is; one without a home for sidecars and a small data set is
-    derived on trio's thread (:data:`INLINE_BYTES`); any other is read or derived, and kept, on
+    kept in memory is taken as it is; one with a small data set and either no home for sidecars
+    or one still in memory (an instance on its way into the cache) is derived on trio's thread
+    (:data:`INLINE_BYTES`); any other is read or derived, and kept, on
     a worker thread (a kept copy may have to be read from disk).
 
     :raises NotFound: the archive has no such instance.
@@ -170,8 +171,14 @@ async def produce_metadata(
                 instance = await as_requested(instance, RetrieveFormat(EXPLICIT_VR_LITTLE_ENDIAN))
             sidecars = instance.sidecars
             relative = sidecars.peek(METADATA) if sidecars is not None else None
-            if relative is None and sidecars is None and _derived_inline(instance.data):
-                relative = _derive(instance.data, keys, instance.sop_instance_uid)[0]
+            if (
+                relative is None
+                and (sidecars is None or sidecars.arriving)
+                and _derived_inline(instance.data)
+            ):
+                relative, named = _derive(instance.data, keys, instance.sop_instance_uid)
+                if sidecars is not None and named and not sidecars.keep_nowait(METADATA, relative):
+                    await run_sync(partial(sidecars.save, METADATA, relative))  # cached meanwhile
             elif relative is None:  # not remembered: read or made on a worker thread
                 relative = await run_sync(partial(relative_metadata, instance, keys))
             await send((b"," if sent else b"[", under(base, relative)))

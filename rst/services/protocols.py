@@ -44,6 +44,16 @@ class Sidecars(Protocol):
         """Keep *data* under *kind*; best effort (a failure is logged, never raised)."""
 
     @property
+    def arriving(self) -> bool:
+        """Whether the instance is still on its way into the store, all that is kept of it in
+        memory (not blocking): then :meth:`peek` says what :meth:`load` would, and
+        :meth:`keep_nowait` keeps more."""
+
+    def keep_nowait(self, kind: str, data: bytes) -> bool:
+        """:meth:`save` without blocking while :attr:`arriving`; ``False`` (nothing kept) once it
+        is not — then :meth:`save` on a worker thread."""
+
+    @property
     def ranges(self) -> ByteRanges | None:
         """Reads of the exact file the sidecars describe (``None``: not readable in parts):
         what a sidecar that says where things lie in it — the frame layout — is read with."""

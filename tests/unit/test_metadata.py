@@ -173,6 +173,11 @@ class Kept:
     def save(self, kind: str, data: bytes) -> None:
         self.kept[kind] = data
 
+    arriving = False
+
+    def keep_nowait(self, kind: str, data: bytes) -> bool:
+        return False
+
 
 def instance(data: bytes, sidecars: Kept | None) -> Instance:
     return Instance(

@@ -15,6 +15,7 @@ import trio
 from pydicom import Dataset, dcmread
 
 from rst.bridge import run_sync
+from rst.cache.files import PendingSidecars
 from rst.dicom.accept import FrameChoice, RetrieveFormat
 from rst.dicom.media_types import OCTET_STREAM
 from rst.dicom.multipart import MultipartWriter
@@ -274,6 +275,44 @@ async def test_small_instances_metadata_is_derived_without_a_worker_thread(
     assert inline == on_threads
     sops = [item["00080018"]["Value"][0] for item in json.loads(b"".join(inline))]
     assert sops == [ct.SOPInstanceUID, f"{SERIES}.1", f"{SERIES}.2"]
+
+
+async def test_metadata_of_an_instance_arriving_in_the_cache_is_kept_without_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An instance on its way into the cache (sidecars still in memory) is derived on trio's
+    thread and its metadata kept in memory; once the cache has it (settled), a worker thread
+    loads or saves as before."""
+    trips = 0
+
+    async def counted(fn: Callable[[], Any]) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run_sync(fn)
+
+    monkeypatch.setattr(metadata_module, "run_sync", counted)
+    [path] = write_ct_study(tmp_path, images=1, rows=64, columns=64, study_uid=STUDY).paths
+    ct = dcmread(path, stop_before_pixels=True)
+    syntax = ct.file_meta.TransferSyntaxUID
+    data = path.read_bytes()
+    arriving, settled = PendingSidecars(), PendingSidecars()
+    settled.settle(None)  # not cached: nothing can be kept any more
+    assert arriving.arriving
+    assert not settled.arriving
+    keys = RetrieveKeys(STUDY)
+
+    def instance(sidecars: PendingSidecars) -> Instance:
+        return Instance(data, ct.SOPClassUID, ct.SOPInstanceUID, syntax, sidecars=sidecars)
+
+    first = await metadata(ScriptedBackend(instances=[instance(arriving)]), keys)
+    assert trips == 0
+    kept = arriving.peek(metadata_module.METADATA)
+    assert kept is not None
+    assert metadata_module.under(BASE, kept) in b"".join(first)
+    second = await metadata(ScriptedBackend(instances=[instance(settled)]), keys)
+    assert trips == 1
+    assert first == second
+    assert not settled.keep_nowait(metadata_module.METADATA, kept)
 
 
 # -- frames ------------------------------------------------------------------------------------
