@@ -244,17 +244,27 @@ async def test_partial_metadata_never_closes_its_array() -> None:
     assert not b"".join(sent).endswith(b"]")
 
 
-async def test_small_instances_metadata_is_derived_without_a_worker_thread(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    trips = 0
+class Trips:
+    """The metadata service's trips to a worker thread, counted."""
 
-    async def counted(fn: Callable[[], Any]) -> Any:
-        nonlocal trips
-        trips += 1
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def run_sync(self, fn: Callable[[], Any]) -> Any:
+        self.count += 1
         return await run_sync(fn)
 
-    monkeypatch.setattr(metadata_module, "run_sync", counted)
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Trips:
+    counted = Trips()
+    monkeypatch.setattr(metadata_module, "run_sync", counted.run_sync)
+    return counted
+
+
+async def test_small_instances_metadata_is_derived_without_a_worker_thread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, trips: Trips
+) -> None:
     [path] = write_ct_study(tmp_path, images=1, rows=256, columns=256, study_uid=STUDY).paths
     ct = dcmread(path, stop_before_pixels=True)
     syntax = ct.file_meta.TransferSyntaxUID
@@ -267,10 +277,10 @@ async def test_small_instances_metadata_is_derived_without_a_worker_thread(
     keys = RetrieveKeys(STUDY)
 
     inline = await metadata(ScriptedBackend(instances=instances), keys)
-    assert trips == 1  # the document only
+    assert trips.count == 1  # the document only
     monkeypatch.setattr(metadata_module, "INLINE_BYTES", 100)  # now none is small
     on_threads = await metadata(ScriptedBackend(instances=instances), keys)
-    assert trips == 1 + 3
+    assert trips.count == 1 + 3
 
     assert inline == on_threads
     sops = [item["00080018"]["Value"][0] for item in json.loads(b"".join(inline))]
@@ -278,19 +288,11 @@ async def test_small_instances_metadata_is_derived_without_a_worker_thread(
 
 
 async def test_metadata_of_an_instance_arriving_in_the_cache_is_kept_without_a_worker_thread(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    tmp_path: Path, trips: Trips
 ) -> None:
     """An instance on its way into the cache (sidecars still in memory) is derived on trio's
     thread and its metadata kept in memory; once the cache has it (settled), a worker thread
     loads or saves as before."""
-    trips = 0
-
-    async def counted(fn: Callable[[], Any]) -> Any:
-        nonlocal trips
-        trips += 1
-        return await run_sync(fn)
-
-    monkeypatch.setattr(metadata_module, "run_sync", counted)
     [path] = write_ct_study(tmp_path, images=1, rows=64, columns=64, study_uid=STUDY).paths
     ct = dcmread(path, stop_before_pixels=True)
     syntax = ct.file_meta.TransferSyntaxUID
@@ -305,12 +307,12 @@ async def test_metadata_of_an_instance_arriving_in_the_cache_is_kept_without_a_w
         return Instance(data, ct.SOPClassUID, ct.SOPInstanceUID, syntax, sidecars=sidecars)
 
     first = await metadata(ScriptedBackend(instances=[instance(arriving)]), keys)
-    assert trips == 0
+    assert trips.count == 0
     kept = arriving.peek(metadata_module.METADATA)
     assert kept is not None
     assert metadata_module.under(BASE, kept) in b"".join(first)
     second = await metadata(ScriptedBackend(instances=[instance(settled)]), keys)
-    assert trips == 1
+    assert trips.count == 1
     assert first == second
     assert not settled.keep_nowait(metadata_module.METADATA, kept)
 
