@@ -31,6 +31,13 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
 
+async def collect(instance: Instance, into: list[bytes]) -> None:
+    """Read the rest of a streamed *instance* into *into*."""
+    assert instance.rest is not None
+    async for chunk in instance.rest:
+        into.append(chunk)
+
+
 def request() -> CStoreRequest:
     return CStoreRequest(
         message_id=1,
@@ -108,14 +115,8 @@ async def test_a_large_instance_is_handed_over_before_it_has_arrived(
     assert len(handed.data) < len(dataset)
     received: list[bytes] = []
 
-    async def consume() -> None:
-        assert handed is not None
-        assert handed.rest is not None
-        async for chunk in handed.rest:
-            received.append(chunk)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
+        nursery.start_soon(collect, handed, received)
         for chunk in parts[3:]:
             await receiving.add(chunk)
         assert await receiving.finish() == 0x0000
@@ -375,14 +376,8 @@ async def test_hold_takes_fragments_until_streaming_would_begin(
     assert not receiving.hold(parts[3])  # streaming: each fragment goes to the body
     received: list[bytes] = []
 
-    async def consume() -> None:
-        assert handed is not None
-        assert handed.rest is not None
-        async for chunk in handed.rest:
-            received.append(chunk)
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
+        nursery.start_soon(collect, handed, received)
         for index, chunk in enumerate(parts[3:], start=3):
             last = index == len(parts) - 1
             if last or not receiving.hold(chunk):
