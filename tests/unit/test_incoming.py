@@ -31,6 +31,18 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
 
+async def check_handed_whole(
+    receiving: IncomingInstance, sink: InstanceSink, dataset: bytes
+) -> None:
+    """*receiving* finishes with success and *sink* gets the whole instance of *dataset*."""
+    assert await receiving.finish() == 0x0000
+    sink.finish()
+    got = await sink.receive()
+    assert got is not None
+    assert got.rest is None
+    check_file(got.data, dataset)
+
+
 async def collect(instance: Instance, into: list[bytes]) -> None:
     """Read the rest of a streamed *instance* into *into*."""
     assert instance.rest is not None
@@ -90,12 +102,7 @@ async def test_a_small_instance_is_handed_over_whole(autojump_clock: trio.abc.Cl
         await receiving.add(memoryview(chunk))
     assert sink.delivered == 0  # nothing before the end
 
-    assert await receiving.finish() == 0x0000
-    sink.finish()
-    got = await sink.receive()
-    assert got is not None
-    assert got.rest is None
-    check_file(got.data, dataset)
+    await check_handed_whole(receiving, sink, dataset)
 
 
 async def test_a_large_instance_is_handed_over_before_it_has_arrived(
@@ -397,9 +404,4 @@ async def test_hold_keeps_a_small_instance_whole(autojump_clock: trio.abc.Clock)
         buffer[:] = bytes(len(buffer))  # the caller reuses its buffer: what was held is a copy
     await receiving.add(parts[-1], last=True)
     assert sink.delivered == 0
-    assert await receiving.finish() == 0x0000
-    sink.finish()
-    got = await sink.receive()
-    assert got is not None
-    assert got.rest is None
-    check_file(got.data, dataset)
+    await check_handed_whole(receiving, sink, dataset)
